@@ -1,0 +1,143 @@
+/*
+ * config: the daemon's configuration. A JSON file (jansson) plus an optional CSV devices file for
+ * fleets, parsed into a fresh struct config and validated whole: every problem is reported as
+ * "file:line:column: key: reason", all of them in one run, and a config with any error is never
+ * used. Defaults are applied here, so the rest of the daemon reads resolved values only (a
+ * device's host, port, TLS, keepalive... are filled from "cloud" unless the device overrides
+ * them). SIGHUP reload and --check-config go through the same config_load().
+ */
+#ifndef ALIGW_CONFIG_H
+#define ALIGW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "sign.h"
+
+enum reg_method {
+    REG_NONE = 0, /* one device, one secret: device_secret given */
+    REG_HTTPS,    /* one product, one secret, pre-registered: HTTPS /auth/register/device */
+    REG_MQTT,     /* same over MQTT (authType=register) */
+    REG_MQTT_NWL, /* pre-registration-free over MQTT (authType=regnwl, then connwl login) */
+};
+
+enum store_policy { STORE_DROP_OLDEST = 0, STORE_REJECT_NEW };
+enum store_durability { DURABILITY_NORMAL = 0, DURABILITY_FULL };
+
+struct device_conf {
+    char *product_key, *device_name;
+    char *device_secret;  /* NULL for dynamic registration */
+    char *product_secret; /* only with reg != REG_NONE */
+    enum reg_method reg;
+    char *client_id; /* base clientId, default "${productKey}.${deviceName}" */
+    char *host;      /* resolved endpoint */
+    int port;
+    bool tls;
+    char *ca_file; /* resolved */
+    bool verify_hostname;
+    int securemode; /* 2 with TLS, 3 without, unless set */
+    enum sign_method sign_method;
+    bool timestamp; /* send a timestamp in the clientId and sign */
+    int keepalive;  /* seconds, 30..1200 */
+    bool clean_session;
+    bool auto_reconnect;
+    char **topics; /* extra subscriptions, placeholders already expanded */
+    size_t n_topics;
+    double rate;       /* uplink messages/s, 0 = unlimited */
+    int64_t max_bytes; /* per-device outbox cap, 0 = none */
+    bool runtime;      /* added through the API, persisted in the state database */
+};
+
+struct plugin_conf {
+    char *name;    /* "simulator", or a path when it contains '/' */
+    char *path;    /* resolved path of the .so */
+    json_t *config; /* the plugin's own JSON config (owned reference) */
+    char **devices; /* "pk/dn" */
+    size_t n_devices;
+};
+
+struct config {
+    char *path; /* the file this came from */
+    int log_level;
+    char *state_dir;
+    char *runtime_dir;
+
+    struct {
+        char *region;
+        char *instance_id;
+        char *register_url; /* HTTPS dynamic registration endpoint */
+        double connect_rate; /* sessions started per second, gateway-wide */
+        int connect_burst;
+        int backoff_min_ms, backoff_max_ms;
+        int auth_backoff_ms; /* first back-off after an authentication refusal */
+        int kick_backoff_ms; /* first back-off after being kicked */
+    } cloud;
+
+    struct {
+        char *path; /* default state_dir/outbox.db */
+        enum store_durability durability;
+        int64_t max_bytes;
+        enum store_policy policy;
+        int64_t ttl_s; /* 0 = keep forever */
+        int inflight;  /* per-device in-flight window */
+        int inflight_total;
+    } store;
+
+    struct {
+        char *socket; /* default runtime_dir/aligw.sock */
+        char *group;  /* socket group, NULL = daemon's */
+        char **allow_users, **allow_groups, **admin_users, **admin_groups;
+        size_t n_allow_users, n_allow_groups, n_admin_users, n_admin_groups;
+        size_t max_line;    /* bytes per request line */
+        size_t max_payload; /* bytes per message payload */
+        int service_timeout_ms;
+    } api;
+
+    char *devices_file;
+    struct device_conf *devices;
+    size_t n_devices;
+
+    struct plugin_conf *plugins;
+    size_t n_plugins;
+};
+
+/* One problem found while loading. */
+struct config_error {
+    char *text; /* "file:line:column: key: reason" */
+};
+
+struct config_errors {
+    struct config_error *v;
+    size_t n;
+};
+
+/*
+ * Loads and validates path. On success *out is a fresh config the caller frees with
+ * config_free() and errs may hold warnings only (n_warnings). On failure returns -EINVAL (or a
+ * negative errno if the file can't be read) and errs holds every error found. errs is always
+ * the caller's to free with config_errors_free().
+ */
+int config_load(const char *path, struct config **out, struct config_errors *errs,
+                struct config_errors *warnings);
+void config_free(struct config *c);
+void config_errors_free(struct config_errors *e);
+
+/* Finds a device by key; NULL if absent. */
+const struct device_conf *config_find_device(const struct config *c, const char *pk,
+                                             const char *dn);
+
+/*
+ * Validates and resolves one device given as JSON (from the API's add request), applying the
+ * same defaults as the file. Returns 0 and fills *out (caller frees with
+ * config_device_conf_free), or -EINVAL with the reasons in errs.
+ */
+int config_device_from_json(const struct config *c, json_t *obj, struct device_conf *out,
+                            struct config_errors *errs);
+void config_device_conf_free(struct device_conf *d);
+/* Deep copy. */
+int config_device_conf_copy(struct device_conf *dst, const struct device_conf *src);
+
+#endif
