@@ -1,0 +1,1087 @@
+/*
+ * ipc_request: framing, parsing and validation of local API requests (see ipc_request.h).
+ * Each op has a table of the fields it accepts; a request is walked member by member, every
+ * member must be in its op's table (or be "id"/"op"), each field's parser checks type, length
+ * and range and stores a typed value, then a per-op check looks at fields together (exactly one
+ * of payload/payload_b64, a topic that belongs to the device). Every error names the field.
+ */
+#include "ipc_request.h"
+
+#include "errors.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TIME_MAX_MS 9007199254740991LL /* 2^53 - 1: what a JSON double holds exactly */
+#define DAY_MS (24LL * 3600 * 1000)
+
+static const char *const op_names[IPC_OP_COUNT_] = {
+    [IPC_OP_HELLO] = "hello",
+    [IPC_OP_PUBLISH] = "publish",
+    [IPC_OP_POST_PROPERTIES] = "post_properties",
+    [IPC_OP_POST_EVENT] = "post_event",
+    [IPC_OP_REPLY] = "reply",
+    [IPC_OP_WATCH] = "watch",
+    [IPC_OP_DEVICES] = "devices",
+    [IPC_OP_DEVICE] = "device",
+    [IPC_OP_ADD_DEVICE] = "add_device",
+    [IPC_OP_REMOVE_DEVICE] = "remove_device",
+    [IPC_OP_STATS] = "stats",
+    [IPC_OP_RELOAD] = "reload",
+    [IPC_OP_STATUS] = "status",
+};
+
+static const char *const err_names[IPC_ERR_COUNT_] = {
+    [IPC_ERR_BAD_JSON] = "bad_json",
+    [IPC_ERR_BAD_REQUEST] = "bad_request",
+    [IPC_ERR_UNKNOWN_OP] = "unknown_op",
+    [IPC_ERR_LINE_TOO_LONG] = "line_too_long",
+    [IPC_ERR_PAYLOAD_TOO_LARGE] = "payload_too_large",
+    [IPC_ERR_NO_DEVICE] = "no_device",
+    [IPC_ERR_FORBIDDEN] = "forbidden",
+    [IPC_ERR_STORE_FULL] = "store_full",
+    [IPC_ERR_UNAVAILABLE] = "unavailable",
+    [IPC_ERR_TIMEOUT] = "timeout",
+    [IPC_ERR_INTERNAL] = "internal",
+    [IPC_ERR_REFUSED] = "refused",
+    [IPC_ERR_EXISTS] = "exists",
+    [IPC_ERR_BUSY] = "busy",
+};
+
+static const char *const kind_names[] = {"message", "property_set", "service_call", "state",
+                                         "reply"};
+
+const char *ipc_op_name(enum ipc_op op)
+{
+    return (unsigned)op < IPC_OP_COUNT_ ? op_names[op] : "?";
+}
+
+const char *ipc_err_name(enum ipc_err code)
+{
+    return (unsigned)code < IPC_ERR_COUNT_ ? err_names[code] : "internal";
+}
+
+const char *ipc_event_kind_name(enum ipc_event_kind kind)
+{
+    for (unsigned i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++)
+        if ((unsigned)kind == 1u << i)
+            return kind_names[i];
+    return "?";
+}
+
+bool ipc_op_is_admin(enum ipc_op op)
+{
+    return op == IPC_OP_ADD_DEVICE || op == IPC_OP_REMOVE_DEVICE || op == IPC_OP_RELOAD;
+}
+
+enum ipc_err ipc_err_from_errno(int err)
+{
+    switch (err) {
+    case ALIGW_ENODEVICE:
+    case -ENOENT:
+        return IPC_ERR_NO_DEVICE;
+    case ALIGW_ESTOREFULL:
+    case -ENOSPC:
+        return IPC_ERR_STORE_FULL;
+    case -EACCES:
+    case -EPERM:
+        return IPC_ERR_FORBIDDEN;
+    case -ETIMEDOUT:
+        return IPC_ERR_TIMEOUT;
+    case -EAGAIN:
+    case -ENOTCONN:
+    case -ECONNRESET:
+    case -ESHUTDOWN:
+    case ALIGW_EAUTH:
+    case ALIGW_EKICKED:
+        return IPC_ERR_UNAVAILABLE;
+    case -EINVAL:
+    case ALIGW_ECONFIG:
+        return IPC_ERR_BAD_REQUEST;
+    case -EMSGSIZE:
+    case -E2BIG:
+        return IPC_ERR_PAYLOAD_TOO_LARGE;
+    case -EEXIST:
+        return IPC_ERR_EXISTS;
+    case -EBUSY:
+    case -ECANCELED:
+        return IPC_ERR_BUSY;
+    case ALIGW_EREFUSED:
+        return IPC_ERR_REFUSED;
+    default:
+        return IPC_ERR_INTERNAL;
+    }
+}
+
+/* ---- small validators ---- */
+
+static bool is_alnum(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+static bool chars_ok(const char *s, size_t n, const char *extra)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!is_alnum(s[i]) && (s[i] == '\0' || !strchr(extra, s[i])))
+            return false;
+    return true;
+}
+
+int ipc_device_key_parse(const char *s, struct ipc_device_key *out, const char **why)
+{
+    const char *slash = strchr(s, '/');
+    if (!slash) {
+        *why = "must be \"productKey/deviceName\"";
+        return -EINVAL;
+    }
+    size_t pl = (size_t)(slash - s), dl = strlen(slash + 1);
+    if (pl == 0 || pl > IPC_PK_MAX || !chars_ok(s, pl, "_-")) {
+        *why = "productKey must be 1-32 letters, digits, '_' or '-'";
+        return -EINVAL;
+    }
+    if (dl == 0 || dl > IPC_DN_MAX || !chars_ok(slash + 1, dl, "_-@.:")) {
+        *why = "deviceName must be 1-64 letters, digits or \"_-@.:\"";
+        return -EINVAL;
+    }
+    memcpy(out->pk, s, pl);
+    out->pk[pl] = '\0';
+    memcpy(out->dn, slash + 1, dl + 1);
+    memcpy(out->key, s, pl + dl + 2);
+    return 0;
+}
+
+static bool ident_ok(const char *s, size_t n)
+{
+    return n > 0 && n <= IPC_IDENT_MAX && chars_ok(s, n, "_:.-");
+}
+
+/* A topic filter is valid when '+' and '#' stand alone in their level and '#' comes last. */
+static bool pattern_ok(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '+' && p[i] != '#')
+            continue;
+        bool start = i == 0 || p[i - 1] == '/';
+        bool end = i + 1 == n || p[i + 1] == '/';
+        if (!start || !end || (p[i] == '#' && i + 1 != n))
+            return false;
+    }
+    return true;
+}
+
+bool ipc_topic_match(const char *pat, const char *topic)
+{
+    while (*pat) {
+        if (pat[0] == '#')
+            return true;
+        if (pat[0] == '+') {
+            while (*topic && *topic != '/')
+                topic++;
+            pat++;
+        } else {
+            const char *pe = strchr(pat, '/'), *te = strchr(topic, '/');
+            size_t pl = pe ? (size_t)(pe - pat) : strlen(pat);
+            size_t tl = te ? (size_t)(te - topic) : strlen(topic);
+            if (pl != tl || memcmp(pat, topic, pl) != 0)
+                return false;
+            pat += pl;
+            topic += tl;
+        }
+        /* both at a level end now */
+        if (*pat == '/' && *topic == '/') {
+            pat++;
+            topic++;
+        } else if (*pat == '/' && *topic == '\0') {
+            return strcmp(pat, "/#") == 0; /* "a/#" matches "a" */
+        } else {
+            return *pat == '\0' && *topic == '\0';
+        }
+    }
+    return *topic == '\0';
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+bool ipc_watch_matches(const struct ipc_watch_filter *f, unsigned kind, const char *device_key,
+                       const char *topic)
+{
+    if (!(f->kinds & kind))
+        return false;
+    if (!f->all_devices) {
+        if (!device_key || !bsearch(&device_key, f->devices, f->n_devices, sizeof(char *), cmp_str))
+            return false;
+    }
+    if (f->n_topics && topic) {
+        for (size_t i = 0; i < f->n_topics; i++)
+            if (ipc_topic_match(f->topics[i], topic))
+                return true;
+        return false;
+    }
+    return true;
+}
+
+/* Decodes standard base64 (padding optional, no whitespace). Returns length or -1. */
+static long b64_decode(const char *in, size_t n, unsigned char *out)
+{
+    static signed char tab[256];
+    static bool init;
+    if (!init) {
+        const char *a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        memset(tab, -1, sizeof(tab));
+        for (int i = 0; i < 64; i++)
+            tab[(unsigned char)a[i]] = (signed char)i;
+        init = true;
+    }
+    while (n > 0 && in[n - 1] == '=' && (n % 4 != 1)) {
+        n--;
+        if (n > 0 && in[n - 1] == '=')
+            continue;
+        break;
+    }
+    if (n % 4 == 1)
+        return -1;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = tab[(unsigned char)in[i]];
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    return (long)o;
+}
+
+/* ---- the parser ---- */
+
+struct pctx {
+    struct ipc_request *req;
+    struct ipc_error *err;
+    const struct ipc_limits *lim;
+    size_t max_payload;
+    bool seen_payload, seen_b64, seen_device;
+};
+
+static int fail(struct pctx *c, enum ipc_err code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(struct pctx *c, enum ipc_err code, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    int n = 0;
+    c->err->code = code;
+    if (field)
+        n = snprintf(c->err->message, sizeof(c->err->message), "%s: ", field);
+    va_start(ap, fmt);
+    vsnprintf(c->err->message + n, sizeof(c->err->message) - (size_t)n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* A string member with no NUL inside and a length in [min, max]. */
+static const char *get_str(struct pctx *c, const char *name, json_t *v, size_t min, size_t max,
+                           size_t *len)
+{
+    if (!json_is_string(v)) {
+        fail(c, IPC_ERR_BAD_REQUEST, name, "must be a string");
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v);
+    if (strlen(s) != n) {
+        fail(c, IPC_ERR_BAD_REQUEST, name, "must not contain NUL characters");
+        return NULL;
+    }
+    if (n < min || n > max) {
+        if (min > 0 && n == 0)
+            fail(c, IPC_ERR_BAD_REQUEST, name, "must not be empty");
+        else
+            fail(c, IPC_ERR_BAD_REQUEST, name, "longer than %zu bytes", max);
+        return NULL;
+    }
+    if (len)
+        *len = n;
+    return s;
+}
+
+static char *dup_str(struct pctx *c, const char *name, json_t *v, size_t min, size_t max)
+{
+    const char *s = get_str(c, name, v, min, max, NULL);
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    return d;
+}
+
+static int f_device(struct pctx *c, const char *name, json_t *v)
+{
+    const char *why;
+    const char *s = get_str(c, name, v, 1, IPC_PK_MAX + IPC_DN_MAX + 1, NULL);
+    if (!s)
+        return -1;
+    if (ipc_device_key_parse(s, &c->req->dev, &why) < 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "%s", why);
+    c->seen_device = true;
+    return 0;
+}
+
+static int f_topic(struct pctx *c, const char *name, json_t *v)
+{
+    size_t n;
+    const char *s = get_str(c, name, v, 1, IPC_TOPIC_MAX, &n);
+    if (!s)
+        return -1;
+    if (s[0] != '/')
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must start with '/'");
+    if (strpbrk(s, "+#"))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "wildcards '+' and '#' are not allowed here");
+    if (!(c->req->u.publish.topic = strdup(s)))
+        return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    return 0;
+}
+
+static int too_large(struct pctx *c, const char *name, size_t n)
+{
+    return fail(c, IPC_ERR_PAYLOAD_TOO_LARGE, name, "%zu bytes, more than the limit of %zu", n,
+                c->max_payload);
+}
+
+static int f_payload(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_string(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a string");
+    size_t n = json_string_length(v);
+    if (n > c->max_payload)
+        return too_large(c, name, n);
+    unsigned char *p = malloc(n + 1);
+    if (!p)
+        return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    memcpy(p, json_string_value(v), n + 1);
+    c->req->u.publish.payload = p;
+    c->req->u.publish.payload_len = n;
+    c->seen_payload = true;
+    return 0;
+}
+
+static int f_payload_b64(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_string(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a base64 string");
+    size_t n = json_string_length(v);
+    if (n / 4 * 3 > c->max_payload + 2)
+        return too_large(c, name, n / 4 * 3);
+    unsigned char *p = malloc(n / 4 * 3 + 4);
+    if (!p)
+        return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    long m = b64_decode(json_string_value(v), n, p);
+    if (m < 0) {
+        free(p);
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "is not valid base64");
+    }
+    if ((size_t)m > c->max_payload) {
+        free(p);
+        return too_large(c, name, (size_t)m);
+    }
+    p[m] = '\0';
+    c->req->u.publish.payload = p;
+    c->req->u.publish.payload_len = (size_t)m;
+    c->seen_b64 = true;
+    return 0;
+}
+
+static int f_qos(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_integer(v) || (json_integer_value(v) != 0 && json_integer_value(v) != 1))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be 0 or 1");
+    c->req->u.publish.qos = (int)json_integer_value(v);
+    return 0;
+}
+
+static int check_time(struct pctx *c, const char *name, json_t *v, int64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > TIME_MAX_MS)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a positive integer (ms since 1970)");
+    int64_t t = json_integer_value(v);
+    if (c->lim->now_ms > 0 && t > c->lim->now_ms + DAY_MS)
+        return fail(c, IPC_ERR_BAD_REQUEST, name,
+                    "more than 24 h in the future (the platform refuses it)");
+    if (out)
+        *out = t;
+    return 0;
+}
+
+static int f_timestamp(struct pctx *c, const char *name, json_t *v)
+{
+    return check_time(c, name, v, &c->req->u.post.timestamp);
+}
+
+static int f_ack(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_boolean(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be true or false");
+    c->req->u.post.ack = json_is_true(v);
+    return 0;
+}
+
+static int f_wait_reply(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_boolean(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be true or false");
+    c->req->u.post.wait_reply = json_is_true(v);
+    return 0;
+}
+
+static int check_serialized_size(struct pctx *c, const char *name, json_t *v)
+{
+    size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT);
+    if (n > c->max_payload)
+        return too_large(c, name, n);
+    return 0;
+}
+
+/* post_properties params: {"ident": value | {"value": v, "time": ms}}, 1..200 members. */
+static int f_props(struct pctx *c, const char *name, json_t *v)
+{
+    const char *key;
+    json_t *val;
+    char field[IPC_IDENT_MAX + 32];
+
+    if (!json_is_object(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an object of property values");
+    if (json_object_size(v) == 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must name at least one property");
+    if (json_object_size(v) > IPC_PROPS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name,
+                    "%zu properties, more than the platform's %d per report", json_object_size(v),
+                    IPC_PROPS_MAX);
+    json_object_foreach(v, key, val)
+    {
+        size_t kl = strlen(key);
+        if (!ident_ok(key, kl))
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "property \"%.64s\": identifiers are 1-64 letters, digits or \"_:.-\"",
+                        key);
+        json_t *t = json_is_object(val) ? json_object_get(val, "time") : NULL;
+        if (t) {
+            snprintf(field, sizeof(field), "%s.%s.time", name, key);
+            if (!json_object_get(val, "value") || json_object_size(val) != 2)
+                return fail(c, IPC_ERR_BAD_REQUEST, field,
+                            "a timed value must be exactly {\"value\":…,\"time\":ms}");
+            if (check_time(c, field, t, NULL) < 0)
+                return -1;
+        }
+    }
+    if (check_serialized_size(c, name, v) < 0)
+        return -1;
+    c->req->u.post.params = json_incref(v);
+    return 0;
+}
+
+/* post_event params: the event's output parameters, any object (may be empty). */
+static int f_event_params(struct pctx *c, const char *name, json_t *v)
+{
+    const char *key;
+    json_t *val;
+    if (!json_is_object(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an object");
+    json_object_foreach(v, key, val)
+    {
+        if (!ident_ok(key, strlen(key)))
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "parameter \"%.64s\": identifiers are 1-64 letters, digits or \"_:.-\"",
+                        key);
+    }
+    if (check_serialized_size(c, name, v) < 0)
+        return -1;
+    c->req->u.post.params = json_incref(v);
+    return 0;
+}
+
+static int f_event(struct pctx *c, const char *name, json_t *v)
+{
+    size_t n;
+    const char *s = get_str(c, name, v, 1, IPC_IDENT_MAX, &n);
+    if (!s)
+        return -1;
+    if (!ident_ok(s, n))
+        return fail(c, IPC_ERR_BAD_REQUEST, name,
+                    "identifiers are 1-64 letters, digits or \"_:.-\"");
+    memcpy(c->req->u.post.event, s, n + 1);
+    return 0;
+}
+
+static int f_request_id(struct pctx *c, const char *name, json_t *v)
+{
+    char *dst = c->req->u.reply.msg_id;
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0)
+            return fail(c, IPC_ERR_BAD_REQUEST, name, "must not be negative");
+        snprintf(dst, IPC_MSGID_MAX + 1, "%lld", (long long)json_integer_value(v));
+        return 0;
+    }
+    if (!json_is_string(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a string (the downlink's \"id\")");
+    size_t n;
+    const char *s = get_str(c, name, v, 1, IPC_MSGID_MAX, &n);
+    if (!s)
+        return -1;
+    if (!chars_ok(s, n, "_-.:"))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be letters, digits or \"_-.:\"");
+    memcpy(dst, s, n + 1);
+    return 0;
+}
+
+static int f_code(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 999999)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an integer 0-999999 (200 = success)");
+    c->req->u.reply.code = (int)json_integer_value(v);
+    return 0;
+}
+
+static int f_data(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_object(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an object");
+    if (check_serialized_size(c, name, v) < 0)
+        return -1;
+    c->req->u.reply.data = json_incref(v);
+    return 0;
+}
+
+static int f_message(struct pctx *c, const char *name, json_t *v)
+{
+    return (c->req->u.reply.message = dup_str(c, name, v, 0, 256)) ? 0 : -1;
+}
+
+static int f_watch_devices(struct pctx *c, const char *name, json_t *v)
+{
+    struct ipc_watch_filter *w = &c->req->u.watch;
+    if (json_is_string(v) && strcmp(json_string_value(v), "*") == 0)
+        return 0;
+    if (!json_is_array(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be \"*\" or an array of \"pk/dn\"");
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must not be empty (use \"*\" for all)");
+    if (n > IPC_WATCH_DEVICES_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "more than %d devices", IPC_WATCH_DEVICES_MAX);
+    if (!(w->devices = calloc(n, sizeof(char *))))
+        return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        struct ipc_device_key k;
+        const char *why;
+        json_t *e = json_array_get(v, i);
+        if (!json_is_string(e) || ipc_device_key_parse(json_string_value(e), &k, &why) < 0 ||
+            strlen(json_string_value(e)) != json_string_length(e))
+            return fail(c, IPC_ERR_BAD_REQUEST, name, "element %zu: must be \"pk/dn\"", i);
+        if (!(w->devices[w->n_devices++] = strdup(k.key)))
+            return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    }
+    qsort(w->devices, w->n_devices, sizeof(char *), cmp_str);
+    w->all_devices = false;
+    return 0;
+}
+
+static int f_watch_topics(struct pctx *c, const char *name, json_t *v)
+{
+    struct ipc_watch_filter *w = &c->req->u.watch;
+    if (!json_is_array(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an array of topic filters");
+    size_t n = json_array_size(v);
+    if (n > IPC_WATCH_TOPICS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "more than %d filters", IPC_WATCH_TOPICS_MAX);
+    if (n && !(w->topics = calloc(n, sizeof(char *))))
+        return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(v, i);
+        size_t len = json_is_string(e) ? json_string_length(e) : 0;
+        if (!json_is_string(e) || len == 0 || len > 255 || strlen(json_string_value(e)) != len ||
+            !pattern_ok(json_string_value(e), len))
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "element %zu: must be an MQTT topic filter ('+' and '#' as whole "
+                        "levels, '#' last)",
+                        i);
+        if (!(w->topics[w->n_topics++] = strdup(json_string_value(e))))
+            return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
+    }
+    return 0;
+}
+
+static int f_watch_kinds(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_array(v) || json_array_size(v) == 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a non-empty array of event kinds");
+    unsigned kinds = 0;
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        json_t *e = json_array_get(v, i);
+        unsigned k = 0;
+        for (unsigned j = 0; json_is_string(e) && j < sizeof(kind_names) / sizeof(*kind_names); j++)
+            if (strcmp(json_string_value(e), kind_names[j]) == 0)
+                k = 1u << j;
+        if (!k)
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "element %zu: must be one of message, property_set, service_call, "
+                        "state, reply",
+                        i);
+        kinds |= k;
+    }
+    c->req->u.watch.kinds = kinds;
+    return 0;
+}
+
+static int f_add_device(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_object(v))
+        return fail(c, IPC_ERR_BAD_REQUEST, name,
+                    "must be a device object (as in the configuration's \"devices\")");
+    if (json_dumpb(v, NULL, 0, JSON_COMPACT) > 65536)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "larger than 64 KiB");
+    c->req->u.add.device = json_incref(v);
+    return 0;
+}
+
+static int f_state(struct pctx *c, const char *name, json_t *v)
+{
+    return (c->req->u.devices.state = dup_str(c, name, v, 1, 32)) ? 0 : -1;
+}
+
+static int f_client(struct pctx *c, const char *name, json_t *v)
+{
+    return (c->req->u.hello.client = dup_str(c, name, v, 0, 64)) ? 0 : -1;
+}
+
+struct field {
+    const char *name;
+    int (*parse)(struct pctx *c, const char *name, json_t *v);
+    bool required;
+};
+
+#define END                                                                                        \
+    {                                                                                              \
+        NULL, NULL, false                                                                          \
+    }
+static const struct field fl_hello[] = {{"client", f_client, false}, END};
+static const struct field fl_publish[] = {
+    {"device", f_device, true},    {"topic", f_topic, true},
+    {"payload", f_payload, false}, {"payload_b64", f_payload_b64, false},
+    {"qos", f_qos, false},         END};
+static const struct field fl_props[] = {
+    {"device", f_device, true},          {"params", f_props, true},
+    {"timestamp", f_timestamp, false},   {"ack", f_ack, false},
+    {"wait_reply", f_wait_reply, false}, END};
+static const struct field fl_event[] = {{"device", f_device, true},
+                                        {"event", f_event, true},
+                                        {"params", f_event_params, true},
+                                        {"timestamp", f_timestamp, false},
+                                        {"ack", f_ack, false},
+                                        {"wait_reply", f_wait_reply, false},
+                                        END};
+static const struct field fl_reply[] = {
+    {"device", f_device, true}, {"request_id", f_request_id, true}, {"code", f_code, true},
+    {"data", f_data, false},    {"message", f_message, false},      END};
+static const struct field fl_watch[] = {{"devices", f_watch_devices, false},
+                                        {"topics", f_watch_topics, false},
+                                        {"kinds", f_watch_kinds, false},
+                                        END};
+static const struct field fl_devices[] = {{"state", f_state, false}, END};
+static const struct field fl_device[] = {{"device", f_device, true}, END};
+static const struct field fl_add[] = {{"device", f_add_device, true}, END};
+static const struct field fl_none[] = {END};
+
+static const struct field *const op_fields[IPC_OP_COUNT_] = {
+    [IPC_OP_HELLO] = fl_hello,
+    [IPC_OP_PUBLISH] = fl_publish,
+    [IPC_OP_POST_PROPERTIES] = fl_props,
+    [IPC_OP_POST_EVENT] = fl_event,
+    [IPC_OP_REPLY] = fl_reply,
+    [IPC_OP_WATCH] = fl_watch,
+    [IPC_OP_DEVICES] = fl_devices,
+    [IPC_OP_DEVICE] = fl_device,
+    [IPC_OP_ADD_DEVICE] = fl_add,
+    [IPC_OP_REMOVE_DEVICE] = fl_device,
+    [IPC_OP_STATS] = fl_none,
+    [IPC_OP_RELOAD] = fl_none,
+    [IPC_OP_STATUS] = fl_none,
+};
+
+/* True when the topic has the device's productKey and deviceName as two consecutive levels. */
+static bool topic_names_device(const char *topic, const struct ipc_device_key *k)
+{
+    size_t pl = strlen(k->pk), dl = strlen(k->dn);
+    for (const char *p = topic; (p = strchr(p, '/')) != NULL; p++) {
+        if (strncmp(p + 1, k->pk, pl) == 0 && p[1 + pl] == '/' &&
+            strncmp(p + 2 + pl, k->dn, dl) == 0 &&
+            (p[2 + pl + dl] == '/' || p[2 + pl + dl] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+static int check_whole(struct pctx *c)
+{
+    struct ipc_request *r = c->req;
+    if (r->op == IPC_OP_PUBLISH) {
+        if (c->seen_payload && c->seen_b64)
+            return fail(c, IPC_ERR_BAD_REQUEST, "payload",
+                        "give either payload or payload_b64, not both");
+        if (!c->seen_payload && !c->seen_b64)
+            return fail(c, IPC_ERR_BAD_REQUEST, "payload", "missing (or payload_b64)");
+        if (!topic_names_device(r->u.publish.topic, &r->dev))
+            return fail(c, IPC_ERR_BAD_REQUEST, "topic",
+                        "must belong to device %s (contain the levels /%s/%s)", r->dev.key,
+                        r->dev.pk, r->dev.dn);
+    }
+    return 0;
+}
+
+static void set_defaults(struct ipc_request *r)
+{
+    switch (r->op) {
+    case IPC_OP_PUBLISH:
+        r->u.publish.qos = 1;
+        break;
+    case IPC_OP_POST_PROPERTIES:
+    case IPC_OP_POST_EVENT:
+        r->u.post.ack = true;
+        break;
+    case IPC_OP_WATCH:
+        r->u.watch.all_devices = true;
+        r->u.watch.kinds = IPC_EV_ALL_;
+        break;
+    case IPC_OP_REPLY:
+        r->u.reply.code = 200;
+        break;
+    default:
+        break;
+    }
+}
+
+static int check_id(struct pctx *c, json_t *id)
+{
+    if (!id)
+        return fail(c, IPC_ERR_BAD_REQUEST, "id", "missing (a number or a string)");
+    if (json_is_string(id)) {
+        size_t n = json_string_length(id);
+        if (n == 0 || n > IPC_ID_MAX)
+            return fail(c, IPC_ERR_BAD_REQUEST, "id", "a string id must be 1-%d bytes", IPC_ID_MAX);
+    } else if (!json_is_integer(id)) {
+        return fail(c, IPC_ERR_BAD_REQUEST, "id", "must be an integer or a string");
+    }
+    return 0;
+}
+
+int ipc_request_parse(const char *line, size_t len, const struct ipc_limits *lim,
+                      struct ipc_request *req, struct ipc_error *err)
+{
+    static const struct ipc_limits no_limits;
+    struct pctx c = {.req = req, .err = err, .lim = lim ? lim : &no_limits};
+    json_error_t jerr;
+    json_t *root = NULL, *id, *opv;
+    const char *key;
+    json_t *val;
+    int rc = -EINVAL;
+
+    memset(req, 0, sizeof(*req));
+    memset(err, 0, sizeof(*err));
+    c.max_payload = c.lim->max_payload ? c.lim->max_payload : IPC_DEFAULT_MAX_PAYLOAD;
+
+    root = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        fail(&c, IPC_ERR_BAD_JSON, NULL, "invalid JSON at column %d: %s", jerr.column, jerr.text);
+        goto out;
+    }
+    if (!json_is_object(root)) {
+        fail(&c, IPC_ERR_BAD_REQUEST, NULL, "a request must be a JSON object");
+        goto out;
+    }
+    id = json_object_get(root, "id");
+    if (check_id(&c, id) < 0)
+        goto out;
+    err->id = json_incref(id);
+    opv = json_object_get(root, "op");
+    if (!opv) {
+        fail(&c, IPC_ERR_BAD_REQUEST, "op", "missing");
+        goto out;
+    }
+    if (!json_is_string(opv)) {
+        fail(&c, IPC_ERR_BAD_REQUEST, "op", "must be a string");
+        goto out;
+    }
+    req->op = IPC_OP_COUNT_;
+    for (int i = 0; i < IPC_OP_COUNT_; i++)
+        if (strcmp(json_string_value(opv), op_names[i]) == 0)
+            req->op = (enum ipc_op)i;
+    if (req->op == IPC_OP_COUNT_) {
+        fail(&c, IPC_ERR_UNKNOWN_OP, "op", "unknown operation \"%.64s\"", json_string_value(opv));
+        goto out;
+    }
+    set_defaults(req);
+
+    const struct field *fields = op_fields[req->op];
+    json_object_foreach(root, key, val)
+    {
+        if (strcmp(key, "id") == 0 || strcmp(key, "op") == 0)
+            continue;
+        const struct field *f = fields;
+        while (f->name && strcmp(f->name, key) != 0)
+            f++;
+        if (!f->name) {
+            fail(&c, IPC_ERR_BAD_REQUEST, NULL, "unknown field \"%.64s\" for %s", key,
+                 op_names[req->op]);
+            goto out;
+        }
+        if (f->parse(&c, f->name, val) < 0)
+            goto out;
+    }
+    for (const struct field *f = fields; f->name; f++) {
+        if (f->required && !json_object_get(root, f->name)) {
+            fail(&c, IPC_ERR_BAD_REQUEST, f->name, "missing");
+            goto out;
+        }
+    }
+    if (check_whole(&c) < 0)
+        goto out;
+    req->id = json_incref(id);
+    ipc_error_free(err);
+    rc = 0;
+out:
+    json_decref(root);
+    if (rc < 0)
+        ipc_request_free(req);
+    return rc;
+}
+
+static void free_strv(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+void ipc_request_free(struct ipc_request *req)
+{
+    if (!req)
+        return;
+    switch (req->op) {
+    case IPC_OP_HELLO:
+        free(req->u.hello.client);
+        break;
+    case IPC_OP_PUBLISH:
+        free(req->u.publish.topic);
+        free(req->u.publish.payload);
+        break;
+    case IPC_OP_POST_PROPERTIES:
+    case IPC_OP_POST_EVENT:
+        json_decref(req->u.post.params);
+        break;
+    case IPC_OP_REPLY:
+        json_decref(req->u.reply.data);
+        free(req->u.reply.message);
+        break;
+    case IPC_OP_WATCH:
+        free_strv(req->u.watch.devices, req->u.watch.n_devices);
+        free_strv(req->u.watch.topics, req->u.watch.n_topics);
+        break;
+    case IPC_OP_ADD_DEVICE:
+        json_decref(req->u.add.device);
+        break;
+    case IPC_OP_DEVICES:
+        free(req->u.devices.state);
+        break;
+    default:
+        break;
+    }
+    json_decref(req->id);
+    memset(req, 0, sizeof(*req));
+}
+
+void ipc_error_free(struct ipc_error *err)
+{
+    json_decref(err->id);
+    err->id = NULL;
+}
+
+/* ---- responses ---- */
+
+static char *dump_line(json_t *o, size_t *len)
+{
+    char *s = NULL;
+    if (o) {
+        size_t n = json_dumpb(o, NULL, 0, JSON_COMPACT);
+        if (n > 0 && (s = malloc(n + 2)) != NULL) {
+            json_dumpb(o, s, n, JSON_COMPACT);
+            s[n] = '\n';
+            s[n + 1] = '\0';
+            *len = n + 1;
+        }
+        json_decref(o);
+    }
+    return s;
+}
+
+char *ipc_response_ok(json_t *id, json_t *result, size_t *len)
+{
+    return dump_line(
+        json_pack("{s:O?,s:b,s:o}", "id", id, "ok", 1, "result", result ? result : json_object()),
+        len);
+}
+
+char *ipc_response_error(json_t *id, enum ipc_err code, const char *message, size_t *len)
+{
+    return dump_line(json_pack("{s:O?,s:b,s:{s:s,s:s}}", "id", id, "ok", 0, "error", "code",
+                               ipc_err_name(code), "message", message ? message : ""),
+                     len);
+}
+
+json_t *ipc_request_peek_id(const char *h, size_t n)
+{
+    size_t i = 0;
+#define WS()                                                                                       \
+    while (i < n && (h[i] == ' ' || h[i] == '\t'))                                                 \
+    i++
+    WS();
+    if (i >= n || h[i++] != '{')
+        return NULL;
+    WS();
+    if (n - i < 4 || memcmp(h + i, "\"id\"", 4) != 0)
+        return NULL;
+    i += 4;
+    WS();
+    if (i >= n || h[i++] != ':')
+        return NULL;
+    WS();
+    if (i < n && h[i] == '"') {
+        size_t s = ++i;
+        while (i < n && h[i] != '"' && h[i] != '\\' && (unsigned char)h[i] >= 0x20 && i - s <= 64)
+            i++;
+        if (i >= n || h[i] != '"' || i == s)
+            return NULL;
+        return json_stringn(h + s, i - s); /* NULL when not UTF-8 */
+    }
+    size_t s = i;
+    if (i < n && h[i] == '-')
+        i++;
+    while (i < n && h[i] >= '0' && h[i] <= '9' && i - s < 18)
+        i++;
+    if (i == s || i >= n || (h[i] != ',' && h[i] != '}' && h[i] != ' ') || h[i - 1] == '-')
+        return NULL;
+    char num[24];
+    memcpy(num, h + s, i - s);
+    num[i - s] = '\0';
+    return json_integer(strtoll(num, NULL, 10));
+#undef WS
+}
+
+/* ---- framing ---- */
+
+void ipc_framer_init(struct ipc_framer *f, size_t max_line)
+{
+    memset(f, 0, sizeof(*f));
+    f->max_line = max_line ? max_line : IPC_DEFAULT_MAX_LINE;
+}
+
+void ipc_framer_free(struct ipc_framer *f)
+{
+    free(f->buf);
+    f->buf = NULL;
+    f->len = f->cap = 0;
+}
+
+static void emit(const char *line, size_t n, ipc_line_cb cb, void *ctx)
+{
+    if (n > 0 && line[n - 1] == '\r')
+        n--;
+    size_t i = 0;
+    while (i < n && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+        i++;
+    if (i < n)
+        cb(ctx, line, n, false);
+}
+
+/* Remembers the first bytes of the line being dropped: what is buffered, then data. */
+static void keep_head(struct ipc_framer *f, const char *data, size_t n)
+{
+    size_t a = f->len < IPC_FRAMER_HEAD ? f->len : IPC_FRAMER_HEAD;
+    memcpy(f->head, f->buf, a);
+    size_t b = IPC_FRAMER_HEAD - a < n ? IPC_FRAMER_HEAD - a : n;
+    memcpy(f->head + a, data, b);
+    f->head_len = a + b;
+    f->len = 0;
+    if (f->cap > 65536) { /* give back what the long line took */
+        free(f->buf);
+        f->buf = NULL;
+        f->cap = 0;
+    }
+}
+
+int ipc_framer_feed(struct ipc_framer *f, const char *data, size_t n, ipc_line_cb cb, void *ctx)
+{
+    int rc = 0;
+    while (n > 0) {
+        const char *nl = memchr(data, '\n', n);
+        size_t seg = nl ? (size_t)(nl - data) : n;
+
+        if (f->discarding) {
+            if (!nl)
+                return rc;
+            f->discarding = false;
+            cb(ctx, f->head, f->head_len, true);
+        } else if (f->len + seg > f->max_line) {
+            keep_head(f, data, seg);
+            if (nl)
+                cb(ctx, f->head, f->head_len, true);
+            else
+                f->discarding = true;
+        } else if (nl && f->len == 0) {
+            emit(data, seg, cb, ctx);
+        } else {
+            if (f->len + seg > f->cap) {
+                size_t cap = f->cap ? f->cap : 256;
+                while (cap < f->len + seg)
+                    cap *= 2;
+                if (cap > f->max_line)
+                    cap = f->max_line;
+                char *nb = realloc(f->buf, cap);
+                if (!nb) {
+                    rc = -ENOMEM;
+                    keep_head(f, data, seg);
+                    if (nl)
+                        cb(ctx, f->head, f->head_len, true);
+                    else
+                        f->discarding = true;
+                    goto next;
+                }
+                f->buf = nb;
+                f->cap = cap;
+            }
+            memcpy(f->buf + f->len, data, seg);
+            f->len += seg;
+            if (nl) {
+                size_t total = f->len;
+                f->len = 0;
+                emit(f->buf, total, cb, ctx);
+            }
+        }
+    next:
+        if (!nl)
+            break;
+        data = nl + 1;
+        n -= seg + 1;
+    }
+    return rc;
+}
