@@ -1,0 +1,1158 @@
+/*
+ * devices: the device registry and each device's state machine (see devices.h).
+ *
+ * A device is named towards the session layer by sid = gen << 32 | slot: the slot indexes
+ * R.slots, the generation changes whenever the slot is reused or the device's session is
+ * replaced, so a late event or a queued pacer entry for an old incarnation is recognised and
+ * dropped. The pacer and the "waiting for in-flight room" list hold sids, not pointers, for the
+ * same reason.
+ *
+ * Forwarder: per device, messages are peeked from the outbox oldest first after the last seq
+ * sent on this connection, published with ref = epoch << 48 | seq, and acked in the outbox on
+ * PUBACK. A new connection bumps the epoch and starts again from the oldest unacked message,
+ * so after any reconnect or restart the unacknowledged messages go out again in order;
+ * acknowledgements from an older epoch still delete their row but no longer count against the
+ * window.
+ */
+#include "devices.h"
+
+#include "dynreg.h"
+#include "errors.h"
+#include "log.h"
+#include "outbox.h"
+#include "session.h"
+#include "sign.h"
+#include "statedb.h"
+#include "strmap.h"
+#include "alink.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REG_TIMEOUT_MS 30000
+#define KICK_WINDOW_MS 60000 /* two losses right after logins within this window = kicked */
+#define AUTH_BACKOFF_CAP_MS (3600 * 1000)
+#define FWD_BATCH 64
+
+struct device {
+    struct device_conf conf;
+    char key[80];
+    uint32_t slot, gen;
+    enum device_state state;
+    int64_t since_ms; /* wall clock of the last state change */
+    int last_error;
+    char last_reason[192];
+    char field_error[160];
+    struct {
+        uint64_t connects, disconnects, msgs_in, msgs_out, auth_failures, kicks, sub_refused;
+    } n;
+
+    char *secret;                         /* device secret (conf or registration); wiped */
+    char *nwl_client_id, *nwl_token;      /* registration-free login */
+    bool session_open, reg_session;       /* a session exists; it is a registration session */
+    int attempt;                          /* consecutive failures, for the back-off */
+    int quick_losses;                     /* losses within KICK_WINDOW_MS */
+    uint64_t first_loss_ms, online_at_ms; /* loop clock */
+
+    uv_timer_t timer;     /* back-off, registration timeout */
+    uv_timer_t fwd_timer; /* rate limit and retry waits */
+    int open_handles;
+
+    char **subs;
+    size_t n_subs;
+    bool *sub_refused;
+
+    uint16_t epoch;
+    int64_t sent_upto;
+    int inflight;
+    double tokens;
+    uint64_t tokens_at_ms;
+    bool waiting_room;
+    uint32_t alink_id;
+};
+
+/* A FIFO of sids that grows as needed. */
+struct sidq {
+    uint64_t *v;
+    size_t cap, head, len;
+};
+
+static struct {
+    uv_loop_t *loop;
+    struct outbox *ob;
+    struct statedb *db;
+    struct devices_hooks hooks;
+    /* settings copied from the config in force */
+    char *instance_id, *register_url;
+    int backoff_min_ms, backoff_max_ms, auth_backoff_ms, kick_backoff_ms;
+    int window, inflight_total;
+    struct device **slots;
+    uint32_t *gens; /* last generation used per slot */
+    size_t n_slots, cap_slots;
+    struct strmap by_key;
+    size_t count, online;
+    int total_inflight;
+    /* connect pacer */
+    struct sidq pace;
+    uv_timer_t pace_timer;
+    bool pace_running;
+    double pace_rate, pace_tokens;
+    int pace_burst;
+    uint64_t pace_at_ms;
+    struct sidq room; /* devices waiting for in-flight room */
+    bool ready;
+} R;
+
+static void session_event(void *arg, const struct session_event *ev);
+static void forward(struct device *d);
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t sid_of(const struct device *d)
+{
+    return (uint64_t)d->gen << 32 | d->slot;
+}
+
+static struct device *by_sid(uint64_t sid)
+{
+    uint32_t slot = (uint32_t)sid;
+    struct device *d = slot < R.n_slots ? R.slots[slot] : NULL;
+    return d && d->gen == (uint32_t)(sid >> 32) ? d : NULL;
+}
+
+static void wipe_free(char *s)
+{
+    if (s) {
+        memset(s, 0, strlen(s));
+        free(s);
+    }
+}
+
+static int sidq_push(struct sidq *q, uint64_t sid)
+{
+    if (q->len == q->cap) {
+        size_t ncap = q->cap ? q->cap * 2 : 256;
+        uint64_t *nv = malloc(ncap * sizeof(*nv));
+        if (!nv)
+            return -ENOMEM;
+        for (size_t i = 0; i < q->len; i++)
+            nv[i] = q->v[(q->head + i) % q->cap];
+        free(q->v);
+        q->v = nv;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    q->v[(q->head + q->len) % q->cap] = sid;
+    q->len++;
+    return 0;
+}
+
+static bool sidq_pop(struct sidq *q, uint64_t *sid)
+{
+    if (!q->len)
+        return false;
+    *sid = q->v[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    return true;
+}
+
+const char *device_state_name(enum device_state s)
+{
+    static const char *const names[] = {"offline", "registering",  "connecting", "online",
+                                        "backoff", "auth-refused", "kicked",     "needs-reset"};
+    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
+}
+
+static void set_state(struct device *d, enum device_state s, int err, const char *reason)
+{
+    enum device_state old = d->state;
+
+    if (err || reason) {
+        d->last_error = err;
+        snprintf(d->last_reason, sizeof(d->last_reason), "%s%s%s", reason ? reason : "",
+                 reason && err ? ": " : "", err ? aligw_strerror(err) : "");
+    }
+    if (old == s)
+        return;
+    d->state = s;
+    d->since_ms = wall_ms();
+    if (old == DEV_ONLINE)
+        R.online--;
+    if (s == DEV_ONLINE)
+        R.online++;
+    if (R.hooks.state_changed)
+        R.hooks.state_changed(R.hooks.ctx, d, old);
+}
+
+/* ---- connect pacer ----------------------------------------------------------------------- */
+
+static void do_connect(struct device *d);
+
+static void pace_tick(uv_timer_t *t)
+{
+    uint64_t now = uv_now(R.loop), sid;
+
+    R.pace_tokens += (double)(now - R.pace_at_ms) * R.pace_rate / 1000.0;
+    if (R.pace_tokens > R.pace_burst)
+        R.pace_tokens = R.pace_burst;
+    R.pace_at_ms = now;
+    while (R.pace_tokens >= 1.0 && sidq_pop(&R.pace, &sid)) {
+        struct device *d = by_sid(sid);
+        if (!d || d->state != DEV_CONNECTING)
+            continue; /* removed or restarted meanwhile */
+        R.pace_tokens -= 1.0;
+        do_connect(d);
+    }
+    if (!R.pace.len) {
+        uv_timer_stop(&R.pace_timer);
+        R.pace_running = false;
+    }
+}
+
+static void pace_enqueue(struct device *d)
+{
+    set_state(d, DEV_CONNECTING, 0, NULL);
+    if (sidq_push(&R.pace, sid_of(d)) < 0) {
+        log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name, "out of memory queuing connect");
+        return;
+    }
+    if (!R.pace_running) {
+        R.pace_running = true;
+        R.pace_at_ms = uv_now(R.loop);
+        uv_timer_start(&R.pace_timer, pace_tick, 0, 10);
+    }
+}
+
+void devices_set_connect_rate(double per_second, int burst)
+{
+    R.pace_rate = per_second > 0 ? per_second : 1;
+    R.pace_burst = burst > 0 ? burst : 1;
+    if (R.pace_tokens > R.pace_burst)
+        R.pace_tokens = R.pace_burst;
+}
+
+/* ---- back-off ---------------------------------------------------------------------------- */
+
+static void begin(struct device *d);
+
+static void on_backoff_timer(uv_timer_t *t)
+{
+    struct device *d = t->data;
+    if (d->conf.reg != REG_NONE && !d->secret && !d->nwl_token)
+        begin(d);
+    else
+        pace_enqueue(d);
+}
+
+/* Schedules the next attempt: base doubles per consecutive failure up to cap, with jitter. */
+static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
+{
+    uint64_t delay = (uint64_t)base_ms;
+
+    for (int i = 0; i < d->attempt && delay < (uint64_t)cap_ms; i++)
+        delay *= 2;
+    if (delay > (uint64_t)cap_ms)
+        delay = (uint64_t)cap_ms;
+    d->attempt++;
+    /* "Equal jitter": half fixed, half random, so a fleet spreads out but never retries early. */
+    delay = delay / 2 + (uint64_t)(((double)rand() / RAND_MAX) * (double)(delay / 2));
+    set_state(d, s, 0, NULL);
+    uv_timer_start(&d->timer, on_backoff_timer, delay, 0);
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s, next attempt in %.1f s",
+            device_state_name(s), (double)delay / 1000.0);
+}
+
+/* ---- sessions ---------------------------------------------------------------------------- */
+
+static void close_session(struct device *d)
+{
+    if (d->session_open) {
+        session_close(sid_of(d));
+        d->session_open = false;
+    }
+    if (d->inflight) {
+        R.total_inflight -= d->inflight;
+        d->inflight = 0;
+    }
+    d->reg_session = false;
+}
+
+static void fill_params(const struct device *d, struct session_params *p, struct sign_creds *c)
+{
+    memset(p, 0, sizeof(*p));
+    p->host = d->conf.host;
+    p->port = d->conf.port;
+    p->tls = d->conf.tls;
+    p->ca_file = d->conf.ca_file;
+    p->verify_hostname = d->conf.verify_hostname;
+    p->client_id = c->client_id;
+    p->username = c->username;
+    p->password = c->password;
+    p->keepalive = d->conf.keepalive;
+    p->clean_session = d->conf.clean_session;
+}
+
+static void do_connect(struct device *d)
+{
+    struct session_params p;
+    struct sign_creds c;
+    char ts[24];
+    int rc;
+
+    if (d->session_open) {
+        rc = session_connect(sid_of(d));
+    } else {
+        if (d->nwl_token) {
+            rc = sign_mqtt_connwl(d->conf.product_key, d->conf.device_name, d->nwl_client_id,
+                                  d->nwl_token, "_v=aligw-" ALIGW_VERSION, &c);
+        } else {
+            struct sign_login in = {.product_key = d->conf.product_key,
+                                    .device_name = d->conf.device_name,
+                                    .device_secret = d->secret,
+                                    .client_id = d->conf.client_id,
+                                    .method = d->conf.sign_method,
+                                    .securemode = d->conf.securemode,
+                                    .ext = "_v=aligw-" ALIGW_VERSION};
+            if (d->conf.timestamp) {
+                snprintf(ts, sizeof(ts), "%" PRId64, wall_ms());
+                in.timestamp = ts;
+            }
+            rc = sign_mqtt_login(&in, &c);
+        }
+        if (rc == 0) {
+            fill_params(d, &p, &c);
+            d->gen++; /* a new session incarnation: stale events of the old one are dropped */
+            R.gens[d->slot] = d->gen;
+            rc = session_open(sid_of(d), &p);
+            d->session_open = rc == 0;
+        }
+        memset(&c, 0, sizeof(c));
+    }
+    if (rc < 0) {
+        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "cannot start session: %s",
+                aligw_strerror(rc));
+        d->last_error = rc;
+        backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+    }
+}
+
+/* ---- registration ------------------------------------------------------------------------ */
+
+static void registered(struct device *d, const struct dynreg_result *r)
+{
+    int rc;
+
+    if (r->device_secret[0]) {
+        rc = statedb_put_secret(R.db, d->conf.product_key, d->conf.device_name, r->device_secret);
+    } else {
+        rc = statedb_put_token(R.db, d->conf.product_key, d->conf.device_name, r->client_id,
+                               r->device_token);
+    }
+    if (rc < 0) {
+        /* Never log in with a secret we could not store: we could not log in after a restart. */
+        log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name,
+                "registration succeeded but storing its result failed: %s", aligw_strerror(rc));
+        backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+        return;
+    }
+    if (r->device_secret[0]) {
+        d->secret = strdup(r->device_secret);
+    } else {
+        d->nwl_client_id = strdup(r->client_id);
+        d->nwl_token = strdup(r->device_token);
+    }
+    log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
+            "registered (%s); credentials stored", d->conf.reg == REG_HTTPS ? "https" : "mqtt");
+    d->attempt = 0;
+    pace_enqueue(d);
+}
+
+static void registration_failed(struct device *d, int err, const struct dynreg_result *r)
+{
+    char why[192] = "registration failed";
+
+    if (r && r->platform_code)
+        snprintf(why, sizeof(why), "registration refused with code %d%s%s", r->platform_code,
+                 r->message[0] ? " " : "", r->message);
+    log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s: %s", why,
+            aligw_strerror(err));
+    d->last_error = err;
+    snprintf(d->last_reason, sizeof(d->last_reason), "%s: %s", why, aligw_strerror(err));
+    if (err == ALIGW_EACTIVE)
+        backoff(d, DEV_NEEDS_RESET, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
+    else if (err == ALIGW_EAUTH)
+        backoff(d, DEV_AUTH_REFUSED, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
+    else
+        backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+}
+
+static void https_registered(void *arg, int status, const struct dynreg_result *r)
+{
+    struct device *d = by_sid((uint64_t)(uintptr_t)arg);
+
+    if (!d || d->state != DEV_REGISTERING)
+        return; /* removed meanwhile */
+    if (status < 0)
+        registration_failed(d, status, r);
+    else
+        registered(d, r);
+}
+
+static void on_reg_timeout(uv_timer_t *t)
+{
+    struct device *d = t->data;
+    close_session(d);
+    registration_failed(d, -ETIMEDOUT, NULL);
+}
+
+static void start_mqtt_registration(struct device *d)
+{
+    struct session_params p;
+    struct sign_creds c;
+    char random[17];
+    int rc;
+
+    dynreg_random(random);
+    rc = sign_mqtt_register(d->conf.product_key, d->conf.device_name, d->conf.product_secret,
+                            d->conf.reg == REG_MQTT ? "register" : "regnwl", random,
+                            d->conf.sign_method, R.instance_id, &c);
+    if (rc == 0) {
+        fill_params(d, &p, &c);
+        p.clean_session = true;
+        p.keepalive = 60;
+        d->gen++;
+        R.gens[d->slot] = d->gen;
+        rc = session_open(sid_of(d), &p);
+        d->session_open = rc == 0;
+        d->reg_session = rc == 0;
+    }
+    memset(&c, 0, sizeof(c));
+    if (rc < 0) {
+        registration_failed(d, rc, NULL);
+        return;
+    }
+    uv_timer_start(&d->timer, on_reg_timeout, REG_TIMEOUT_MS, 0);
+}
+
+/* Loads stored credentials, or registers, or goes straight to the pacer. */
+static void begin(struct device *d)
+{
+    if (d->conf.reg == REG_NONE) {
+        pace_enqueue(d);
+        return;
+    }
+    if (!d->secret && !d->nwl_token) {
+        struct statedb_reg sr;
+        if (statedb_get_registration(R.db, d->conf.product_key, d->conf.device_name, &sr) == 0) {
+            if (sr.device_secret[0])
+                d->secret = strdup(sr.device_secret);
+            else {
+                d->nwl_client_id = strdup(sr.client_id);
+                d->nwl_token = strdup(sr.device_token);
+            }
+            memset(&sr, 0, sizeof(sr));
+            log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name,
+                    "using stored registration");
+        }
+    }
+    if (d->secret || d->nwl_token) {
+        pace_enqueue(d);
+        return;
+    }
+    set_state(d, DEV_REGISTERING, 0, NULL);
+    if (d->conf.reg == REG_HTTPS) {
+        struct dynreg_request req = {.url = R.register_url,
+                                     .ca_file = d->conf.ca_file,
+                                     .verify_hostname = d->conf.verify_hostname,
+                                     .product_key = d->conf.product_key,
+                                     .device_name = d->conf.device_name,
+                                     .product_secret = d->conf.product_secret,
+                                     .method = d->conf.sign_method};
+        int rc = dynreg_https_start(R.loop, &req, https_registered, (void *)(uintptr_t)sid_of(d));
+        if (rc < 0)
+            registration_failed(d, rc, NULL);
+    } else {
+        start_mqtt_registration(d);
+    }
+}
+
+/* ---- session events ---------------------------------------------------------------------- */
+
+static void on_connected(struct device *d)
+{
+    int rc;
+
+    if (d->reg_session)
+        return; /* the platform pushes the registration reply; the timer guards it */
+    d->n.connects++;
+    d->attempt = 0;
+    d->online_at_ms = uv_now(R.loop);
+    d->last_error = 0;
+    d->last_reason[0] = '\0';
+    set_state(d, DEV_ONLINE, 0, NULL);
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "online");
+    memset(d->sub_refused, 0, d->n_subs * sizeof(*d->sub_refused));
+    for (size_t i = 0; i < d->n_subs; i += 64) {
+        size_t n = d->n_subs - i < 64 ? d->n_subs - i : 64;
+        rc = session_subscribe(sid_of(d), d->subs + i, n);
+        if (rc < 0)
+            log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "subscribe failed: %s",
+                    aligw_strerror(rc));
+    }
+    d->epoch++;
+    d->sent_upto = 0;
+    R.total_inflight -= d->inflight;
+    d->inflight = 0;
+    forward(d);
+}
+
+static void on_connect_failed(struct device *d, int code, const char *msg)
+{
+    uv_timer_stop(&d->timer);
+    if (d->reg_session) {
+        close_session(d);
+        registration_failed(d, code == 4 || code == 5 ? ALIGW_EAUTH : -ECONNREFUSED, NULL);
+        return;
+    }
+    if (code == 4 || code == 5 || code == 2) {
+        d->n.auth_failures++;
+        d->last_error = ALIGW_EAUTH;
+        snprintf(d->last_reason, sizeof(d->last_reason),
+                 "login refused (CONNACK %d: %s); check the device secret", code,
+                 code == 2   ? "identifier rejected"
+                 : code == 4 ? "bad user name or password"
+                             : "not authorized");
+        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+        /* A fresh session next time: the clientId and password may change (timestamp). */
+        close_session(d);
+        backoff(d, DEV_AUTH_REFUSED, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
+        return;
+    }
+    d->last_error = code < 0 ? code : -ECONNREFUSED;
+    snprintf(d->last_reason, sizeof(d->last_reason), "connect failed: %s%s%s",
+             code > 0 ? "server unavailable" : aligw_strerror(d->last_error), msg ? ": " : "",
+             msg ? msg : "");
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+}
+
+static void on_lost(struct device *d, const char *cause)
+{
+    uint64_t now = uv_now(R.loop);
+
+    if (d->reg_session) {
+        uv_timer_stop(&d->timer);
+        close_session(d);
+        registration_failed(d, -ECONNRESET, NULL);
+        return;
+    }
+    d->n.disconnects++;
+    R.total_inflight -= d->inflight;
+    d->inflight = 0;
+    d->epoch++;
+    /*
+     * MQTT 3.1.1 gives no reason when the platform closes a session, so a kick is inferred: the
+     * session was taken away twice within a minute, each time after a login had been accepted.
+     * A network fault shows as failed connects instead, which back off normally.
+     */
+    if (!d->quick_losses || now - d->first_loss_ms > KICK_WINDOW_MS) {
+        d->quick_losses = 0;
+        d->first_loss_ms = now;
+    }
+    d->quick_losses++;
+    if (d->quick_losses >= 2) {
+        d->n.kicks++;
+        d->last_error = ALIGW_EKICKED;
+        snprintf(d->last_reason, sizeof(d->last_reason),
+                 "session closed by the platform twice within %d s after successful logins: "
+                 "another client is probably logged in as this device",
+                 KICK_WINDOW_MS / 1000);
+        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+        d->quick_losses = 0;
+        backoff(d, DEV_KICKED, R.kick_backoff_ms, AUTH_BACKOFF_CAP_MS);
+        return;
+    }
+    d->last_error = -ECONNRESET;
+    snprintf(d->last_reason, sizeof(d->last_reason), "connection lost%s%s", cause ? ": " : "",
+             cause ? cause : "");
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+}
+
+static void on_message(struct device *d, const char *topic, const void *payload, size_t len)
+{
+    if (d->reg_session) {
+        struct dynreg_result r;
+        int rc = dynreg_parse_mqtt_reply(topic, payload, len, &r);
+        if (rc < 0) {
+            log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name,
+                    "unexpected message on %s during registration", topic);
+            return;
+        }
+        uv_timer_stop(&d->timer);
+        close_session(d);
+        registered(d, &r);
+        memset(&r, 0, sizeof(r));
+        return;
+    }
+    d->n.msgs_in++;
+    if (R.hooks.downlink)
+        R.hooks.downlink(R.hooks.ctx, d, topic, payload, len);
+}
+
+static void wake_room_waiters(void)
+{
+    uint64_t sid;
+    size_t n = R.room.len;
+
+    while (n-- && R.total_inflight < R.inflight_total && sidq_pop(&R.room, &sid)) {
+        struct device *d = by_sid(sid);
+        if (!d)
+            continue;
+        d->waiting_room = false;
+        forward(d);
+    }
+}
+
+static void on_published(struct device *d, uint64_t ref, bool ok)
+{
+    int64_t seq = (int64_t)(ref & 0xffffffffffffULL);
+    bool current = (uint16_t)(ref >> 48) == d->epoch;
+
+    if (ok) {
+        outbox_ack(R.ob, seq);
+        d->n.msgs_out++;
+    }
+    if (!current)
+        return;
+    d->inflight--;
+    R.total_inflight--;
+    if (!ok) {
+        /* Not delivered on a live connection: start again from the oldest unacked message. */
+        d->epoch++;
+        d->sent_upto = 0;
+        R.total_inflight -= d->inflight;
+        d->inflight = 0;
+    }
+    forward(d);
+    if (R.room.len)
+        wake_room_waiters();
+}
+
+static void on_subscribed(struct device *d, size_t index, int code)
+{
+    (void)index;
+    (void)code;
+}
+
+static void session_event(void *arg, const struct session_event *ev)
+{
+    struct device *d = by_sid(ev->id);
+
+    if (!d)
+        return;
+    switch (ev->kind) {
+    case SESSION_CONNECTED:
+        on_connected(d);
+        break;
+    case SESSION_CONNECT_FAILED:
+        on_connect_failed(d, ev->code, ev->topic);
+        break;
+    case SESSION_LOST:
+        on_lost(d, ev->topic);
+        break;
+    case SESSION_PUBLISHED:
+    case SESSION_PUBLISH_FAILED:
+        on_published(d, ev->ref, ev->kind == SESSION_PUBLISHED);
+        break;
+    case SESSION_SUBSCRIBED:
+        if (ev->code < 0 && ev->index < d->n_subs) {
+            d->sub_refused[ev->index] = true;
+            d->n.sub_refused++;
+            log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name,
+                    "subscription to %s refused by the platform", d->subs[ev->index]);
+        }
+        on_subscribed(d, ev->index, ev->code);
+        break;
+    case SESSION_MESSAGE:
+        on_message(d, ev->topic, ev->payload, ev->len);
+        break;
+    }
+}
+
+/* ---- forwarder --------------------------------------------------------------------------- */
+
+static void on_fwd_timer(uv_timer_t *t)
+{
+    forward(t->data);
+}
+
+/* Refills the token bucket; returns true when a message may go now. */
+static bool take_token(struct device *d)
+{
+    uint64_t now;
+
+    if (d->conf.rate <= 0)
+        return true;
+    now = uv_now(R.loop);
+    d->tokens += (double)(now - d->tokens_at_ms) * d->conf.rate / 1000.0;
+    d->tokens_at_ms = now;
+    if (d->tokens > (d->conf.rate > 1 ? d->conf.rate : 1))
+        d->tokens = d->conf.rate > 1 ? d->conf.rate : 1;
+    if (d->tokens < 1.0) {
+        uint64_t wait = (uint64_t)((1.0 - d->tokens) * 1000.0 / d->conf.rate) + 1;
+        uv_timer_start(&d->fwd_timer, on_fwd_timer, wait, 0);
+        return false;
+    }
+    d->tokens -= 1.0;
+    return true;
+}
+
+static void forward(struct device *d)
+{
+    struct outbox_msg m[FWD_BATCH];
+    size_t n, i;
+    int rc;
+
+    while (d->state == DEV_ONLINE && d->inflight < R.window) {
+        if (R.total_inflight >= R.inflight_total) {
+            if (!d->waiting_room && sidq_push(&R.room, sid_of(d)) == 0)
+                d->waiting_room = true;
+            return;
+        }
+        size_t want = (size_t)(R.window - d->inflight);
+        if (want > FWD_BATCH)
+            want = FWD_BATCH;
+        rc = outbox_peek(R.ob, d->key, d->sent_upto, m, want, &n);
+        if (rc < 0 || n == 0)
+            return;
+        for (i = 0; i < n; i++) {
+            if (d->state != DEV_ONLINE || !take_token(d))
+                break;
+            uint64_t ref = (uint64_t)d->epoch << 48 | (uint64_t)m[i].seq;
+            rc = session_publish(sid_of(d), m[i].topic, m[i].payload, m[i].len, m[i].qos, ref);
+            if (rc < 0) {
+                d->tokens += 1.0;
+                if (rc == -EAGAIN)
+                    uv_timer_start(&d->fwd_timer, on_fwd_timer, 100, 0);
+                break;
+            }
+            d->sent_upto = m[i].seq;
+            d->inflight++;
+            R.total_inflight++;
+        }
+        bool stopped = i < n;
+        for (size_t k = 0; k < n; k++)
+            outbox_msg_free(&m[k]);
+        if (stopped)
+            return;
+    }
+}
+
+void devices_outbox_ready(const char *key)
+{
+    struct device *d = strmap_get(&R.by_key, key);
+    if (d)
+        forward(d);
+}
+
+/* ---- registry ---------------------------------------------------------------------------- */
+
+static int build_subscriptions(struct device *d)
+{
+    char **sys = NULL;
+    size_t n_sys = 0;
+    int rc = alink_system_topics(d->conf.product_key, d->conf.device_name, &sys, &n_sys);
+
+    if (rc < 0)
+        return rc;
+    d->n_subs = n_sys + d->conf.n_topics;
+    d->subs = calloc(d->n_subs ? d->n_subs : 1, sizeof(*d->subs));
+    d->sub_refused = calloc(d->n_subs ? d->n_subs : 1, sizeof(*d->sub_refused));
+    if (!d->subs || !d->sub_refused) {
+        for (size_t i = 0; i < n_sys; i++)
+            free(sys[i]);
+        free(sys);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n_sys; i++)
+        d->subs[i] = sys[i];
+    free(sys);
+    for (size_t i = 0; i < d->conf.n_topics; i++) {
+        d->subs[n_sys + i] = strdup(d->conf.topics[i]);
+        if (!d->subs[n_sys + i])
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+static void device_free(struct device *d)
+{
+    for (size_t i = 0; i < d->n_subs; i++)
+        free(d->subs[i]);
+    free(d->subs);
+    free(d->sub_refused);
+    wipe_free(d->secret);
+    wipe_free(d->nwl_client_id);
+    wipe_free(d->nwl_token);
+    config_device_conf_free(&d->conf);
+    free(d);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct device *d = h->data;
+    if (--d->open_handles == 0)
+        device_free(d);
+}
+
+static int slot_alloc(struct device *d)
+{
+    for (size_t i = 0; i < R.n_slots; i++) {
+        if (!R.slots[i]) {
+            d->slot = (uint32_t)i;
+            goto found;
+        }
+    }
+    if (R.n_slots == R.cap_slots) {
+        size_t ncap = R.cap_slots ? R.cap_slots * 2 : 1024;
+        struct device **ns = realloc(R.slots, ncap * sizeof(*ns));
+        if (!ns)
+            return -ENOMEM;
+        R.slots = ns;
+        uint32_t *ng = realloc(R.gens, ncap * sizeof(*ng));
+        if (!ng)
+            return -ENOMEM;
+        R.gens = ng;
+        R.cap_slots = ncap;
+    }
+    d->slot = (uint32_t)R.n_slots;
+    R.gens[R.n_slots] = 0;
+    R.slots[R.n_slots++] = NULL;
+found:
+    d->gen = ++R.gens[d->slot];
+    R.slots[d->slot] = d;
+    return 0;
+}
+
+static int device_new(const struct device_conf *dc, struct device **out)
+{
+    struct device *d = calloc(1, sizeof(*d));
+    int rc;
+
+    if (!d)
+        return -ENOMEM;
+    rc = config_device_conf_copy(&d->conf, dc);
+    if (rc < 0) {
+        free(d);
+        return rc;
+    }
+    snprintf(d->key, sizeof(d->key), "%s/%s", dc->product_key, dc->device_name);
+    if (dc->device_secret && !(d->secret = strdup(dc->device_secret)))
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = build_subscriptions(d);
+    if (rc == 0)
+        rc = slot_alloc(d);
+    if (rc < 0) {
+        device_free(d);
+        return rc;
+    }
+    d->tokens = d->conf.rate > 1 ? d->conf.rate : 1;
+    d->tokens_at_ms = uv_now(R.loop);
+    d->since_ms = wall_ms();
+    uv_timer_init(R.loop, &d->timer);
+    uv_timer_init(R.loop, &d->fwd_timer);
+    d->timer.data = d->fwd_timer.data = d;
+    d->open_handles = 2;
+    strmap_put(&R.by_key, d->key, d);
+    R.count++;
+    *out = d;
+    return 0;
+}
+
+static void device_stop(struct device *d)
+{
+    if (R.hooks.removed)
+        R.hooks.removed(R.hooks.ctx, d);
+    close_session(d);
+    if (d->state == DEV_ONLINE)
+        R.online--;
+    d->state = DEV_OFFLINE;
+    strmap_del(&R.by_key, d->key);
+    R.slots[d->slot] = NULL;
+    R.count--;
+    uv_close((uv_handle_t *)&d->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&d->fwd_timer, on_handle_closed);
+}
+
+static void copy_settings(const struct config *c)
+{
+    free(R.instance_id);
+    free(R.register_url);
+    R.instance_id =
+        c->cloud.instance_id && *c->cloud.instance_id ? strdup(c->cloud.instance_id) : NULL;
+    R.register_url = c->cloud.register_url ? strdup(c->cloud.register_url) : NULL;
+    R.backoff_min_ms = c->cloud.backoff_min_ms;
+    R.backoff_max_ms = c->cloud.backoff_max_ms;
+    R.auth_backoff_ms = c->cloud.auth_backoff_ms;
+    R.kick_backoff_ms = c->cloud.kick_backoff_ms;
+    R.window = c->store.inflight > 0 ? c->store.inflight : 16;
+    R.inflight_total = c->store.inflight_total > 0 ? c->store.inflight_total : 20000;
+    devices_set_connect_rate(c->cloud.connect_rate, c->cloud.connect_burst);
+}
+
+int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, struct statedb *db,
+                 const struct devices_hooks *hooks)
+{
+    int rc;
+
+    memset(&R, 0, sizeof(R));
+    R.loop = loop;
+    R.ob = ob;
+    R.db = db;
+    R.hooks = *hooks;
+    strmap_init(&R.by_key);
+    uv_timer_init(loop, &R.pace_timer);
+    rc = session_layer_init(loop, session_event, NULL);
+    if (rc < 0)
+        return rc;
+    R.ready = true;
+    return devices_apply(c);
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether a running device must be restarted to pick up dc. */
+static bool conf_changed(const struct device_conf *a, const struct device_conf *b)
+{
+    if (!str_eq(a->device_secret, b->device_secret) ||
+        !str_eq(a->product_secret, b->product_secret) || a->reg != b->reg ||
+        !str_eq(a->client_id, b->client_id) || !str_eq(a->host, b->host) || a->port != b->port ||
+        a->tls != b->tls || !str_eq(a->ca_file, b->ca_file) ||
+        a->verify_hostname != b->verify_hostname || a->securemode != b->securemode ||
+        a->sign_method != b->sign_method || a->timestamp != b->timestamp ||
+        a->keepalive != b->keepalive || a->clean_session != b->clean_session ||
+        a->n_topics != b->n_topics)
+        return true;
+    for (size_t i = 0; i < a->n_topics; i++)
+        if (strcmp(a->topics[i], b->topics[i]) != 0)
+            return true;
+    return false;
+}
+
+static int start_new(const struct device_conf *dc)
+{
+    struct device *d;
+    int rc = device_new(dc, &d);
+    if (rc < 0) {
+        log_dev(LOG_ERR, dc->product_key, dc->device_name, "cannot add device: %s",
+                aligw_strerror(rc));
+        return rc;
+    }
+    begin(d);
+    return 0;
+}
+
+int devices_apply(const struct config *c)
+{
+    struct strmap keep;
+    char key[80];
+    size_t added = 0, removed = 0, restarted = 0;
+
+    copy_settings(c);
+    strmap_init(&keep);
+    for (size_t i = 0; i < c->n_devices; i++) {
+        const struct device_conf *dc = &c->devices[i];
+        snprintf(key, sizeof(key), "%s/%s", dc->product_key, dc->device_name);
+        struct device *d = strmap_get(&R.by_key, key);
+        if (d && conf_changed(&d->conf, dc)) {
+            device_stop(d);
+            d = NULL;
+            restarted++;
+            added--;
+        }
+        if (!d) {
+            if (start_new(dc) == 0)
+                added++;
+            d = strmap_get(&R.by_key, key);
+        } else {
+            d->conf.rate = dc->rate; /* applied without a restart */
+            d->conf.max_bytes = dc->max_bytes;
+        }
+        if (d)
+            strmap_put(&keep, d->key, d);
+    }
+    /* Stop configured devices that are gone; runtime-added ones stay. */
+    for (size_t i = 0; i < R.n_slots; i++) {
+        struct device *d = R.slots[i];
+        if (d && !d->conf.runtime && !strmap_get(&keep, d->key)) {
+            device_stop(d);
+            removed++;
+        }
+    }
+    strmap_free(&keep);
+    if (added || removed || restarted)
+        log_info("devices: %zu added, %zu removed, %zu restarted, %zu in all", added, removed,
+                 restarted, R.count);
+    return 0;
+}
+
+int devices_add(const struct device_conf *dc)
+{
+    char key[80];
+    snprintf(key, sizeof(key), "%s/%s", dc->product_key, dc->device_name);
+    if (strmap_get(&R.by_key, key))
+        return -EEXIST;
+    return start_new(dc);
+}
+
+int devices_remove(const char *key)
+{
+    struct device *d = strmap_get(&R.by_key, key);
+    if (!d)
+        return ALIGW_ENODEVICE;
+    device_stop(d);
+    return 0;
+}
+
+void devices_close(void)
+{
+    if (!R.ready)
+        return;
+    for (size_t i = 0; i < R.n_slots; i++)
+        if (R.slots[i])
+            device_stop(R.slots[i]);
+    session_layer_close();
+    uv_close((uv_handle_t *)&R.pace_timer, NULL);
+    strmap_free(&R.by_key);
+    free(R.pace.v);
+    free(R.room.v);
+    free(R.instance_id);
+    free(R.register_url);
+    R.ready = false;
+    /* R.slots and R.gens are freed after the loop has closed the device timers. */
+}
+
+void devices_release_memory(void)
+{
+    free(R.slots);
+    free(R.gens);
+    R.slots = NULL;
+    R.gens = NULL;
+    R.n_slots = R.cap_slots = 0;
+}
+
+struct device *devices_find(const char *key)
+{
+    return strmap_get(&R.by_key, key);
+}
+
+struct device *devices_find2(const char *pk, const char *dn)
+{
+    char key[80];
+    snprintf(key, sizeof(key), "%s/%s", pk, dn);
+    return devices_find(key);
+}
+
+size_t devices_count(void)
+{
+    return R.count;
+}
+
+size_t devices_online(void)
+{
+    return R.online;
+}
+
+void devices_foreach(void (*fn)(struct device *d, void *arg), void *arg)
+{
+    for (size_t i = 0; i < R.n_slots; i++)
+        if (R.slots[i])
+            fn(R.slots[i], arg);
+}
+
+const char *device_key(const struct device *d)
+{
+    return d->key;
+}
+
+const struct device_conf *device_conf(const struct device *d)
+{
+    return &d->conf;
+}
+
+enum device_state device_state(const struct device *d)
+{
+    return d->state;
+}
+
+uint32_t device_next_alink_id(struct device *d)
+{
+    return ++d->alink_id;
+}
+
+void device_set_field_error(struct device *d, const char *reason)
+{
+    snprintf(d->field_error, sizeof(d->field_error), "%s", reason ? reason : "");
+}
+
+json_t *device_status_json(const struct device *d, bool full)
+{
+    struct outbox_stats st;
+    json_t *o = json_pack("{s:s, s:s, s:I}", "device", d->key, "state", device_state_name(d->state),
+                          "since_ms", (json_int_t)d->since_ms);
+    if (!o)
+        return NULL;
+    if (outbox_device_stats(R.ob, d->key, &st) == 0) {
+        json_object_set_new(o, "queued", json_integer((json_int_t)st.count));
+        json_object_set_new(o, "queued_bytes", json_integer((json_int_t)st.bytes));
+        if (full) {
+            json_object_set_new(o, "oldest_ms", json_integer(st.oldest_ms));
+            json_object_set_new(o, "dropped", json_integer((json_int_t)st.dropped));
+            json_object_set_new(o, "expired", json_integer((json_int_t)st.expired));
+        }
+    }
+    if (d->field_error[0])
+        json_object_set_new(o, "field_error", json_string(d->field_error));
+    if (d->last_reason[0])
+        json_object_set_new(o, "last_error", json_string(d->last_reason));
+    if (full) {
+        json_t *refused = json_array();
+        for (size_t i = 0; i < d->n_subs; i++)
+            if (d->sub_refused[i])
+                json_array_append_new(refused, json_string(d->subs[i]));
+        json_object_set_new(o, "refused_topics", refused);
+        json_object_set_new(o, "host", json_string(d->conf.host));
+        json_object_set_new(o, "port", json_integer(d->conf.port));
+        json_object_set_new(o, "tls", json_boolean(d->conf.tls));
+        json_object_set_new(o, "inflight", json_integer(d->inflight));
+        json_object_set_new(
+            o, "counters",
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects", (json_int_t)d->n.connects,
+                      "disconnects", (json_int_t)d->n.disconnects, "messages_in",
+                      (json_int_t)d->n.msgs_in, "messages_out", (json_int_t)d->n.msgs_out,
+                      "auth_failures", (json_int_t)d->n.auth_failures, "kicks",
+                      (json_int_t)d->n.kicks, "subscriptions_refused",
+                      (json_int_t)d->n.sub_refused));
+        if (d->conf.reg != REG_NONE)
+            json_object_set_new(o, "registration",
+                                json_string(d->secret || d->nwl_token ? "stored" : "pending"));
+    }
+    return o;
+}

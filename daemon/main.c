@@ -1,0 +1,289 @@
+/*
+ * main: aligwd's entry point. Parses the command line, loads and validates the configuration,
+ * opens the state database and the outbox, starts the device registry, the local API and the
+ * plugins on one libuv loop, and talks to systemd. Signals only wake the loop: SIGTERM/SIGINT
+ * start an orderly shutdown that closes every handle, SIGHUP reloads the configuration through
+ * the same parse-and-validate path (a config with errors is refused and the running one kept).
+ */
+#include "api.h"
+#include "config.h"
+#include "devices.h"
+#include "errors.h"
+#include "log.h"
+#include "notify.h"
+#include "outbox.h"
+#include "statedb.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static struct {
+    uv_loop_t *loop;
+    uv_signal_t sigterm, sigint, sighup;
+    struct config *cfg;
+    struct outbox *ob;
+    struct statedb *db;
+    int exit_code;
+    bool stopping;
+} M;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: aligwd [OPTIONS]\n"
+               "Connects many devices to the Alibaba Cloud IoT Platform, one MQTT session each,\n"
+               "with every outbound message stored in SQLite until the cloud has it.\n\n"
+               "  -c, --config FILE   configuration file (default " ALIGW_CONF_DIR "/aligw.json)\n"
+               "      --check-config  validate the configuration, print every error, and exit\n"
+               "  -v, --verbose       more logging (repeat for debug); overrides log_level\n"
+               "  -V, --version       print the version and exit\n"
+               "  -h, --help          this text\n\n"
+               "Signals: SIGTERM/SIGINT stop, SIGHUP reloads the configuration.\n"
+               "Documentation: /usr/share/doc/aligw, aligwctl --help.\n");
+}
+
+static void print_errors(const struct config_errors *e, int prio, const char *prefix,
+                         bool to_stdout)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        if (to_stdout)
+            printf("%s%s\n", prefix, e->v[i].text);
+        else
+            log_write(prio, "%s%s", prefix, e->v[i].text);
+    }
+}
+
+/* Creates dir (and parents) with mode 0750 when it is missing. */
+static int ensure_dir(const char *dir)
+{
+    char tmp[4096];
+    size_t len = strlen(dir);
+
+    if (len == 0 || len >= sizeof(tmp))
+        return -EINVAL;
+    memcpy(tmp, dir, len + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static void status_line(char *buf, size_t size)
+{
+    struct outbox_stats st = {0};
+    if (M.ob)
+        outbox_total_stats(M.ob, &st);
+    snprintf(buf, size, "%zu/%zu devices online, %llu queued (%llu bytes), %llu dropped",
+             devices_online(), devices_count(), (unsigned long long)st.count,
+             (unsigned long long)st.bytes, (unsigned long long)(st.dropped + st.expired));
+}
+
+static int reload(void)
+{
+    struct config *nc = NULL;
+    struct config_errors errs = {0}, warns = {0};
+    int rc;
+
+    notify_reloading();
+    log_notice("reloading %s", M.cfg->path);
+    rc = config_load(M.cfg->path, &nc, &errs, &warns);
+    print_errors(&warns, LOG_WARNING, "", false);
+    if (rc < 0) {
+        print_errors(&errs, LOG_ERR, "", false);
+        log_error("reload refused: %zu error(s) in %s; the running configuration is kept", errs.n,
+                  M.cfg->path);
+    } else {
+        log_level = nc->log_level;
+        devices_apply(nc);
+        api_apply_config(nc);
+        config_free(M.cfg);
+        M.cfg = nc;
+        log_notice("configuration reloaded: %zu devices", devices_count());
+    }
+    config_errors_free(&errs);
+    config_errors_free(&warns);
+    notify_ready();
+    return rc;
+}
+
+static void on_outbox_closed(void *arg)
+{
+    M.ob = NULL;
+}
+
+static void shutdown_all(void)
+{
+    if (M.stopping)
+        return;
+    M.stopping = true;
+    notify_stopping();
+    log_notice("shutting down");
+    api_close();
+    devices_close();
+    if (M.ob)
+        outbox_close(M.ob, on_outbox_closed, NULL);
+    notify_close();
+    uv_close((uv_handle_t *)&M.sigterm, NULL);
+    uv_close((uv_handle_t *)&M.sigint, NULL);
+    uv_close((uv_handle_t *)&M.sighup, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    if (signum == SIGHUP)
+        reload();
+    else
+        shutdown_all();
+}
+
+static void on_outbox_ready(void *arg, const char *key)
+{
+    devices_outbox_ready(key);
+}
+
+static void start_pending(void *arg, const char *key)
+{
+    devices_outbox_ready(key);
+}
+
+int api_trigger_reload(void)
+{
+    return reload();
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'C'},
+        {"verbose", no_argument, NULL, 'v'},      {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    const char *path = ALIGW_CONF_DIR "/aligw.json";
+    bool check = false;
+    int verbose = 0, c, rc;
+    struct config_errors errs = {0}, warns = {0};
+
+    while ((c = getopt_long(argc, argv, "c:vVh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'C':
+            check = true;
+            break;
+        case 'v':
+            verbose++;
+            break;
+        case 'V':
+            printf("aligwd %s\n", ALIGW_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "aligwd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    rc = config_load(path, &M.cfg, &errs, &warns);
+    if (check) {
+        print_errors(&warns, 0, "warning: ", true);
+        print_errors(&errs, 0, "", true);
+        if (rc == 0)
+            printf("configuration OK\n");
+        else
+            printf("%zu error(s) in the configuration\n", errs.n);
+        config_errors_free(&errs);
+        config_errors_free(&warns);
+        if (M.cfg)
+            config_free(M.cfg);
+        return rc == 0 ? 0 : 1;
+    }
+    print_errors(&warns, LOG_WARNING, "", false);
+    if (rc < 0) {
+        print_errors(&errs, LOG_ERR, "", false);
+        log_error("%zu error(s) in %s; not starting", errs.n, path);
+        config_errors_free(&errs);
+        config_errors_free(&warns);
+        return 1;
+    }
+    config_errors_free(&errs);
+    config_errors_free(&warns);
+    log_level = M.cfg->log_level;
+    if (verbose)
+        log_level = verbose > 1 ? LOG_DEBUG : (log_level < LOG_INFO ? LOG_INFO : LOG_DEBUG);
+
+    signal(SIGPIPE, SIG_IGN);
+    umask(0027);
+    M.loop = uv_default_loop();
+
+    if ((rc = ensure_dir(M.cfg->state_dir)) < 0 || (rc = ensure_dir(M.cfg->runtime_dir)) < 0) {
+        log_errno(LOG_ERR, rc, "cannot create %s or %s", M.cfg->state_dir, M.cfg->runtime_dir);
+        return 1;
+    }
+    char dbpath[4096];
+    snprintf(dbpath, sizeof(dbpath), "%s/state.db", M.cfg->state_dir);
+    rc = statedb_open(dbpath, &M.db);
+    if (rc < 0) {
+        log_errno(LOG_ERR, rc, "cannot open the state database %s", dbpath);
+        return 1;
+    }
+    struct outbox_opts oo = {.path = M.cfg->store.path,
+                             .durability = M.cfg->store.durability,
+                             .max_bytes = M.cfg->store.max_bytes,
+                             .max_device_bytes = 0,
+                             .policy = M.cfg->store.policy,
+                             .ttl_s = M.cfg->store.ttl_s};
+    rc = outbox_open(M.loop, &oo, on_outbox_ready, NULL, &M.ob);
+    if (rc < 0) {
+        log_errno(LOG_ERR, rc, "cannot open the outbox %s", M.cfg->store.path);
+        statedb_close(M.db);
+        return 1;
+    }
+
+    uv_signal_init(M.loop, &M.sigterm);
+    uv_signal_init(M.loop, &M.sigint);
+    uv_signal_init(M.loop, &M.sighup);
+    uv_signal_start(&M.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&M.sigint, on_signal, SIGINT);
+    uv_signal_start(&M.sighup, on_signal, SIGHUP);
+    notify_start(M.loop, status_line);
+
+    rc = api_start(M.loop, M.cfg, M.ob, M.db);
+    if (rc < 0) {
+        log_errno(LOG_ERR, rc, "cannot start the local API");
+        M.exit_code = 1;
+        shutdown_all();
+    } else {
+        outbox_foreach_pending(M.ob, start_pending, NULL);
+        log_notice("aligwd %s started: %zu devices, outbox %s", ALIGW_VERSION, devices_count(),
+                   M.cfg->store.path);
+        notify_ready();
+    }
+
+    uv_run(M.loop, UV_RUN_DEFAULT);
+    devices_release_memory();
+    statedb_close(M.db);
+    if (uv_loop_close(M.loop) == UV_EBUSY)
+        log_warn("some handles were still open at exit");
+    config_free(M.cfg);
+    log_info("stopped");
+    return M.exit_code;
+}

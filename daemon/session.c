@@ -1,0 +1,556 @@
+/*
+ * session: Paho MQTTAsync behind a message-style interface (see session.h).
+ *
+ * Ownership: struct sess lives in a hash table owned by the loop thread. Paho's callbacks get a
+ * pointer to an immutable struct cbctx {id, gen} (freed only after MQTTAsync_destroy, after which
+ * Paho makes no more calls) or, for a publish or subscribe, a small heap context of their own that
+ * the callback frees. Callbacks push a struct qev into the queue and wake the loop; the loop
+ * drains it, drops events whose session is gone or was reopened (generation mismatch), and hands
+ * the rest to the caller. MQTTAsync_destroy may run pending failure callbacks on the loop thread
+ * itself; push() is safe there because the queue lock is never held while calling Paho.
+ */
+#include "session.h"
+
+#include "errors.h"
+#include "log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <MQTTAsync.h>
+
+struct cbctx {
+    uint64_t id;
+    uint32_t gen;
+};
+
+struct sess {
+    uint64_t id;
+    uint32_t gen;
+    MQTTAsync client;
+    struct cbctx *ctx;
+    char *host, *ca_file, *client_id, *username, *password;
+    struct session_params p; /* strings point at the copies above */
+};
+
+struct pubctx {
+    uint64_t id;
+    uint32_t gen;
+    uint64_t ref;
+};
+
+struct subctx {
+    uint64_t id;
+    uint32_t gen;
+    size_t n;
+};
+
+struct qev {
+    struct qev *next;
+    uint32_t gen;
+    struct session_event ev;
+};
+
+static struct {
+    uv_loop_t *loop;
+    uv_async_t async;
+    session_event_cb cb;
+    void *arg;
+    pthread_mutex_t mu;
+    struct qev *head, *tail;
+    struct sess **table; /* open addressing on id, NULL = empty, TOMB = deleted */
+    size_t cap, used, count;
+    uint32_t next_gen;
+    MQTTAsync keeper; /* never connected: keeps Paho's threads alive between sessions */
+    bool ready;
+} L = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static struct sess tomb_;
+#define TOMB (&tomb_)
+
+/* ---- id table ---------------------------------------------------------------------------- */
+
+static size_t slot_of(uint64_t id, size_t cap)
+{
+    id ^= id >> 33;
+    id *= 0xff51afd7ed558ccdULL;
+    id ^= id >> 33;
+    return (size_t)id & (cap - 1);
+}
+
+static struct sess *table_get(uint64_t id)
+{
+    if (!L.cap)
+        return NULL;
+    for (size_t i = slot_of(id, L.cap);; i = (i + 1) & (L.cap - 1)) {
+        struct sess *s = L.table[i];
+        if (!s)
+            return NULL;
+        if (s != TOMB && s->id == id)
+            return s;
+    }
+}
+
+static int table_put(struct sess *s);
+
+static int table_grow(void)
+{
+    size_t ncap = L.cap ? L.cap * 2 : 1024;
+    struct sess **old = L.table;
+    size_t ocap = L.cap;
+    L.table = calloc(ncap, sizeof(*L.table));
+    if (!L.table) {
+        L.table = old;
+        return -ENOMEM;
+    }
+    L.cap = ncap;
+    L.used = L.count = 0;
+    for (size_t i = 0; i < ocap; i++)
+        if (old[i] && old[i] != TOMB)
+            table_put(old[i]);
+    free(old);
+    return 0;
+}
+
+static int table_put(struct sess *s)
+{
+    if ((L.used + 1) * 2 > L.cap) {
+        int rc = table_grow();
+        if (rc < 0)
+            return rc;
+    }
+    size_t i = slot_of(s->id, L.cap);
+    while (L.table[i] && L.table[i] != TOMB)
+        i = (i + 1) & (L.cap - 1);
+    if (!L.table[i])
+        L.used++;
+    L.table[i] = s;
+    L.count++;
+    return 0;
+}
+
+static void table_del(uint64_t id)
+{
+    for (size_t i = slot_of(id, L.cap);; i = (i + 1) & (L.cap - 1)) {
+        struct sess *s = L.table[i];
+        if (!s)
+            return;
+        if (s != TOMB && s->id == id) {
+            L.table[i] = TOMB;
+            L.count--;
+            return;
+        }
+    }
+}
+
+/* ---- the queue Paho's threads write into ----------------------------------------------- */
+
+static void push(struct qev *e)
+{
+    e->next = NULL;
+    pthread_mutex_lock(&L.mu);
+    if (L.tail)
+        L.tail->next = e;
+    else
+        L.head = e;
+    L.tail = e;
+    pthread_mutex_unlock(&L.mu);
+    uv_async_send(&L.async);
+}
+
+static struct qev *new_ev(enum session_event_kind kind, uint64_t id, uint32_t gen)
+{
+    struct qev *e = calloc(1, sizeof(*e));
+    if (!e) /* out of memory on a Paho thread: nothing better to do than drop it */
+        return NULL;
+    e->ev.kind = kind;
+    e->ev.id = id;
+    e->gen = gen;
+    return e;
+}
+
+static void free_ev(struct qev *e)
+{
+    free(e->ev.topic);
+    free(e->ev.payload);
+    free(e);
+}
+
+static void drain(uv_async_t *h)
+{
+    pthread_mutex_lock(&L.mu);
+    struct qev *e = L.head;
+    L.head = L.tail = NULL;
+    pthread_mutex_unlock(&L.mu);
+
+    while (e) {
+        struct qev *next = e->next;
+        struct sess *s = table_get(e->ev.id);
+        if (s && s->gen == e->gen)
+            L.cb(L.arg, &e->ev);
+        free_ev(e);
+        e = next;
+    }
+}
+
+/* ---- Paho callbacks: copy, push, return -------------------------------------------------- */
+
+static void on_connect_ok(void *context, MQTTAsync_successData *r)
+{
+    struct cbctx *c = context;
+    struct qev *e = new_ev(SESSION_CONNECTED, c->id, c->gen);
+    if (e)
+        push(e);
+}
+
+static void on_connect_fail(void *context, MQTTAsync_failureData *r)
+{
+    struct cbctx *c = context;
+    struct qev *e = new_ev(SESSION_CONNECT_FAILED, c->id, c->gen);
+    if (!e)
+        return;
+    /* Paho reports a refused CONNACK by its return code (1..5), other failures as negatives. */
+    e->ev.code = r && r->code > 0 && r->code <= 5 ? r->code : -ECONNREFUSED;
+    if (r && r->message)
+        e->ev.topic = strdup(r->message);
+    push(e);
+}
+
+static void on_lost(void *context, char *cause)
+{
+    struct cbctx *c = context;
+    struct qev *e = new_ev(SESSION_LOST, c->id, c->gen);
+    if (e) {
+        e->ev.code = -ECONNRESET;
+        if (cause)
+            e->ev.topic = strdup(cause);
+        push(e);
+    }
+    if (cause)
+        MQTTAsync_free(cause);
+}
+
+static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *m)
+{
+    struct cbctx *c = context;
+    struct qev *e = new_ev(SESSION_MESSAGE, c->id, c->gen);
+    if (e) {
+        size_t tl = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+        e->ev.topic = malloc(tl + 1);
+        e->ev.payload = malloc((size_t)m->payloadlen + 1);
+        if (e->ev.topic && e->ev.payload) {
+            memcpy(e->ev.topic, topic, tl);
+            e->ev.topic[tl] = '\0';
+            memcpy(e->ev.payload, m->payload, (size_t)m->payloadlen);
+            ((char *)e->ev.payload)[m->payloadlen] = '\0';
+            e->ev.len = (size_t)m->payloadlen;
+            e->ev.code = m->qos;
+            push(e);
+        } else {
+            free_ev(e);
+        }
+    }
+    MQTTAsync_freeMessage(&m);
+    MQTTAsync_free(topic);
+    return 1; /* always accept: returning 0 makes Paho queue it without bound */
+}
+
+static void on_pub_ok(void *context, MQTTAsync_successData *r)
+{
+    struct pubctx *p = context;
+    struct qev *e = new_ev(SESSION_PUBLISHED, p->id, p->gen);
+    if (e) {
+        e->ev.ref = p->ref;
+        push(e);
+    }
+    free(p);
+}
+
+static void on_pub_fail(void *context, MQTTAsync_failureData *r)
+{
+    struct pubctx *p = context;
+    struct qev *e = new_ev(SESSION_PUBLISH_FAILED, p->id, p->gen);
+    if (e) {
+        e->ev.ref = p->ref;
+        e->ev.code = r ? r->code : -1;
+        push(e);
+    }
+    free(p);
+}
+
+static void push_sub_results(struct subctx *s, const int *granted, int single, int all_fail)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        struct qev *e = new_ev(SESSION_SUBSCRIBED, s->id, s->gen);
+        if (!e)
+            break;
+        int q = all_fail ? 0x80 : s->n == 1 ? single : granted ? granted[i] : 0x80;
+        e->ev.index = i;
+        e->ev.code = q == 0x80 ? -1 : 0;
+        push(e);
+    }
+}
+
+static void on_sub_ok(void *context, MQTTAsync_successData *r)
+{
+    struct subctx *s = context;
+    push_sub_results(s, r ? r->alt.qosList : NULL, r ? r->alt.qos : 0x80, r == NULL);
+    free(s);
+}
+
+static void on_sub_fail(void *context, MQTTAsync_failureData *r)
+{
+    struct subctx *s = context;
+    push_sub_results(s, NULL, 0x80, 1);
+    free(s);
+}
+
+/* ---- commands from the loop -------------------------------------------------------------- */
+
+static void sess_free(struct sess *s)
+{
+    if (s->client)
+        MQTTAsync_destroy(&s->client);
+    free(s->ctx);
+    free(s->host);
+    free(s->ca_file);
+    free(s->client_id);
+    free(s->username);
+    if (s->password) {
+        memset(s->password, 0, strlen(s->password));
+        free(s->password);
+    }
+    free(s);
+}
+
+int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg)
+{
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
+    int rc;
+
+    L.loop = loop;
+    L.cb = cb;
+    L.arg = arg;
+    rc = uv_async_init(loop, &L.async, drain);
+    if (rc < 0)
+        return rc;
+    MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
+    co.MQTTVersion = MQTTVERSION_3_1_1;
+    if (MQTTAsync_createWithOptions(&L.keeper, "tcp://127.0.0.1:1", "aligw-keeper",
+                                    MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) != MQTTASYNC_SUCCESS) {
+        uv_close((uv_handle_t *)&L.async, NULL);
+        return ALIGW_EPAHO;
+    }
+    L.ready = true;
+    return 0;
+}
+
+void session_layer_close(void)
+{
+    if (!L.ready)
+        return;
+    for (size_t i = 0; i < L.cap; i++) {
+        if (L.table[i] && L.table[i] != TOMB)
+            sess_free(L.table[i]);
+    }
+    free(L.table);
+    L.table = NULL;
+    L.cap = L.used = L.count = 0;
+    MQTTAsync_destroy(&L.keeper); /* the last client: Paho stops its threads */
+    pthread_mutex_lock(&L.mu);
+    struct qev *e = L.head;
+    L.head = L.tail = NULL;
+    pthread_mutex_unlock(&L.mu);
+    while (e) {
+        struct qev *n = e->next;
+        free_ev(e);
+        e = n;
+    }
+    uv_close((uv_handle_t *)&L.async, NULL);
+    L.ready = false;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int session_open(uint64_t id, const struct session_params *p)
+{
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
+    char uri[300];
+    struct sess *s;
+    int rc;
+
+    if (!L.ready)
+        return -EINVAL;
+    if (table_get(id))
+        return -EEXIST;
+    if (!p->host || !p->client_id || !p->username || !p->password)
+        return -EINVAL;
+    if (snprintf(uri, sizeof(uri), "%s://%s:%d", p->tls ? "ssl" : "tcp", p->host, p->port) >=
+        (int)sizeof(uri))
+        return -ENAMETOOLONG;
+
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->id = id;
+    s->gen = ++L.next_gen;
+    s->p = *p;
+    s->host = strdup(p->host);
+    s->ca_file = dup_or_null(p->ca_file);
+    s->client_id = strdup(p->client_id);
+    s->username = strdup(p->username);
+    s->password = strdup(p->password);
+    s->ctx = malloc(sizeof(*s->ctx));
+    if (!s->host || !s->client_id || !s->username || !s->password || !s->ctx ||
+        (p->ca_file && !s->ca_file)) {
+        sess_free(s);
+        return -ENOMEM;
+    }
+    s->p.host = s->host;
+    s->p.ca_file = s->ca_file;
+    s->p.client_id = s->client_id;
+    s->p.username = s->username;
+    s->p.password = s->password;
+    s->ctx->id = id;
+    s->ctx->gen = s->gen;
+
+    co.MQTTVersion = MQTTVERSION_3_1_1;
+    co.sendWhileDisconnected = 0;
+    if (MQTTAsync_createWithOptions(&s->client, uri, s->client_id, MQTTCLIENT_PERSISTENCE_NONE,
+                                    NULL, &co) != MQTTASYNC_SUCCESS) {
+        s->client = NULL;
+        sess_free(s);
+        return ALIGW_EPAHO;
+    }
+    if (MQTTAsync_setCallbacks(s->client, s->ctx, on_lost, on_message, NULL) != MQTTASYNC_SUCCESS) {
+        sess_free(s);
+        return ALIGW_EPAHO;
+    }
+    rc = table_put(s);
+    if (rc < 0) {
+        sess_free(s);
+        return rc;
+    }
+    rc = session_connect(id);
+    if (rc < 0) {
+        table_del(id);
+        sess_free(s);
+    }
+    return rc;
+}
+
+int session_connect(uint64_t id)
+{
+    MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer;
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    struct sess *s = table_get(id);
+    int rc;
+
+    if (!s)
+        return -ENOENT;
+    o.keepAliveInterval = s->p.keepalive;
+    o.cleansession = s->p.clean_session;
+    o.username = s->p.username;
+    o.password = s->p.password;
+    o.connectTimeout = s->p.connect_timeout_s > 0 ? s->p.connect_timeout_s : 20;
+    o.MQTTVersion = MQTTVERSION_3_1_1;
+    o.automaticReconnect = 0;
+    o.maxInflight = 65535; /* our forwarder keeps the real window far below this */
+    o.onSuccess = on_connect_ok;
+    o.onFailure = on_connect_fail;
+    o.context = s->ctx;
+    if (s->p.tls) {
+        ssl.trustStore = s->p.ca_file;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = s->p.verify_hostname ? 1 : 0;
+        o.ssl = &ssl;
+    }
+    rc = MQTTAsync_connect(s->client, &o);
+    return rc == MQTTASYNC_SUCCESS ? 0 : ALIGW_EPAHO;
+}
+
+void session_close(uint64_t id)
+{
+    struct sess *s = table_get(id);
+    if (!s)
+        return;
+    table_del(id);
+    sess_free(s); /* destroy closes the socket; queued events for it are dropped by gen */
+}
+
+int session_publish(uint64_t id, const char *topic, const void *payload, size_t len, int qos,
+                    uint64_t ref)
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    MQTTAsync_message m = MQTTAsync_message_initializer;
+    struct sess *s = table_get(id);
+    struct pubctx *pc;
+    int rc;
+
+    if (!s)
+        return -ENOENT;
+    pc = malloc(sizeof(*pc));
+    if (!pc)
+        return -ENOMEM;
+    pc->id = id;
+    pc->gen = s->gen;
+    pc->ref = ref;
+    m.payload = (void *)payload;
+    m.payloadlen = (int)len;
+    m.qos = qos;
+    ro.onSuccess = on_pub_ok;
+    ro.onFailure = on_pub_fail;
+    ro.context = pc;
+    rc = MQTTAsync_sendMessage(s->client, topic, &m, &ro);
+    if (rc == MQTTASYNC_SUCCESS)
+        return 0;
+    free(pc);
+    if (rc == MQTTASYNC_DISCONNECTED)
+        return -ENOTCONN;
+    if (rc == MQTTASYNC_NO_MORE_MSGIDS || rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
+        return -EAGAIN;
+    return ALIGW_EPAHO;
+}
+
+int session_subscribe(uint64_t id, char *const *topics, size_t n)
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    struct sess *s = table_get(id);
+    struct subctx *sc;
+    int qos[64];
+    int rc;
+
+    if (!s)
+        return -ENOENT;
+    if (n == 0)
+        return 0;
+    if (n > 64)
+        return -E2BIG;
+    sc = malloc(sizeof(*sc));
+    if (!sc)
+        return -ENOMEM;
+    sc->id = id;
+    sc->gen = s->gen;
+    sc->n = n;
+    for (size_t i = 0; i < n; i++)
+        qos[i] = 1;
+    ro.onSuccess = on_sub_ok;
+    ro.onFailure = on_sub_fail;
+    ro.context = sc;
+    rc = MQTTAsync_subscribeMany(s->client, (int)n, (char *const *)topics, qos, &ro);
+    if (rc == MQTTASYNC_SUCCESS)
+        return 0;
+    free(sc);
+    return rc == MQTTASYNC_DISCONNECTED ? -ENOTCONN : ALIGW_EPAHO;
+}
+
+size_t session_count(void)
+{
+    return L.count;
+}
