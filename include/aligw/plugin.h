@@ -1,0 +1,219 @@
+/*
+ * aligw/plugin.h — the southbound plugin ABI of aligw, the Aliyun IoT edge gateway daemon.
+ *
+ * A plugin is a shared object that exports exactly one symbol, a const descriptor
+ *
+ *     ALIGW_PLUGIN_EXPORT const struct aligw_plugin aligw_plugin = { ... };
+ *
+ * The daemon loads it with dlopen(RTLD_NOW | RTLD_LOCAL), checks the descriptor, then for each
+ * "plugins" entry of its configuration calls create() with the entry's JSON config and the
+ * devices it serves, then start(). The plugin turns field data into thing-model properties and
+ * events through the host function table it received in create(), and gets property sets,
+ * service calls and raw messages for its devices through its downlink entry points.
+ *
+ * THREADS
+ *   - Every entry point of struct aligw_plugin is called on the daemon's event-loop thread, one at
+ *     a time. They must not block: no device I/O, no sleeping, no waiting for a reply. Hand the
+ *     work to your own thread(s) and return.
+ *   - Every host function (struct aligw_host) may be called from ANY thread, including from
+ *     inside the entry points, from create() until stop() has returned. They never block on the
+ *     network or disk: the call is copied into a bounded queue that the loop drains. After
+ *     stop() returns they fail with -ESHUTDOWN.
+ *
+ * LIFECYCLE   create → start → (downlinks…) → stop → destroy
+ *   create   builds the instance; no thread should run yet, no device I/O needed.
+ *   start    starts the plugin's threads. Failing here puts all its devices in error.
+ *   stop     stops and joins every thread the plugin started. After it returns the plugin
+ *            calls no host function and the host calls no downlink entry point.
+ *   destroy  frees the instance. Called after stop, or after a failed create/start (then the
+ *            instance is whatever create set, possibly NULL).
+ *
+ * DEVICES are struct aligw_device pointers owned by the host, valid from create() until
+ * destroy() returns; compare them by pointer or use ->index. Pass back the exact pointer to
+ * host functions (a pointer that is not one of your devices gets -ENODEV).
+ *
+ * OWNERSHIP  Every pointer the host passes to the plugin (strings, JSON texts, payloads) is
+ * borrowed for the duration of the call only: copy what you keep. Every pointer the plugin passes
+ * to a host function is borrowed for that call: the host copies it before returning. The host
+ * table and the device array stay valid until destroy() returns. The descriptor and its strings
+ * are the plugin's static data.
+ *
+ * JSON texts are UTF-8, NUL-terminated, one JSON value each (parse them with any library).
+ * Floating-point values should carry a decimal point ("10.0"), as the platform requires.
+ *
+ * VERSIONING
+ *   ALIGW_PLUGIN_ABI_MAJOR changes for any incompatible change: a field removed, moved or
+ *   retyped, a semantic change. The host refuses a plugin of another major.
+ *   ALIGW_PLUGIN_ABI_MINOR changes when fields are APPENDED to the end of struct aligw_plugin or
+ *   struct aligw_host (never inserted). Each struct carries its own size: the host reads a
+ *   plugin's descriptor only inside .size (fields beyond are treated as NULL/0) and accepts any
+ *   older minor; a plugin must check host->size (or use ALIGW_HOST_HAS) before calling a host
+ *   function added in a later minor than the one it needs.
+ *
+ * ERRORS are 0 or a negative errno value (as in libuv).
+ */
+#ifndef ALIGW_PLUGIN_H
+#define ALIGW_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ALIGW_PLUGIN_ABI_MAJOR 1
+#define ALIGW_PLUGIN_ABI_MINOR 0
+
+/* Marks the one symbol a plugin exports (build with -fvisibility=hidden). */
+#define ALIGW_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+/* Log levels for aligw_host.log: the syslog priorities. */
+enum aligw_log_level {
+    ALIGW_LOG_ERR = 3,
+    ALIGW_LOG_WARNING = 4,
+    ALIGW_LOG_NOTICE = 5,
+    ALIGW_LOG_INFO = 6,
+    ALIGW_LOG_DEBUG = 7,
+};
+
+/* Reply codes a plugin commonly passes to aligw_host.reply (any int is allowed). */
+enum aligw_reply_code {
+    ALIGW_REPLY_OK = 200,
+    ALIGW_REPLY_BAD_PARAMS = 460,   /* unknown property, bad value, unknown service */
+    ALIGW_REPLY_DEVICE_ERROR = 500, /* the field device failed or did not answer */
+};
+
+/* One device served by the plugin. Owned by the host; read-only for the plugin. */
+struct aligw_device {
+    const char *product_key;
+    const char *device_name;
+    size_t index; /* position in the array given to create() */
+};
+
+struct aligw_host;
+
+/* The host functions. Any thread; never block for long; pointers borrowed for the call. */
+struct aligw_host {
+    uint32_t abi_major, abi_minor;
+    uint32_t size; /* sizeof(struct aligw_host) of the host: see ALIGW_HOST_HAS */
+
+    /*
+     * Posts properties of dev: params_json is an object {"identifier": value, ...} (at most 200
+     * members), values either plain or {"value": v, "time": ms}. time_ms > 0 stamps every plain
+     * value with that time (ms since the epoch); 0 sends no time. Returns 0 when queued (the
+     * daemon then writes it to its store and forwards it), -EINVAL (bad JSON, not an object,
+     * bad identifier), -E2BIG (more than 200 properties or too large), -ENODEV (not your device),
+     * -EAGAIN (queue full: retry later or drop), -ESHUTDOWN (after stop), -ENOMEM.
+     */
+    int (*post_properties)(const struct aligw_host *host, const struct aligw_device *dev,
+                           const char *params_json, int64_t time_ms);
+
+    /* Posts event event_id of dev with params {"value": value_json, "time": time_ms}.
+     * value_json is an object or NULL ({}). Errors as post_properties. */
+    int (*post_event)(const struct aligw_host *host, const struct aligw_device *dev,
+                      const char *event_id, const char *value_json, int64_t time_ms);
+
+    /*
+     * Answers a property set or a service call received through on_property_set /
+     * on_service_call: request_id as received, code (200 = success), data_json an object
+     * (service outputs) or NULL. Each request is answered once; the host remembers the topic to
+     * use. Returns 0, -ENOENT (no such pending request, or already answered or expired),
+     * -EINVAL, -EAGAIN, -ESHUTDOWN.
+     */
+    int (*reply)(const struct aligw_host *host, const struct aligw_device *dev,
+                 const char *request_id, int code, const char *data_json);
+
+    /* Publishes raw bytes on a topic of dev (the topic must contain "/pk/dn" of dev as whole
+     * segments, e.g. /pk/dn/user/update). qos 0 or 1. Errors as post_properties. */
+    int (*publish_raw)(const struct aligw_host *host, const struct aligw_device *dev,
+                       const char *topic, const void *payload, size_t len, int qos);
+
+    /*
+     * Reports whether the field side of dev works (ok = 1) or not (ok = 0, reason a short text
+     * such as "modbus slave 3 not answering: Connection timed out"). Shown in status; a device
+     * starts ok. Report changes only. Returns 0, -ENODEV, -EAGAIN, -ESHUTDOWN.
+     */
+    int (*set_device_state)(const struct aligw_host *host, const struct aligw_device *dev, int ok,
+                            const char *reason);
+
+    /* Logs one line through the daemon's log, prefixed with the plugin name. */
+    void (*log)(const struct aligw_host *host, int level, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+    /*
+     * Asks for raw messages on topic_filter (MQTT filter, may use + and #) for dev; they arrive
+     * through on_message. Property sets and service calls are always delivered to their own entry
+     * points without subscribing. Returns 0, -EINVAL, -ENODEV, -ENOTSUP (daemon cannot),
+     * -EAGAIN, -ESHUTDOWN.
+     */
+    int (*subscribe)(const struct aligw_host *host, const struct aligw_device *dev,
+                     const char *topic_filter);
+
+    /* ABI 1.0 ends here. Later minors append below. */
+};
+
+/* True if host provides member (appended in some minor): check before calling it. */
+#define ALIGW_HOST_HAS(host, member)                                                               \
+    ((host)->size >= offsetof(struct aligw_host, member) + sizeof((host)->member) &&               \
+     (host)->member != NULL)
+
+/* The descriptor. Required fields are marked; optional ones may be NULL. */
+struct aligw_plugin {
+    uint32_t abi_major; /* required: ALIGW_PLUGIN_ABI_MAJOR */
+    uint32_t abi_minor; /* required: ALIGW_PLUGIN_ABI_MINOR */
+    uint32_t size;      /* required: sizeof(struct aligw_plugin) */
+    const char *name;   /* required: short name, e.g. "modbus" */
+    const char *version;
+    const char *description;
+
+    /*
+     * Optional: validates config_json without touching any device (aligwd --check-config).
+     * Returns 0 if valid; otherwise a negative errno and a message in err (err_len bytes, NUL-
+     * terminated; name the offending key). Called on the loop thread, possibly without create.
+     */
+    int (*check_config)(const char *config_json, char *err, size_t err_len);
+
+    /*
+     * Required: creates an instance serving devices[0..n_devices) with its config_json ("{}"
+     * when the config gives none). host is valid until destroy() returns. Sets *instance and
+     * returns 0, or returns a negative errno (log the reason through host->log first).
+     */
+    int (*create)(const struct aligw_host *host, const char *config_json,
+                  const struct aligw_device *devices, size_t n_devices, void **instance);
+
+    /* Required: starts the plugin's threads. 0 or a negative errno; on failure it must leave no
+     * thread running (the host then calls destroy, not stop, and unloads the plugin). */
+    int (*start)(void *instance);
+
+    /* Required: stops and joins the plugin's threads. After it returns, no host calls. */
+    void (*stop)(void *instance);
+
+    /* Required: frees the instance (instance may be NULL after a failed create). */
+    void (*destroy)(void *instance);
+
+    /*
+     * Optional: the cloud sets properties of dev. params_json is the object of identifier →
+     * value. Answer later (any thread) with host->reply(request_id, ...). A NULL entry point
+     * makes the host answer 460 itself. Return 0, or a negative errno to make the host answer
+     * 500 (then do not reply yourself).
+     */
+    int (*on_property_set)(void *instance, const struct aligw_device *dev, const char *request_id,
+                           const char *params_json);
+
+    /* Optional: the cloud calls service service_id of dev; like on_property_set. */
+    int (*on_service_call)(void *instance, const struct aligw_device *dev, const char *request_id,
+                           const char *service_id, const char *params_json);
+
+    /* Optional: a raw message on a topic the plugin subscribed to for dev. Return ignored. */
+    int (*on_message)(void *instance, const struct aligw_device *dev, const char *topic,
+                      const void *payload, size_t len);
+
+    /* ABI 1.0 ends here. Later minors append below. */
+};
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
