@@ -354,12 +354,11 @@ static void registered(struct device *d, const struct dynreg_result *r)
 {
     int rc;
 
-    if (r->device_secret[0]) {
-        rc = statedb_put_secret(R.db, d->conf.product_key, d->conf.device_name, r->device_secret);
-    } else {
-        rc = statedb_put_token(R.db, d->conf.product_key, d->conf.device_name, r->client_id,
-                               r->device_token);
-    }
+    struct statedb_reg sr = {.device_secret = r->device_secret[0] ? (char *)r->device_secret : NULL,
+                             .client_id = r->client_id[0] ? (char *)r->client_id : NULL,
+                             .device_token = r->device_token[0] ? (char *)r->device_token : NULL,
+                             .registered_at = wall_ms() / 1000};
+    rc = statedb_reg_put(R.db, d->conf.product_key, d->conf.device_name, &sr);
     if (rc < 0) {
         /* Never log in with a secret we could not store: we could not log in after a restart. */
         log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name,
@@ -455,14 +454,14 @@ static void begin(struct device *d)
     }
     if (!d->secret && !d->nwl_token) {
         struct statedb_reg sr;
-        if (statedb_get_registration(R.db, d->conf.product_key, d->conf.device_name, &sr) == 0) {
-            if (sr.device_secret[0])
+        if (statedb_reg_get(R.db, d->conf.product_key, d->conf.device_name, &sr) == 0) {
+            if (sr.device_secret && sr.device_secret[0]) {
                 d->secret = strdup(sr.device_secret);
-            else {
+            } else if (sr.client_id && sr.device_token) {
                 d->nwl_client_id = strdup(sr.client_id);
                 d->nwl_token = strdup(sr.device_token);
             }
-            memset(&sr, 0, sizeof(sr));
+            statedb_reg_free(&sr);
             log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name,
                     "using stored registration");
         }

@@ -44,9 +44,15 @@ void dynreg_random(char out[17])
     out[16] = '\0';
 }
 
+/* Copies src into dst, cutting it short if it does not fit (only messages are ever cut). */
 static void copy_str(char *dst, size_t size, const char *src)
 {
-    snprintf(dst, size, "%s", src ? src : "");
+    size_t n = src ? strlen(src) : 0;
+    if (n >= size)
+        n = size - 1;
+    if (n)
+        memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 int dynreg_parse_https_reply(const char *body, struct dynreg_result *out)

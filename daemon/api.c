@@ -1,0 +1,786 @@
+/*
+ * api: request handlers and message routing (see api.h).
+ *
+ * Two small tables of things that wait, both keyed "pk/dn#id" and swept by one timer:
+ *  - uplink waiters: a post_* request with wait_reply, answered when the platform's post_reply
+ *    with the same Alink id arrives (or with a timeout error);
+ *  - downlink calls: a property set or service call handed to API watchers, answered by a
+ *    "reply" request or, when nobody answers within api.service_timeout_ms, by an error reply to
+ *    the platform so the cloud caller is not left hanging.
+ * A plugin serving a device answers its own calls through the host table (plugins.c).
+ */
+#include "api.h"
+
+#include "alink.h"
+#include "devices.h"
+#include "errors.h"
+#include "ipc.h"
+#include "log.h"
+#include "notify.h"
+#include "outbox.h"
+#include "plugins.h"
+#include "statedb.h"
+#include "strmap.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SWEEP_MS 200
+#define REPLY_WAIT_MS 30000 /* how long a wait_reply post waits for the platform's _reply */
+
+enum wait_kind { WAIT_UPLINK_REPLY, WAIT_DOWNLINK_CALL };
+
+struct wait {
+    enum wait_kind kind;
+    char key[256]; /* "pk/dn#id#kind" */
+    char dev[112]; /* "pk/dn" */
+    char pk[40], dn[70];
+    char id[64];
+    uint64_t deadline;
+    struct wait *prev, *next;
+    /* uplink */
+    struct ipc_reply *reply;
+    /* downlink */
+    enum alink_kind call;
+    char service[128];
+    char rrpc_id[64];
+    bool raw_rrpc; /* /sys/pk/dn/rrpc/request/<id>: answered on rrpc/response/<id>, QoS 0 */
+};
+
+static struct {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct outbox *ob;
+    struct statedb *db;
+    struct ipc_server *ipc;
+    struct plugins *plugins;
+    struct strmap waits;
+    struct wait *head;
+    uv_timer_t sweep;
+    uint64_t started_ms;
+    bool running;
+} A;
+
+/* ---- the wait table ---------------------------------------------------------------------- */
+
+static struct wait *wait_new(enum wait_kind kind, const char *pk, const char *dn, const char *id,
+                             uint64_t timeout_ms)
+{
+    struct wait *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->kind = kind;
+    snprintf(w->pk, sizeof(w->pk), "%s", pk);
+    snprintf(w->dn, sizeof(w->dn), "%s", dn);
+    snprintf(w->dev, sizeof(w->dev), "%s/%s", pk, dn);
+    snprintf(w->id, sizeof(w->id), "%s", id);
+    snprintf(w->key, sizeof(w->key), "%s#%s#%d", w->dev, id, kind);
+    w->deadline = uv_now(A.loop) + timeout_ms;
+    struct wait *old = strmap_get(&A.waits, w->key);
+    if (old) { /* the same id again (the platform repeats a call): the newest wins */
+        free(w);
+        return NULL;
+    }
+    if (strmap_put(&A.waits, w->key, w) < 0) {
+        free(w);
+        return NULL;
+    }
+    w->next = A.head;
+    if (A.head)
+        A.head->prev = w;
+    A.head = w;
+    return w;
+}
+
+static struct wait *wait_find(enum wait_kind kind, const char *dev, const char *id)
+{
+    char key[256];
+    snprintf(key, sizeof(key), "%s#%s#%d", dev, id, kind);
+    return strmap_get(&A.waits, key);
+}
+
+static void wait_free(struct wait *w)
+{
+    strmap_del(&A.waits, w->key);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        A.head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    free(w);
+}
+
+/* ---- uplinks ----------------------------------------------------------------------------- */
+
+struct append_ctx {
+    struct ipc_reply *reply;
+    char alink_id[16];
+    bool wait_reply;
+    char pk[40], dn[70];
+};
+
+static void on_appended(void *arg, int status, int64_t seq)
+{
+    struct append_ctx *c = arg;
+
+    if (status < 0) {
+        ipc_reply_errno(c->reply, status, "message not stored");
+    } else if (c->wait_reply) {
+        struct wait *w = wait_new(WAIT_UPLINK_REPLY, c->pk, c->dn, c->alink_id, REPLY_WAIT_MS);
+        if (!w) {
+            ipc_reply_error(c->reply, IPC_ERR_INTERNAL,
+                            "stored (seq %lld), but cannot wait for the reply", (long long)seq);
+        } else {
+            w->reply = c->reply;
+        }
+    } else {
+        json_t *res = json_pack("{s:I}", "seq", (json_int_t)seq);
+        if (c->alink_id[0])
+            json_object_set_new(res, "msg_id", json_string(c->alink_id));
+        ipc_reply_ok(c->reply, res);
+    }
+    free(c);
+}
+
+/* Queues one uplink for an API request; the reply follows the commit. */
+static void append_for(struct ipc_reply *reply, const struct ipc_request *req, const char *topic,
+                       const void *payload, size_t len, int qos, uint32_t alink_id, bool wait_reply)
+{
+    struct append_ctx *c = calloc(1, sizeof(*c));
+    int rc;
+
+    if (!c) {
+        ipc_reply_errno(reply, -ENOMEM, "cannot queue");
+        return;
+    }
+    c->reply = reply;
+    c->wait_reply = wait_reply;
+    if (alink_id)
+        snprintf(c->alink_id, sizeof(c->alink_id), "%u", alink_id);
+    snprintf(c->pk, sizeof(c->pk), "%s", req->dev.pk);
+    snprintf(c->dn, sizeof(c->dn), "%s", req->dev.dn);
+    rc = outbox_append(A.ob, req->dev.key, topic, payload, len, qos, on_appended, c);
+    if (rc < 0) {
+        free(c);
+        ipc_reply_errno(reply, rc, "message for %s not stored", req->dev.key);
+    }
+}
+
+/* Queues a reply to a downlink call (from the API or on timeout). */
+static int send_call_reply(const struct wait *w, int code, const json_t *data, const char *message)
+{
+    struct alink_msg m = {0};
+    int rc;
+
+    if (w->raw_rrpc) {
+        char topic[256];
+        char *payload = data ? json_dumps(data, ALINK_DUMP_FLAGS) : strdup("{}");
+        if (!payload)
+            return -ENOMEM;
+        snprintf(topic, sizeof(topic), "/sys/%s/%s/rrpc/response/%s", w->pk, w->dn, w->rrpc_id);
+        rc = outbox_append(A.ob, w->dev, topic, payload, strlen(payload), 0, NULL, NULL);
+        free(payload);
+        return rc;
+    }
+    if (w->call == ALINK_PROPERTY_SET)
+        rc = alink_property_set_reply(w->pk, w->dn, w->id, code, data, message, &m);
+    else
+        rc = alink_service_reply(w->pk, w->dn, w->service, w->rrpc_id[0] ? w->rrpc_id : NULL, w->id,
+                                 code, data, message, &m);
+    if (rc == 0)
+        rc = outbox_append(A.ob, w->dev, m.topic, m.payload, m.len, w->rrpc_id[0] ? 0 : 1, NULL,
+                           NULL);
+    alink_msg_free(&m);
+    return rc;
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    uint64_t now = uv_now(A.loop);
+    struct wait *w = A.head, *next;
+
+    for (; w; w = next) {
+        next = w->next;
+        if (w->deadline > now)
+            continue;
+        if (w->kind == WAIT_UPLINK_REPLY) {
+            ipc_reply_error(w->reply, IPC_ERR_TIMEOUT,
+                            "stored and queued, but no reply from the platform for %s id %s "
+                            "within %d s",
+                            w->dev, w->id, REPLY_WAIT_MS / 1000);
+        } else {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "aligw: no local handler answered within %d ms",
+                     A.cfg->api.service_timeout_ms);
+            log_dev(LOG_WARNING, w->pk, w->dn, "%s %s (id %s) unanswered; replied with an error",
+                    alink_kind_name(w->call), w->service, w->id);
+            send_call_reply(w, 504, NULL, msg);
+        }
+        wait_free(w);
+    }
+}
+
+/* ---- request handlers -------------------------------------------------------------------- */
+
+static struct device *need_device(struct ipc_reply *r, const struct ipc_request *req)
+{
+    struct device *d = devices_find(req->dev.key);
+    if (!d)
+        ipc_reply_error(r, IPC_ERR_NO_DEVICE, "device %s is not configured", req->dev.key);
+    return d;
+}
+
+static void do_post(struct ipc_reply *r, const struct ipc_request *req)
+{
+    struct device *d = need_device(r, req);
+    struct alink_msg m = {0};
+    uint32_t id;
+    int rc;
+
+    if (!d)
+        return;
+    id = device_next_alink_id(d);
+    if (req->op == IPC_OP_POST_PROPERTIES)
+        rc = alink_property_post(req->dev.pk, req->dev.dn, id, req->u.post.params,
+                                 req->u.post.timestamp, req->u.post.ack, &m);
+    else
+        rc = alink_event_post(req->dev.pk, req->dev.dn, id, req->u.post.event, req->u.post.params,
+                              req->u.post.timestamp, req->u.post.ack, &m);
+    if (rc < 0) {
+        ipc_reply_errno(r, rc, "params");
+        return;
+    }
+    append_for(r, req, m.topic, m.payload, m.len, 1, id, req->u.post.wait_reply && req->u.post.ack);
+    alink_msg_free(&m);
+}
+
+static void do_reply(struct ipc_reply *r, const struct ipc_request *req)
+{
+    struct wait *w = wait_find(WAIT_DOWNLINK_CALL, req->dev.key, req->u.reply.msg_id);
+    int rc;
+
+    if (!w) {
+        ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                        "id: no pending property set or service call %s for %s (answered "
+                        "already, timed out, or never received)",
+                        req->u.reply.msg_id, req->dev.key);
+        return;
+    }
+    rc = send_call_reply(w, req->u.reply.code, req->u.reply.data, req->u.reply.message);
+    if (rc < 0) {
+        ipc_reply_errno(r, rc, "reply not stored");
+        return;
+    }
+    wait_free(w);
+    ipc_reply_ok(r, NULL);
+}
+
+struct list_ctx {
+    json_t *arr;
+    const char *state;
+    size_t by_state[8];
+};
+
+static void list_one(struct device *d, void *arg)
+{
+    struct list_ctx *c = arg;
+    enum device_state s = device_state(d);
+    if (s < 8)
+        c->by_state[s]++;
+    if (c->arr && (!c->state || strcmp(c->state, device_state_name(s)) == 0))
+        json_array_append_new(c->arr, device_status_json(d, false));
+}
+
+static json_t *state_counts(struct list_ctx *c)
+{
+    json_t *o = json_object();
+    for (int s = 0; s < 8; s++)
+        if (c->by_state[s])
+            json_object_set_new(o, device_state_name((enum device_state)s),
+                                json_integer((json_int_t)c->by_state[s]));
+    return o;
+}
+
+static json_t *queue_json(void)
+{
+    struct outbox_stats st;
+    outbox_total_stats(A.ob, &st);
+    return json_pack("{s:I,s:I,s:I,s:I,s:I}", "queued", (json_int_t)st.count, "bytes",
+                     (json_int_t)st.bytes, "dropped", (json_int_t)st.dropped, "expired",
+                     (json_int_t)st.expired, "oldest_ms", (json_int_t)st.oldest_ms);
+}
+
+static void do_devices(struct ipc_reply *r, const struct ipc_request *req)
+{
+    struct list_ctx c = {.arr = json_array(), .state = req->u.devices.state};
+    devices_foreach(list_one, &c);
+    ipc_reply_ok(r, json_pack("{s:o,s:I,s:I,s:o}", "devices", c.arr, "total",
+                              (json_int_t)devices_count(), "online", (json_int_t)devices_online(),
+                              "states", state_counts(&c)));
+}
+
+static void do_status(struct ipc_reply *r, bool stats)
+{
+    struct list_ctx c = {0};
+    json_t *o;
+
+    devices_foreach(list_one, &c);
+    o = json_pack("{s:s,s:I,s:I,s:I,s:o,s:o}", "version", ALIGW_VERSION, "uptime_s",
+                  (json_int_t)((uv_now(A.loop) - A.started_ms) / 1000), "devices",
+                  (json_int_t)devices_count(), "online", (json_int_t)devices_online(), "states",
+                  state_counts(&c), "queue", queue_json());
+    if (stats) {
+        struct ipc_stats is;
+        struct plugins_stats ps = {0};
+        ipc_server_stats(A.ipc, &is);
+        if (A.plugins)
+            plugins_get_stats(A.plugins, &ps);
+        json_object_set_new(
+            o, "api",
+            json_pack("{s:i,s:i,s:I,s:I,s:I,s:I,s:I,s:I}", "connections", is.connections,
+                      "watchers", is.watchers, "accepted", (json_int_t)is.accepted, "refused",
+                      (json_int_t)is.refused, "requests", (json_int_t)is.requests, "errors",
+                      (json_int_t)is.errors, "events_sent", (json_int_t)is.events_sent,
+                      "events_dropped", (json_int_t)is.events_dropped));
+        json_object_set_new(o, "plugins",
+                            json_pack("{s:I,s:I,s:I,s:I}", "queued", (json_int_t)ps.queued,
+                                      "delivered", (json_int_t)ps.delivered, "rejected_full",
+                                      (json_int_t)ps.rejected_full, "sink_errors",
+                                      (json_int_t)ps.sink_errors));
+    }
+    ipc_reply_ok(r, o);
+}
+
+static void join_errors(const struct config_errors *e, char *buf, size_t size)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < e->n && off + 4 < size; i++)
+        off += (size_t)snprintf(buf + off, size - off, "%s%s", i ? "; " : "", e->v[i].text);
+}
+
+static void do_add(struct ipc_reply *r, const struct ipc_request *req)
+{
+    struct device_conf dc;
+    struct config_errors errs = {0};
+    char msg[1024], key[128];
+    char *text;
+    int rc;
+
+    rc = config_device_from_json(A.cfg, req->u.add.device, &dc, &errs);
+    if (rc < 0) {
+        join_errors(&errs, msg, sizeof(msg));
+        config_errors_free(&errs);
+        ipc_reply_error(r, IPC_ERR_BAD_REQUEST, "device: %s", msg);
+        return;
+    }
+    config_errors_free(&errs);
+    snprintf(key, sizeof(key), "%s/%s", dc.product_key, dc.device_name);
+    if (devices_find(key)) {
+        ipc_reply_error(r, IPC_ERR_EXISTS, "device %s is already configured", key);
+        config_device_conf_free(&dc);
+        return;
+    }
+    dc.runtime = true;
+    text = json_dumps(req->u.add.device, JSON_COMPACT);
+    rc = text ? statedb_device_add(A.db, dc.product_key, dc.device_name, text) : -ENOMEM;
+    if (text) {
+        memset(text, 0, strlen(text)); /* it holds the device secret */
+        free(text);
+    }
+    if (rc == 0)
+        rc = devices_add(&dc);
+    if (rc < 0)
+        ipc_reply_errno(r, rc, "device %s not added", key);
+    else {
+        log_notice("%s: added at runtime", key);
+        ipc_reply_ok(r, json_pack("{s:s}", "device", key));
+    }
+    config_device_conf_free(&dc);
+}
+
+static void do_remove(struct ipc_reply *r, const struct ipc_request *req)
+{
+    struct device *d = need_device(r, req);
+    if (!d)
+        return;
+    if (!device_conf(d)->runtime) {
+        ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                        "device: %s comes from the configuration file; remove it there and "
+                        "reload",
+                        req->dev.key);
+        return;
+    }
+    int rc = statedb_device_remove(A.db, req->dev.pk, req->dev.dn);
+    if (rc < 0 && rc != -ENOENT) {
+        ipc_reply_errno(r, rc, "device %s not removed", req->dev.key);
+        return;
+    }
+    devices_remove(req->dev.key);
+    log_notice("%s: removed at runtime", req->dev.key);
+    ipc_reply_ok(r, NULL);
+}
+
+static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct ipc_request *req,
+                       void *data)
+{
+    switch (req->op) {
+    case IPC_OP_PUBLISH:
+        if (need_device(r, req))
+            append_for(r, req, req->u.publish.topic, req->u.publish.payload,
+                       req->u.publish.payload_len, req->u.publish.qos, 0, false);
+        break;
+    case IPC_OP_POST_PROPERTIES:
+    case IPC_OP_POST_EVENT:
+        do_post(r, req);
+        break;
+    case IPC_OP_REPLY:
+        do_reply(r, req);
+        break;
+    case IPC_OP_DEVICES:
+        do_devices(r, req);
+        break;
+    case IPC_OP_DEVICE: {
+        struct device *d = need_device(r, req);
+        if (d)
+            ipc_reply_ok(r, device_status_json(d, true));
+        break;
+    }
+    case IPC_OP_ADD_DEVICE:
+        do_add(r, req);
+        break;
+    case IPC_OP_REMOVE_DEVICE:
+        do_remove(r, req);
+        break;
+    case IPC_OP_STATS:
+        do_status(r, true);
+        break;
+    case IPC_OP_STATUS:
+        do_status(r, false);
+        break;
+    case IPC_OP_RELOAD:
+        if (api_trigger_reload() == 0)
+            ipc_reply_ok(r, NULL);
+        else
+            ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                            "the configuration has errors (see the daemon's log); the running "
+                            "configuration is kept");
+        break;
+    default:
+        ipc_reply_error(r, IPC_ERR_UNKNOWN_OP, "op: %s is not handled", ipc_op_name(req->op));
+        break;
+    }
+}
+
+/* ---- downlinks --------------------------------------------------------------------------- */
+
+/* The payload as JSON text when it is JSON, else as a string (or base64 for binary). */
+static void set_payload(json_t *ev, const void *payload, size_t len)
+{
+    json_error_t e;
+    json_t *j = json_loadb(payload, len, JSON_DECODE_ANY, &e);
+    if (j) {
+        json_object_set_new(ev, "payload_json", j);
+        return;
+    }
+    json_t *s = json_stringn(payload, len); /* NULL if not valid UTF-8 */
+    if (s) {
+        json_object_set_new(ev, "payload", s);
+        return;
+    }
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = payload;
+    char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
+    if (!out)
+        return;
+    for (size_t i = 0; i < len; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < len ? (unsigned)p[i + 1] << 8 : 0) |
+                     (i + 2 < len ? p[i + 2] : 0);
+        *o++ = b64[v >> 18 & 63];
+        *o++ = b64[v >> 12 & 63];
+        *o++ = i + 1 < len ? b64[v >> 6 & 63] : '=';
+        *o++ = i + 2 < len ? b64[v & 63] : '=';
+    }
+    *o = '\0';
+    json_object_set_new(ev, "payload_b64", json_string(out));
+    free(out);
+}
+
+static void downlink_call(struct device *d, const struct device_conf *dc, const char *topic,
+                          const struct alink_topic *t, const struct alink_payload *p)
+{
+    const char *pk = dc->product_key, *dn = dc->device_name, *key = device_key(d);
+    bool raw_rrpc = t->kind == ALINK_RRPC_REQUEST;
+    const char *id = raw_rrpc ? t->rrpc_id : p->id;
+    char *params = p->params ? json_dumps(p->params, ALINK_DUMP_FLAGS) : strdup("{}");
+    int handled = 0;
+
+    if (A.plugins && plugins_serves(A.plugins, pk, dn)) {
+        if (t->kind == ALINK_PROPERTY_SET)
+            handled = plugins_property_set(A.plugins, pk, dn, id, params) == 0;
+        else if (!raw_rrpc)
+            handled = plugins_service_call(A.plugins, pk, dn, id, t->name,
+                                           t->rrpc_id[0] ? t->rrpc_id : NULL, params) == 0;
+    }
+    free(params);
+
+    json_t *ev = json_pack("{s:s,s:s,s:s}", "device", key, "topic", topic, "id", id);
+    if (t->kind == ALINK_PROPERTY_SET) {
+        json_object_set_new(ev, "event", json_string("property_set"));
+    } else {
+        json_object_set_new(ev, "event", json_string("service_call"));
+        json_object_set_new(ev, "service", json_string(raw_rrpc ? "rrpc" : t->name));
+        if (t->rrpc_id[0])
+            json_object_set_new(ev, "rrpc_id", json_string(t->rrpc_id));
+    }
+    json_object_set(ev, "params", p->params ? p->params : json_object());
+    int watchers = ipc_broadcast(
+        A.ipc, t->kind == ALINK_PROPERTY_SET ? IPC_EV_PROPERTY_SET : IPC_EV_SERVICE_CALL, key,
+        topic, ev);
+    json_decref(ev);
+    if (handled)
+        return; /* the plugin answers through the host table */
+
+    struct wait tmp = {.call = t->kind, .raw_rrpc = raw_rrpc};
+    snprintf(tmp.pk, sizeof(tmp.pk), "%s", pk);
+    snprintf(tmp.dn, sizeof(tmp.dn), "%s", dn);
+    snprintf(tmp.dev, sizeof(tmp.dev), "%s", key);
+    snprintf(tmp.id, sizeof(tmp.id), "%s", id);
+    snprintf(tmp.service, sizeof(tmp.service), "%s", t->name);
+    snprintf(tmp.rrpc_id, sizeof(tmp.rrpc_id), "%s", t->rrpc_id);
+    if (watchers <= 0) {
+        log_dev(LOG_WARNING, pk, dn, "%s %s (id %s): no plugin or API client handles it",
+                alink_kind_name(t->kind), t->name, id);
+        send_call_reply(&tmp, 503, NULL, "aligw: no local handler for this device");
+        return;
+    }
+    struct wait *w =
+        wait_new(WAIT_DOWNLINK_CALL, pk, dn, id, (uint64_t)A.cfg->api.service_timeout_ms);
+    if (w) {
+        w->call = tmp.call;
+        w->raw_rrpc = raw_rrpc;
+        memcpy(w->service, tmp.service, sizeof(w->service));
+        memcpy(w->rrpc_id, tmp.rrpc_id, sizeof(w->rrpc_id));
+    }
+}
+
+static void on_downlink(void *ctx, struct device *d, const char *topic, const void *payload,
+                        size_t len)
+{
+    const struct device_conf *dc = device_conf(d);
+    struct alink_topic t;
+    struct alink_payload p = {0};
+    char err[128];
+    bool parsed = false;
+
+    log_dev(LOG_DEBUG, dc->product_key, dc->device_name, "downlink on %s (%zu bytes)", topic, len);
+    alink_classify(dc->product_key, dc->device_name, topic, &t);
+
+    /* Every message goes to message watchers and to a plugin that asked for raw topics. */
+    json_t *ev = json_pack("{s:s,s:s,s:s,s:s}", "event", "message", "device", device_key(d),
+                           "topic", topic, "kind", alink_kind_name(t.kind));
+    set_payload(ev, payload, len);
+    ipc_broadcast(A.ipc, IPC_EV_MESSAGE, device_key(d), topic, ev);
+    json_decref(ev);
+    if (A.plugins && plugins_serves(A.plugins, dc->product_key, dc->device_name))
+        plugins_message(A.plugins, dc->product_key, dc->device_name, topic, payload, len);
+
+    switch (t.kind) {
+    case ALINK_PROPERTY_SET:
+    case ALINK_SERVICE_CALL:
+    case ALINK_POST_REPLY:
+    case ALINK_REPLY:
+        parsed = alink_parse(payload, len, &p, err, sizeof(err)) == 0;
+        if (!parsed) {
+            log_dev(LOG_WARNING, dc->product_key, dc->device_name,
+                    "ignoring a malformed %s on %s: %s", alink_kind_name(t.kind), topic, err);
+            return;
+        }
+        break;
+    case ALINK_RRPC_REQUEST:
+        break;
+    default:
+        return;
+    }
+
+    if (t.kind == ALINK_PROPERTY_SET || t.kind == ALINK_SERVICE_CALL) {
+        downlink_call(d, dc, topic, &t, &p);
+    } else if (t.kind == ALINK_RRPC_REQUEST) {
+        struct alink_payload raw = {0};
+        raw.params = json_loadb(payload, len, 0, NULL);
+        downlink_call(d, dc, topic, &t, &raw);
+        json_decref(raw.params);
+    } else {
+        /* A _reply: match it to a post waiting for it, and tell reply watchers. */
+        struct wait *w = wait_find(WAIT_UPLINK_REPLY, device_key(d), p.id);
+        if (w) {
+            if (!p.has_code || p.code == 200)
+                ipc_reply_ok(w->reply, json_pack("{s:s,s:i,s:s?,s:O?}", "msg_id", p.id, "code",
+                                                 p.has_code ? p.code : 200, "message", p.message,
+                                                 "data", p.data));
+            else
+                ipc_reply_error(w->reply, IPC_ERR_REFUSED, "the platform replied %d: %s", p.code,
+                                p.message ? p.message : "(no message)");
+            wait_free(w);
+        }
+        json_t *rev = json_pack("{s:s,s:s,s:s,s:s,s:i,s:s?}", "event", "reply", "device",
+                                device_key(d), "topic", topic, "msg_id", p.id, "code",
+                                p.has_code ? p.code : 200, "message", p.message);
+        ipc_broadcast(A.ipc, IPC_EV_REPLY, device_key(d), topic, rev);
+        json_decref(rev);
+    }
+    if (parsed)
+        alink_payload_free(&p);
+}
+
+static void on_state_changed(void *ctx, struct device *d, enum device_state old)
+{
+    json_t *ev = device_status_json(d, false);
+    json_object_set_new(ev, "event", json_string("state"));
+    json_object_set_new(ev, "old", json_string(device_state_name(old)));
+    ipc_broadcast(A.ipc, IPC_EV_STATE, device_key(d), NULL, ev);
+    json_decref(ev);
+    if (device_state(d) == DEV_ONLINE || old == DEV_ONLINE)
+        notify_status();
+}
+
+static void on_device_removed(void *ctx, struct device *d)
+{
+    const char *key = device_key(d);
+    size_t klen = strlen(key);
+    struct wait *w = A.head, *next;
+
+    for (; w; w = next) {
+        next = w->next;
+        if (strncmp(w->key, key, klen) != 0 || w->key[klen] != '#')
+            continue;
+        if (w->kind == WAIT_UPLINK_REPLY)
+            ipc_reply_error(w->reply, IPC_ERR_NO_DEVICE, "device %s was removed", key);
+        wait_free(w);
+    }
+}
+
+/* ---- plugin sink ------------------------------------------------------------------------- */
+
+static int sink_uplink(void *ctx, const char *pk, const char *dn, const char *topic,
+                       const char *payload, size_t len, int qos)
+{
+    struct device *d = devices_find2(pk, dn);
+    if (!d)
+        return ALIGW_ENODEVICE;
+    return outbox_append(A.ob, device_key(d), topic, payload, len, qos, NULL, NULL);
+}
+
+static void sink_device_state(void *ctx, const char *pk, const char *dn, int ok, const char *reason)
+{
+    struct device *d = devices_find2(pk, dn);
+    if (!d)
+        return;
+    device_set_field_error(d, ok ? NULL : reason);
+    json_t *ev = device_status_json(d, false);
+    json_object_set_new(ev, "event", json_string("state"));
+    json_object_set_new(ev, "field_ok", json_boolean(ok));
+    ipc_broadcast(A.ipc, IPC_EV_STATE, device_key(d), NULL, ev);
+    json_decref(ev);
+}
+
+/* ---- life cycle -------------------------------------------------------------------------- */
+
+static void add_runtime_devices(void)
+{
+    struct statedb_device *v = NULL;
+    size_t n = 0;
+
+    if (statedb_device_list(A.db, &v, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        json_error_t je;
+        json_t *obj = json_loads(v[i].config, 0, &je);
+        struct device_conf dc;
+        struct config_errors errs = {0};
+        if (obj && config_device_from_json(A.cfg, obj, &dc, &errs) == 0) {
+            dc.runtime = true;
+            if (devices_add(&dc) == -EEXIST)
+                log_warn("%s/%s: added at runtime and also in the configuration file; the "
+                         "file's entry is used",
+                         v[i].product_key, v[i].device_name);
+            config_device_conf_free(&dc);
+        } else {
+            log_error("%s/%s: the stored runtime device is no longer valid; it is not started",
+                      v[i].product_key, v[i].device_name);
+        }
+        config_errors_free(&errs);
+        json_decref(obj);
+    }
+    statedb_device_list_free(v, n);
+}
+
+int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, struct statedb *db)
+{
+    struct devices_hooks hooks = {
+        .downlink = on_downlink, .state_changed = on_state_changed, .removed = on_device_removed};
+    struct plugins_sink sink = {.uplink = sink_uplink, .device_state = sink_device_state};
+    struct plugins_opts popts = {0};
+    int rc;
+
+    A.loop = loop;
+    A.cfg = cfg;
+    A.ob = ob;
+    A.db = db;
+    A.started_ms = uv_now(loop);
+    strmap_init(&A.waits);
+    uv_timer_init(loop, &A.sweep);
+    uv_timer_start(&A.sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    A.running = true;
+
+    rc = ipc_server_init(&A.ipc, loop, cfg, on_request, NULL);
+    if (rc == 0)
+        rc = ipc_server_start(A.ipc);
+    if (rc < 0)
+        return rc;
+    rc = devices_init(loop, cfg, ob, db, &hooks);
+    if (rc < 0)
+        return rc;
+    add_runtime_devices();
+    popts.ack = true;
+    rc = plugins_init(&A.plugins, loop, &sink, &popts);
+    if (rc < 0)
+        return rc;
+    /* A plugin that fails disables its own devices only; the daemon goes on. */
+    plugins_start(A.plugins, cfg->plugins, cfg->n_plugins);
+    return 0;
+}
+
+void api_apply_config(const struct config *cfg)
+{
+    A.cfg = cfg;
+    if (A.ipc)
+        ipc_server_set_access(A.ipc, cfg);
+}
+
+void api_close(void)
+{
+    if (!A.running)
+        return;
+    A.running = false;
+    if (A.plugins) {
+        plugins_stop(A.plugins);
+        plugins_close(A.plugins);
+        A.plugins = NULL;
+    }
+    while (A.head) {
+        if (A.head->kind == WAIT_UPLINK_REPLY)
+            ipc_reply_error(A.head->reply, IPC_ERR_UNAVAILABLE, "aligwd is shutting down");
+        wait_free(A.head);
+    }
+    strmap_free(&A.waits);
+    uv_close((uv_handle_t *)&A.sweep, NULL);
+    if (A.ipc) {
+        ipc_server_close(A.ipc, NULL, NULL);
+        A.ipc = NULL;
+    }
+}
