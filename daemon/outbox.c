@@ -1,0 +1,1040 @@
+/*
+ * outbox: store-and-forward in SQLite (see outbox.h for the contract).
+ *
+ * Shape. The loop owns two batches: `cur` collects the appends and acks of the current turn;
+ * a uv_check handle (with a uv_idle handle so the loop does not block in poll meanwhile) hands
+ * it over as `fly` at the end of the turn and `run_batch` commits it in one transaction: insert
+ * the appends, delete the acked rows, delete expired rows, apply the drop-oldest caps, write the
+ * touched devices' counters and the next seq. With durability normal this runs inline in the
+ * check callback; with full it runs in uv_queue_work and the loop keeps collecting into `cur`,
+ * which becomes the next batch when the first one is done (one batch in flight at a time, so the
+ * writer connection is only ever used by one thread). `complete` merges the batch's counter
+ * deltas into the per-device counters and calls the callbacks, all on the loop.
+ *
+ * Sharing while a batch is in flight: the batch runner writes only the batch, the devices' d_*
+ * / touched / inserted / got_append fields, and reads committed counters, `by_id` and options,
+ * which the loop does not write until `complete`. The loop writes the device hash, pending_bytes,
+ * `cur` and the list of devices not yet in `by_id` (indexed at the next hand-over).
+ *
+ * Seqs and created_ms are assigned at append, on the loop, so per-device FIFO is append order;
+ * a failed batch leaves a gap in the seqs, never a reordering.
+ */
+#include "outbox.h"
+
+#include "db.h"
+#include "errors.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define LOG_EVERY_MS 10000
+#define CHUNK 256              /* rows read at a time when dropping or expiring */
+#define EXPIRE_PER_BATCH 50000 /* rows expired per batch; the rest in the next turn */
+#define RETRY_MS 1000          /* delay before retrying acks after a failed commit */
+
+struct odev {
+    struct odev *hnext; /* hash chain */
+    struct odev *nnext; /* list of devices not yet in by_id */
+    int64_t id;
+    char *key;
+    /* Committed counters: written by the loop, only in complete(). */
+    int64_t count, bytes, dropped, expired;
+    bool in_db;
+    /* Appended but not yet committed (loop). */
+    int64_t pending_bytes;
+    /* The running batch's deltas and flags (batch runner; merged and reset in complete()). */
+    int64_t d_count, d_bytes, d_dropped, d_expired;
+    bool touched, inserted, got_append;
+    /* Log rate limiting (loop). */
+    uint64_t unlogged_dropped, unlogged_expired;
+    int64_t drop_log_ms, exp_log_ms;
+};
+
+struct pend {
+    struct odev *dev;
+    int64_t seq, created_ms;
+    int qos;
+    size_t tlen, len;
+    outbox_append_cb cb;
+    void *arg;
+    char data[]; /* topic, NUL, payload */
+};
+
+struct batch {
+    struct pend **ap;
+    size_t n_ap, cap_ap;
+    int64_t *acks;
+    size_t n_acks, cap_acks;
+    int64_t expire_before_ms; /* 0 = no expiry in this batch */
+    bool expire_more;         /* set by the runner: more rows to expire */
+    int64_t next_seq;
+    struct odev **touched;
+    size_t n_touched, cap_touched;
+    int64_t d_count, d_bytes, d_dropped, d_expired;
+    int append_status, ack_status;
+};
+
+enum {
+    ST_INS_MSG,
+    ST_INS_DEV,
+    ST_DEL_MSG,
+    ST_UPD_DEV,
+    ST_UPD_META,
+    ST_OLDEST_DEV,
+    ST_OLDEST_ALL,
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_W_N
+};
+enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_N };
+
+static const char *const wsql[ST_W_N] = {
+    [ST_INS_MSG] = "INSERT INTO message(seq, device_id, created_ms, qos, size, topic, payload) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [ST_INS_DEV] = "INSERT OR IGNORE INTO device(id, key) VALUES (?1, ?2)",
+    [ST_DEL_MSG] = "DELETE FROM message WHERE seq = ?1 RETURNING device_id, size",
+    [ST_UPD_DEV] = "UPDATE device SET count = ?2, bytes = ?3, dropped = ?4, expired = ?5 "
+                   "WHERE id = ?1",
+    [ST_UPD_META] = "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
+    [ST_OLDEST_DEV] = "SELECT seq, created_ms FROM message WHERE device_id = ?1 ORDER BY seq "
+                      "LIMIT ?2",
+    [ST_OLDEST_ALL] = "SELECT seq, created_ms FROM message ORDER BY seq LIMIT ?1",
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+};
+static const char *const rsql[RT_N] = {
+    [RT_PEEK] = "SELECT seq, topic, payload, qos, created_ms FROM message "
+                "WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    [RT_OLDEST_DEV] = "SELECT created_ms FROM message WHERE device_id = ?1 ORDER BY seq LIMIT 1",
+    [RT_OLDEST_ALL] = "SELECT created_ms FROM message ORDER BY seq LIMIT 1",
+};
+
+struct outbox {
+    uv_loop_t *loop;
+    char *path;
+    struct outbox_opts o;
+    outbox_ready_cb ready;
+    void *ready_arg;
+
+    sqlite3 *wdb, *rdb;
+    sqlite3_stmt *w[ST_W_N], *r[RT_N];
+
+    struct odev **buckets;
+    size_t n_buckets, n_devs;
+    struct odev **by_id; /* indexed by device id, for rows found by the runner */
+    size_t by_id_len;
+    struct odev *unindexed;
+    int64_t next_dev_id;
+
+    int64_t count, bytes, dropped, expired; /* committed totals */
+    int64_t pending_bytes;
+    int64_t next_seq;
+
+    struct batch b[2];
+    struct batch *cur, *fly;
+    bool inflight, scheduled, expire_due, closing;
+    int64_t fail_log_ms, ack_log_ms;
+    uint64_t fail_unlogged;
+
+    uv_check_t check;
+    uv_idle_t idle;
+    uv_timer_t ttl_timer, retry_timer;
+    uv_work_t work;
+    int open_handles;
+    void (*close_cb)(void *arg);
+    void *close_arg;
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Devices: key hash and id index. */
+
+static uint64_t hash_key(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static struct odev *dev_find(struct outbox *ob, const char *key)
+{
+    struct odev *d = ob->buckets[hash_key(key) & (ob->n_buckets - 1)];
+    while (d && strcmp(d->key, key) != 0)
+        d = d->hnext;
+    return d;
+}
+
+static int dev_rehash(struct outbox *ob)
+{
+    size_t n = ob->n_buckets ? ob->n_buckets * 2 : 64;
+    struct odev **nb = calloc(n, sizeof(*nb));
+    if (!nb)
+        return -ENOMEM;
+    for (size_t i = 0; i < ob->n_buckets; i++) {
+        struct odev *d = ob->buckets[i], *next;
+        for (; d; d = next) {
+            next = d->hnext;
+            size_t j = hash_key(d->key) & (n - 1);
+            d->hnext = nb[j];
+            nb[j] = d;
+        }
+    }
+    free(ob->buckets);
+    ob->buckets = nb;
+    ob->n_buckets = n;
+    return 0;
+}
+
+/* Adds a device to the hash; it joins by_id at the next hand-over (dev_index). */
+static struct odev *dev_add(struct outbox *ob, int64_t id, const char *key)
+{
+    struct odev *d;
+    if (ob->n_devs >= ob->n_buckets && dev_rehash(ob) < 0)
+        return NULL;
+    if (!(d = calloc(1, sizeof(*d))) || !(d->key = strdup(key))) {
+        free(d);
+        return NULL;
+    }
+    d->id = id;
+    d->drop_log_ms = d->exp_log_ms = INT64_MIN / 2;
+    size_t j = hash_key(key) & (ob->n_buckets - 1);
+    d->hnext = ob->buckets[j];
+    ob->buckets[j] = d;
+    ob->n_devs++;
+    if (id >= ob->next_dev_id)
+        ob->next_dev_id = id + 1;
+    d->nnext = ob->unindexed;
+    ob->unindexed = d;
+    return d;
+}
+
+/* Moves the devices created since the last hand-over into by_id. Loop, nothing in flight. */
+static int dev_index(struct outbox *ob)
+{
+    if ((size_t)ob->next_dev_id > ob->by_id_len) {
+        size_t n = ob->by_id_len ? ob->by_id_len : 64;
+        while (n < (size_t)ob->next_dev_id)
+            n *= 2;
+        struct odev **v = realloc(ob->by_id, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        memset(v + ob->by_id_len, 0, (n - ob->by_id_len) * sizeof(*v));
+        ob->by_id = v;
+        ob->by_id_len = n;
+    }
+    for (struct odev *d = ob->unindexed; d; d = d->nnext)
+        ob->by_id[d->id] = d;
+    ob->unindexed = NULL;
+    return 0;
+}
+
+static struct odev *dev_by_id(struct outbox *ob, int64_t id)
+{
+    return id >= 0 && (size_t)id < ob->by_id_len ? ob->by_id[id] : NULL;
+}
+
+/* The batch runner: runs on the loop (normal) or a pool thread (full). */
+
+static int touch(struct batch *b, struct odev *d)
+{
+    if (d->touched)
+        return 0;
+    if (b->n_touched == b->cap_touched) {
+        size_t n = b->cap_touched ? b->cap_touched * 2 : 64;
+        struct odev **v = realloc(b->touched, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        b->touched = v;
+        b->cap_touched = n;
+    }
+    b->touched[b->n_touched++] = d;
+    d->touched = true;
+    return 0;
+}
+
+static void undo_deltas(struct batch *b)
+{
+    for (size_t i = 0; i < b->n_touched; i++) {
+        struct odev *d = b->touched[i];
+        d->d_count = d->d_bytes = d->d_dropped = d->d_expired = 0;
+        d->touched = d->inserted = d->got_append = false;
+    }
+    b->n_touched = 0;
+    b->d_count = b->d_bytes = b->d_dropped = b->d_expired = 0;
+}
+
+static int step_done(struct outbox *ob, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : db_err(ob->wdb, rc);
+}
+
+enum del_kind { DEL_ACK, DEL_DROP, DEL_EXPIRE };
+
+/* Deletes one message and accounts for it. A seq already gone is not an error. */
+static int delete_msg(struct outbox *ob, struct batch *b, int64_t seq, enum del_kind kind)
+{
+    sqlite3_stmt *st = ob->w[ST_DEL_MSG];
+    int rc, err = 0;
+
+    sqlite3_bind_int64(st, 1, seq);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        struct odev *d = dev_by_id(ob, sqlite3_column_int64(st, 0));
+        int64_t size = sqlite3_column_int64(st, 1);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+            ;
+        if (d && (err = touch(b, d)) == 0) {
+            d->d_count--;
+            d->d_bytes -= size;
+            if (kind == DEL_DROP)
+                d->d_dropped++;
+            else if (kind == DEL_EXPIRE)
+                d->d_expired++;
+        }
+        b->d_count--;
+        b->d_bytes -= size;
+        if (kind == DEL_DROP)
+            b->d_dropped++;
+        else if (kind == DEL_EXPIRE)
+            b->d_expired++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return db_err(ob->wdb, rc);
+    return err;
+}
+
+/*
+ * Reads up to CHUNK oldest seqs (of device d, or of the whole store when d is NULL) into seqs,
+ * stopping at the first created_ms >= before_ms when before_ms > 0.
+ */
+static int oldest(struct outbox *ob, struct odev *d, int64_t before_ms, int64_t *seqs, int *n)
+{
+    sqlite3_stmt *st = ob->w[d ? ST_OLDEST_DEV : ST_OLDEST_ALL];
+    int rc;
+
+    *n = 0;
+    if (d) {
+        sqlite3_bind_int64(st, 1, d->id);
+        sqlite3_bind_int(st, 2, CHUNK);
+    } else {
+        sqlite3_bind_int(st, 1, CHUNK);
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (before_ms > 0 && sqlite3_column_int64(st, 1) >= before_ms) {
+            rc = SQLITE_DONE;
+            break;
+        }
+        seqs[(*n)++] = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : db_err(ob->wdb, rc);
+}
+
+/* Drops oldest messages of d (or of the store) until its bytes are within cap. */
+static int enforce_cap(struct outbox *ob, struct batch *b, struct odev *d, int64_t cap)
+{
+    int64_t seqs[CHUNK];
+    int n, err;
+
+    for (;;) {
+        int64_t used = d ? d->bytes + d->d_bytes : ob->bytes + b->d_bytes;
+        if (used <= cap)
+            return 0;
+        if ((err = oldest(ob, d, 0, seqs, &n)) < 0)
+            return err;
+        if (n == 0)
+            return 0; /* counters say over, table says empty: nothing more to drop */
+        for (int i = 0; i < n; i++) {
+            used = d ? d->bytes + d->d_bytes : ob->bytes + b->d_bytes;
+            if (used <= cap)
+                return 0;
+            if ((err = delete_msg(ob, b, seqs[i], DEL_DROP)) < 0)
+                return err;
+        }
+    }
+}
+
+static int expire(struct outbox *ob, struct batch *b)
+{
+    int64_t seqs[CHUNK];
+    int n, err;
+    size_t done = 0;
+
+    for (;;) {
+        if ((err = oldest(ob, NULL, b->expire_before_ms, seqs, &n)) < 0)
+            return err;
+        for (int i = 0; i < n; i++)
+            if ((err = delete_msg(ob, b, seqs[i], DEL_EXPIRE)) < 0)
+                return err;
+        done += (size_t)n;
+        if (n < CHUNK)
+            return 0;
+        if (done >= EXPIRE_PER_BATCH) {
+            b->expire_more = true;
+            return 0;
+        }
+    }
+}
+
+static int insert_append(struct outbox *ob, struct batch *b, struct pend *p)
+{
+    struct odev *d = p->dev;
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = touch(b, d)) < 0)
+        return err;
+    if (!d->in_db && !d->inserted) {
+        st = ob->w[ST_INS_DEV];
+        sqlite3_bind_int64(st, 1, d->id);
+        sqlite3_bind_text(st, 2, d->key, -1, SQLITE_STATIC);
+        if ((err = step_done(ob, st)) < 0)
+            return err;
+        d->inserted = true;
+    }
+    st = ob->w[ST_INS_MSG];
+    sqlite3_bind_int64(st, 1, p->seq);
+    sqlite3_bind_int64(st, 2, d->id);
+    sqlite3_bind_int64(st, 3, p->created_ms);
+    sqlite3_bind_int(st, 4, p->qos);
+    sqlite3_bind_int64(st, 5, (int64_t)(p->tlen + p->len));
+    sqlite3_bind_text(st, 6, p->data, (int)p->tlen, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 7, p->data + p->tlen + 1, (int)p->len, SQLITE_STATIC);
+    if ((err = step_done(ob, st)) < 0)
+        return err;
+    d->d_count++;
+    d->d_bytes += (int64_t)(p->tlen + p->len);
+    d->got_append = true;
+    b->d_count++;
+    b->d_bytes += (int64_t)(p->tlen + p->len);
+    return 0;
+}
+
+static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
+{
+    int err;
+
+    if ((err = step_done(ob, ob->w[ST_BEGIN])) < 0)
+        return err;
+    if (with_appends)
+        for (size_t i = 0; i < b->n_ap; i++)
+            if ((err = insert_append(ob, b, b->ap[i])) < 0)
+                goto fail;
+    for (size_t i = 0; i < b->n_acks; i++)
+        if ((err = delete_msg(ob, b, b->acks[i], DEL_ACK)) < 0)
+            goto fail;
+    if (b->expire_before_ms > 0 && (err = expire(ob, b)) < 0)
+        goto fail;
+    if (with_appends && b->n_ap && ob->o.policy == STORE_DROP_OLDEST) {
+        if (ob->o.max_device_bytes > 0)
+            for (size_t i = 0; i < b->n_touched; i++)
+                if (b->touched[i]->got_append &&
+                    (err = enforce_cap(ob, b, b->touched[i], ob->o.max_device_bytes)) < 0)
+                    goto fail;
+        if (ob->o.max_bytes > 0 && (err = enforce_cap(ob, b, NULL, ob->o.max_bytes)) < 0)
+            goto fail;
+    }
+    for (size_t i = 0; i < b->n_touched; i++) {
+        struct odev *d = b->touched[i];
+        sqlite3_stmt *st = ob->w[ST_UPD_DEV];
+        if (!d->in_db && !d->inserted)
+            continue;
+        sqlite3_bind_int64(st, 1, d->id);
+        sqlite3_bind_int64(st, 2, d->count + d->d_count);
+        sqlite3_bind_int64(st, 3, d->bytes + d->d_bytes);
+        sqlite3_bind_int64(st, 4, d->dropped + d->d_dropped);
+        sqlite3_bind_int64(st, 5, d->expired + d->d_expired);
+        if ((err = step_done(ob, st)) < 0)
+            goto fail;
+    }
+    if (with_appends && b->n_ap) {
+        sqlite3_bind_int64(ob->w[ST_UPD_META], 1, b->next_seq);
+        if ((err = step_done(ob, ob->w[ST_UPD_META])) < 0)
+            goto fail;
+    }
+    if ((err = step_done(ob, ob->w[ST_COMMIT])) < 0)
+        goto fail;
+    return 0;
+fail:
+    if (!sqlite3_get_autocommit(ob->wdb))
+        step_done(ob, ob->w[ST_ROLLBACK]);
+    undo_deltas(b);
+    b->expire_more = false; /* the TTL timer tries again */
+    return err;
+}
+
+static void run_batch(struct outbox *ob, struct batch *b)
+{
+    b->append_status = b->ack_status = 0;
+    b->expire_more = false;
+    if (b->n_ap == 0) {
+        b->ack_status = run_txn(ob, b, false);
+        return;
+    }
+    b->append_status = run_txn(ob, b, true);
+    if (b->append_status < 0 && (b->n_acks || b->expire_before_ms > 0))
+        b->ack_status = run_txn(ob, b, false); /* a full disk: deletes may still fit */
+    if (b->append_status == ALIGW_ESTOREFULL || b->ack_status == ALIGW_ESTOREFULL) {
+        /* Copying the WAL into the database and truncating it gives its space back, when the
+         * database file does not have to grow for it. Then the deletes get another chance. */
+        sqlite3_wal_checkpoint_v2(ob->wdb, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        if (b->ack_status == ALIGW_ESTOREFULL)
+            b->ack_status = run_txn(ob, b, false);
+    }
+}
+
+static void work_cb(uv_work_t *w)
+{
+    struct outbox *ob = w->data;
+    run_batch(ob, ob->fly);
+}
+
+/* Back on the loop. */
+
+static void schedule(struct outbox *ob);
+static void maybe_finish(struct outbox *ob);
+static void retry_cb(uv_timer_t *t);
+
+static bool batch_empty(struct outbox *ob, const struct batch *b)
+{
+    return b->n_ap == 0 && b->n_acks == 0 && !ob->expire_due;
+}
+
+static int push_ack(struct batch *b, int64_t seq)
+{
+    if (b->n_acks == b->cap_acks) {
+        size_t n = b->cap_acks ? b->cap_acks * 2 : 256;
+        int64_t *v = realloc(b->acks, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        b->acks = v;
+        b->cap_acks = n;
+    }
+    b->acks[b->n_acks++] = seq;
+    return 0;
+}
+
+static void log_counts(struct odev *d, int64_t now)
+{
+    if (d->d_dropped) {
+        d->unlogged_dropped += (uint64_t)d->d_dropped;
+        if (now - d->drop_log_ms >= LOG_EVERY_MS) {
+            log_warn("%s: outbox cap reached: dropped %llu oldest message(s) (%lld in total)",
+                     d->key, (unsigned long long)d->unlogged_dropped,
+                     (long long)(d->dropped + d->d_dropped));
+            d->unlogged_dropped = 0;
+            d->drop_log_ms = now;
+        }
+    }
+    if (d->d_expired) {
+        d->unlogged_expired += (uint64_t)d->d_expired;
+        if (now - d->exp_log_ms >= LOG_EVERY_MS) {
+            log_warn("%s: outbox TTL: expired %llu undelivered message(s) (%lld in total)", d->key,
+                     (unsigned long long)d->unlogged_expired,
+                     (long long)(d->expired + d->d_expired));
+            d->unlogged_expired = 0;
+            d->exp_log_ms = now;
+        }
+    }
+}
+
+static void complete(struct outbox *ob, struct batch *b)
+{
+    int64_t now = uv_now(ob->loop);
+    bool ok = b->append_status == 0;
+    bool more = !batch_empty(ob, ob->cur); /* not counting acks put back below */
+
+    ob->inflight = false;
+    for (size_t i = 0; i < b->n_touched; i++) {
+        struct odev *d = b->touched[i];
+        log_counts(d, now);
+        d->count += d->d_count;
+        d->bytes += d->d_bytes;
+        d->dropped += d->d_dropped;
+        d->expired += d->d_expired;
+        if (d->inserted)
+            d->in_db = true;
+        d->d_count = d->d_bytes = d->d_dropped = d->d_expired = 0;
+        d->touched = d->inserted = false;
+    }
+    ob->count += b->d_count;
+    ob->bytes += b->d_bytes;
+    ob->dropped += b->d_dropped;
+    ob->expired += b->d_expired;
+    b->d_count = b->d_bytes = b->d_dropped = b->d_expired = 0;
+    if (b->expire_more && !ob->closing)
+        ob->expire_due = true;
+
+    if (!ok && b->n_ap) {
+        ob->fail_unlogged += b->n_ap;
+        if (now - ob->fail_log_ms >= LOG_EVERY_MS || ob->fail_log_ms == 0) {
+            log_errno(LOG_ERR, b->append_status,
+                      "%s: outbox commit failed, %llu message(s) refused", ob->path,
+                      (unsigned long long)ob->fail_unlogged);
+            ob->fail_unlogged = 0;
+            ob->fail_log_ms = now;
+        }
+    }
+    if (b->ack_status < 0 && b->n_acks) {
+        if (now - ob->ack_log_ms >= LOG_EVERY_MS || ob->ack_log_ms == 0) {
+            log_errno(LOG_WARNING, b->ack_status,
+                      "%s: could not delete %zu delivered message(s) yet, retrying every %d ms",
+                      ob->path, b->n_acks, RETRY_MS);
+            ob->ack_log_ms = now;
+        }
+        for (size_t i = 0; i < b->n_acks && !ob->closing; i++)
+            if (push_ack(ob->cur, b->acks[i]) < 0)
+                break;
+        if (!ob->closing)
+            uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0);
+    }
+    b->n_acks = 0;
+    b->expire_before_ms = 0;
+
+    /* Producers first, then the forwarder. Callbacks may append (into cur) but never free ob. */
+    for (size_t i = 0; i < b->n_ap; i++) {
+        struct pend *p = b->ap[i];
+        size_t size = p->tlen + p->len;
+        p->dev->pending_bytes -= (int64_t)size;
+        ob->pending_bytes -= (int64_t)size;
+        if (p->cb)
+            p->cb(p->arg, b->append_status, ok ? p->seq : 0);
+        free(p);
+        b->ap[i] = NULL;
+    }
+    b->n_ap = 0;
+    for (size_t i = 0; i < b->n_touched; i++) {
+        struct odev *d = b->touched[i];
+        bool fire = ok && d->got_append;
+        d->got_append = false;
+        if (fire && ob->ready)
+            ob->ready(ob->ready_arg, d->key);
+    }
+    b->n_touched = 0;
+    if (more || ob->expire_due || ob->closing || ob->cur->n_ap)
+        schedule(ob);
+}
+
+static void after_work_cb(uv_work_t *w, int status)
+{
+    struct outbox *ob = w->data;
+    complete(ob, ob->fly);
+}
+
+static void dispatch(struct outbox *ob)
+{
+    struct batch *b;
+
+    if (ob->inflight)
+        return; /* complete() schedules the next one */
+    if (batch_empty(ob, ob->cur)) {
+        maybe_finish(ob);
+        return;
+    }
+    if (dev_index(ob) < 0) {
+        schedule(ob); /* out of memory: try again next turn */
+        return;
+    }
+    b = ob->cur;
+    ob->cur = ob->fly;
+    ob->fly = b;
+    b->next_seq = ob->next_seq;
+    if (ob->expire_due) {
+        b->expire_before_ms = wall_ms() - ob->o.ttl_s * 1000;
+        ob->expire_due = false;
+    }
+    ob->inflight = true;
+    if (ob->o.durability == DURABILITY_FULL) {
+        ob->work.data = ob;
+        if (uv_queue_work(ob->loop, &ob->work, work_cb, after_work_cb) == 0)
+            return;
+    }
+    run_batch(ob, b);
+    complete(ob, b);
+}
+
+static void check_cb(uv_check_t *h)
+{
+    struct outbox *ob = h->data;
+    uv_check_stop(&ob->check);
+    uv_idle_stop(&ob->idle);
+    ob->scheduled = false;
+    dispatch(ob);
+}
+
+static void idle_cb(uv_idle_t *h)
+{
+}
+
+/* Commits at the end of this loop turn (the idle handle keeps poll from blocking till then). */
+static void schedule(struct outbox *ob)
+{
+    if (ob->scheduled)
+        return;
+    ob->scheduled = true;
+    uv_check_start(&ob->check, check_cb);
+    uv_idle_start(&ob->idle, idle_cb);
+}
+
+static void ttl_cb(uv_timer_t *t)
+{
+    struct outbox *ob = t->data;
+    if (ob->closing)
+        return;
+    ob->expire_due = true;
+    schedule(ob);
+}
+
+static void retry_cb(uv_timer_t *t)
+{
+    schedule(t->data);
+}
+
+/* Open and close. */
+
+static void free_ob(struct outbox *ob)
+{
+    for (int i = 0; i < ST_W_N; i++)
+        sqlite3_finalize(ob->w[i]);
+    for (int i = 0; i < RT_N; i++)
+        sqlite3_finalize(ob->r[i]);
+    db_close(ob->rdb);
+    db_close(ob->wdb);
+    for (size_t i = 0; i < ob->n_buckets; i++) {
+        struct odev *d = ob->buckets[i], *next;
+        for (; d; d = next) {
+            next = d->hnext;
+            free(d->key);
+            free(d);
+        }
+    }
+    free(ob->buckets);
+    free(ob->by_id);
+    for (int i = 0; i < 2; i++) {
+        for (size_t j = 0; j < ob->b[i].n_ap; j++)
+            free(ob->b[i].ap[j]);
+        free(ob->b[i].ap);
+        free(ob->b[i].acks);
+        free(ob->b[i].touched);
+    }
+    free(ob->path);
+    free(ob);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct outbox *ob = h->data;
+    if (--ob->open_handles > 0)
+        return;
+    void (*cb)(void *) = ob->close_cb;
+    void *arg = ob->close_arg;
+    free_ob(ob);
+    if (cb)
+        cb(arg);
+}
+
+static void maybe_finish(struct outbox *ob)
+{
+    if (!ob->closing || ob->inflight || ob->open_handles != 4)
+        return;
+    uv_close((uv_handle_t *)&ob->check, handle_closed);
+    uv_close((uv_handle_t *)&ob->idle, handle_closed);
+    uv_close((uv_handle_t *)&ob->ttl_timer, handle_closed);
+    uv_close((uv_handle_t *)&ob->retry_timer, handle_closed);
+}
+
+static int load(struct outbox *ob)
+{
+    sqlite3_stmt *st;
+    int rc, err;
+
+    if ((err = db_prepare(ob->rdb, "SELECT id, key, count, bytes, dropped, expired FROM device",
+                          &st)) < 0)
+        return err;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct odev *d =
+            dev_add(ob, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1));
+        if (!d) {
+            sqlite3_finalize(st);
+            return -ENOMEM;
+        }
+        d->in_db = true;
+        d->count = sqlite3_column_int64(st, 2);
+        d->bytes = sqlite3_column_int64(st, 3);
+        d->dropped = sqlite3_column_int64(st, 4);
+        d->expired = sqlite3_column_int64(st, 5);
+        ob->count += d->count;
+        ob->bytes += d->bytes;
+        ob->dropped += d->dropped;
+        ob->expired += d->expired;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return db_err(ob->rdb, rc);
+    if ((err = dev_index(ob)) < 0)
+        return err;
+
+    if ((err = db_prepare(ob->rdb,
+                          "SELECT max((SELECT value FROM meta WHERE key = 'next_seq'), "
+                          "coalesce((SELECT max(seq) FROM message), 0) + 1)",
+                          &st)) < 0)
+        return err;
+    rc = sqlite3_step(st);
+    ob->next_seq = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 1;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW)
+        return db_err(ob->rdb, rc);
+    return 0;
+}
+
+int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb ready, void *arg,
+                struct outbox **out)
+{
+    struct outbox *ob;
+    int err;
+    unsigned flags = o->durability == DURABILITY_FULL ? DB_SYNC_FULL : 0;
+
+    *out = NULL;
+    if (!o->path || o->max_bytes < 0 || o->max_device_bytes < 0 || o->ttl_s < 0)
+        return -EINVAL;
+    if (!(ob = calloc(1, sizeof(*ob))) || !(ob->path = strdup(o->path))) {
+        free(ob);
+        return -ENOMEM;
+    }
+    ob->loop = loop;
+    ob->o = *o;
+    ob->o.path = ob->path;
+    ob->ready = ready;
+    ob->ready_arg = arg;
+    ob->cur = &ob->b[0];
+    ob->fly = &ob->b[1];
+    ob->next_dev_id = 1;
+    if ((err = dev_rehash(ob)) < 0)
+        goto fail;
+    if ((err = db_open(o->path, &db_schema_outbox, flags, &ob->wdb)) < 0)
+        goto fail;
+    if ((err = db_open(o->path, &db_schema_outbox, flags | DB_NO_MIGRATE, &ob->rdb)) < 0)
+        goto fail;
+    for (int i = 0; i < ST_W_N; i++)
+        if ((err = db_prepare(ob->wdb, wsql[i], &ob->w[i])) < 0)
+            goto fail;
+    for (int i = 0; i < RT_N; i++)
+        if ((err = db_prepare(ob->rdb, rsql[i], &ob->r[i])) < 0)
+            goto fail;
+    if ((err = load(ob)) < 0) {
+        log_errno(LOG_ERR, err, "%s: cannot load the outbox", o->path);
+        goto fail;
+    }
+
+    uv_check_init(loop, &ob->check);
+    uv_idle_init(loop, &ob->idle);
+    uv_timer_init(loop, &ob->ttl_timer);
+    uv_timer_init(loop, &ob->retry_timer);
+    ob->check.data = ob->idle.data = ob->ttl_timer.data = ob->retry_timer.data = ob;
+    ob->open_handles = 4;
+    if (o->ttl_s > 0) {
+        uint64_t every = (uint64_t)o->ttl_s * 250;
+        every = every < 200 ? 200 : every > 60000 ? 60000 : every;
+        uv_timer_start(&ob->ttl_timer, ttl_cb, 0, every);
+    }
+    log_info("%s: outbox open: %lld message(s), %lld bytes, %zu device(s)", o->path,
+             (long long)ob->count, (long long)ob->bytes, ob->n_devs);
+    *out = ob;
+    return 0;
+fail:
+    free_ob(ob);
+    return err;
+}
+
+void outbox_close(struct outbox *ob, void (*cb)(void *arg), void *arg)
+{
+    ob->closing = true;
+    ob->close_cb = cb;
+    ob->close_arg = arg;
+    ob->expire_due = false;
+    uv_timer_stop(&ob->ttl_timer);
+    uv_timer_stop(&ob->retry_timer);
+    schedule(ob);
+}
+
+int outbox_append(struct outbox *ob, const char *device_key, const char *topic, const void *payload,
+                  size_t len, int qos, outbox_append_cb cb, void *arg)
+{
+    struct batch *b = ob->cur;
+    struct odev *d;
+    struct pend *p;
+    size_t tlen, size;
+
+    if (ob->closing)
+        return -ESHUTDOWN;
+    if (!device_key || !*device_key || !topic || !*topic || (qos != 0 && qos != 1) ||
+        (len && !payload))
+        return -EINVAL;
+    tlen = strlen(topic);
+    size = tlen + len;
+    if (len > INT32_MAX || (ob->o.max_bytes > 0 && (int64_t)size > ob->o.max_bytes) ||
+        (ob->o.max_device_bytes > 0 && (int64_t)size > ob->o.max_device_bytes))
+        return -EMSGSIZE;
+    d = dev_find(ob, device_key);
+    if (ob->o.policy == STORE_REJECT_NEW) {
+        if (ob->o.max_bytes > 0 && ob->bytes + ob->pending_bytes + (int64_t)size > ob->o.max_bytes)
+            return ALIGW_ESTOREFULL;
+        if (d && ob->o.max_device_bytes > 0 &&
+            d->bytes + d->pending_bytes + (int64_t)size > ob->o.max_device_bytes)
+            return ALIGW_ESTOREFULL;
+    }
+    if (!d && !(d = dev_add(ob, ob->next_dev_id, device_key)))
+        return -ENOMEM;
+    if (b->n_ap == b->cap_ap) {
+        size_t n = b->cap_ap ? b->cap_ap * 2 : 256;
+        struct pend **v = realloc(b->ap, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        b->ap = v;
+        b->cap_ap = n;
+    }
+    if (!(p = malloc(sizeof(*p) + tlen + 1 + len)))
+        return -ENOMEM;
+    p->dev = d;
+    p->seq = ob->next_seq++;
+    p->created_ms = wall_ms();
+    p->qos = qos;
+    p->tlen = tlen;
+    p->len = len;
+    p->cb = cb;
+    p->arg = arg;
+    memcpy(p->data, topic, tlen + 1);
+    if (len)
+        memcpy(p->data + tlen + 1, payload, len);
+    b->ap[b->n_ap++] = p;
+    d->pending_bytes += (int64_t)size;
+    ob->pending_bytes += (int64_t)size;
+    schedule(ob);
+    return 0;
+}
+
+int outbox_ack(struct outbox *ob, int64_t seq)
+{
+    int err;
+    if (ob->closing)
+        return -ESHUTDOWN;
+    if ((err = push_ack(ob->cur, seq)) < 0)
+        return err;
+    schedule(ob);
+    return 0;
+}
+
+void outbox_msg_free(struct outbox_msg *m)
+{
+    if (!m)
+        return;
+    free(m->topic);
+    free(m->payload);
+    m->topic = NULL;
+    m->payload = NULL;
+}
+
+int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
+                struct outbox_msg *out, size_t max, size_t *n)
+{
+    struct odev *d = dev_find(ob, device_key);
+    sqlite3_stmt *st = ob->r[RT_PEEK];
+    int rc, err = 0;
+
+    *n = 0;
+    if (!d || !d->in_db || max == 0)
+        return 0;
+    sqlite3_bind_int64(st, 1, d->id);
+    sqlite3_bind_int64(st, 2, after_seq);
+    sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct outbox_msg *m = &out[*n];
+        const void *pl = sqlite3_column_blob(st, 2);
+        size_t len = (size_t)sqlite3_column_bytes(st, 2);
+        m->seq = sqlite3_column_int64(st, 0);
+        m->topic = strdup((const char *)sqlite3_column_text(st, 1));
+        m->payload = malloc(len ? len : 1);
+        if (!m->topic || !m->payload) {
+            outbox_msg_free(m);
+            err = -ENOMEM;
+            break;
+        }
+        if (len)
+            memcpy(m->payload, pl, len);
+        m->len = len;
+        m->qos = sqlite3_column_int(st, 3);
+        m->created_ms = sqlite3_column_int64(st, 4);
+        (*n)++;
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = db_err(ob->rdb, rc);
+    sqlite3_reset(st);
+    if (err < 0) {
+        for (size_t i = 0; i < *n; i++)
+            outbox_msg_free(&out[i]);
+        *n = 0;
+    }
+    return err;
+}
+
+static int64_t oldest_ms(struct outbox *ob, struct odev *d)
+{
+    sqlite3_stmt *st = ob->r[d ? RT_OLDEST_DEV : RT_OLDEST_ALL];
+    int64_t v = 0;
+    if (d)
+        sqlite3_bind_int64(st, 1, d->id);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return v;
+}
+
+int outbox_device_stats(struct outbox *ob, const char *device_key, struct outbox_stats *st)
+{
+    struct odev *d = dev_find(ob, device_key);
+    memset(st, 0, sizeof(*st));
+    if (!d)
+        return 0;
+    st->count = (uint64_t)d->count;
+    st->bytes = (uint64_t)d->bytes;
+    st->dropped = (uint64_t)d->dropped;
+    st->expired = (uint64_t)d->expired;
+    if (d->count > 0 && d->in_db)
+        st->oldest_ms = oldest_ms(ob, d);
+    return 0;
+}
+
+void outbox_total_stats(struct outbox *ob, struct outbox_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->count = (uint64_t)ob->count;
+    st->bytes = (uint64_t)ob->bytes;
+    st->dropped = (uint64_t)ob->dropped;
+    st->expired = (uint64_t)ob->expired;
+    if (ob->count > 0)
+        st->oldest_ms = oldest_ms(ob, NULL);
+}
+
+void outbox_foreach_pending(struct outbox *ob, void (*fn)(void *arg, const char *device_key),
+                            void *arg)
+{
+    for (size_t i = 0; i < ob->n_buckets; i++)
+        for (struct odev *d = ob->buckets[i]; d; d = d->hnext)
+            if (d->count > 0)
+                fn(arg, d->key);
+}

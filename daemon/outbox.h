@@ -1,0 +1,115 @@
+/*
+ * outbox: store-and-forward. Every uplink message is appended here, committed to SQLite, and
+ * only then is its producer told "accepted"; the forwarder reads a device's messages oldest
+ * first (peek), and deletes them once the cloud has them (ack).
+ *
+ * Appends and acks made during one loop turn are committed together in one transaction at the
+ * end of the turn (group commit), so throughput does not depend on one fsync per message. With
+ * durability "full" the commit runs off the loop (libuv thread pool) on a writer connection the
+ * loop never touches while a batch is in flight; peeks use a second connection (WAL lets it
+ * read while the writer commits). The backlog lives on disk only: memory holds the batch being
+ * committed and a few counters per device, never the queued messages.
+ *
+ * Bounds: max_bytes (whole store) and max_device_bytes (per device, 0 = none) count topic +
+ * payload bytes. With reject-new an append that would pass a cap fails at once with
+ * ALIGW_ESTOREFULL; with drop-oldest it is accepted and the oldest messages (of that device for
+ * its own cap, of the whole store for the global cap) are deleted in the same transaction and
+ * counted per device as dropped. Messages older than ttl_s are deleted by a timer and counted as
+ * expired. Drops and expiries are logged at most once per device per 10 seconds with the count.
+ * A full disk fails that batch's appends with ALIGW_ESTOREFULL; acks, peeks and later appends
+ * keep working.
+ *
+ * Everything here is called on the loop thread; callbacks run on the loop thread.
+ */
+#ifndef ALIGW_OUTBOX_H
+#define ALIGW_OUTBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "config.h"
+
+struct outbox;
+
+struct outbox_opts {
+    const char *path; /* borrowed for the call */
+    enum store_durability durability;
+    int64_t max_bytes;        /* whole store; 0 = no cap */
+    int64_t max_device_bytes; /* per device; 0 = no cap */
+    enum store_policy policy;
+    int64_t ttl_s; /* 0 = keep forever */
+};
+
+/* New committed messages exist for device_key ("pk/dn"); called once per device per commit. */
+typedef void (*outbox_ready_cb)(void *arg, const char *device_key);
+
+/*
+ * Opens (creating or migrating) the store. Reads only the small device table: a store of any size
+ * is ready at once. ready may be NULL. Returns 0 and *out, or a db_open() error (ALIGW_ECORRUPT
+ * for a damaged file, which is left untouched; -ENOTSUP for a newer schema), -ENOMEM.
+ */
+int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb ready, void *arg,
+                struct outbox **out);
+
+/*
+ * Commits what is pending (append callbacks are called as usual), stops the timers, closes the
+ * databases and then calls cb (may be NULL) from the loop. ob is freed before cb runs. No other
+ * outbox call may be made after this one. The loop must keep running until cb.
+ */
+void outbox_close(struct outbox *ob, void (*cb)(void *arg), void *arg);
+
+/* status is 0 (seq is the message's), ALIGW_ESTOREFULL (disk full) or another negative error. */
+typedef void (*outbox_append_cb)(void *arg, int status, int64_t seq);
+
+/*
+ * Queues a message for device_key; device_key, topic and payload are copied (borrowed for the
+ * call). cb (may be NULL) is called exactly once, on the loop, after the transaction holding the
+ * message committed or failed. Fails at once, without calling cb, with -EINVAL (bad qos, empty
+ * key or topic), -EMSGSIZE (the message alone exceeds a cap), ALIGW_ESTOREFULL (reject-new and
+ * a cap would be passed), -ENOMEM, -ESHUTDOWN (closing).
+ */
+int outbox_append(struct outbox *ob, const char *device_key, const char *topic, const void *payload,
+                  size_t len, int qos, outbox_append_cb cb, void *arg);
+
+/* A message read back; free with outbox_msg_free (the struct itself is the caller's). */
+struct outbox_msg {
+    int64_t seq;
+    char *topic;
+    void *payload;
+    size_t len;
+    int qos;
+    int64_t created_ms; /* wall clock at append, ms since the epoch */
+};
+
+/*
+ * Reads up to max committed messages of device_key with seq > after_seq, oldest first, into
+ * out[0..*n). Messages acked but not yet deleted may still be returned: pass the last seq you
+ * handed on as after_seq. Returns 0 (*n may be 0; an unknown device has none), or -ENOMEM /
+ * a db_err() code.
+ */
+int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
+                struct outbox_msg *out, size_t max, size_t *n);
+void outbox_msg_free(struct outbox_msg *m);
+
+/* The message seq was delivered: it is deleted in the next batch. Unknown seqs are ignored.
+ * Returns 0 or -ENOMEM / -ESHUTDOWN. */
+int outbox_ack(struct outbox *ob, int64_t seq);
+
+struct outbox_stats {
+    uint64_t count, bytes;     /* committed and still queued */
+    uint64_t dropped, expired; /* since the store was created */
+    int64_t oldest_ms;         /* created_ms of the oldest queued message, 0 if none */
+};
+
+/* Counters of one device; all zero (and 0 returned) for an unknown device. */
+int outbox_device_stats(struct outbox *ob, const char *device_key, struct outbox_stats *st);
+/* Counters of the whole store. */
+void outbox_total_stats(struct outbox *ob, struct outbox_stats *st);
+
+/* Calls fn for every device that has queued messages (e.g. to start forwarding after open). */
+void outbox_foreach_pending(struct outbox *ob, void (*fn)(void *arg, const char *device_key),
+                            void *arg);
+
+#endif
