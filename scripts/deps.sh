@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libuv1-dev libpaho-mqtt-dev libssl-dev libsqlite3-dev libjansson-dev libsystemd-dev
   libcurl4-openssl-dev libmodbus-dev
-  mosquitto mosquitto-dev mosquitto-clients
+  mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients
   python3 python3-paho-mqtt openssl sqlite3 systemd ca-certificates procps
 )
 missing=()

@@ -268,10 +268,10 @@ class TestCase(unittest.TestCase):
     def setUp(self):
         self._tmp = tempfile.TemporaryDirectory(prefix="aligw-it-")
         self.tmp = self._tmp.name
-        self._cleanups = []
+        self._later_fns = []
 
     def tearDown(self):
-        for fn in reversed(self._cleanups):
+        for fn in reversed(self._later_fns):
             try:
                 fn()
             except Exception as e:  # keep cleaning up
@@ -279,7 +279,7 @@ class TestCase(unittest.TestCase):
         self._tmp.cleanup()
 
     def later(self, fn):
-        self._cleanups.append(fn)
+        self._later_fns.append(fn)
 
     def daemon(self, config, **start):
         d = Daemon(self.tmp, config)

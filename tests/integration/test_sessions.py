@@ -1,0 +1,209 @@
+"""Device sessions against the local hub: logins, subscriptions, refusals, kicks, a broker
+restart with the connect pacer, and one-product-one-secret registration (HTTPS and MQTT)."""
+import os
+import signal
+import subprocess
+import time
+
+import aligwtest as T
+import hubctl
+
+PK = "a1SessTest"
+
+
+def restart_broker(hub, downtime):
+    """Stops the hub's mosquitto and starts it again on the same ports after downtime s."""
+    p = hub._procs[0]
+    p.terminate()
+    p.wait(10)
+    time.sleep(downtime)
+    conf = os.path.join(hub.dir, "mosquitto.conf")
+    with open(os.path.join(hub.dir, "mosquitto.log"), "ab") as lf:
+        np = subprocess.Popen(["mosquitto", "-c", conf], stdout=lf, stderr=lf,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    hub._procs[0] = np
+    hubctl.wait_port(hub.info["mqtt_port"], np, os.path.join(hub.dir, "mosquitto.log"))
+    # the cloud-side client reconnects by itself (paho loop)
+
+
+class Sessions(T.TestCase):
+    def hub(self, rows, **kw):
+        h = hubctl.Hub(rows, **kw).start()
+        self.later(h.stop)
+        return h
+
+    def test_online_tls_and_plain_sign_methods_and_downlink(self):
+        rows = hubctl.gen_devices(4, PK)
+        hub = self.hub(rows)
+        cfg = T.base_config(self.tmp)
+        methods = ["hmacsha256", "hmacsha1", "hmacmd5", "hmacsha256"]
+        for i, r in enumerate(rows):
+            d = T.hub_device_config(hub, r, tls=(i % 2 == 1), sign_method=methods[i],
+                                    timestamp=(i != 3),
+                                    topics=["/${productKey}/${deviceName}/user/get"])
+            cfg["devices"].append(d)
+        dm = self.daemon(cfg)
+        for r in rows:
+            st = dm.wait_state("%s/%s" % (PK, r["device_name"]), "online")
+            self.assertEqual(st["refused_topics"], [], st)
+        # a message the cloud pushes on a subscribed custom topic reaches the daemon
+        key = "%s/%s" % (PK, rows[0]["device_name"])
+        hub.publish_custom(PK, rows[0]["device_name"], "get", "hello", qos=1)
+        T.wait_for(lambda: dm.device(key)["counters"]["messages_in"] >= 1, 5,
+                   what="downlink counted")
+        c = hub.counters()
+        self.assertGreaterEqual(c["connects"], 4)
+        self.assertEqual(c.get("auth_failures", 0) if isinstance(c.get("auth_failures"), int)
+                         else sum(c.get("auth_failures", {}).values()), 0)
+        # STATUS= shows online/total
+        T.wait_for(lambda: any("4/4 devices online" in m for m in dm.notify.has("STATUS=")), 10,
+                   what="STATUS= 4/4")
+        # the status never shows a secret
+        status = str(dm.call("devices")) + str(dm.device(key))
+        for r in rows:
+            self.assertNotIn(r["device_secret"], status)
+            self.assertNotIn(r["device_secret"], dm.log())
+
+    def test_bad_secret_backs_off(self):
+        rows = hubctl.gen_devices(2, PK)
+        hub = self.hub(rows)
+        cfg = T.base_config(self.tmp)
+        good, bad = rows
+        cfg["devices"].append(T.hub_device_config(hub, good))
+        cfg["devices"].append(T.hub_device_config(hub, dict(bad, device_secret="wrong" * 4)))
+        dm = self.daemon(cfg)
+        key = "%s/%s" % (PK, bad["device_name"])
+        st = dm.wait_state(key, "auth-refused")
+        self.assertIn("login refused", st["last_error"])
+        dm.wait_state("%s/%s" % (PK, good["device_name"]), "online")
+        time.sleep(4)
+        st = dm.device(key)
+        # auth_backoff_ms is 30 s: one attempt, not a hot loop
+        self.assertLessEqual(st["counters"]["auth_failures"], 1, st)
+        self.assertEqual(st["state"], "auth-refused")
+
+    def test_kicked_device_is_reported_and_backs_off(self):
+        import paho.mqtt.client as mqtt
+        rows = hubctl.gen_devices(1, PK)
+        hub = self.hub(rows)
+        r = rows[0]
+        dm = self.daemon(T.base_config(self.tmp, devices=[T.hub_device_config(hub, r)]))
+        key = "%s/%s" % (PK, r["device_name"])
+        dm.wait_state(key, "online")
+        # Another "gateway" logs in as the same device, again and again, as a rival would.
+        rival = None
+        for i in range(4):
+            cid, user, pw = hubctl.login_creds(PK, r["device_name"], r["device_secret"],
+                                               client_id="rival%d" % i)
+            rival = mqtt.Client(client_id=cid, protocol=mqtt.MQTTv311)
+            rival.username_pw_set(user, pw)
+            rival.reconnect_delay_set(min_delay=600, max_delay=600)  # a kicked rival stays away
+            rival.connect("127.0.0.1", hub.info["mqtt_port"], keepalive=60)
+            rival.loop_start()
+            self.later(rival.loop_stop)
+            if dm.device(key)["state"] == "kicked":
+                break
+            T.wait_for(lambda: dm.device(key)["state"] in ("online", "kicked"), 10,
+                       what="daemon back online or kicked")
+            if dm.device(key)["state"] == "kicked":
+                break
+            time.sleep(0.5)
+        st = dm.wait_state(key, "kicked", 10)
+        self.assertIn("another client", st["last_error"])
+        self.assertGreaterEqual(st["counters"]["kicks"], 1)
+        # backing off: the rival keeps the session for a while
+        kicks = hub.counters()["kicks"]
+        time.sleep(3)
+        self.assertEqual(hub.counters()["kicks"], kicks)
+        self.assertEqual(dm.device(key)["state"], "kicked")
+
+    def test_broker_restart_brings_all_back_paced(self):
+        n = 20
+        rows = hubctl.gen_devices(n, PK)
+        hub = self.hub(rows)
+        cfg = T.base_config(self.tmp, cloud={"connect_rate": 10, "connect_burst": 2,
+                                             "backoff_min_ms": 500, "backoff_max_ms": 1000})
+        cfg["devices"] = [T.hub_device_config(hub, r) for r in rows]
+        dm = self.daemon(cfg)
+        keys = ["%s/%s" % (PK, r["device_name"]) for r in rows]
+        T.wait_for(lambda: dm.call("devices")["result"]["online"] == n, 20, what="all online")
+        restart_broker(hub, 1.0)
+        T.wait_for(lambda: dm.call("devices")["result"]["online"] == n, 30,
+                   what="all back online")
+        since = [dm.device(k)["since_ms"] for k in keys]
+        # 20 devices at 10 connects/s with a burst of 2 cannot all be back within 1.5 s
+        self.assertGreaterEqual((max(since) - min(since)) / 1000.0, 1.5)
+        for k in keys:
+            self.assertGreaterEqual(dm.device(k)["counters"]["connects"], 2)
+
+    def test_refused_topic_reported_others_work(self):
+        rows = hubctl.gen_devices(1, PK)
+        hub = self.hub(rows)
+        r = rows[0]
+        d = T.hub_device_config(hub, r, topics=["/a1Other/other01/user/get",
+                                                "/${productKey}/${deviceName}/user/get"])
+        dm = self.daemon(T.base_config(self.tmp, devices=[d]))
+        key = "%s/%s" % (PK, r["device_name"])
+        st = T.wait_for(lambda: (lambda s: s if s["refused_topics"] else None)(dm.device(key)),
+                        10, what="refused topic reported")
+        self.assertEqual(st["refused_topics"], ["/a1Other/other01/user/get"])
+        self.assertEqual(st["state"], "online")
+        self.assertIn("/a1Other/other01/user/get", dm.log())
+        hub.publish_custom(PK, r["device_name"], "get", "still works", qos=1)
+        T.wait_for(lambda: dm.device(key)["counters"]["messages_in"] >= 1, 5,
+                   what="the permitted topic still delivers")
+
+
+class Registration(T.TestCase):
+    def check_register(self, method, dynreg):
+        rows = hubctl.gen_devices(1, PK, dynreg=dynreg, register=method)
+        hub = hubctl.Hub(rows).start()
+        self.later(hub.stop)
+        r = rows[0]
+        d = T.hub_device_config(hub, r, tls=True, product_secret=r["product_secret"],
+                                register=method)
+        cfg = T.base_config(self.tmp, devices=[d])
+        cfg["cloud"]["register_url"] = "https://localhost:%d/auth/register/device" % \
+            hub.info["https_port"]
+        dm = self.daemon(cfg)
+        key = "%s/%s" % (PK, r["device_name"])
+        st = dm.wait_state(key, "online", 30)
+        self.assertEqual(st["registration"], "stored")
+        self.assertIn("registered", dm.log())
+        self.assertEqual(dm.stop(), 0)
+        # A restart uses what was stored: no second registration (it would be refused: the
+        # device is active now).
+        dm2 = self.daemon(cfg)
+        st = dm2.wait_state(key, "online", 30)
+        self.assertIn("using stored registration", dm2.log())
+        log = dm2.log()
+        self.assertEqual(log.count("registered ("), 1)  # only the first run's line
+        self.assertNotIn(r["product_secret"], log)
+
+    def test_https_registration(self):
+        self.check_register("https", "register")
+
+    def test_mqtt_registration(self):
+        self.check_register("mqtt", "register")
+
+    def test_mqtt_registration_free(self):
+        self.check_register("mqtt-nwl", "regnwl")
+
+    def test_already_active_needs_reset(self):
+        rows = hubctl.gen_devices(1, PK, dynreg="register", register="https")
+        rows[0]["hub_active"] = "1"
+        hub = hubctl.Hub(rows).start()
+        self.later(hub.stop)
+        r = rows[0]
+        d = T.hub_device_config(hub, r, tls=True, product_secret=r["product_secret"],
+                                register="https")
+        cfg = T.base_config(self.tmp, devices=[d])
+        cfg["cloud"]["register_url"] = "https://localhost:%d/auth/register/device" % \
+            hub.info["https_port"]
+        dm = self.daemon(cfg)
+        st = dm.wait_state("%s/%s" % (PK, r["device_name"]), "needs-reset", 20)
+        self.assertIn("6289", st["last_error"])
+
+
+if __name__ == "__main__":
+    T.main()
