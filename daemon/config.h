@@ -52,8 +52,8 @@ struct device_conf {
 };
 
 struct plugin_conf {
-    char *name;    /* "simulator", or a path when it contains '/' */
-    char *path;    /* resolved path of the .so */
+    char *name;     /* "simulator", or a path when it contains '/' */
+    char *path;     /* resolved path of the .so */
     json_t *config; /* the plugin's own JSON config (owned reference) */
     char **devices; /* "pk/dn" */
     size_t n_devices;
@@ -68,12 +68,19 @@ struct config {
     struct {
         char *region;
         char *instance_id;
-        char *register_url; /* HTTPS dynamic registration endpoint */
+        char *register_url;  /* HTTPS dynamic registration endpoint */
         double connect_rate; /* sessions started per second, gateway-wide */
         int connect_burst;
         int backoff_min_ms, backoff_max_ms;
         int auth_backoff_ms; /* first back-off after an authentication refusal */
         int kick_backoff_ms; /* first back-off after being kicked */
+        /*
+         * The per-device keys given in "cloud", applied to devices that don't override them
+         * (also to devices added at runtime). Identity fields are NULL; host NULL, port 0 and
+         * securemode 0 mean "derive per device" (host from instance_id or productKey + region,
+         * port and securemode from tls).
+         */
+        struct device_conf defaults;
     } cloud;
 
     struct {
@@ -102,6 +109,8 @@ struct config {
 
     struct plugin_conf *plugins;
     size_t n_plugins;
+
+    struct config_index *index; /* private to config.c: pk/dn lookup for config_find_device */
 };
 
 /* One problem found while loading. */
@@ -115,13 +124,22 @@ struct config_errors {
 };
 
 /*
- * Loads and validates path. On success *out is a fresh config the caller frees with
- * config_free() and errs may hold warnings only (n_warnings). On failure returns -EINVAL (or a
- * negative errno if the file can't be read) and errs holds every error found. errs is always
- * the caller's to free with config_errors_free().
+ * Loads and validates path. On success returns 0 and *out is a fresh config the caller frees
+ * with config_free(); errs is empty. On failure returns -EINVAL (or a negative errno if the file
+ * can't be read, -ENOMEM), *out is NULL and errs holds every error found (at most 1000, the last
+ * line then says how many more there were), sorted by file and position. warnings (may be NULL)
+ * receives warnings, such as a file holding secrets that every user can read, in both cases.
+ * errs and warnings start empty ({0}) and are always the caller's to free with
+ * config_errors_free().
  */
 int config_load(const char *path, struct config **out, struct config_errors *errs,
                 struct config_errors *warnings);
+/*
+ * Same from a buffer holding the JSON text (borrowed for the call); name is used in messages and
+ * its directory resolves relative paths. No permission warning is given for a buffer.
+ */
+int config_load_buffer(const char *name, const char *text, size_t len, struct config **out,
+                       struct config_errors *errs, struct config_errors *warnings);
 void config_free(struct config *c);
 void config_errors_free(struct config_errors *e);
 
