@@ -1,0 +1,189 @@
+/*
+ * modbus_server: a small Modbus TCP server on libmodbus's server API, for tests and the
+ * benchmark. It serves one register map to every slave id and any number of clients.
+ *
+ *   modbus_server [-p PORT] [-a ADDR] [-H ADDR=VALUE,...] [-I ADDR=VALUE,...] [-C ADDR=0|1,...]
+ *
+ * PORT 0 (default) picks a free port. When listening it prints "listening PORT". Control on
+ * stdin, one command a line:
+ *   set ADDR VALUE            holding register
+ *   set input ADDR VALUE      input register
+ *   set coil ADDR 0|1         coil (also "discrete")
+ *   quit                      (EOF on stdin quits too)
+ * and it prints "ok" after each command. When a client writes, it prints "written ADDR VALUE"
+ * per register and "written coil ADDR VALUE" per coil. Output is line-buffered.
+ */
+#include <errno.h>
+#include <modbus.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAP_SIZE 10000
+#define MAX_CLIENTS 1000
+
+static modbus_mapping_t *map;
+
+static int set_list(const char *list, int kind)
+{
+    char *copy = strdup(list), *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long a = strtol(tok, &end, 0), v;
+        if (*end != '=' || a < 0 || a >= MAP_SIZE)
+            return -1;
+        v = strtol(end + 1, &end, 0);
+        if (*end)
+            return -1;
+        if (kind == 'H')
+            map->tab_registers[a] = (uint16_t)v;
+        else if (kind == 'I')
+            map->tab_input_registers[a] = (uint16_t)v;
+        else
+            map->tab_bits[a] = map->tab_input_bits[a] = v ? 1 : 0;
+    }
+    free(copy);
+    return 0;
+}
+
+static int command(char *line)
+{
+    char what[16];
+    long a, v;
+    if (strncmp(line, "quit", 4) == 0)
+        return 1;
+    if (sscanf(line, "set %15s %ld %ld", what, &a, &v) == 3) {
+        if (a < 0 || a >= MAP_SIZE)
+            goto bad;
+        if (strcmp(what, "input") == 0)
+            map->tab_input_registers[a] = (uint16_t)v;
+        else if (strcmp(what, "coil") == 0 || strcmp(what, "discrete") == 0)
+            map->tab_bits[a] = map->tab_input_bits[a] = v ? 1 : 0;
+        else
+            goto bad;
+    } else if (sscanf(line, "set %ld %ld", &a, &v) == 2 && a >= 0 && a < MAP_SIZE) {
+        map->tab_registers[a] = (uint16_t)v;
+    } else {
+        goto bad;
+    }
+    printf("ok\n");
+    return 0;
+bad:
+    printf("error: %s", line);
+    return 0;
+}
+
+/* Prints what a write request (function 5, 6, 15, 16) is about to change. */
+static void report_write(const uint8_t *q, int hl)
+{
+    int fn = q[hl], addr = q[hl + 1] << 8 | q[hl + 2];
+    if (fn == 6) {
+        printf("written %d %d\n", addr, q[hl + 3] << 8 | q[hl + 4]);
+    } else if (fn == 16) {
+        int n = q[hl + 3] << 8 | q[hl + 4];
+        for (int i = 0; i < n && i < 123; i++)
+            printf("written %d %d\n", addr + i, q[hl + 6 + 2 * i] << 8 | q[hl + 7 + 2 * i]);
+    } else if (fn == 5) {
+        printf("written coil %d %d\n", addr, q[hl + 3] == 0xff ? 1 : 0);
+    } else if (fn == 15) {
+        int n = q[hl + 3] << 8 | q[hl + 4];
+        for (int i = 0; i < n && i < 1968; i++)
+            printf("written coil %d %d\n", addr + i, (q[hl + 6 + i / 8] >> (i % 8)) & 1);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *addr = "127.0.0.1";
+    int port = 0, opt, server, maxfd;
+    modbus_t *ctx;
+    fd_set all;
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    uint8_t query[MODBUS_TCP_MAX_ADU_LENGTH];
+    char line[256];
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    map = modbus_mapping_new(MAP_SIZE, MAP_SIZE, MAP_SIZE, MAP_SIZE);
+    if (!map)
+        return 1;
+    while ((opt = getopt(argc, argv, "p:a:H:I:C:")) != -1) {
+        switch (opt) {
+        case 'p':
+            port = atoi(optarg);
+            break;
+        case 'a':
+            addr = optarg;
+            break;
+        case 'H':
+        case 'I':
+        case 'C':
+            if (set_list(optarg, opt) < 0) {
+                fprintf(stderr, "modbus_server: bad list %s\n", optarg);
+                return 2;
+            }
+            break;
+        default:
+            fprintf(stderr, "usage: modbus_server [-p PORT] [-a ADDR] [-H|-I|-C ADDR=VALUE,...]\n");
+            return 2;
+        }
+    }
+    ctx = modbus_new_tcp(addr, port);
+    if (!ctx)
+        return 1;
+    server = modbus_tcp_listen(ctx, 64);
+    if (server < 0 || getsockname(server, (struct sockaddr *)&sa, &sl) < 0) {
+        fprintf(stderr, "modbus_server: listen: %s\n", modbus_strerror(errno));
+        return 1;
+    }
+    printf("listening %d\n", ntohs(sa.sin_port));
+
+    FD_ZERO(&all);
+    FD_SET(server, &all);
+    FD_SET(STDIN_FILENO, &all);
+    maxfd = server;
+    for (;;) {
+        fd_set rd = all;
+        if (select(maxfd + 1, &rd, NULL, NULL, NULL) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (FD_ISSET(STDIN_FILENO, &rd)) {
+            if (!fgets(line, sizeof line, stdin) || command(line))
+                break;
+        }
+        for (int fd = 0; fd <= maxfd; fd++) {
+            if (fd == STDIN_FILENO || !FD_ISSET(fd, &rd))
+                continue;
+            if (fd == server) {
+                int c = accept(server, NULL, NULL);
+                if (c >= 0 && c < FD_SETSIZE) {
+                    FD_SET(c, &all);
+                    if (c > maxfd)
+                        maxfd = c;
+                } else if (c >= 0) {
+                    close(c);
+                }
+                continue;
+            }
+            modbus_set_socket(ctx, fd);
+            int n = modbus_receive(ctx, query);
+            if (n > 0) {
+                report_write(query, modbus_get_header_length(ctx));
+                modbus_reply(ctx, query, n, map);
+            } else if (n < 0) {
+                close(fd);
+                FD_CLR(fd, &all);
+            }
+        }
+    }
+    close(server);
+    modbus_free(ctx);
+    modbus_mapping_free(map);
+    return 0;
+}
