@@ -738,8 +738,6 @@ static void set_str(struct dsrc *s, struct dev_build *b, int f, const char *v)
             FAIL(s, f, -1, "must not be empty");
         if (n > 64)
             FAIL(s, f, -1, "too long (%zu characters, at most 64)", n);
-        if (!chars_ok(v, "_-+/=.")) /* never echo a secret */
-            FAIL(s, f, -1, "contains a character a secret cannot have");
         break;
     case DF_CLIENT_ID: {
         const char *why = placeholder_problem(v);
@@ -987,11 +985,10 @@ static bool dev_finish(struct dsrc *s, struct dev_build *b, const struct config 
         dev_err(s, DF_DN, -1, "missing");
     if (!(set & BIT(DF_REGISTER)))
         d->reg = REG_NONE;
-    /* The combination is judged only when none of its fields was already reported. */
     unsigned combo = BIT(DF_SECRET) | BIT(DF_PSECRET) | BIT(DF_REGISTER);
-    if (s->errbits & combo)
-        has_ds = true, has_ps = false, d->reg = REG_NONE; /* passes every check below */
-    if (has_ds && d->reg != REG_NONE)
+    if (s->errbits & combo) {
+        /* One of them was already reported: the combination can't be judged. */
+    } else if (has_ds && d->reg != REG_NONE)
         dev_err(s, DF_REGISTER, -1,
                 "device_secret and register exclude each other: give device_secret, or "
                 "product_secret with register");
