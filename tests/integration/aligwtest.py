@@ -224,6 +224,9 @@ class Daemon:
     def kill9(self):
         self.proc.kill()
         self.proc.wait()
+        if getattr(self, "logf", None):
+            self.logf.close()
+            self.logf = None
         if self.notify:
             self.notify.close()
             self.notify = None

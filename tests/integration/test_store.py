@@ -1,0 +1,273 @@
+"""Store-and-forward fault tests. Each one counts on the hub side what the daemon accepted:
+every message answered ok must arrive at least once, in order per device."""
+import json
+import os
+import random
+import subprocess
+import threading
+import time
+
+import aligwtest as T
+import hubctl
+
+PK = "a1StoreTst"
+
+
+class Producer:
+    """Pipelines publish requests on one API connection; remembers which were answered ok."""
+
+    def __init__(self, socket_path, keys, start=0, window=200, pad=0):
+        self.pad = "x" * pad
+        self.socket_path = socket_path
+        self.keys = keys
+        self.n = start
+        self.window = window
+        self.acked = []  # (key, n)
+        self.errors = []
+        self.stop = False
+
+    def run(self, limit=None):
+        try:
+            api = T.Api(self.socket_path, timeout=5)
+        except OSError:
+            return
+        inflight = {}
+        try:
+            while not self.stop and (limit is None or self.n < limit or inflight):
+                while len(inflight) < self.window and not self.stop and \
+                        (limit is None or self.n < limit):
+                    key = self.keys[self.n % len(self.keys)]
+                    pk, dn = key.split("/")
+                    rid = api.send({"op": "publish", "device": key,
+                                    "topic": "/%s/%s/user/update" % (pk, dn),
+                                    "payload": json.dumps({"n": self.n, "pad": self.pad}),
+                                    "qos": 1})
+                    inflight[rid] = (key, self.n)
+                    self.n += 1
+                msg = api.read_line()
+                item = inflight.pop(msg.get("id"), None)
+                if item is None:
+                    continue
+                if msg.get("ok"):
+                    self.acked.append(item)
+                else:
+                    self.errors.append((item, msg["error"]))
+        except (OSError, EOFError, ValueError):
+            pass  # the daemon was killed: what was acked so far is what was promised
+        finally:
+            api.close()
+
+
+def received(hub):
+    """{key: [n, ...]} in arrival order, from everything devices published on user/update."""
+    out = {}
+    for m in hub.messages("/+/+/user/update"):
+        parts = m.topic.split("/")
+        out.setdefault("%s/%s" % (parts[1], parts[2]), []).append(json.loads(m.payload)["n"])
+    return out
+
+
+def check_delivery(test, hub, acked, window):
+    got = received(hub)
+    by_key = {}
+    for key, n in acked:
+        by_key.setdefault(key, []).append(n)
+    for key, ns in by_key.items():
+        seq = got.get(key, [])
+        have = set(seq)
+        missing = [n for n in ns if n not in have]
+        test.assertEqual(missing, [], "%s: %d acked messages never arrived" % (key, len(missing)))
+        # order: first arrivals come in the order they were produced
+        first = []
+        seen = set()
+        for n in seq:
+            if n not in seen:
+                seen.add(n)
+                first.append(n)
+        test.assertEqual(first, sorted(first), "%s: first deliveries out of order" % key)
+        # Duplicates only within the in-flight window: a repeat never goes further back than the
+        # window from the newest message seen before it. Message numbers interleave across the
+        # devices (n steps by len(by_key) per device), and a message acknowledged by the
+        # platform is deleted in the next group commit, so one more window's worth may be
+        # repeated after a kill -9 that lands between the PUBACK and that commit.
+        newest = -1
+        for n in seq:
+            if n < newest:
+                test.assertLess(newest - n, 2 * window * len(by_key) + 1,
+                                "%s: a duplicate from far behind the window" % key)
+            newest = max(newest, n)
+    return got
+
+
+class StoreFaults(T.TestCase):
+    def setup_hub(self, ndev=3):
+        rows = hubctl.gen_devices(ndev, PK)
+        hub = hubctl.Hub(rows, rate=0).start()
+        self.later(hub.stop)
+        keys = ["%s/%s" % (PK, r["device_name"]) for r in rows]
+        return hub, rows, keys
+
+    def config(self, hub, rows, **store):
+        cfg = T.base_config(self.tmp)
+        cfg["store"].update(store)
+        cfg["devices"] = [T.hub_device_config(hub, r, rate=0) for r in rows]
+        return cfg
+
+    def wait_drained(self, dm, timeout=60):
+        T.wait_for(lambda: dm.call("status")["result"]["queue"]["queued"] == 0, timeout,
+                   what="the outbox to drain")
+
+    def test_kill9_during_stream(self):
+        hub, rows, keys = self.setup_hub()
+        window = 8
+        dm = self.daemon(self.config(hub, rows, inflight=window), start=False)
+        acked = []
+        n = 0
+        rnd = random.Random(7)
+        kills = 12
+        for i in range(kills):
+            dm.start()
+            p = Producer(dm.socket_path, keys, start=n)
+            t = threading.Thread(target=p.run)
+            t.start()
+            time.sleep(rnd.uniform(0.2, 0.8))
+            dm.kill9()
+            p.stop = True
+            t.join(10)
+            acked += p.acked
+            n = p.n
+        self.assertGreater(len(acked), 200, "the producer got too few messages through")
+        dm.start()
+        self.wait_drained(dm)
+        time.sleep(0.5)
+        got = check_delivery(self, hub, acked, window)
+        total = sum(len(v) for v in got.values())
+        print("kill -9 x%d: %d acked, %d delivered (incl. duplicates)" % (kills, len(acked), total))
+
+    def test_hub_down_then_back(self):
+        hub, rows, keys = self.setup_hub()
+        cfg = self.config(hub, rows)
+        cfg["cloud"].update(backoff_min_ms=200, backoff_max_ms=500)
+        dm = self.daemon(cfg)
+        for k in keys:
+            dm.wait_state(k, "online")
+        # take the broker away and queue while it is gone
+        from test_sessions import restart_broker
+        p = Producer(dm.socket_path, keys)
+        broker = hub._procs[0]
+        broker.terminate()
+        broker.wait(10)
+        T.wait_for(lambda: dm.call("devices")["result"]["online"] == 0, 10, what="all offline")
+        p.run(limit=600)
+        self.assertEqual(len(p.acked), 600)
+        st = dm.call("status")["result"]["queue"]
+        self.assertEqual(st["queued"], 600)
+        self.assertGreater(st["oldest_ms"], 0)
+        # back: everything goes out
+        with open(os.path.join(hub.dir, "mosquitto.log"), "ab") as lf:
+            hub._procs[0] = subprocess.Popen(["mosquitto", "-c",
+                                              os.path.join(hub.dir, "mosquitto.conf")],
+                                             stdout=lf, stderr=lf, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+        self.wait_drained(dm, 60)
+        T.wait_for(lambda: sum(len(v) for v in received(hub).values()) >= 600, 10,
+                   what="the cloud to see all 600")
+        check_delivery(self, hub, p.acked, 16)
+
+    def test_ttl_expiry(self):
+        hub, rows, keys = self.setup_hub(1)
+        cfg = self.config(hub, rows, ttl=1)
+        cfg["devices"][0]["port"] = 1  # nothing listens: the device stays offline
+        dm = self.daemon(cfg)
+        p = Producer(dm.socket_path, keys)
+        p.run(limit=50)
+        self.assertEqual(len(p.acked), 50)
+        key = keys[0]
+        st = T.wait_for(lambda: (lambda s: s if s.get("expired", 0) == 50 else None)(
+            dm.device(key)), 15, what="50 expired")
+        self.assertEqual(st["queued"], 0)
+        self.assertIn("expired", dm.log())
+        # logged once per burst, not once per message
+        self.assertLess(dm.log().count("expired"), 5)
+
+    def test_reject_new_at_cap(self):
+        hub, rows, keys = self.setup_hub(1)
+        cfg = self.config(hub, rows, max_bytes=65536, policy="reject-new")
+        cfg["devices"][0]["port"] = 1  # offline: the store fills up
+        dm = self.daemon(cfg)
+        p = Producer(dm.socket_path, keys, window=1, pad=400)
+        p.run(limit=400)
+        self.assertGreater(len(p.acked), 10)
+        self.assertGreater(len(p.errors), 0)
+        codes = {e[1]["code"] for e in p.errors}
+        self.assertEqual(codes, {"store_full"})
+        self.assertIn("store full", p.errors[0][1]["message"])
+        # what was accepted is delivered once the device comes online
+        cfg["devices"][0]["port"] = hub.info["mqtt_port"]
+        dm.write_config(cfg)
+        dm.signal(__import__("signal").SIGHUP)
+        self.wait_drained(dm, 30)
+        time.sleep(0.3)
+        check_delivery(self, hub, p.acked, 16)
+        self.assertEqual(sum(len(v) for v in received(hub).values()), len(p.acked))
+
+    def test_full_disk(self):
+        mnt = os.path.join(self.tmp, "small")
+        os.makedirs(mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", mnt],
+                           capture_output=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: %s" % r.stderr.decode().strip())
+        self.later(lambda: subprocess.run(["umount", "-l", mnt]))
+        hub, rows, keys = self.setup_hub(1)
+        cfg = self.config(hub, rows, path=os.path.join(mnt, "outbox.db"))
+        cfg["devices"][0]["port"] = 1  # offline until we say so
+        dm = self.daemon(cfg)
+        p = Producer(dm.socket_path, keys, window=20)
+        big = "x" * 2000
+        api = dm.api()
+        acked, full = [], 0
+        for i in range(600):
+            r = api.call("publish", device=keys[0], topic="/%s/%s/user/update" % tuple(
+                keys[0].split("/")), payload=json.dumps({"n": i, "pad": big}), qos=1)
+            if r["ok"]:
+                acked.append((keys[0], i))
+            else:
+                self.assertEqual(r["error"]["code"], "store_full", r)
+                full += 1
+                if full > 20:
+                    break
+        api.close()
+        self.assertGreater(full, 0, "the 512 KiB filesystem never filled up")
+        self.assertGreater(len(acked), 10)
+        self.assertIsNone(dm.proc.poll(), "the daemon died on a full disk")
+        # the daemon keeps delivering what it has
+        cfg["devices"][0]["port"] = hub.info["mqtt_port"]
+        dm.write_config(cfg)
+        dm.signal(__import__("signal").SIGHUP)
+        self.wait_drained(dm, 30)
+        time.sleep(0.3)
+        check_delivery(self, hub, acked, 16)
+        del p
+
+
+class StoreDamage(T.TestCase):
+    def test_corrupt_database_stops_with_clear_error(self):
+        cfg = T.base_config(self.tmp)
+        os.makedirs(os.path.join(self.tmp, "state"), exist_ok=True)
+        path = cfg["store"]["path"]
+        junk = b"this is not a database" * 100
+        with open(path, "wb") as f:
+            f.write(junk)
+        d = T.Daemon(self.tmp, cfg)
+        d.start(wait_ready=False)
+        self.later(d.stop)
+        rc = d.proc.wait(10)
+        self.assertNotEqual(rc, 0)
+        self.assertIn(path, d.log())
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), junk, "the damaged file was modified")
+
+
+if __name__ == "__main__":
+    T.main()
