@@ -15,6 +15,8 @@
 int log_level = LOG_INFO;
 
 static void vwrite_line(int prio, int err, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void vwrite_line(int prio, int err, const char *fmt, va_list ap)
 {
     char line[2048];
     int n = snprintf(line, sizeof(line), "<%d>", prio);

@@ -1,0 +1,221 @@
+"""The local API through the real socket against the real daemon and the hub: thing-model posts
+and their replies, watch streams answering property sets, service-call time-outs, runtime
+devices, errors, access control and aligwctl."""
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import time
+
+import aligwtest as T
+import hubctl
+
+PK = "a1ApiTest"
+
+
+class Api(T.TestCase):
+    def start(self, n=2, hub_rate=30, **cfg_over):
+        rows = hubctl.gen_devices(n, PK)
+        hub = hubctl.Hub(rows, rate=hub_rate).start()
+        self.later(hub.stop)
+        cfg = T.base_config(self.tmp, **cfg_over)
+        cfg["devices"] = [T.hub_device_config(hub, r, rate=0) for r in rows]
+        dm = self.daemon(cfg)
+        keys = ["%s/%s" % (PK, r["device_name"]) for r in rows]
+        for k in keys:
+            dm.wait_state(k, "online")
+        return hub, rows, keys, dm
+
+    def test_post_properties_reply_and_event(self):
+        hub, rows, keys, dm = self.start()
+        api = dm.api()
+        r = api.call("hello")
+        self.assertTrue(r["ok"])
+        self.assertEqual(r["result"]["protocol"], 1)
+        r = api.call("post_properties", device=keys[0], params={"Temp": 21.5, "Power": "on"},
+                     wait_reply=True)
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"]["code"], 200)
+        m = hub.wait_message("/sys/%s/thing/event/property/post" % keys[0], 5)
+        body = m.json()
+        self.assertEqual(body["params"]["Temp"], 21.5)
+        self.assertEqual(body["id"], r["result"]["msg_id"])
+        self.assertEqual(body["version"], "1.0")
+        # an event
+        r = api.call("post_event", device=keys[1], event="Overheat", params={"Level": 3})
+        self.assertTrue(r["ok"], r)
+        m = hub.wait_message("/sys/%s/thing/event/Overheat/post" % keys[1], 5)
+        self.assertEqual(m.json()["params"]["value"], {"Level": 3})
+        api.close()
+
+    def test_platform_reply_code_reported(self):
+        # the hub's rate limit (1 msg/s per device) answers the second post with code 429
+        hub, rows, keys, dm = self.start(1, hub_rate=1)
+        api = dm.api()
+        codes = []
+        for i in range(3):
+            r = api.call("post_properties", device=keys[0], params={"N": i}, wait_reply=True)
+            codes.append(r["result"]["code"] if r["ok"] else r["error"])
+        refused = [c for c in codes if isinstance(c, dict)]
+        self.assertTrue(refused, codes)
+        self.assertEqual(refused[0]["code"], "refused")
+        self.assertIn("429", refused[0]["message"])
+        api.close()
+
+    def test_property_set_on_watch_answered(self):
+        hub, rows, keys, dm = self.start()
+        w = dm.api()
+        r = w.call("watch", devices=[keys[0]], kinds=["property_set", "service_call"])
+        self.assertTrue(r["ok"], r)
+        mid = hub.property_set(PK, rows[0]["device_name"], {"Power": "off"})
+        ev = w.next_event(10)
+        self.assertEqual(ev["event"], "property_set")
+        self.assertEqual(ev["device"], keys[0])
+        self.assertEqual(ev["id"], mid)
+        self.assertEqual(ev["params"], {"Power": "off"})
+        since = hub.mark()
+        r = w.call("reply", device=keys[0], id=mid, code=200, data={"Power": "off"})
+        self.assertTrue(r["ok"], r)
+        m = hub.wait_message("/sys/%s/thing/service/property/set_reply" % keys[0], 5, since)
+        self.assertIsNotNone(m)
+        self.assertEqual(m.json()["id"], mid)
+        self.assertEqual(m.json()["code"], 200)
+        # a second answer to the same call is an error naming the id
+        r = w.call("reply", device=keys[0], id=mid, code=200)
+        self.assertFalse(r["ok"])
+        self.assertIn(mid, r["error"]["message"])
+        # a watcher for another device did not get it; state events reach state watchers
+        w.close()
+
+    def test_unanswered_service_call_times_out(self):
+        hub, rows, keys, dm = self.start(1, api={"service_timeout_ms": 1000})
+        w = dm.api()
+        w.call("watch", kinds=["service_call"])
+        since = hub.mark()
+        mid = hub.service_call(PK, rows[0]["device_name"], "Reboot", {"Delay": 1})
+        ev = w.next_event(10)
+        self.assertEqual(ev["service"], "Reboot")
+        m = hub.wait_message("/sys/%s/thing/service/Reboot_reply" % keys[0], 6, since)
+        self.assertIsNotNone(m, "no error reply after the time limit")
+        self.assertEqual(m.json()["id"], mid)
+        self.assertNotEqual(m.json()["code"], 200)
+        self.assertGreaterEqual(m.t - since if isinstance(since, float) else 1.0, 0)
+        w.close()
+
+    def test_service_call_without_any_handler_answered_at_once(self):
+        hub, rows, keys, dm = self.start(1)
+        since = hub.mark()
+        mid = hub.service_call(PK, rows[0]["device_name"], "Reboot", {})
+        m = hub.wait_message("/sys/%s/thing/service/Reboot_reply" % keys[0], 3, since)
+        self.assertIsNotNone(m)
+        self.assertEqual(m.json()["id"], mid)
+        self.assertEqual(m.json()["code"], 503)
+
+    def test_runtime_device_added_survives_restart_and_removed(self):
+        rows = hubctl.gen_devices(2, PK)
+        hub = hubctl.Hub(rows).start()
+        self.later(hub.stop)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, rows[0])]
+        dm = self.daemon(cfg)
+        new = T.hub_device_config(hub, rows[1])
+        r = dm.call("add_device", device=new)
+        self.assertTrue(r["ok"], r)
+        key = "%s/%s" % (PK, rows[1]["device_name"])
+        dm.wait_state(key, "online")
+        r = dm.call("add_device", device=new)
+        self.assertEqual(r["error"]["code"], "exists")
+        bad = dict(new, keepalive=5)
+        bad["device_name"] = "other-01"
+        r = dm.call("add_device", device=bad)
+        self.assertEqual(r["error"]["code"], "bad_request")
+        self.assertIn("keepalive", r["error"]["message"])
+        self.assertEqual(dm.stop(), 0)
+        dm2 = self.daemon(cfg)
+        dm2.wait_state(key, "online")
+        # configured devices cannot be removed at runtime; runtime ones can
+        r = dm2.call("remove_device", device="%s/%s" % (PK, rows[0]["device_name"]))
+        self.assertFalse(r["ok"])
+        self.assertIn("configuration file", r["error"]["message"])
+        r = dm2.call("remove_device", device=key)
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(dm2.call("device", device=key)["error"]["code"], "no_device")
+        self.assertEqual(dm2.stop(), 0)
+        dm3 = self.daemon(cfg)
+        self.assertEqual(dm3.call("devices")["result"]["total"], 1)
+
+    def test_errors_keep_the_connection(self):
+        hub, rows, keys, dm = self.start(1, api={"max_payload": 1024, "max_line": 8192})
+        api = dm.api()
+        api.send_raw(b"{not json\n")
+        r = api.read_line()
+        self.assertEqual(r["error"]["code"], "bad_json")
+        r = api.call("frobnicate")
+        self.assertEqual(r["error"]["code"], "unknown_op")
+        r = api.call("publish", device="a1Nope/nodev01", topic="/a1Nope/nodev01/user/update",
+                     payload="x")
+        self.assertEqual(r["error"]["code"], "no_device")
+        r = api.call("publish", device=keys[0], topic="/%s/user/update" % keys[0],
+                     payload="x" * 2000)
+        self.assertEqual(r["error"]["code"], "payload_too_large")
+        r = api.call("publish", device=keys[0], topic="/%s/user/#" % keys[0], payload="x")
+        self.assertEqual(r["error"]["code"], "bad_request")
+        self.assertIn("topic", r["error"]["message"])
+        api.send_raw(b'{"id":77,"op":"publish","payload":"' + b"y" * 20000 + b'"}\n')
+        r = api.read_line()
+        self.assertEqual(r["error"]["code"], "line_too_long")
+        r = api.call("status")
+        self.assertTrue(r["ok"], r)
+        api.close()
+
+    def test_refused_peer(self):
+        nobody = pwd.getpwnam("nobody")
+        setpriv = shutil.which("setpriv")
+        if os.getuid() != 0 or not setpriv:
+            self.skipTest("needs root and setpriv to connect as another uid")
+        cfg = T.base_config(self.tmp, api={"allow_users": ["root"]})
+        dm = self.daemon(cfg)
+        os.chmod(self.tmp, 0o755)
+        os.chmod(os.path.dirname(dm.socket_path), 0o755)
+        os.chmod(dm.socket_path, 0o666)  # past the file mode: the peer check must refuse
+        code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+                "s.sendall(b'{\"id\":1,\"op\":\"status\"}\\n');print(s.recv(4096).decode())")
+        r = subprocess.run([setpriv, "--reuid=%d" % nobody.pw_uid, "--regid=%d" % nobody.pw_gid,
+                            "--clear-groups", "/usr/bin/python3", "-c", code, dm.socket_path],
+                           capture_output=True, text=True, timeout=10)
+        self.assertIn("forbidden", r.stdout + r.stderr)
+        self.assertTrue(dm.call("status")["ok"])  # root still gets in
+
+    def test_aligwctl(self):
+        if not os.path.exists(T.ALIGWCTL):
+            self.skipTest("aligwctl not built")
+        hub, rows, keys, dm = self.start(2)
+        env = dict(os.environ, ALIGW_SOCKET=dm.socket_path)
+
+        def ctl(*args):
+            return subprocess.run([T.ALIGWCTL, *args], capture_output=True, text=True,
+                                  env=env, timeout=20)
+
+        r = ctl("status")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("2", r.stdout)
+        r = ctl("--json", "devices")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual(doc["online"], 2)
+        r = ctl("post", keys[0], "Temp=20.5")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIsNotNone(hub.wait_message("/sys/%s/thing/event/property/post" % keys[0], 5))
+        r = ctl("device", "a1Nope/nodev01")
+        self.assertEqual(r.returncode, 1)
+        r = subprocess.run([T.ALIGWCTL, "-s", os.path.join(self.tmp, "none.sock"), "status"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("not running", r.stderr)
+        for row in rows:
+            self.assertNotIn(row["device_secret"], ctl("device", keys[0]).stdout)
+
+
+if __name__ == "__main__":
+    T.main()

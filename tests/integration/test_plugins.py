@@ -1,0 +1,146 @@
+"""Southbound plugins through the real daemon and the hub: the simulator's data reaching the
+cloud, a property set going down to it and reported back, a Modbus TCP slave polled and written,
+and plugins that must be refused or fail without taking the daemon down."""
+import os
+import re
+import subprocess
+import threading
+import time
+
+import aligwtest as T
+import hubctl
+
+PK = "a1PlugTest"
+PLUGIN_DIR = os.environ.get("ALIGW_PLUGIN_PATH", "")
+TEST_PLUGINS = os.environ.get("ALIGW_TEST_PLUGIN_DIR", "")
+MODBUS_SERVER = os.environ.get("MODBUS_SERVER", "")
+
+
+class ModbusServer:
+    def __init__(self, holding):
+        spec = ",".join("%d=%d" % kv for kv in holding.items())
+        self.p = subprocess.Popen([MODBUS_SERVER, "-p", "0", "-H", spec], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        line = self.p.stdout.readline()
+        m = re.match(r"listening (\d+)", line)
+        assert m, line
+        self.port = int(m.group(1))
+        self.written = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            if line.startswith("written"):
+                self.written.append(line.split()[1:])
+
+    def set(self, addr, value):
+        self.p.stdin.write("set %d %d\n" % (addr, value))
+        self.p.stdin.flush()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            self.p.wait(5)
+
+
+class Plugins(T.TestCase):
+    def setUp(self):
+        super().setUp()
+        if not PLUGIN_DIR or not os.path.exists(os.path.join(PLUGIN_DIR, "simulator.so")):
+            self.skipTest("plugins not built")
+
+    def hub(self, n):
+        rows = hubctl.gen_devices(n, PK)
+        hub = hubctl.Hub(rows, rate=0).start()
+        self.later(hub.stop)
+        return hub, rows, ["%s/%s" % (PK, r["device_name"]) for r in rows]
+
+    def test_simulator_posts_and_answers_a_property_set(self):
+        hub, rows, keys = self.hub(2)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, r, rate=0) for r in rows]
+        cfg["plugins"] = [{"name": "simulator", "devices": keys,
+                           "config": {"interval_ms": 200}}]
+        dm = self.daemon(cfg)
+        for k in keys:
+            m = hub.wait_message("/sys/%s/thing/event/property/post" % k, 10)
+            self.assertIsNotNone(m, "no property post from the simulator for " + k)
+            params = m.json()["params"]
+            self.assertIn("temperature", params)
+        since = hub.mark()
+        mid = hub.property_set(PK, rows[0]["device_name"], {"temperature": 99.5})
+        reply = hub.wait_message("/sys/%s/thing/service/property/set_reply" % keys[0], 5, since)
+        self.assertIsNotNone(reply, "no set_reply")
+        self.assertEqual(reply.json()["id"], mid)
+        self.assertEqual(reply.json()["code"], 200)
+        posted = hub.wait_message(
+            "/sys/%s/thing/event/property/post" % keys[0], 5, since,
+            lambda m: _value(m.json()["params"].get("temperature")) == 99.5)
+        self.assertIsNotNone(posted, "the new value was not reported back")
+        self.assertTrue(dm.call("status")["ok"])
+
+    def test_bad_plugins_do_not_stop_the_daemon(self):
+        if not TEST_PLUGINS:
+            self.skipTest("test plugins not built")
+        hub, rows, keys = self.hub(3)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, r, rate=0) for r in rows]
+        cfg["plugins"] = [
+            {"name": os.path.join(TEST_PLUGINS, "testplug_badabi.so"), "devices": [keys[0]]},
+            {"name": os.path.join(TEST_PLUGINS, "testplug_failstart.so"), "devices": [keys[1]]},
+            {"name": "simulator", "devices": [keys[2]], "config": {"interval_ms": 200}},
+        ]
+        dm = self.daemon(cfg)
+        log = dm.log()
+        self.assertIn("testplug_badabi.so", log)
+        self.assertRegex(log, r"testplug_badabi\.so.*ABI")
+        self.assertIn("testplug_failstart.so", log)
+        # the simulator's device still works, the daemon still answers
+        self.assertIsNotNone(hub.wait_message("/sys/%s/thing/event/property/post" % keys[2], 10))
+        st = T.wait_for(lambda: (lambda s: s if s.get("field_error") else None)(
+            dm.device(keys[1])), 5, what="field error on the failed plugin's device")
+        self.assertTrue(st["field_error"])
+        self.assertEqual(dm.stop(), 0)
+
+    def test_modbus_polled_scaled_written_and_error_state(self):
+        if not MODBUS_SERVER or not os.path.exists(os.path.join(PLUGIN_DIR, "modbus.so")):
+            self.skipTest("modbus plugin or test server not built")
+        # holding 0: temperature x10 (int16), 1-2: energy float32 CDAB (set later), 3: setpoint
+        srv = ModbusServer({0: 215, 3: 40})
+        self.later(srv.stop)
+        hub, rows, keys = self.hub(1)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, rows[0], rate=0)]
+        cfg["plugins"] = [{"name": "modbus", "devices": keys, "config": {
+            "interval_ms": 200, "report": "always",
+            "buses": {"plc": {"type": "tcp", "host": "127.0.0.1", "port": srv.port,
+                              "timeout_ms": 300, "reconnect_min_ms": 100,
+                              "reconnect_max_ms": 300}},
+            "devices": {keys[0]: {"bus": "plc", "slave": 1, "registers": [
+                {"id": "temperature", "address": 0, "type": "int16", "scale": 0.1},
+                {"id": "setpoint", "address": 3, "type": "uint16", "scale": 0.5,
+                 "writable": True}]}}}}]
+        dm = self.daemon(cfg)
+        m = hub.wait_message("/sys/%s/thing/event/property/post" % keys[0], 10,
+                             predicate=lambda m: "temperature" in m.json()["params"])
+        self.assertIsNotNone(m)
+        params = m.json()["params"]
+        self.assertAlmostEqual(_value(params["temperature"]), 21.5)
+        self.assertAlmostEqual(_value(params["setpoint"]), 20.0)
+        # a property set writes the register with the inverse scaling
+        hub.property_set(PK, rows[0]["device_name"], {"setpoint": 30})
+        T.wait_for(lambda: ["3", "60"] in srv.written, 5, what="register 3 written with 60")
+        # the slave stops answering: the device shows the error; back: it clears
+        srv.stop()
+        st = T.wait_for(lambda: (lambda s: s if s.get("field_error") else None)(
+            dm.device(keys[0])), 10, what="modbus error state")
+        self.assertIn("modbus", st["field_error"])
+
+
+def _value(v):
+    return v["value"] if isinstance(v, dict) else v
+
+
+if __name__ == "__main__":
+    T.main()
