@@ -109,6 +109,7 @@ static struct {
 
 static void session_event(void *arg, const struct session_event *ev);
 static void forward(struct device *d);
+static void close_session(struct device *d);
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -260,6 +261,15 @@ static void on_backoff_timer(uv_timer_t *t)
 static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
 {
     uint64_t delay = (uint64_t)base_ms;
+
+    if (!d->conf.auto_reconnect && d->n.connects > 0) {
+        /* Like setMqtt(reconn=False): after a session existed, stay down until restarted. */
+        close_session(d);
+        set_state(d, DEV_OFFLINE, 0, NULL);
+        log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
+                "auto_reconnect is off: staying offline (%s)", d->last_reason);
+        return;
+    }
 
     for (int i = 0; i < d->attempt && delay < (uint64_t)cap_ms; i++)
         delay *= 2;
@@ -980,15 +990,18 @@ int devices_apply(const struct config *c)
         const struct device_conf *dc = &c->devices[i];
         snprintf(key, sizeof(key), "%s/%s", dc->product_key, dc->device_name);
         struct device *d = strmap_get(&R.by_key, key);
-        if (d && conf_changed(&d->conf, dc)) {
+        bool restart = d && conf_changed(&d->conf, dc);
+        if (restart) {
             device_stop(d);
             d = NULL;
-            restarted++;
-            added--;
         }
         if (!d) {
-            if (start_new(dc) == 0)
-                added++;
+            if (start_new(dc) == 0) {
+                if (restart)
+                    restarted++;
+                else
+                    added++;
+            }
             d = strmap_get(&R.by_key, key);
         } else {
             d->conf.rate = dc->rate; /* applied without a restart */

@@ -154,6 +154,26 @@ class Sessions(T.TestCase):
                    what="the permitted topic still delivers")
 
 
+    def test_reload_adds_and_removes_without_touching_others(self):
+        rows = hubctl.gen_devices(3, PK)
+        hub = self.hub(rows)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, r) for r in rows[:2]]
+        dm = self.daemon(cfg)
+        keys = ["%s/%s" % (PK, r["device_name"]) for r in rows]
+        for k in keys[:2]:
+            dm.wait_state(k, "online")
+        cfg["devices"] = [T.hub_device_config(hub, rows[0]), T.hub_device_config(hub, rows[2])]
+        dm.write_config(cfg)
+        dm.signal(signal.SIGHUP)
+        dm.wait_state(keys[2], "online")
+        T.wait_for(lambda: dm.call("device", device=keys[1])["error"]["code"] == "no_device", 5,
+                   what="removed device gone")
+        st = dm.device(keys[0])
+        self.assertEqual(st["counters"]["connects"], 1, "the unchanged device was reconnected")
+        self.assertEqual(st["counters"]["disconnects"], 0)
+
+
 class Registration(T.TestCase):
     def check_register(self, method, dynreg):
         rows = hubctl.gen_devices(1, PK, dynreg=dynreg, register=method)
