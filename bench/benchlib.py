@@ -1,0 +1,383 @@
+"""benchlib: what bench/sessions and bench/forward share.
+
+Finds the built programs, starts the local hub (tests/hub/hubctl.py) and aligwd with a generated
+config, speaks aligwd's API socket (newline-delimited JSON, pipelined), reads a process's RSS and
+CPU time from /proc, and runs mosquitto_sub as the cloud-side consumer that counts arrivals.
+Python 3 stdlib only (Debian's /usr/bin/python3).
+"""
+import glob
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "hub"))
+import hubctl  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile():
+    """Raises our (and so our children's) open-file limit to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Build:
+    """Paths of the programs a benchmark runs, from one build directory."""
+
+    def __init__(self, build_dir):
+        self.dir = os.path.abspath(build_dir)
+        self.aligwd = os.environ.get("ALIGWD") or os.path.join(self.dir, "daemon", "aligwd")
+        self.paho_sessions = os.path.join(self.dir, "bench", "paho_sessions")
+        self.paho_publish = os.path.join(self.dir, "bench", "paho_publish")
+        plugin = os.environ.get("ALIGW_HUB_PLUGIN") or os.path.join(self.dir, "tests", "hub",
+                                                                    "aligw_hub.so")
+        if not os.path.exists(plugin):
+            plugin = hubctl.find_plugin()
+        self.hub_plugin = plugin
+
+    def check(self, *names):
+        missing = [getattr(self, n) for n in names if not os.path.exists(getattr(self, n))]
+        if missing:
+            sys.exit("missing: %s\nbuild them first: make -C %s aligwd aligw_hub paho_sessions "
+                     "paho_publish" % (", ".join(missing), self.dir))
+
+
+def default_build():
+    return os.environ.get("ALIGW_BUILD", os.path.join(ROOT, "build"))
+
+
+# ---- /proc --------------------------------------------------------------------------------
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process (all its threads), in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---- the hub ------------------------------------------------------------------------------
+
+def gen_devices(n, product="a1BenchProd", prefix="bench"):
+    return hubctl.gen_devices(n, product, prefix=prefix)
+
+
+class Hub:
+    """A fresh local hub (own dir, fresh hub.db) with the per-device rate limit off."""
+
+    def __init__(self, rows, workdir, build, rate=0):
+        self.dir = tempfile.mkdtemp(prefix="hub-", dir=workdir)
+        self.info, self.procs = hubctl.start(rows, self.dir, rate=rate, plugin=build.hub_plugin)
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+
+    @property
+    def pid(self):
+        return self.procs[0].pid
+
+    def stop_broker(self):
+        """Stops only the mosquitto process (the HTTPS helper keeps running)."""
+        hubctl.stop_procs(self.procs[:1])
+
+    def restart_broker(self):
+        """Starts mosquitto again with the same config: same ports, same hub.db."""
+        with open(os.path.join(self.dir, "mosquitto.log"), "ab") as lf:
+            p = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=lf, stderr=lf,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[0] = p
+        hubctl.wait_port(self.info["mqtt_port"], p, os.path.join(self.dir, "mosquitto.log"))
+
+    def stop(self):
+        hubctl.stop_procs(self.procs)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- aligwd -------------------------------------------------------------------------------
+
+def write_daemon_devices(path, rows):
+    """aligwd's devices file: the hub's rows plus rate=0 (the hub's limit is off too)."""
+    with open(path, "w") as f:
+        f.write("product_key,device_name,device_secret,rate\n")
+        for r in rows:
+            f.write("%s,%s,%s,0\n" % (r["product_key"], r["device_name"], r["device_secret"]))
+
+
+class Daemon:
+    """aligwd with a generated config in its own dir, pointed at a hub."""
+
+    def __init__(self, build, workdir, hub, rows, tls=False, store=None, cloud=None,
+                 log_level="warning"):
+        self.build = build
+        self.dir = tempfile.mkdtemp(prefix="aligwd-", dir=workdir)
+        self.devices_path = os.path.join(self.dir, "devices.csv")
+        write_daemon_devices(self.devices_path, rows)
+        self.socket_path = os.path.join(self.dir, "run", "aligw.sock")
+        c = {"host": "localhost" if tls else "127.0.0.1",
+             "port": hub.info["mqtts_port"] if tls else hub.info["mqtt_port"], "tls": tls,
+             "connect_rate": 100000, "connect_burst": 100000, "backoff_min_ms": 200,
+             "backoff_max_ms": 1000}
+        if tls:
+            c["ca_file"] = hub.info["ca_file"]
+        c.update(cloud or {})
+        st = {"path": os.path.join(self.dir, "state", "outbox.db"), "durability": "normal"}
+        st.update(store or {})
+        self.config = {"log_level": log_level, "state_dir": os.path.join(self.dir, "state"),
+                       "runtime_dir": os.path.join(self.dir, "run"),
+                       "api": {"socket": self.socket_path}, "cloud": c, "store": st,
+                       "devices": [], "devices_file": self.devices_path}
+        self.config_path = os.path.join(self.dir, "aligw.json")
+        with open(self.config_path, "w") as f:
+            json.dump(self.config, f, indent=2)
+        os.chmod(self.config_path, 0o600)
+        self.log_path = os.path.join(self.dir, "aligwd.log")
+        self.proc = None
+        self.t_start = None
+
+    def start(self):
+        self.logf = open(self.log_path, "ab")
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        self.t_start = time.monotonic()
+        self.proc = subprocess.Popen([self.build.aligwd, "-c", self.config_path],
+                                     stdout=self.logf, stderr=self.logf, env=env,
+                                     stdin=subprocess.DEVNULL)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc and self.proc.poll() is None
+
+    def log_tail(self, n=3000):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
+    def wait_socket(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError("aligwd exited with %s:\n%s" % (self.proc.returncode,
+                                                                   self.log_tail()))
+            if os.path.exists(self.socket_path):
+                try:
+                    return Api(self.socket_path)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        raise RuntimeError("aligwd API socket not up after %ss" % timeout)
+
+    def stop(self, timeout=30):
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "logf", None):
+            self.logf.close()
+            self.logf = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Api:
+    """A connection to aligwd's API socket."""
+
+    def __init__(self, path, timeout=60):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.next_id = 1
+
+    def call(self, op, **fields):
+        rid = self.next_id
+        self.next_id += 1
+        self.sock.sendall(json.dumps(dict(fields, op=op, id=rid)).encode() + b"\n")
+        while True:
+            while b"\n" not in self.buf:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise EOFError("aligwd closed the API connection")
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\n", 1)
+            m = json.loads(line)
+            if m.get("id") == rid:
+                return m
+
+    def close(self):
+        self.sock.close()
+
+
+def publish_lines(rows, n_messages, payload_len, first_id=1, offset=0):
+    """Pre-encoded publish requests: message i goes to device i % N, like paho_publish."""
+    out = []
+    n = len(rows)
+    topics = ["/%s/%s/user/update" % (r["product_key"], r["device_name"]) for r in rows]
+    keys = ["%s/%s" % (r["product_key"], r["device_name"]) for r in rows]
+    for i in range(offset, offset + n_messages):
+        d = i % n
+        head = '{"seq":%d,"dev":%d,"pad":"' % (i, d)
+        payload = head + "x" * max(0, payload_len - len(head) - 2) + '"}'
+        out.append(('{"id":%d,"op":"publish","device":"%s","topic":"%s","payload":%s,"qos":1}\n'
+                    % (first_id + i - offset, keys[d], topics[d], json.dumps(payload))).encode())
+    return out
+
+
+def pipeline_publish(socket_path, lines, connections=2, chunk=256):
+    """Sends the requests over a few connections without waiting, reads every response.
+
+    Returns (t_first_send, t_last_ok, n_ok, errors[:5]).
+    """
+    parts = [lines[i::connections] for i in range(connections)]
+    results = [None] * connections
+    t0 = time.monotonic()
+
+    def run(k):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(socket_path)
+        s.settimeout(300)
+        mine = parts[k]
+        want = len(mine)
+
+        def writer():
+            for i in range(0, len(mine), chunk):
+                s.sendall(b"".join(mine[i:i + chunk]))
+
+        w = threading.Thread(target=writer, daemon=True)
+        w.start()
+        ok, errs, buf, got = 0, [], b"", 0
+        while got < want:
+            data = s.recv(1 << 20)
+            if not data:
+                errs.append("connection closed after %d responses" % got)
+                break
+            buf += data
+            *full, buf = buf.split(b"\n")
+            for line in full:
+                got += 1
+                if b'"ok":true' in line:
+                    ok += 1
+                elif len(errs) < 5:
+                    errs.append(line.decode(errors="replace")[:300])
+        w.join()
+        s.close()
+        results[k] = (ok, errs, time.monotonic())
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(connections)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    n_ok = sum(r[0] for r in results)
+    errs = [e for r in results for e in r[1]][:5]
+    return t0, max(r[2] for r in results), n_ok, errs
+
+
+# ---- the consumer -------------------------------------------------------------------------
+
+class Consumer:
+    """mosquitto_sub as the hub's cloud user, counting messages on /+/+/user/update.
+
+    QoS 1 subscription, so the hub queues (up to its max_queued_messages) rather than drops when
+    the consumer lags. Each arrival is one line in a file; count() reads how many so far.
+    """
+
+    def __init__(self, hub, workdir, topic="/+/+/user/update"):
+        self.path = os.path.join(workdir, "consumer-%d.out" % time.monotonic_ns())
+        self.f = open(self.path, "wb")
+        info = hub.info
+        self.proc = subprocess.Popen(
+            ["mosquitto_sub", "-h", info["host"], "-p", str(info["mqtt_port"]), "-u",
+             info["cloud_username"], "-P", info["cloud_password"], "-i",
+             "bench-consumer-%d" % os.getpid(), "-q", "1", "-t", topic, "-F", "%t", "-V",
+             "mqttv311"], stdout=self.f, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        time.sleep(0.3)  # subscribed before the first message (mosquitto_sub has no ready signal)
+        if self.proc.poll() is not None:
+            raise RuntimeError("mosquitto_sub exited: %s" % self.proc.stderr.read().decode())
+
+    def count(self):
+        self.f.flush()
+        n = 0
+        with open(self.path, "rb") as f:
+            while True:
+                b = f.read(1 << 20)
+                if not b:
+                    return n
+                n += b.count(b"\n")
+
+    def wait(self, want, timeout, poll=0.02, stall=30.0):
+        """Waits until want messages arrived; returns (n, t_reached or None).
+
+        Gives up after timeout, or when nothing new arrived for `stall` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        last_n, last_t = -1, time.monotonic()
+        size_per = None
+        while True:
+            now = time.monotonic()
+            sz = os.path.getsize(self.path)
+            if size_per is None and sz > 0:
+                n = self.count()
+                size_per = sz / n if n else None
+            # cheap check on size first; exact count only near the end
+            if size_per and sz >= size_per * want * 0.999:
+                n = self.count()
+                if n >= want:
+                    return n, now
+            if sz != last_n:
+                last_n, last_t = sz, now
+            if now > deadline or now - last_t > stall:
+                return self.count(), None
+            time.sleep(poll)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.f.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def fmt(x, spec="%.2f"):
+    return "-" if x is None else spec % x

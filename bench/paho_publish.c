@@ -1,0 +1,415 @@
+/*
+ * paho_publish: the plain-Paho peer for bench/forward. It opens one Aliyun-signed MQTTAsync
+ * session per device of a device table (the CSV shared by aligwd and the local hub), waits until
+ * all are connected, then publishes M QoS 1 messages spread round-robin over the devices (message
+ * i goes to device i % N, topic "/${pk}/${dn}/user/update"), keeping at most --window messages in
+ * flight per client and --window-total in the whole process, and waits for every PUBACK. No
+ * persistence, no offline buffering, MQTT 3.1.1, trace level ERROR: the same Paho settings
+ * aligwd's session layer uses, so the figures compare like with like.
+ *
+ * With --anonymous it logs in without credentials as --clients plain clients instead (message i
+ * goes out on client i % K, still to device i % N's topic): the producer that feeds a local
+ * mosquitto for the bridge comparison.
+ *
+ * Prints two JSON lines on stdout: {"event":"publishing","t":MONO} when all sessions are up and
+ * the first message is about to go (MONO is CLOCK_MONOTONIC in seconds, the clock Python's
+ * time.monotonic() reads), then {"clients","messages","acked","failed","connect_seconds",
+ * "publish_seconds","rate","rss_kb","t_end"}. Counters change on Paho's threads, hence atomics;
+ * the publishing thread waits for window space on a condition variable that it never holds while
+ * calling into Paho (Paho calls back with its own lock held).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <MQTTAsync.h>
+
+#include "sign.h"
+
+struct device {
+    char *pk, *dn, *ds, *cid;
+    char topic[256];
+};
+
+struct client {
+    MQTTAsync h;
+    atomic_int inflight;
+};
+
+static atomic_int n_connected, n_conn_failed;
+static atomic_long n_acked, n_failed;
+static atomic_long total_inflight;
+static struct client *clients;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int waiting;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* Splits one CSV record (RFC 4180 quoting, no embedded newlines) into at most max fields. */
+static int csv_split(char *line, char **fields, int max)
+{
+    int n = 0;
+    char *r = line, *w = line;
+    for (;;) {
+        if (n == max)
+            return -1;
+        fields[n++] = w;
+        if (*r == '"') {
+            r++;
+            for (;;) {
+                if (*r == '\0')
+                    return -1;
+                if (*r == '"' && r[1] == '"') {
+                    *w++ = '"';
+                    r += 2;
+                } else if (*r == '"') {
+                    r++;
+                    break;
+                } else {
+                    *w++ = *r++;
+                }
+            }
+        }
+        while (*r && *r != ',')
+            *w++ = *r++;
+        if (*r == '\0') {
+            *w = '\0';
+            return n;
+        }
+        *w++ = '\0';
+        r++;
+        w = r;
+    }
+}
+
+static int load_devices(const char *path, struct device **out, int want)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "paho_publish: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[4096];
+    char *fields[32];
+    int col_pk = -1, col_dn = -1, col_ds = -1, col_cid = -1, have_header = 0, n = 0;
+    struct device *devs = calloc((size_t)want, sizeof(*devs));
+    while (devs && n < want && fgets(line, sizeof(line), f)) {
+        char *s = line;
+        if (!strncmp(s, "\xEF\xBB\xBF", 3))
+            s += 3;
+        s[strcspn(s, "\r\n")] = '\0';
+        if (s[0] == '\0' || s[0] == '#')
+            continue;
+        int nf = csv_split(s, fields, 32);
+        if (nf < 0) {
+            fprintf(stderr, "paho_publish: %s: bad CSV line\n", path);
+            break;
+        }
+        if (!have_header) {
+            for (int i = 0; i < nf; i++) {
+                col_pk = !strcmp(fields[i], "product_key") ? i : col_pk;
+                col_dn = !strcmp(fields[i], "device_name") ? i : col_dn;
+                col_ds = !strcmp(fields[i], "device_secret") ? i : col_ds;
+                col_cid = !strcmp(fields[i], "client_id") ? i : col_cid;
+            }
+            have_header = 1;
+            if (col_pk < 0 || col_dn < 0 || col_ds < 0) {
+                fprintf(stderr,
+                        "paho_publish: %s: need product_key, device_name, "
+                        "device_secret columns\n",
+                        path);
+                break;
+            }
+            continue;
+        }
+        if (col_pk >= nf || col_dn >= nf || col_ds >= nf || !fields[col_ds][0])
+            continue;
+        devs[n].pk = strdup(fields[col_pk]);
+        devs[n].dn = strdup(fields[col_dn]);
+        devs[n].ds = strdup(fields[col_ds]);
+        devs[n].cid =
+            col_cid >= 0 && col_cid < nf && fields[col_cid][0] ? strdup(fields[col_cid]) : NULL;
+        snprintf(devs[n].topic, sizeof(devs[n].topic), "/%s/%s/user/update", devs[n].pk,
+                 devs[n].dn);
+        n++;
+    }
+    fclose(f);
+    *out = devs;
+    return n;
+}
+
+static void on_connect(void *ctx, MQTTAsync_successData *resp)
+{
+    atomic_fetch_add(&n_connected, 1);
+}
+
+static void on_connect_failure(void *ctx, MQTTAsync_failureData *resp)
+{
+    if (atomic_fetch_add(&n_conn_failed, 1) < 5)
+        fprintf(stderr, "paho_publish: client %ld: connect failed: %d %s\n", (long)(size_t)ctx,
+                resp ? resp->code : 0, resp && resp->message ? resp->message : "");
+}
+
+/* Frees one window slot of client c and wakes the publisher if it waits for one. */
+static void release(long c)
+{
+    atomic_fetch_sub(&clients[c].inflight, 1);
+    atomic_fetch_sub(&total_inflight, 1);
+    pthread_mutex_lock(&mu);
+    if (waiting)
+        pthread_cond_signal(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+static void on_published(void *ctx, MQTTAsync_successData *resp)
+{
+    atomic_fetch_add(&n_acked, 1);
+    release((long)(size_t)ctx);
+}
+
+static void on_publish_failure(void *ctx, MQTTAsync_failureData *resp)
+{
+    if (atomic_fetch_add(&n_failed, 1) < 5)
+        fprintf(stderr, "paho_publish: publish failed: %d %s\n", resp ? resp->code : 0,
+                resp && resp->message ? resp->message : "");
+    release((long)(size_t)ctx);
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: paho_publish --port P [--host H] --devices FILE --count N --messages M\n"
+            "       [--payload BYTES] [--window W] [--window-total T] [--qos 0|1]\n"
+            "       [--anonymous --clients K] [--timeout SECONDS]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    const char *host = "127.0.0.1", *devfile = NULL;
+    long port = 0, count = 0, messages = 0, payload_len = 80, window = 16, window_total = 1000;
+    long nclients_anon = 1, timeout = 300, qos = 1;
+    int anonymous = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        if (!strcmp(a, "--anonymous")) {
+            anonymous = 1;
+            continue;
+        }
+        if (!v)
+            usage();
+        i++;
+        if (!strcmp(a, "--host"))
+            host = v;
+        else if (!strcmp(a, "--devices"))
+            devfile = v;
+        else if (!strcmp(a, "--port"))
+            port = strtol(v, &end, 10);
+        else if (!strcmp(a, "--count"))
+            count = strtol(v, &end, 10);
+        else if (!strcmp(a, "--messages"))
+            messages = strtol(v, &end, 10);
+        else if (!strcmp(a, "--payload"))
+            payload_len = strtol(v, &end, 10);
+        else if (!strcmp(a, "--window"))
+            window = strtol(v, &end, 10);
+        else if (!strcmp(a, "--window-total"))
+            window_total = strtol(v, &end, 10);
+        else if (!strcmp(a, "--clients"))
+            nclients_anon = strtol(v, &end, 10);
+        else if (!strcmp(a, "--qos"))
+            qos = strtol(v, &end, 10);
+        else if (!strcmp(a, "--timeout"))
+            timeout = strtol(v, &end, 10);
+        else
+            usage();
+        if (end && *end)
+            usage();
+    }
+    if (!devfile || port <= 0 || port > 65535 || count <= 0 || messages <= 0 || window <= 0 ||
+        window_total <= 0 || payload_len < 16 || payload_len > 65536 || nclients_anon <= 0 ||
+        (qos != 0 && qos != 1))
+        usage();
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    struct device *devs = NULL;
+    int n = load_devices(devfile, &devs, (int)count);
+    if (n < count) {
+        fprintf(stderr, "paho_publish: %s has %d usable devices, %ld wanted\n", devfile,
+                n < 0 ? 0 : n, count);
+        return 1;
+    }
+    int nclients = anonymous ? (int)nclients_anon : n;
+    MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
+    clients = calloc((size_t)nclients, sizeof(*clients));
+    char uri[300];
+    snprintf(uri, sizeof(uri), "tcp://%s:%ld", host, port);
+
+    double t0 = now_s();
+    for (int i = 0; i < nclients; i++) {
+        struct sign_creds cr;
+        if (anonymous) {
+            snprintf(cr.client_id, sizeof(cr.client_id), "paho-publish-%d-%d", (int)getpid(), i);
+        } else {
+            struct sign_login in = {.product_key = devs[i].pk,
+                                    .device_name = devs[i].dn,
+                                    .device_secret = devs[i].ds,
+                                    .client_id = devs[i].cid,
+                                    .method = SIGN_HMACSHA256,
+                                    .securemode = 3,
+                                    .timestamp = "2524608000000"};
+            if (sign_mqtt_login(&in, &cr)) {
+                fprintf(stderr, "paho_publish: cannot sign device %d\n", i);
+                return 1;
+            }
+        }
+        MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
+        co.MQTTVersion = MQTTVERSION_3_1_1;
+        int rc = MQTTAsync_createWithOptions(&clients[i].h, uri, cr.client_id,
+                                             MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+        if (rc != MQTTASYNC_SUCCESS) {
+            fprintf(stderr, "paho_publish: create %d: %d\n", i, rc);
+            return 1;
+        }
+        MQTTAsync_connectOptions opt = MQTTAsync_connectOptions_initializer;
+        opt.keepAliveInterval = 300;
+        opt.cleansession = 1;
+        opt.MQTTVersion = MQTTVERSION_3_1_1;
+        opt.maxInflight = (int)(window < 65535 ? window + 1 : 65535);
+        if (!anonymous) {
+            opt.username = cr.username;
+            opt.password = cr.password;
+        }
+        opt.connectTimeout = (int)timeout;
+        opt.onSuccess = on_connect;
+        opt.onFailure = on_connect_failure;
+        opt.context = (void *)(size_t)i;
+        rc = MQTTAsync_connect(clients[i].h, &opt);
+        if (rc != MQTTASYNC_SUCCESS) {
+            atomic_fetch_add(&n_conn_failed, 1);
+            fprintf(stderr, "paho_publish: connect %d: %d\n", i, rc);
+        }
+    }
+    while (atomic_load(&n_connected) + atomic_load(&n_conn_failed) < nclients &&
+           now_s() - t0 < timeout)
+        usleep(2000);
+    double t_conn = now_s() - t0;
+    if (atomic_load(&n_connected) < nclients) {
+        fprintf(stderr, "paho_publish: only %d of %d clients connected\n",
+                atomic_load(&n_connected), nclients);
+        return 1;
+    }
+
+    char *payload = malloc((size_t)payload_len + 1);
+    double t1 = now_s();
+    printf("{\"event\":\"publishing\",\"t\":%.6f}\n", t1);
+    fflush(stdout);
+    long sent = 0;
+    for (long i = 0; i < messages; i++) {
+        long d = i % n, c = anonymous ? i % nclients : d;
+        while (atomic_load(&clients[c].inflight) >= window ||
+               atomic_load(&total_inflight) >= window_total) {
+            pthread_mutex_lock(&mu);
+            waiting = 1;
+            if (atomic_load(&clients[c].inflight) >= window ||
+                atomic_load(&total_inflight) >= window_total) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 10 * 1000 * 1000;
+                if (ts.tv_nsec >= 1000000000) {
+                    ts.tv_sec++;
+                    ts.tv_nsec -= 1000000000;
+                }
+                pthread_cond_timedwait(&cv, &mu, &ts);
+            }
+            waiting = 0;
+            pthread_mutex_unlock(&mu);
+            if (now_s() - t1 > timeout)
+                goto done;
+        }
+        /* A fixed-size JSON payload padded with 'x', as the other producers send. */
+        int k =
+            snprintf(payload, (size_t)payload_len + 1, "{\"seq\":%ld,\"dev\":%ld,\"pad\":\"", i, d);
+        for (; k < payload_len - 2; k++)
+            payload[k] = 'x';
+        payload[k++] = '"';
+        payload[k++] = '}';
+        MQTTAsync_message msg = MQTTAsync_message_initializer;
+        msg.payload = payload;
+        msg.payloadlen = (int)payload_len;
+        msg.qos = (int)qos;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        ro.onSuccess = on_published;
+        ro.onFailure = on_publish_failure;
+        ro.context = (void *)(size_t)c;
+        atomic_fetch_add(&clients[c].inflight, 1);
+        atomic_fetch_add(&total_inflight, 1);
+        int rc = MQTTAsync_sendMessage(clients[c].h, devs[d].topic, &msg, &ro);
+        if (rc != MQTTASYNC_SUCCESS) {
+            atomic_fetch_sub(&clients[c].inflight, 1);
+            atomic_fetch_sub(&total_inflight, 1);
+            if (atomic_fetch_add(&n_failed, 1) < 5)
+                fprintf(stderr, "paho_publish: send %ld: %d\n", i, rc);
+        }
+        sent++;
+    }
+    while (atomic_load(&n_acked) + atomic_load(&n_failed) < messages && now_s() - t1 < timeout)
+        usleep(1000);
+done:;
+    double t2 = now_s();
+    long acked = atomic_load(&n_acked);
+    printf("{\"clients\":%d,\"messages\":%ld,\"sent\":%ld,\"acked\":%ld,\"failed\":%ld,"
+           "\"connect_seconds\":%.3f,\"publish_seconds\":%.3f,\"rate\":%.0f,\"rss_kb\":%ld,"
+           "\"t_end\":%.6f}\n",
+           nclients, messages, sent, acked, atomic_load(&n_failed), t_conn, t2 - t1,
+           (double)acked / (t2 - t1), rss_kb(), t2);
+    fflush(stdout);
+
+    for (int i = 0; i < nclients; i++) {
+        MQTTAsync_disconnectOptions dopt = MQTTAsync_disconnectOptions_initializer;
+        dopt.timeout = 0;
+        MQTTAsync_disconnect(clients[i].h, &dopt);
+    }
+    for (int i = 0; i < nclients; i++)
+        MQTTAsync_destroy(&clients[i].h);
+    for (int i = 0; i < n; i++) {
+        free(devs[i].pk);
+        free(devs[i].dn);
+        free(devs[i].ds);
+        free(devs[i].cid);
+    }
+    free(devs);
+    free(clients);
+    free(payload);
+    return acked == messages ? 0 : 1;
+}
