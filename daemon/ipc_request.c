@@ -362,6 +362,9 @@ static int too_large(struct pctx *c, const char *name, size_t n)
 
 static int f_payload(struct pctx *c, const char *name, json_t *v)
 {
+    if (c->seen_payload || c->seen_b64)
+        return fail(c, IPC_ERR_BAD_REQUEST, "payload",
+                    "give either payload or payload_b64, not both");
     if (!json_is_string(v))
         return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a string");
     size_t n = json_string_length(v);
@@ -379,6 +382,9 @@ static int f_payload(struct pctx *c, const char *name, json_t *v)
 
 static int f_payload_b64(struct pctx *c, const char *name, json_t *v)
 {
+    if (c->seen_payload || c->seen_b64)
+        return fail(c, IPC_ERR_BAD_REQUEST, "payload",
+                    "give either payload or payload_b64, not both");
     if (!json_is_string(v))
         return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a base64 string");
     size_t n = json_string_length(v);
@@ -1017,7 +1023,8 @@ static void emit(const char *line, size_t n, ipc_line_cb cb, void *ctx)
 static void keep_head(struct ipc_framer *f, const char *data, size_t n)
 {
     size_t a = f->len < IPC_FRAMER_HEAD ? f->len : IPC_FRAMER_HEAD;
-    memcpy(f->head, f->buf, a);
+    if (a)
+        memcpy(f->head, f->buf, a);
     size_t b = IPC_FRAMER_HEAD - a < n ? IPC_FRAMER_HEAD - a : n;
     memcpy(f->head + a, data, b);
     f->head_len = a + b;
