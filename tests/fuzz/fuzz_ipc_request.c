@@ -28,7 +28,8 @@ static void on_line(void *ctx, const char *line, size_t len, bool too_long)
     size_t n = 0;
     if (too_long) {
         json_t *id = ipc_request_peek_id(line, len);
-        check_line(ipc_response_error(id, IPC_ERR_LINE_TOO_LONG, "line too long", &n), n);
+        char *s = ipc_response_error(id, IPC_ERR_LINE_TOO_LONG, "line too long", &n);
+        check_line(s, n);
         json_decref(id);
         return;
     }
@@ -46,12 +47,14 @@ static void on_line(void *ctx, const char *line, size_t len, bool too_long)
         }
         if (req.op == IPC_OP_PUBLISH && req.u.publish.payload_len > 512)
             abort();
-        check_line(ipc_response_ok(req.id, json_pack("{s:s}", "op", ipc_op_name(req.op)), &n), n);
+        char *s = ipc_response_ok(req.id, json_pack("{s:s}", "op", ipc_op_name(req.op)), &n);
+        check_line(s, n);
         ipc_request_free(&req);
     } else {
         if (!err.message[0])
             abort();
-        check_line(ipc_response_error(err.id, err.code, err.message, &n), n);
+        char *s = ipc_response_error(err.id, err.code, err.message, &n);
+        check_line(s, n);
         ipc_error_free(&err);
     }
 }
