@@ -18,6 +18,22 @@
  *
  * Seqs and created_ms are assigned at append, on the loop, so per-device FIFO is append order;
  * a failed batch leaves a gap in the seqs, never a reordering.
+ *
+ * Full disk. Deleting a delivered message is a write too: the WAL needs room to record it, and a
+ * checkpoint needs room to grow the database by the pages the WAL added. So the outbox keeps a
+ * reserve ("ballast") file next to the database, <db>.reserve, of real blocks (posix_fallocate):
+ * min(1 MiB, 1/8 of the free space at open). When SQLite reports SQLITE_FULL (on a commit or a
+ * checkpoint) the runner frees the reserve's blocks, checkpoints, and retries the deletes, which
+ * now fit. The WAL is kept within half the reserve (our own WAL hook checkpoints every
+ * reserve/2 bytes of frames, and journal_size_limit trims it back to that after a reset), so the
+ * released room always covers the checkpoint. Before a batch of appends the runner also checks
+ * that the filesystem has room for it (WAL frames plus database growth, counted at a generous
+ * two bytes per byte of message); if not, the batch is refused without touching SQLite. Either
+ * way the store is "full": appends fail with ALIGW_ESTOREFULL (at once in outbox_append), while
+ * acks and expiry keep committing. Each batch while full, and once a second, the runner checks
+ * for room again: free space for the reserve and for the WAL, and room for data (free database
+ * pages plus free space) of at least the WAL budget; then the reserve is allocated again and
+ * appends are accepted. Entering and leaving the full state are logged once each.
  */
 #include "outbox.h"
 
@@ -26,15 +42,23 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 #define LOG_EVERY_MS 10000
 #define CHUNK 256              /* rows read at a time when dropping or expiring */
 #define EXPIRE_PER_BATCH 50000 /* rows expired per batch; the rest in the next turn */
 #define RETRY_MS 1000          /* delay before retrying acks after a failed commit */
+#define RESERVE_MAX (1 << 20)  /* reserve file: at most 1 MiB ... */
+#define RESERVE_DIV 8          /* ... and 1/8 of the free space at open */
+#define RESERVE_MIN_PAGES 4
 
 struct odev {
     struct odev *hnext; /* hash chain */
@@ -76,6 +100,10 @@ struct batch {
     size_t n_touched, cap_touched;
     int64_t d_count, d_bytes, d_dropped, d_expired;
     int append_status, ack_status;
+    bool try_restore;          /* the store is full: look for room again */
+    bool went_full, came_back; /* set by the runner, logged by complete() */
+    bool released;             /* the runner freed the reserve in this batch */
+    int64_t avail;             /* free bytes seen by the runner at a transition */
 };
 
 enum {
@@ -89,6 +117,7 @@ enum {
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
+    ST_FREELIST,
     ST_W_N
 };
 enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_N };
@@ -107,6 +136,7 @@ static const char *const wsql[ST_W_N] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
+    [ST_FREELIST] = "PRAGMA freelist_count",
 };
 static const char *const rsql[RT_N] = {
     [RT_PEEK] = "SELECT seq, topic, payload, qos, created_ms FROM message "
@@ -141,6 +171,23 @@ struct outbox {
     bool inflight, scheduled, expire_due, closing;
     int64_t fail_log_ms, ack_log_ms;
     uint64_t fail_unlogged;
+
+    /* Full disk. The runner owns these while a batch is in flight; the loop reads them only
+     * from complete() and dispatch(). */
+    char *res_path, *wal_path;
+    int res_fd;          /* -1 when the reserve file could not be opened */
+    int64_t res_size;    /* its size when held */
+    bool res_held;       /* its blocks are allocated */
+    bool rt_full;        /* the runner's view: appends are refused */
+    int64_t page_size;   /* of the database */
+    int64_t wal_budget;  /* bytes of WAL frames between checkpoints */
+    int64_t ckpt_frames; /* frames that trigger a checkpoint */
+    int ckpt_err;        /* result of the last checkpoint made by the WAL hook */
+    int64_t wal_used;    /* bytes of the WAL file the next commit cannot reuse */
+    int64_t want_room;   /* what the last refused batch needed (capped) */
+    /* The loop's view. */
+    bool full, restore_due;
+    uint64_t full_refused; /* appends refused while full, for the log line */
 
     uv_check_t check;
     uv_idle_t idle;
@@ -478,23 +525,198 @@ fail:
     return err;
 }
 
+/*
+ * Full disk (runner). See the file comment. fs_avail() counts blocks an unprivileged writer may
+ * use; the reserve's blocks, while held, are not among them.
+ */
+
+static int64_t fs_avail(const char *path)
+{
+    struct statvfs sv;
+    if (statvfs(path, &sv) != 0)
+        return -1;
+    return (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+}
+
+/* Bytes of the WAL file a new write transaction can overwrite without growing it. */
+static int64_t wal_free(struct outbox *ob)
+{
+    struct stat st;
+    int64_t alloc;
+    if (stat(ob->wal_path, &st) != 0)
+        return 0;
+    alloc = (int64_t)st.st_blocks * 512;
+    if (alloc > (int64_t)st.st_size)
+        alloc = (int64_t)st.st_size;
+    return alloc > ob->wal_used ? alloc - ob->wal_used : 0;
+}
+
+static int64_t free_pages_bytes(struct outbox *ob)
+{
+    sqlite3_stmt *st = ob->w[ST_FREELIST];
+    int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return n * ob->page_size;
+}
+
+/* WAL hook: our checkpoint policy (replaces SQLite's auto-checkpoint), on the committing thread. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    struct outbox *ob = arg;
+    int log = frames, done = 0;
+
+    if (frames >= ob->ckpt_frames) {
+        int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        ob->ckpt_err = rc == SQLITE_BUSY ? 0 : db_err(db, rc);
+    }
+    /* Fully copied: the next writer starts over at the beginning of the WAL file. */
+    ob->wal_used = done > 0 && done == log ? 0 : (int64_t)log * (ob->page_size + 24) + 32;
+    return SQLITE_OK;
+}
+
+/* Copies the whole WAL into the database so its file can be reused from the start. */
+static int checkpoint(struct outbox *ob)
+{
+    int log = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(ob->wdb, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+    if (rc == SQLITE_OK)
+        ob->wal_used = 0;
+    return db_err(ob->wdb, rc);
+}
+
+/* Frees the reserve's blocks for the deletes and checkpoints that need them. */
+static void reserve_release(struct outbox *ob, struct batch *b)
+{
+    if (!ob->res_held)
+        return;
+    if (ftruncate(ob->res_fd, 0) != 0)
+        return; /* nothing was freed: keep holding it (logged by the caller's failure) */
+    ob->res_held = false;
+    b->released = true;
+}
+
+/* Allocates the reserve's blocks again. Returns false when there is no room. */
+static bool reserve_take(struct outbox *ob)
+{
+    if (ob->res_held || ob->res_fd < 0)
+        return true;
+    if (posix_fallocate(ob->res_fd, 0, ob->res_size) != 0) {
+        if (ftruncate(ob->res_fd, 0) != 0) {
+            /* whatever was allocated stays allocated; the next try starts from it */
+        }
+        return false;
+    }
+    ob->res_held = true;
+    return true;
+}
+
+/* A generous estimate of the bytes a batch's appends take: two per byte, two pages spare. */
+static int64_t batch_estimate(struct outbox *ob, const struct batch *b)
+{
+    int64_t est = 2 * ob->page_size;
+    for (size_t i = 0; i < b->n_ap; i++)
+        est += 2 * (int64_t)(b->ap[i]->tlen + b->ap[i]->len + 48);
+    return est;
+}
+
+/*
+ * Whether est bytes of new messages fit, keeping `keep` bytes of free space aside: their WAL
+ * frames (beyond what the WAL file can reuse) and the database growth at the next checkpoint
+ * (beyond its free pages) must both come from the free space.
+ */
+static bool fits(struct outbox *ob, int64_t est, int64_t keep, int64_t *avail)
+{
+    int64_t wal, pages, need;
+
+    *avail = fs_avail(ob->path);
+    if (*avail < 0)
+        return true; /* cannot tell: let SQLite find out */
+    if (*avail - keep >= 2 * est)
+        return true;
+    wal = wal_free(ob);
+    pages = free_pages_bytes(ob);
+    need = (est > wal ? est - wal : 0) + (est > pages ? est - pages : 0);
+    return *avail - keep >= need;
+}
+
+static void enter_full(struct outbox *ob, struct batch *b, int64_t avail)
+{
+    if (ob->rt_full)
+        return;
+    ob->rt_full = true;
+    b->went_full = true;
+    b->avail = avail;
+}
+
+/* While full: room for the reserve and for a batch like the one refused? Then take it back. */
+static void try_restore(struct outbox *ob, struct batch *b)
+{
+    int64_t avail, keep = ob->res_held || ob->res_fd < 0 ? 0 : ob->res_size;
+    int64_t want = ob->want_room > ob->wal_budget ? ob->want_room : ob->wal_budget;
+
+    if (want > 2 * ob->wal_budget)
+        want = 2 * ob->wal_budget;
+    if (!fits(ob, want, keep, &avail) || !reserve_take(ob))
+        return;
+    ob->rt_full = false;
+    ob->want_room = 0;
+    b->came_back = true;
+    b->avail = avail - keep;
+}
+
 static void run_batch(struct outbox *ob, struct batch *b)
 {
+    bool appends = b->n_ap > 0, dels = b->n_acks > 0 || b->expire_before_ms > 0;
+    int64_t avail = 0;
+
     b->append_status = b->ack_status = 0;
-    b->expire_more = false;
-    if (b->n_ap == 0) {
-        b->ack_status = run_txn(ob, b, false);
-        return;
-    }
-    b->append_status = run_txn(ob, b, true);
-    if (b->append_status < 0 && (b->n_acks || b->expire_before_ms > 0))
-        b->ack_status = run_txn(ob, b, false); /* a full disk: deletes may still fit */
-    if (b->append_status == ALIGW_ESTOREFULL || b->ack_status == ALIGW_ESTOREFULL) {
-        /* Copying the WAL into the database and truncating it gives its space back, when the
-         * database file does not have to grow for it. Then the deletes get another chance. */
-        sqlite3_wal_checkpoint_v2(ob->wdb, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
-        if (b->ack_status == ALIGW_ESTOREFULL)
+    b->expire_more = b->went_full = b->came_back = b->released = false;
+    ob->ckpt_err = 0;
+    if (ob->rt_full && (b->try_restore || dels)) {
+        /* Deletes first: what they free may be the room that was missing. Appends that were
+         * already queued when the store became full are refused rather than run in a second
+         * transaction after the deletes (a failure there would undo the deletes' counters). */
+        if (dels) {
             b->ack_status = run_txn(ob, b, false);
+            dels = false;
+            appends = false;
+            if (b->ack_status == 0)
+                checkpoint(ob);
+        }
+        if (b->ack_status == 0)
+            try_restore(ob, b);
+    }
+    if (appends && !ob->rt_full) {
+        int64_t est = batch_estimate(ob, b);
+        if (!fits(ob, est, 0, &avail)) {
+            enter_full(ob, b, avail);
+            ob->want_room = est;
+        }
+    }
+    if (b->n_ap && (ob->rt_full || !appends)) {
+        b->append_status = ALIGW_ESTOREFULL;
+        appends = false;
+    }
+    if (appends) {
+        b->append_status = run_txn(ob, b, true);
+        if (b->append_status < 0 && dels)
+            b->ack_status = run_txn(ob, b, false); /* a full disk: deletes may still fit */
+    } else if (dels) {
+        b->ack_status = run_txn(ob, b, false);
+    }
+    if (b->append_status == ALIGW_ESTOREFULL || b->ack_status == ALIGW_ESTOREFULL ||
+        ob->ckpt_err == ALIGW_ESTOREFULL) {
+        /* SQLite itself ran out of room: free the reserve, move the WAL into the database (its
+         * growth fits in what was freed), and let the deletes commit. */
+        enter_full(ob, b, fs_avail(ob->path));
+        reserve_release(ob, b);
+        ob->ckpt_err = 0;
+        checkpoint(ob);
+        if (b->ack_status == ALIGW_ESTOREFULL) {
+            b->ack_status = run_txn(ob, b, false);
+            if (b->ack_status == 0)
+                checkpoint(ob);
+        }
     }
 }
 
@@ -512,7 +734,7 @@ static void retry_cb(uv_timer_t *t);
 
 static bool batch_empty(struct outbox *ob, const struct batch *b)
 {
-    return b->n_ap == 0 && b->n_acks == 0 && !ob->expire_due;
+    return b->n_ap == 0 && b->n_acks == 0 && !ob->expire_due && !ob->restore_due;
 }
 
 static int push_ack(struct batch *b, int64_t seq)
@@ -553,6 +775,25 @@ static void log_counts(struct odev *d, int64_t now)
     }
 }
 
+/* Entering and leaving the full state: one line each. Loop, from complete(). */
+static void log_full(struct outbox *ob, struct batch *b)
+{
+    if (b->went_full)
+        log_warn("%s: disk full (%lld bytes free): new messages are refused (store full); "
+                 "queued messages are still delivered",
+                 ob->path, (long long)(b->avail > 0 ? b->avail : 0));
+    if (b->released)
+        log_notice("%s: released the %lld-byte reserve (%s) so that deliveries can be recorded",
+                   ob->path, (long long)ob->res_size, ob->res_path);
+    if (b->came_back) {
+        log_notice("%s: disk space returned (%lld bytes free); accepting new messages again "
+                   "(%llu refused while full)",
+                   ob->path, (long long)b->avail, (unsigned long long)ob->full_refused);
+        ob->full_refused = 0;
+    }
+    ob->full = ob->rt_full;
+}
+
 static void complete(struct outbox *ob, struct batch *b)
 {
     int64_t now = uv_now(ob->loop);
@@ -580,7 +821,11 @@ static void complete(struct outbox *ob, struct batch *b)
     if (b->expire_more && !ob->closing)
         ob->expire_due = true;
 
-    if (!ok && b->n_ap) {
+    if (b->went_full || b->came_back || b->released)
+        log_full(ob, b);
+    if (!ok && b->n_ap && b->append_status == ALIGW_ESTOREFULL && ob->rt_full) {
+        ob->full_refused += b->n_ap; /* reported when space returns */
+    } else if (!ok && b->n_ap) {
         ob->fail_unlogged += b->n_ap;
         if (now - ob->fail_log_ms >= LOG_EVERY_MS || ob->fail_log_ms == 0) {
             log_errno(LOG_ERR, b->append_status,
@@ -602,8 +847,11 @@ static void complete(struct outbox *ob, struct batch *b)
                 break;
         if (!ob->closing)
             uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0);
+    } else if (ob->full && !ob->closing && !uv_is_active((uv_handle_t *)&ob->retry_timer)) {
+        uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0); /* look for room again */
     }
     b->n_acks = 0;
+    b->try_restore = false;
     b->expire_before_ms = 0;
 
     /* Producers first, then the forwarder. Callbacks may append (into cur) but never free ob. */
@@ -658,6 +906,8 @@ static void dispatch(struct outbox *ob)
         b->expire_before_ms = wall_ms() - ob->o.ttl_s * 1000;
         ob->expire_due = false;
     }
+    b->try_restore = ob->restore_due;
+    ob->restore_due = false;
     ob->inflight = true;
     if (ob->o.durability == DURABILITY_FULL) {
         ob->work.data = ob;
@@ -702,10 +952,86 @@ static void ttl_cb(uv_timer_t *t)
 
 static void retry_cb(uv_timer_t *t)
 {
-    schedule(t->data);
+    struct outbox *ob = t->data;
+    if (ob->closing)
+        return;
+    if (ob->full)
+        ob->restore_due = true;
+    schedule(ob);
 }
 
 /* Open and close. */
+
+/*
+ * Sizes the reserve (min(1 MiB, 1/8 of the free space, counting what the reserve file already
+ * holds), at least a few pages) and the WAL budget (half of it), and allocates the reserve. With
+ * no room for it the store opens full. A reserve file that cannot be opened is logged and done
+ * without.
+ */
+static int reserve_open(struct outbox *ob)
+{
+    size_t n = strlen(ob->path);
+    struct stat st;
+    sqlite3_stmt *q;
+    int64_t avail, have = 0, size;
+    int err;
+
+    if (!(ob->res_path = malloc(n + sizeof(".reserve"))) ||
+        !(ob->wal_path = malloc(n + sizeof("-wal"))))
+        return -ENOMEM;
+    snprintf(ob->res_path, n + sizeof(".reserve"), "%s.reserve", ob->path);
+    snprintf(ob->wal_path, n + sizeof("-wal"), "%s-wal", ob->path);
+
+    if ((err = db_prepare(ob->wdb, "PRAGMA page_size", &q)) < 0)
+        return err;
+    ob->page_size = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 4096;
+    sqlite3_finalize(q);
+    if (ob->page_size < 512)
+        ob->page_size = 4096;
+
+    ob->res_fd = open(ob->res_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (ob->res_fd < 0)
+        log_errno(LOG_WARNING, -errno,
+                  "%s: cannot open the reserve file; on a full disk deliveries may stall",
+                  ob->res_path);
+    else if (fstat(ob->res_fd, &st) == 0)
+        have = (int64_t)st.st_blocks * 512;
+    avail = fs_avail(ob->path);
+    size = ((avail < 0 ? (int64_t)RESERVE_MAX * RESERVE_DIV : avail) + have) / RESERVE_DIV;
+    if (size > RESERVE_MAX)
+        size = RESERVE_MAX;
+    size -= size % ob->page_size;
+    if (size < RESERVE_MIN_PAGES * ob->page_size)
+        size = RESERVE_MIN_PAGES * ob->page_size;
+    ob->res_size = size;
+    ob->wal_budget = size / 2;
+    ob->ckpt_frames = ob->wal_budget / ob->page_size;
+    if (ob->ckpt_frames < 2)
+        ob->ckpt_frames = 2;
+
+    char sql[64];
+    snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit=%lld", (long long)ob->wal_budget);
+    if ((err = db_exec(ob->wdb, sql)) < 0)
+        return err;
+    sqlite3_wal_hook(ob->wdb, wal_hook, ob);
+
+    if (ob->res_fd < 0)
+        return 0;
+    if (have > size && ftruncate(ob->res_fd, size) != 0)
+        log_errno(LOG_WARNING, -errno, "%s: cannot shrink the reserve file", ob->res_path);
+    if (posix_fallocate(ob->res_fd, 0, size) == 0) {
+        ob->res_held = true;
+    } else {
+        if (ftruncate(ob->res_fd, 0) != 0) {
+            /* keep whatever it holds; the next attempt starts from there */
+        }
+        ob->rt_full = ob->full = true;
+        log_warn("%s: disk full (%lld bytes free, no room for the %lld-byte reserve): new "
+                 "messages are refused (store full) until there is room",
+                 ob->path, (long long)(avail > 0 ? avail : 0), (long long)size);
+    }
+    return 0;
+}
 
 static void free_ob(struct outbox *ob)
 {
@@ -732,6 +1058,10 @@ static void free_ob(struct outbox *ob)
         free(ob->b[i].acks);
         free(ob->b[i].touched);
     }
+    if (ob->res_fd >= 0)
+        close(ob->res_fd);
+    free(ob->res_path);
+    free(ob->wal_path);
     free(ob->path);
     free(ob);
 }
@@ -824,6 +1154,7 @@ int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb re
     ob->cur = &ob->b[0];
     ob->fly = &ob->b[1];
     ob->next_dev_id = 1;
+    ob->res_fd = -1;
     if ((err = dev_rehash(ob)) < 0)
         goto fail;
     if ((err = db_open(o->path, &db_schema_outbox, flags, &ob->wdb)) < 0)
@@ -840,6 +1171,8 @@ int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb re
         log_errno(LOG_ERR, err, "%s: cannot load the outbox", o->path);
         goto fail;
     }
+    if ((err = reserve_open(ob)) < 0)
+        goto fail;
 
     uv_check_init(loop, &ob->check);
     uv_idle_init(loop, &ob->idle);
@@ -852,6 +1185,8 @@ int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb re
         every = every < 200 ? 200 : every > 60000 ? 60000 : every;
         uv_timer_start(&ob->ttl_timer, ttl_cb, 0, every);
     }
+    if (ob->full)
+        uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0);
     log_info("%s: outbox open: %lld message(s), %lld bytes, %zu device(s)", o->path,
              (long long)ob->count, (long long)ob->bytes, ob->n_devs);
     *out = ob;
@@ -890,6 +1225,10 @@ int outbox_append(struct outbox *ob, const char *device_key, const char *topic, 
     if (len > INT32_MAX || (ob->o.max_bytes > 0 && (int64_t)size > ob->o.max_bytes) ||
         (ob->o.max_device_bytes > 0 && (int64_t)size > ob->o.max_device_bytes))
         return -EMSGSIZE;
+    if (ob->full) {
+        ob->full_refused++;
+        return ALIGW_ESTOREFULL;
+    }
     d = dev_find(ob, device_key);
     if (ob->o.policy == STORE_REJECT_NEW) {
         if (ob->o.max_bytes > 0 && ob->bytes + ob->pending_bytes + (int64_t)size > ob->o.max_bytes)

@@ -1,7 +1,7 @@
 /*
  * test_outbox: the store-and-forward outbox (daemon/outbox.c) on real SQLite files in a temp
  * dir, driven by a real libuv loop, in both durability modes. The full-disk case mounts a 1 MB
- * tmpfs when running as root.
+ * tmpfs when running as root (and checks only SQLITE_FULL's translation otherwise).
  */
 #include "check.h"
 #include "db.h"
@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char dir[] = "/tmp/aligw-test-outbox-XXXXXX";
@@ -415,10 +416,71 @@ static void test_corrupt(void)
     CHECK(memcmp(before, after, sizeof(before)) == 0);
 }
 
-/* A full filesystem: a 1 MB tmpfs (root) or SQLite's page limit (fallback). */
+/* Acks every queued message of dev, 10 per loop turn as the forwarder would, and runs the loop
+ * until the device's count is 0 or 5 s pass. Returns the count left. */
+static uint64_t ack_all(struct outbox *ob, const char *dev)
+{
+    struct outbox_msg m[10];
+    struct outbox_stats st;
+    int64_t after = 0;
+    size_t n;
+    uint64_t start = uv_hrtime();
+
+    do {
+        n = 0;
+        CHECK_INT(outbox_peek(ob, dev, after, m, 10, &n), 0);
+        for (size_t i = 0; i < n; i++) {
+            CHECK_INT(outbox_ack(ob, m[i].seq), 0);
+            after = m[i].seq;
+            outbox_msg_free(&m[i]);
+        }
+        uv_run(&loop, n ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+        outbox_device_stats(ob, dev, &st);
+    } while (st.count > 0 && uv_hrtime() - start < 5000000000ULL);
+    return st.count;
+}
+
+/* Appends 2 KB messages, 20 per turn, until the store is full: an append refused at once or
+ * a commit failing. Returns how many were committed; *last_seq is the last committed seq. */
+static int fill(struct outbox *ob, const char *payload, size_t len, int64_t *last_seq)
+{
+    int committed = 0, refused_at_once = 0, failed = 0;
+    *last_seq = 0;
+    for (int turn = 0; turn < 300 && !refused_at_once && !failed; turn++) {
+        int queued = 0;
+        reset_cbs();
+        for (int i = 0; i < 20; i++) {
+            int rc = outbox_append(ob, "pk/full", "t", payload, len, 1, on_append, NULL);
+            if (rc == ALIGW_ESTOREFULL) {
+                refused_at_once++;
+                break;
+            }
+            CHECK_INT(rc, 0);
+            queued++;
+        }
+        run_until(&n_cb, queued);
+        for (int i = 0; i < n_cb && i < 4096; i++) {
+            if (cb_status[i] == 0) {
+                committed++;
+                *last_seq = cb_seq[i];
+            } else {
+                CHECK_INT(cb_status[i], ALIGW_ESTOREFULL);
+                failed++;
+            }
+        }
+    }
+    CHECK(refused_at_once || failed);
+    return committed;
+}
+
+/*
+ * A full filesystem: a 1 MB tmpfs (root) or SQLite's page limit (fallback). Once it is full,
+ * appends are refused with ALIGW_ESTOREFULL while the acks of delivered messages still commit;
+ * when the deletes made room, appends are accepted again; the database file is never replaced.
+ */
 static void test_full_disk(void)
 {
-    char mnt[256], opts[64];
+    char mnt[256];
     snprintf(mnt, sizeof(mnt), "%s/small", dir);
     mkdir(mnt, 0700);
     if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
@@ -436,61 +498,52 @@ static void test_full_disk(void)
         printf("full-disk test: no tmpfs (not root?), checked SQLITE_FULL translation only\n");
         return;
     }
-    char path[300];
+    char path[300], res[310];
+    struct stat db_st, st_now, res_st;
+    struct outbox_stats st;
     snprintf(path, sizeof(path), "%s/outbox.db", mnt);
+    snprintf(res, sizeof(res), "%s.reserve", path);
     struct outbox *ob = NULL;
     struct outbox_opts o = {.path = path, .durability = DURABILITY_NORMAL};
     CHECK_INT(outbox_open(&loop, &o, on_ready, NULL, &ob), 0);
     if (!ob)
         goto out;
-    /* Fill it with 2 KB messages, 20 per turn, until a batch fails. */
+    CHECK_INT(stat(path, &db_st), 0);
+    /* The reserve: real blocks, small next to the filesystem (1/8 of 1 MB at most). */
+    CHECK_INT(stat(res, &res_st), 0);
+    CHECK(res_st.st_size >= 16384 && res_st.st_size <= 131072);
+    CHECK((int64_t)res_st.st_blocks * 512 >= (int64_t)res_st.st_size);
+
     char payload[2048];
     memset(payload, 'p', sizeof(payload));
-    reset_cbs();
-    int sent = 0, failed_at = -1;
-    for (int turn = 0; turn < 200 && failed_at < 0; turn++) {
-        for (int i = 0; i < 20; i++, sent++)
-            CHECK_INT(
-                outbox_append(ob, "pk/full", "t", payload, sizeof(payload), 1, on_append, NULL), 0);
-        run_until(&n_cb, sent);
-        for (int i = 0; i < n_cb && i < 4096; i++)
-            if (cb_status[i] != 0 && failed_at < 0)
-                failed_at = i;
-    }
-    CHECK(failed_at > 0);
-    CHECK_INT(failed_at >= 0 ? cb_status[failed_at] : 0, ALIGW_ESTOREFULL);
-    struct outbox_stats st;
-    outbox_total_stats(ob, &st);
-    CHECK_INT(st.count, (uint64_t)failed_at); /* exactly the committed ones */
-    int64_t first_left = cb_seq[10];
-    /* Peeks still work, and so do acks (deletes). */
-    struct outbox_msg m[10];
-    size_t n;
-    CHECK_INT(outbox_peek(ob, "pk/full", 0, m, 10, &n), 0);
-    CHECK_INT(n, 10);
-    for (size_t i = 0; i < n; i++) {
-        CHECK_INT(outbox_ack(ob, m[i].seq), 0);
-        outbox_msg_free(&m[i]);
-    }
-    /* The forwarder goes on past what it acked. */
-    CHECK_INT(outbox_peek(ob, "pk/full", cb_seq[9], m, 10, &n), 0);
-    CHECK_INT(n, 10);
-    CHECK(n == 10 && m[0].seq == first_left);
-    for (size_t i = 0; i < n; i++)
-        outbox_msg_free(&m[i]);
-    /* Let a few batches try: the deletes commit if SQLite can find room (after checkpointing
-     * the WAL), or wait for space; either way the daemon keeps running. */
-    uint64_t start = uv_hrtime();
-    do {
-        uv_run(&loop, UV_RUN_NOWAIT);
-        outbox_total_stats(ob, &st);
-    } while (st.count == (uint64_t)failed_at && uv_hrtime() - start < 1500000000ULL);
-    printf("full-disk: %d messages stored; deletes on the full disk %s\n", failed_at,
-           st.count < (uint64_t)failed_at ? "committed" : "waited for space");
+    int64_t last_seq;
+    int stored = fill(ob, payload, sizeof(payload), &last_seq);
+    CHECK(stored > 100); /* most of the 1 MB holds messages */
+    outbox_device_stats(ob, "pk/full", &st);
+    CHECK_INT(st.count, (uint64_t)stored); /* exactly the committed ones */
 
-    /* Space returns: appends succeed again. */
-    snprintf(opts, sizeof(opts), "size=8m");
-    CHECK_INT(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, opts), 0);
+    /* Full: refused at once, never called back. */
+    reset_cbs();
+    CHECK_INT(outbox_append(ob, "pk/full", "t", payload, sizeof(payload), 1, on_append, NULL),
+              ALIGW_ESTOREFULL);
+    CHECK_INT(outbox_append(ob, "pk/other", "t", "x", 1, 1, on_append, NULL), ALIGW_ESTOREFULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK_INT(n_cb, 0);
+
+    /* The forwarder delivers everything and acks it: the deletes commit on the full disk. */
+    CHECK_INT(ack_all(ob, "pk/full"), 0);
+    outbox_total_stats(ob, &st);
+    CHECK_INT(st.count, 0);
+
+    /* The deletes made room inside the database: appends are accepted again (the store looks
+     * for room at least once a second), and the reserve holds its blocks again. */
+    int rc = ALIGW_ESTOREFULL;
+    uint64_t start = uv_hrtime();
+    while (rc == ALIGW_ESTOREFULL && uv_hrtime() - start < 3000000000ULL) {
+        uv_run(&loop, UV_RUN_ONCE);
+        rc = outbox_append(ob, "pk/full", "t", payload, sizeof(payload), 1, NULL, NULL);
+    }
+    CHECK_INT(rc, 0);
     reset_cbs();
     for (int i = 0; i < 20; i++)
         CHECK_INT(outbox_append(ob, "pk/full", "t", payload, sizeof(payload), 1, on_append, NULL),
@@ -498,19 +551,37 @@ static void test_full_disk(void)
     run_until(&n_cb, 20);
     bool all_ok = n_cb == 20;
     for (int i = 0; i < n_cb; i++)
-        all_ok = all_ok && cb_status[i] == 0;
+        all_ok = all_ok && cb_status[i] == 0 && cb_seq[i] > last_seq;
     CHECK(all_ok);
-    /* And the acks made while full are done by now (retried within a second). */
+    CHECK_INT(stat(res, &res_st), 0);
+    CHECK(res_st.st_size >= 16384 && (int64_t)res_st.st_blocks * 512 >= (int64_t)res_st.st_size);
+
+    /* Full again, then the filesystem grows: appends come back without any ack. */
+    stored = fill(ob, payload, sizeof(payload), &last_seq);
+    CHECK_INT(outbox_append(ob, "pk/full", "t", "x", 1, 1, NULL, NULL), ALIGW_ESTOREFULL);
+    CHECK_INT(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, "size=8m"), 0);
+    rc = ALIGW_ESTOREFULL;
     start = uv_hrtime();
-    do {
+    while (rc == ALIGW_ESTOREFULL && uv_hrtime() - start < 3000000000ULL) {
         uv_run(&loop, UV_RUN_ONCE);
-        outbox_total_stats(ob, &st);
-    } while (st.count != (uint64_t)failed_at + 10 && uv_hrtime() - start < 3000000000ULL);
-    CHECK_INT(st.count, (uint64_t)failed_at + 10);
-    CHECK_INT(outbox_peek(ob, "pk/full", 0, m, 1, &n), 0);
-    CHECK(n == 1 && m[0].seq == first_left);
-    if (n)
-        outbox_msg_free(&m[0]);
+        rc = outbox_append(ob, "pk/full", "t", "back", 4, 1, on_append, NULL);
+    }
+    CHECK_INT(rc, 0);
+    outbox_device_stats(ob, "pk/full", &st);
+    uint64_t before_close = st.count;
+    close_ob(ob);
+
+    /* Same database file throughout; everything committed is there after a reopen. */
+    CHECK_INT(stat(path, &st_now), 0);
+    CHECK(st_now.st_ino == db_st.st_ino);
+    CHECK_INT(outbox_open(&loop, &o, on_ready, NULL, &ob), 0);
+    if (!ob)
+        goto out;
+    outbox_device_stats(ob, "pk/full", &st);
+    CHECK_INT(st.count, before_close + 1);
+    printf("full-disk: %d messages of 2 KB filled 1 MB; acks committed while full; %lld-byte "
+           "reserve\n",
+           stored, (long long)res_st.st_size);
     close_ob(ob);
 out:
     CHECK_INT(umount(mnt), 0);
