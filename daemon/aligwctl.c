@@ -1,0 +1,780 @@
+/*
+ * aligwctl: the command-line client of aligwd's local API. One request per run (watch: one
+ * request, then events until interrupted) over the Unix socket, newline-delimited JSON as in
+ * docs/api.md. Output is a table or a short summary for people, the daemon's JSON untouched
+ * with --json. Exit codes are for scripts: 0 ok, 1 the request failed, 2 usage, 3 aligwd is not
+ * running, 4 access refused.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_NOT_RUNNING = 3, EXIT_DENIED = 4 };
+
+#define DEFAULT_SOCKET "/run/aligw/aligw.sock"
+
+static const char usage_text[] =
+    "Usage: aligwctl [-s SOCKET] [--json] COMMAND [ARGS...]\n"
+    "\n"
+    "Talks to aligwd, the Aliyun IoT gateway daemon, over its local socket.\n"
+    "\n"
+    "Commands:\n"
+    "  status                      gateway summary: devices by state, queue, uptime\n"
+    "  devices [--all] [--state S] device table; by default the devices that are not online\n"
+    "                              first and as many as fit the terminal\n"
+    "  device PK/DN                one device's full status\n"
+    "  post PK/DN KEY=VALUE...     post properties (VALUE is JSON if it parses, else text)\n"
+    "       [--params JSON] [--time MS] [--no-ack] [--wait]\n"
+    "  event PK/DN EVENT [KEY=VALUE...] [--params JSON] [--time MS] [--wait]\n"
+    "                              post a thing-model event\n"
+    "  publish PK/DN TOPIC PAYLOAD [--qos 0|1] [--b64]\n"
+    "                              raw publish; PAYLOAD '-' reads bytes from stdin;\n"
+    "                              --b64: PAYLOAD is base64 already\n"
+    "  reply PK/DN REQUEST_ID CODE [KEY=VALUE...] [--data JSON] [--message TEXT]\n"
+    "                              answer a property set or service call seen on watch\n"
+    "  watch [PK/DN...] [--topic FILTER]... [--kind KIND]...\n"
+    "                              follow events live (KIND: message, property_set,\n"
+    "                              service_call, state, reply); Ctrl-C stops\n"
+    "  add --json DEVICE_JSON|@FILE\n"
+    "  add --pk PK --dn DN [--secret-file FILE | --secret-stdin]\n"
+    "                              add a device at runtime (persisted); for one-product-one-\n"
+    "                              secret use --json with product_secret\n"
+    "  remove PK/DN                remove a device added at runtime\n"
+    "  reload                      reload the configuration file\n"
+    "  stats                       counters of the daemon and its API\n"
+    "  hello                       protocol and daemon version\n"
+    "\n"
+    "Options:\n"
+    "  -s, --socket PATH   the daemon's socket (default $ALIGW_SOCKET or " DEFAULT_SOCKET ")\n"
+    "  --json              print the daemon's JSON response as is (events: one per line)\n"
+    "  -h, --help          this text\n"
+    "\n"
+    "--wait (post, event) answers only once the platform replied, with its code.\n"
+    "\n"
+    "Exit status: 0 ok, 1 the request failed (the daemon's error is printed), 2 usage error,\n"
+    "3 aligwd is not running, 4 access to the socket refused.\n"
+    "\n"
+    "Examples:\n"
+    "  aligwctl devices --state offline\n"
+    "  aligwctl post a1B2c3D4e5F/boiler-01 Temperature=21.5 Power='\"on\"'\n"
+    "  aligwctl watch a1B2c3D4e5F/boiler-01 --kind service_call --json\n";
+
+static const char *sock_path;
+static bool opt_json;
+static int sock_fd = -1;
+static char *rbuf;
+static size_t rlen, rcap;
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "aligwctl: ");
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    fprintf(stderr, fmt, arg); /* fmt is always a literal with one %s */
+#pragma GCC diagnostic pop
+    fprintf(stderr, "\nTry 'aligwctl --help'.\n");
+    return EXIT_USAGE;
+}
+
+static int connect_daemon(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(sock_path) >= sizeof(sa.sun_path)) {
+        fprintf(stderr, "aligwctl: socket path too long: %s\n", sock_path);
+        return EXIT_USAGE;
+    }
+    strcpy(sa.sun_path, sock_path);
+    sock_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock_fd < 0 || connect(sock_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        if (e == ENOENT || e == ENOTDIR) {
+            fprintf(stderr, "aligwctl: aligwd is not running (no socket at %s)\n", sock_path);
+            return EXIT_NOT_RUNNING;
+        }
+        if (e == ECONNREFUSED) {
+            fprintf(stderr, "aligwctl: aligwd is not running (nothing listens on %s)\n", sock_path);
+            return EXIT_NOT_RUNNING;
+        }
+        if (e == EACCES || e == EPERM) {
+            struct stat st;
+            struct group *g = stat(sock_path, &st) == 0 ? getgrgid(st.st_gid) : NULL;
+            fprintf(stderr, "aligwctl: permission denied on %s", sock_path);
+            if (g)
+                fprintf(stderr,
+                        ": run as root or join the group '%s' (usermod -aG %s $USER, "
+                        "then log in again)",
+                        g->gr_name, g->gr_name);
+            fprintf(stderr, "\n");
+            return EXIT_DENIED;
+        }
+        fprintf(stderr, "aligwctl: cannot connect to %s: %s\n", sock_path, strerror(e));
+        return EXIT_NOT_RUNNING;
+    }
+    return EXIT_OK;
+}
+
+/* Reads one line; returns a parsed object or NULL at EOF / error. raw gets the text. */
+static json_t *read_msg(char **raw)
+{
+    for (;;) {
+        char *nl = memchr(rbuf, '\n', rlen);
+        if (nl) {
+            size_t n = (size_t)(nl - rbuf);
+            json_t *j = json_loadb(rbuf, n, 0, NULL);
+            if (raw) {
+                *raw = strndup(rbuf, n);
+            }
+            memmove(rbuf, nl + 1, rlen - n - 1);
+            rlen -= n + 1;
+            return j;
+        }
+        if (rlen == rcap) {
+            if (rcap >= (64u << 20)) { /* a line over 64 MiB: give up on it */
+                rlen = 0;
+                continue;
+            }
+            char *nb = realloc(rbuf, rcap ? rcap * 2 : 65536);
+            if (!nb)
+                return NULL;
+            rbuf = nb;
+            rcap = rcap ? rcap * 2 : 65536;
+        }
+        ssize_t r = read(sock_fd, rbuf + rlen, rcap - rlen);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return NULL;
+        rlen += (size_t)r;
+    }
+}
+
+static int send_req(json_t *req)
+{
+    char *s = json_dumps(req, JSON_COMPACT);
+    size_t n = strlen(s);
+    s = realloc(s, n + 2);
+    s[n++] = '\n';
+    const char *p = s;
+    while (n > 0) {
+        ssize_t w = write(sock_fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            free(s);
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    free(s);
+    return 0;
+}
+
+/* Sends req (stolen) with id 1 and waits for its response. Returns the response or NULL. */
+static json_t *call(json_t *req, int *code)
+{
+    json_object_set_new(req, "id", json_integer(1));
+    if (send_req(req) < 0) {
+        json_decref(req);
+        fprintf(stderr, "aligwctl: lost the connection to aligwd\n");
+        *code = EXIT_FAILED;
+        return NULL;
+    }
+    json_decref(req);
+    for (;;) {
+        char *raw = NULL;
+        json_t *j = read_msg(&raw);
+        if (!j) {
+            free(raw);
+            fprintf(stderr, "aligwctl: aligwd closed the connection\n");
+            *code = EXIT_FAILED;
+            return NULL;
+        }
+        json_t *ok = json_object_get(j, "ok");
+        if (ok && (json_integer_value(json_object_get(j, "id")) == 1 ||
+                   json_is_null(json_object_get(j, "id")))) {
+            if (!json_is_true(ok)) {
+                json_t *e = json_object_get(j, "error");
+                const char *c = json_string_value(json_object_get(e, "code"));
+                if (opt_json)
+                    puts(raw);
+                else
+                    fprintf(stderr, "aligwctl: %s: %s\n", c ? c : "error",
+                            json_string_value(json_object_get(e, "message")));
+                *code = c && strcmp(c, "forbidden") == 0 ? EXIT_DENIED : EXIT_FAILED;
+                free(raw);
+                json_decref(j);
+                return NULL;
+            }
+            if (opt_json)
+                puts(raw);
+            free(raw);
+            *code = EXIT_OK;
+            return j;
+        }
+        free(raw);
+        json_decref(j);
+    }
+}
+
+/* ---- formatting ---- */
+
+static json_int_t geti(json_t *o, const char *k)
+{
+    return json_integer_value(json_object_get(o, k));
+}
+
+static void fmt_bytes(char *out, size_t n, double b)
+{
+    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+    int i = 0;
+    while (b >= 1000 && i < 4) {
+        b /= 1000;
+        i++;
+    }
+    snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static void fmt_age(char *out, size_t n, double s)
+{
+    if (s < 0)
+        snprintf(out, n, "-");
+    else if (s < 120)
+        snprintf(out, n, "%.0fs", s);
+    else if (s < 7200)
+        snprintf(out, n, "%.0fm", s / 60);
+    else if (s < 172800)
+        snprintf(out, n, "%.1fh", s / 3600);
+    else
+        snprintf(out, n, "%.1fd", s / 86400);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec * 1000 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Prints an object as indented "key: value" lines. */
+static void print_kv(json_t *o, int indent)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v)
+    {
+        if (json_is_object(v)) {
+            printf("%*s%s:\n", indent, "", k);
+            print_kv(v, indent + 2);
+        } else {
+            char *s = json_is_string(v) ? strdup(json_string_value(v))
+                                        : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+            printf("%*s%s: %s\n", indent, "", k, s ? s : "?");
+            free(s);
+        }
+    }
+}
+
+static void print_states(json_t *states, json_int_t total)
+{
+    const char *k;
+    json_t *v;
+    printf("%lld devices", (long long)total);
+    const char *sep = ": ";
+    /* online first, then the rest as the daemon lists them */
+    if (json_object_get(states, "online")) {
+        printf("%s%lld online", sep, (long long)geti(states, "online"));
+        sep = ", ";
+    }
+    json_object_foreach(states, k, v)
+    {
+        if (strcmp(k, "online") != 0) {
+            printf("%s%lld %s", sep, (long long)json_integer_value(v), k);
+            sep = ", ";
+        }
+    }
+    printf("\n");
+}
+
+static void print_queue(json_t *q)
+{
+    char b[32], a[32];
+    if (!q)
+        return;
+    fmt_bytes(b, sizeof(b), (double)geti(q, "bytes"));
+    json_int_t oldest = geti(q, "oldest_ms");
+    fmt_age(a, sizeof(a), oldest > 0 ? (now_ms() - (double)oldest) / 1000 : -1);
+    printf("queue: %lld messages, %s, oldest %s; dropped %lld, expired %lld\n",
+           (long long)geti(q, "queued"), b, a, (long long)geti(q, "dropped"),
+           (long long)geti(q, "expired"));
+}
+
+static int state_rank(const char *s)
+{
+    static const char *order[] = {"needs-reset", "auth-refused", "kicked",     "backoff",
+                                  "offline",     "registering",  "connecting", "online"};
+    for (int i = 0; i < 8; i++)
+        if (s && strcmp(s, order[i]) == 0)
+            return i;
+    return 3;
+}
+
+static int cmp_dev(const void *a, const void *b)
+{
+    json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    int rx = state_rank(json_string_value(json_object_get(x, "state")));
+    int ry = state_rank(json_string_value(json_object_get(y, "state")));
+    if (rx != ry)
+        return rx - ry;
+    return strcmp(json_string_value(json_object_get(x, "device")),
+                  json_string_value(json_object_get(y, "device")));
+}
+
+static int term_rows(void)
+{
+    struct winsize ws;
+    if (!isatty(STDOUT_FILENO))
+        return 0;
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0)
+        return ws.ws_row;
+    return 24;
+}
+
+static void print_devices(json_t *res, bool all)
+{
+    json_t *arr = json_object_get(res, "devices");
+    size_t n = json_array_size(arr);
+    json_t **v = calloc(n ? n : 1, sizeof(json_t *));
+    size_t w = 16;
+    for (size_t i = 0; i < n; i++) {
+        v[i] = json_array_get(arr, i);
+        size_t l = strlen(json_string_value(json_object_get(v[i], "device")) ?: "");
+        if (l > w)
+            w = l;
+    }
+    if (w > 44)
+        w = 44;
+    qsort(v, n, sizeof(*v), cmp_dev);
+
+    print_states(json_object_get(res, "states"), geti(res, "total"));
+    int rows = term_rows();
+    size_t limit = all || rows == 0 ? n : (size_t)(rows > 8 ? rows - 5 : 3);
+    size_t shown = 0, hidden_online = 0, hidden_other = 0;
+    printf("%-*s  %-12s %6s %8s %9s %7s %7s  %s\n", (int)w, "DEVICE", "STATE", "SINCE", "QUEUED",
+           "BYTES", "OLDEST", "DROPPED", "LAST ERROR");
+    double now = now_ms();
+    for (size_t i = 0; i < n; i++) {
+        const char *st = json_string_value(json_object_get(v[i], "state"));
+        if (shown >= limit) {
+            if (st && strcmp(st, "online") == 0)
+                hidden_online++;
+            else
+                hidden_other++;
+            continue;
+        }
+        char since[16], bytes[16], oldest[16];
+        json_int_t s = geti(v[i], "since_ms");
+        fmt_age(since, sizeof(since), s > 0 ? (now - (double)s) / 1000 : -1);
+        fmt_bytes(bytes, sizeof(bytes), (double)geti(v[i], "queued_bytes"));
+        json_int_t o = geti(v[i], "oldest_ms");
+        fmt_age(oldest, sizeof(oldest), o > 0 ? (now - (double)o) / 1000 : -1);
+        const char *err = json_string_value(json_object_get(v[i], "last_error"));
+        if (!err)
+            err = json_string_value(json_object_get(v[i], "field_error"));
+        printf("%-*.*s  %-12.12s %6s %8lld %9s %7s %7lld  %.50s\n", (int)w, (int)w,
+               json_string_value(json_object_get(v[i], "device")), st ? st : "?", since,
+               (long long)geti(v[i], "queued"), bytes, oldest,
+               (long long)(geti(v[i], "dropped") + geti(v[i], "expired")),
+               err && st && strcmp(st, "online") ? err : "");
+        shown++;
+    }
+    if (hidden_online || hidden_other)
+        printf("... and %zu more (%zu online, %zu not online): use --all or --state STATE\n",
+               hidden_online + hidden_other, hidden_online, hidden_other);
+    free(v);
+}
+
+static void print_status(json_t *res)
+{
+    char up[16];
+    fmt_age(up, sizeof(up), (double)geti(res, "uptime_s"));
+    printf("aligwd %s, up %s\n", json_string_value(json_object_get(res, "version")) ?: "?", up);
+    print_states(json_object_get(res, "states"), geti(res, "devices"));
+    print_queue(json_object_get(res, "queue"));
+    const char *k;
+    json_t *v;
+    json_object_foreach(res, k, v)
+    {
+        if (json_is_object(v) && strcmp(k, "states") && strcmp(k, "queue")) {
+            printf("%s:\n", k);
+            print_kv(v, 2);
+        }
+    }
+}
+
+static void print_event(json_t *e)
+{
+    char ts[32];
+    time_t t = time(NULL);
+    strftime(ts, sizeof(ts), "%H:%M:%S", localtime(&t));
+    const char *kind = json_string_value(json_object_get(e, "event")) ?: "?";
+    const char *dev = json_string_value(json_object_get(e, "device")) ?: "";
+    printf("%s %-13s %s", ts, kind, dev);
+    const char *k;
+    json_t *v;
+    json_object_foreach(e, k, v)
+    {
+        if (!strcmp(k, "event") || !strcmp(k, "device"))
+            continue;
+        char *s = json_is_string(v) ? strdup(json_string_value(v))
+                                    : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        printf(" %s=%s", k, s ? s : "?");
+        free(s);
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+/* ---- argument helpers ---- */
+
+static json_t *parse_value(const char *s)
+{
+    json_t *v = json_loads(s, JSON_DECODE_ANY, NULL);
+    return v ? v : json_string(s);
+}
+
+/* KEY=VALUE words into obj; returns 0 or the usage exit code. */
+static int add_kv(json_t *obj, const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg)
+        return usage_error("expected KEY=VALUE, got '%s'", arg);
+    char *key = strndup(arg, (size_t)(eq - arg));
+    json_object_set_new(obj, key, parse_value(eq + 1));
+    free(key);
+    return 0;
+}
+
+static char *read_all(FILE *f, size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *b = malloc(cap);
+    size_t r;
+    while ((r = fread(b + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (n + 1 == cap)
+            b = realloc(b, cap *= 2);
+    }
+    b[n] = '\0';
+    *len = n;
+    return b;
+}
+
+static char *b64(const unsigned char *in, size_t n)
+{
+    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *o = malloc((n + 2) / 3 * 4 + 1), *p = o;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
+                     (i + 2 < n ? in[i + 2] : 0);
+        *p++ = a[v >> 18 & 63];
+        *p++ = a[v >> 12 & 63];
+        *p++ = i + 1 < n ? a[v >> 6 & 63] : '=';
+        *p++ = i + 2 < n ? a[v & 63] : '=';
+    }
+    *p = '\0';
+    return o;
+}
+
+/* Object from a JSON text or @file. */
+static json_t *json_arg(const char *opt, const char *s)
+{
+    json_error_t e;
+    json_t *j = s[0] == '@' ? json_load_file(s + 1, 0, &e) : json_loads(s, 0, &e);
+    if (!j || !json_is_object(j)) {
+        fprintf(stderr, "aligwctl: %s: not a JSON object: %s\n", opt, j ? "" : e.text);
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static sig_atomic_t stop;
+static void on_sig(int s)
+{
+    stop = 1;
+}
+
+/* ---- commands ---- */
+
+int main(int argc, char **argv)
+{
+    const char *cmd = NULL;
+    int i = 1, code = EXIT_OK;
+    char **rest = calloc((size_t)argc + 1, sizeof(char *));
+    int nrest = 0;
+
+    sock_path = getenv("ALIGW_SOCKET");
+    if (!sock_path || !*sock_path)
+        sock_path = DEFAULT_SOCKET;
+    signal(SIGPIPE, SIG_IGN);
+
+    /* global options come before the command; the command's own options anywhere after */
+    for (; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage_text, stdout);
+            return EXIT_OK;
+        } else if (!strcmp(argv[i], "--json")) {
+            opt_json = true;
+        } else if (!strcmp(argv[i], "-s") || !strcmp(argv[i], "--socket")) {
+            if (++i >= argc)
+                return usage_error("%s needs a path", argv[i - 1]);
+            sock_path = argv[i];
+        } else if (argv[i][0] == '-') {
+            return usage_error("unknown option '%s'", argv[i]);
+        } else {
+            cmd = argv[i++];
+            break;
+        }
+    }
+    if (!cmd)
+        return usage_error("%s", "no command given");
+
+    /* command options */
+    json_t *params = json_object(), *extra = NULL, *kinds = json_array(), *topics = json_array();
+    const char *state = NULL, *time_ms = NULL, *qos = NULL, *message = NULL, *pk = NULL, *dn = NULL,
+               *secret_file = NULL, *add_json = NULL;
+    bool all = false, no_ack = false, wait = false, is_b64 = false, secret_stdin = false;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define OPTV(name, var)                                                                            \
+    if (!strcmp(a, name)) {                                                                        \
+        if (!v)                                                                                    \
+            return usage_error("%s needs a value", name);                                          \
+        var = v;                                                                                   \
+        i++;                                                                                       \
+        continue;                                                                                  \
+    }
+        OPTV("--state", state);
+        OPTV("--time", time_ms);
+        OPTV("--qos", qos);
+        OPTV("--message", message);
+        OPTV("--pk", pk);
+        OPTV("--dn", dn);
+        OPTV("--secret-file", secret_file);
+        if (!strcmp(a, "--json") && !strcmp(cmd, "add")) {
+            if (!v)
+                return usage_error("%s needs a value", a);
+            add_json = v;
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--params") || !strcmp(a, "--data")) {
+            if (!v || !(extra = json_arg(a, v)))
+                return EXIT_USAGE;
+            json_object_update(params, extra);
+            json_decref(extra);
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--topic") || !strcmp(a, "--kind")) {
+            if (!v)
+                return usage_error("%s needs a value", a);
+            json_array_append_new(a[2] == 't' ? topics : kinds, json_string(v));
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--all"))
+            all = true;
+        else if (!strcmp(a, "--no-ack"))
+            no_ack = true;
+        else if (!strcmp(a, "--wait"))
+            wait = true;
+        else if (!strcmp(a, "--b64"))
+            is_b64 = true;
+        else if (!strcmp(a, "--secret-stdin"))
+            secret_stdin = true;
+        else if (!strcmp(a, "--json"))
+            opt_json = true;
+        else if (a[0] == '-' && a[1] == '-')
+            return usage_error("unknown option '%s'", a);
+        else
+            rest[nrest++] = argv[i];
+    }
+
+    json_t *req = json_object();
+    bool watch = false;
+#define NEED(n, what)                                                                              \
+    if (nrest < (n))                                                                               \
+        return usage_error("%s", what);
+#define OP(name) json_object_set_new(req, "op", json_string(name))
+    if (!strcmp(cmd, "status") || !strcmp(cmd, "stats") || !strcmp(cmd, "reload") ||
+        !strcmp(cmd, "hello")) {
+        OP(cmd);
+    } else if (!strcmp(cmd, "devices")) {
+        OP("devices");
+        if (state)
+            json_object_set_new(req, "state", json_string(state));
+    } else if (!strcmp(cmd, "device") || !strcmp(cmd, "remove")) {
+        NEED(1, "which device? (PK/DN)");
+        OP(cmd[0] == 'd' ? "device" : "remove_device");
+        json_object_set_new(req, "device", json_string(rest[0]));
+    } else if (!strcmp(cmd, "post") || !strcmp(cmd, "event")) {
+        bool ev = cmd[0] == 'e';
+        NEED(ev ? 2 : 1,
+             ev ? "usage: event PK/DN EVENT [KEY=VALUE...]" : "usage: post PK/DN KEY=VALUE...");
+        OP(ev ? "post_event" : "post_properties");
+        json_object_set_new(req, "device", json_string(rest[0]));
+        if (ev)
+            json_object_set_new(req, "event", json_string(rest[1]));
+        for (int k = ev ? 2 : 1; k < nrest; k++)
+            if ((code = add_kv(params, rest[k])) != 0)
+                return code;
+        if (!ev && json_object_size(params) == 0)
+            return usage_error("%s", "post needs at least one KEY=VALUE or --params");
+        json_object_set(req, "params", params);
+        if (time_ms)
+            json_object_set_new(req, "timestamp", json_integer(strtoll(time_ms, NULL, 10)));
+        if (no_ack)
+            json_object_set_new(req, "ack", json_false());
+        if (wait)
+            json_object_set_new(req, "wait_reply", json_true());
+    } else if (!strcmp(cmd, "publish")) {
+        NEED(3, "usage: publish PK/DN TOPIC PAYLOAD");
+        OP("publish");
+        json_object_set_new(req, "device", json_string(rest[0]));
+        json_object_set_new(req, "topic", json_string(rest[1]));
+        if (!strcmp(rest[2], "-")) {
+            size_t n;
+            char *data = read_all(stdin, &n);
+            char *enc = b64((unsigned char *)data, n);
+            json_object_set_new(req, "payload_b64", json_string(enc));
+            free(enc);
+            free(data);
+        } else {
+            json_object_set_new(req, is_b64 ? "payload_b64" : "payload", json_string(rest[2]));
+        }
+        if (qos)
+            json_object_set_new(req, "qos", json_integer(strtol(qos, NULL, 10)));
+    } else if (!strcmp(cmd, "reply")) {
+        NEED(3, "usage: reply PK/DN REQUEST_ID CODE [KEY=VALUE...]");
+        OP("reply");
+        json_object_set_new(req, "device", json_string(rest[0]));
+        json_object_set_new(req, "request_id", json_string(rest[1]));
+        json_object_set_new(req, "code", json_integer(strtol(rest[2], NULL, 10)));
+        for (int k = 3; k < nrest; k++)
+            if ((code = add_kv(params, rest[k])) != 0)
+                return code;
+        if (json_object_size(params))
+            json_object_set(req, "data", params);
+        if (message)
+            json_object_set_new(req, "message", json_string(message));
+    } else if (!strcmp(cmd, "watch")) {
+        OP("watch");
+        watch = true;
+        if (nrest) {
+            json_t *d = json_array();
+            for (int k = 0; k < nrest; k++)
+                json_array_append_new(d, json_string(rest[k]));
+            json_object_set_new(req, "devices", d);
+        }
+        if (json_array_size(topics))
+            json_object_set(req, "topics", topics);
+        if (json_array_size(kinds))
+            json_object_set(req, "kinds", kinds);
+    } else if (!strcmp(cmd, "add")) {
+        OP("add_device");
+        json_t *dev;
+        if (add_json) {
+            if (!(dev = json_arg("--json", add_json)))
+                return EXIT_USAGE;
+        } else {
+            if (!pk || !dn)
+                return usage_error("%s", "add needs --json DEVICE_JSON or --pk and --dn");
+            dev = json_pack("{s:s,s:s}", "product_key", pk, "device_name", dn);
+            if (secret_file || secret_stdin) {
+                FILE *f = secret_stdin ? stdin : fopen(secret_file, "r");
+                if (!f) {
+                    fprintf(stderr, "aligwctl: %s: %s\n", secret_file, strerror(errno));
+                    return EXIT_USAGE;
+                }
+                size_t n;
+                char *s = read_all(f, &n);
+                while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+                    s[--n] = '\0';
+                json_object_set_new(dev, "device_secret", json_string(s));
+                memset(s, 0, n);
+                free(s);
+                if (!secret_stdin)
+                    fclose(f);
+            }
+        }
+        json_object_set_new(req, "device", dev);
+    } else {
+        return usage_error("unknown command '%s'", cmd);
+    }
+
+    if ((code = connect_daemon()) != EXIT_OK)
+        return code;
+    json_t *res = call(req, &code);
+    if (!res)
+        return code;
+    json_t *r = json_object_get(res, "result");
+
+    if (watch) {
+        struct sigaction sa = {.sa_handler = on_sig};
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        if (!opt_json)
+            fprintf(stderr, "watching; Ctrl-C to stop\n");
+        while (!stop) {
+            char *raw = NULL;
+            json_t *e = read_msg(&raw);
+            if (!e) {
+                free(raw);
+                if (!stop) {
+                    fprintf(stderr, "aligwctl: aligwd closed the connection\n");
+                    code = EXIT_FAILED;
+                }
+                break;
+            }
+            if (opt_json) {
+                puts(raw);
+                fflush(stdout);
+            } else {
+                print_event(e);
+            }
+            free(raw);
+            json_decref(e);
+        }
+    } else if (!opt_json) {
+        if (!strcmp(cmd, "devices"))
+            print_devices(r, all || state);
+        else if (!strcmp(cmd, "status"))
+            print_status(r);
+        else if (json_object_size(r))
+            print_kv(r, 0);
+        else
+            printf("ok\n");
+    }
+    json_decref(res);
+    json_decref(params);
+    json_decref(kinds);
+    json_decref(topics);
+    free(rest);
+    close(sock_fd);
+    return code;
+}
