@@ -27,6 +27,7 @@
 #include "alink.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +170,17 @@ static bool sidq_pop(struct sidq *q, uint64_t *sid)
     return true;
 }
 
+/* Sets the device's last error text (cut short if it does not fit). */
+static void set_reason(struct device *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_reason(struct device *d, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->last_reason, sizeof(d->last_reason), fmt, ap);
+    va_end(ap);
+}
+
 const char *device_state_name(enum device_state s)
 {
     static const char *const names[] = {"offline", "registering",  "connecting", "online",
@@ -182,8 +194,8 @@ static void set_state(struct device *d, enum device_state s, int err, const char
 
     if (err || reason) {
         d->last_error = err;
-        snprintf(d->last_reason, sizeof(d->last_reason), "%s%s%s", reason ? reason : "",
-                 reason && err ? ": " : "", err ? aligw_strerror(err) : "");
+        set_reason(d, "%s%s%s", reason ? reason : "", reason && err ? ": " : "",
+                   err ? aligw_strerror(err) : "");
     }
     if (old == s)
         return;
@@ -398,7 +410,7 @@ static void registration_failed(struct device *d, int err, const struct dynreg_r
     log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s: %s", why,
             aligw_strerror(err));
     d->last_error = err;
-    snprintf(d->last_reason, sizeof(d->last_reason), "%s: %s", why, aligw_strerror(err));
+    set_reason(d, "%s: %s", why, aligw_strerror(err));
     if (err == ALIGW_EACTIVE)
         backoff(d, DEV_NEEDS_RESET, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
     else if (err == ALIGW_EAUTH)
@@ -538,11 +550,10 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
     if (code == 4 || code == 5 || code == 2) {
         d->n.auth_failures++;
         d->last_error = ALIGW_EAUTH;
-        snprintf(d->last_reason, sizeof(d->last_reason),
-                 "login refused (CONNACK %d: %s); check the device secret", code,
-                 code == 2   ? "identifier rejected"
-                 : code == 4 ? "bad user name or password"
-                             : "not authorized");
+        set_reason(d, "login refused (CONNACK %d: %s); check the device secret", code,
+                   code == 2   ? "identifier rejected"
+                   : code == 4 ? "bad user name or password"
+                               : "not authorized");
         log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
         /* A fresh session next time: the clientId and password may change (timestamp). */
         close_session(d);
@@ -550,9 +561,9 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
         return;
     }
     d->last_error = code < 0 ? code : -ECONNREFUSED;
-    snprintf(d->last_reason, sizeof(d->last_reason), "connect failed: %s%s%s",
-             code > 0 ? "server unavailable" : aligw_strerror(d->last_error), msg ? ": " : "",
-             msg ? msg : "");
+    set_reason(d, "connect failed: %s%s%s",
+               code > 0 ? "server unavailable" : aligw_strerror(d->last_error), msg ? ": " : "",
+               msg ? msg : "");
     log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
     backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
 }
@@ -584,18 +595,17 @@ static void on_lost(struct device *d, const char *cause)
     if (d->quick_losses >= 2) {
         d->n.kicks++;
         d->last_error = ALIGW_EKICKED;
-        snprintf(d->last_reason, sizeof(d->last_reason),
-                 "session closed by the platform twice within %d s after successful logins: "
-                 "another client is probably logged in as this device",
-                 KICK_WINDOW_MS / 1000);
+        set_reason(d,
+                   "session closed by the platform twice within %d s after successful logins: "
+                   "another client is probably logged in as this device",
+                   KICK_WINDOW_MS / 1000);
         log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
         d->quick_losses = 0;
         backoff(d, DEV_KICKED, R.kick_backoff_ms, AUTH_BACKOFF_CAP_MS);
         return;
     }
     d->last_error = -ECONNRESET;
-    snprintf(d->last_reason, sizeof(d->last_reason), "connection lost%s%s", cause ? ": " : "",
-             cause ? cause : "");
+    set_reason(d, "connection lost%s%s", cause ? ": " : "", cause ? cause : "");
     log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
     backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
 }
