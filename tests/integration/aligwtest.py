@@ -65,6 +65,13 @@ class Notify:
     def close(self):
         self._stop = True
         self._t.join(2)
+        self.sock.setblocking(False)
+        while True:  # what the daemon sent just before it exited is still in the buffer
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                break
+            self.messages += [l for l in data.decode(errors="replace").split("\n") if l]
         self.sock.close()
 
 

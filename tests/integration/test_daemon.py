@@ -30,7 +30,7 @@ class DaemonLifecycle(T.TestCase):
         self.assertRegex(log, r"aligw\.json:2:\d+: log_level")
         self.assertRegex(log, r"aligw\.json:3:\d+: cloud\.keepalive")
         self.assertRegex(log, r"aligw\.json:4:\d+: bogus")
-        self.assertTrue(d.notify.has("RELOADING=1"))
+        T.wait_for(lambda: d.notify.has("RELOADING=1"), 3, what="RELOADING=1")
         self.assertIsNone(d.proc.poll())
         n_watchdog = len(d.notify.has("WATCHDOG=1"))
         T.wait_for(lambda: len(d.notify.has("WATCHDOG=1")) > n_watchdog + 1, 5,
@@ -45,7 +45,7 @@ class DaemonLifecycle(T.TestCase):
 
         notify = d.notify
         self.assertEqual(d.stop(), 0)
-        self.assertTrue(notify.has("STOPPING=1"))
+        T.wait_for(lambda: notify.has("STOPPING=1"), 3, what="STOPPING=1")
         self.assertIn("stopped", d.log())
         self.assertNotIn("still open", d.log())
         self.assertFalse(os.path.exists(d.socket_path), "API socket left behind")
