@@ -29,8 +29,9 @@ if [ "$BUILD" = 1 ]; then
   cmake -S . -B "$BDIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build "$BDIR" -j"$(nproc)" --target aligwd aligwctl aligw_hub simulator
 fi
+BDIR=$(cd "$BDIR" && pwd)
 HUB_PLUGIN=$(find "$BDIR" -name aligw_hub.so | head -n 1)
-PLUGINS="$ROOT/$BDIR/plugins-out"
+PLUGINS="$BDIR/plugins-out"
 
 RUN=$(mktemp -d /tmp/aligw-local.XXXXXX)
 cleanup() {
