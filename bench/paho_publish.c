@@ -295,6 +295,9 @@ int main(int argc, char **argv)
         }
         MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
         co.MQTTVersion = MQTTVERSION_3_1_1;
+        /* Paho refuses sends beyond maxBufferedMessages (default 100) queued per client, even
+         * while connected: let the window be the only limit. */
+        co.maxBufferedMessages = (int)(window + 1);
         int rc = MQTTAsync_createWithOptions(&clients[i].h, uri, cr.client_id,
                                              MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
         if (rc != MQTTASYNC_SUCCESS) {
