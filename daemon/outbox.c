@@ -118,6 +118,7 @@ enum {
     ST_COMMIT,
     ST_ROLLBACK,
     ST_FREELIST,
+    ST_PAGE_COUNT,
     ST_W_N
 };
 enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_N };
@@ -137,6 +138,7 @@ static const char *const wsql[ST_W_N] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_FREELIST] = "PRAGMA freelist_count",
+    [ST_PAGE_COUNT] = "PRAGMA page_count",
 };
 static const char *const rsql[RT_N] = {
     [RT_PEEK] = "SELECT seq, topic, payload, qos, created_ms FROM message "
@@ -180,8 +182,9 @@ struct outbox {
     bool res_held;       /* its blocks are allocated */
     bool rt_full;        /* the runner's view: appends are refused */
     int64_t page_size;   /* of the database */
-    int64_t wal_budget;  /* bytes of WAL frames between checkpoints */
-    int64_t ckpt_frames; /* frames that trigger a checkpoint */
+    int64_t wal_budget;  /* half the reserve: database growth held in the WAL, room wanted */
+    int64_t ckpt_frames; /* frames that trigger a checkpoint in any case */
+    int64_t wal_frames;  /* frames in the WAL after the last commit (WAL hook) */
     int ckpt_err;        /* result of the last checkpoint made by the WAL hook */
     int64_t wal_used;    /* bytes of the WAL file the next commit cannot reuse */
     int64_t want_room;   /* what the last refused batch needed (capped) */
@@ -472,6 +475,8 @@ static int insert_append(struct outbox *ob, struct batch *b, struct pend *p)
     return 0;
 }
 
+static void maybe_checkpoint(struct outbox *ob);
+
 static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
 {
     int err;
@@ -516,6 +521,7 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
     }
     if ((err = step_done(ob, ob->w[ST_COMMIT])) < 0)
         goto fail;
+    maybe_checkpoint(ob);
     return 0;
 fail:
     if (!sqlite3_get_autocommit(ob->wdb))
@@ -559,19 +565,44 @@ static int64_t free_pages_bytes(struct outbox *ob)
     return n * ob->page_size;
 }
 
-/* WAL hook: our checkpoint policy (replaces SQLite's auto-checkpoint), on the committing thread. */
+/* WAL hook: replaces SQLite's auto-checkpoint; maybe_checkpoint() acts on what it records. */
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
 {
     struct outbox *ob = arg;
-    int log = frames, done = 0;
+    ob->wal_frames = frames;
+    return SQLITE_OK;
+}
 
-    if (frames >= ob->ckpt_frames) {
-        int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-        ob->ckpt_err = rc == SQLITE_BUSY ? 0 : db_err(db, rc);
+/* Bytes the database file must grow by when the WAL is copied into it. */
+static int64_t db_growth(struct outbox *ob)
+{
+    sqlite3_stmt *st = ob->w[ST_PAGE_COUNT];
+    struct stat sb;
+    int64_t pages = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    if (stat(ob->path, &sb) != 0)
+        return 0;
+    return pages * ob->page_size > (int64_t)sb.st_size ? pages * ob->page_size - sb.st_size : 0;
+}
+
+/*
+ * After a commit: checkpoint (passive) when the WAL holds ckpt_frames frames, as SQLite would,
+ * or earlier when copying it would grow the database by more than the WAL budget (half the
+ * reserve), so that the released reserve always covers the checkpoint on a full disk.
+ */
+static void maybe_checkpoint(struct outbox *ob)
+{
+    int log = (int)ob->wal_frames, done = 0;
+    bool due = ob->wal_frames >= ob->ckpt_frames;
+
+    if (!due && ob->wal_frames * ob->page_size >= ob->wal_budget)
+        due = db_growth(ob) >= ob->wal_budget;
+    if (due) {
+        int rc = sqlite3_wal_checkpoint_v2(ob->wdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        ob->ckpt_err = rc == SQLITE_BUSY ? 0 : db_err(ob->wdb, rc);
     }
     /* Fully copied: the next writer starts over at the beginning of the WAL file. */
     ob->wal_used = done > 0 && done == log ? 0 : (int64_t)log * (ob->page_size + 24) + 32;
-    return SQLITE_OK;
 }
 
 /* Copies the whole WAL into the database so its file can be reused from the start. */
@@ -610,13 +641,17 @@ static bool reserve_take(struct outbox *ob)
     return true;
 }
 
-/* A generous estimate of the bytes a batch's appends take: two per byte, two pages spare. */
+/*
+ * A generous estimate of the WAL bytes a batch's appends take: two per byte of row (a row just
+ * over half a page fills a page alone), plus the frame headers, plus four pages for the index,
+ * the device and meta rows.
+ */
 static int64_t batch_estimate(struct outbox *ob, const struct batch *b)
 {
-    int64_t est = 2 * ob->page_size;
+    int64_t rows = 0, frame = ob->page_size + 24;
     for (size_t i = 0; i < b->n_ap; i++)
-        est += 2 * (int64_t)(b->ap[i]->tlen + b->ap[i]->len + 48);
-    return est;
+        rows += 2 * (int64_t)(b->ap[i]->tlen + b->ap[i]->len + 64);
+    return rows / ob->page_size * frame + rows % ob->page_size + 4 * frame;
 }
 
 /*
@@ -1005,12 +1040,20 @@ static int reserve_open(struct outbox *ob)
         size = RESERVE_MIN_PAGES * ob->page_size;
     ob->res_size = size;
     ob->wal_budget = size / 2;
-    ob->ckpt_frames = ob->wal_budget / ob->page_size;
+    /* SQLite's 1000 frames, fewer on a small filesystem (the WAL at most 1/16 of it). */
+    ob->ckpt_frames = ((avail < 0 ? 0 : avail) + have) / 16 / (ob->page_size + 24);
+    if (avail < 0 || ob->ckpt_frames > 1000)
+        ob->ckpt_frames = 1000;
     if (ob->ckpt_frames < 2)
         ob->ckpt_frames = 2;
 
-    char sql[64];
-    snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit=%lld", (long long)ob->wal_budget);
+    /* The WAL file keeps what one checkpoint interval needs and gives the rest back. Deleted
+     * messages are zeroed only where that costs no extra write: Debian builds SQLite with
+     * secure_delete on, which writes every freed page to the WAL and makes the deletes of a
+     * full disk too big to fit. */
+    char sql[96];
+    snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit=%lld; PRAGMA secure_delete=FAST",
+             (long long)(ob->ckpt_frames * (ob->page_size + 24) + 32));
     if ((err = db_exec(ob->wdb, sql)) < 0)
         return err;
     sqlite3_wal_hook(ob->wdb, wal_hook, ob);

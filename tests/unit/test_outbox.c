@@ -478,10 +478,10 @@ static int fill(struct outbox *ob, const char *payload, size_t len, int64_t *las
  * appends are refused with ALIGW_ESTOREFULL while the acks of delivered messages still commit;
  * when the deletes made room, appends are accepted again; the database file is never replaced.
  */
-static void test_full_disk(void)
+static void test_full_disk(enum store_durability dur)
 {
     char mnt[256];
-    snprintf(mnt, sizeof(mnt), "%s/small", dir);
+    snprintf(mnt, sizeof(mnt), "%s/small%d", dir, (int)dur);
     mkdir(mnt, 0700);
     if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
         /* No tmpfs: at least check that SQLITE_FULL becomes ALIGW_ESTOREFULL. */
@@ -504,7 +504,7 @@ static void test_full_disk(void)
     snprintf(path, sizeof(path), "%s/outbox.db", mnt);
     snprintf(res, sizeof(res), "%s.reserve", path);
     struct outbox *ob = NULL;
-    struct outbox_opts o = {.path = path, .durability = DURABILITY_NORMAL};
+    struct outbox_opts o = {.path = path, .durability = dur};
     CHECK_INT(outbox_open(&loop, &o, on_ready, NULL, &ob), 0);
     if (!ob)
         goto out;
@@ -544,14 +544,19 @@ static void test_full_disk(void)
         rc = outbox_append(ob, "pk/full", "t", payload, sizeof(payload), 1, NULL, NULL);
     }
     CHECK_INT(rc, 0);
-    reset_cbs();
-    for (int i = 0; i < 20; i++)
-        CHECK_INT(outbox_append(ob, "pk/full", "t", payload, sizeof(payload), 1, on_append, NULL),
-                  0);
-    run_until(&n_cb, 20);
-    bool all_ok = n_cb == 20;
-    for (int i = 0; i < n_cb; i++)
-        all_ok = all_ok && cb_status[i] == 0 && cb_seq[i] > last_seq;
+    /* 20 more, 5 per turn as a producer waiting for its answers would send them: they go into
+     * the pages the deletes freed. */
+    bool all_ok = true;
+    for (int turn = 0; turn < 4; turn++) {
+        reset_cbs();
+        for (int i = 0; i < 5; i++)
+            CHECK_INT(
+                outbox_append(ob, "pk/full", "t", payload, sizeof(payload), 1, on_append, NULL), 0);
+        run_until(&n_cb, 5);
+        all_ok = all_ok && n_cb == 5;
+        for (int i = 0; i < n_cb; i++)
+            all_ok = all_ok && cb_status[i] == 0 && cb_seq[i] > last_seq;
+    }
     CHECK(all_ok);
     CHECK_INT(stat(res, &res_st), 0);
     CHECK(res_st.st_size >= 16384 && (int64_t)res_st.st_blocks * 512 >= (int64_t)res_st.st_size);
@@ -579,9 +584,9 @@ static void test_full_disk(void)
         goto out;
     outbox_device_stats(ob, "pk/full", &st);
     CHECK_INT(st.count, before_close + 1);
-    printf("full-disk: %d messages of 2 KB filled 1 MB; acks committed while full; %lld-byte "
-           "reserve\n",
-           stored, (long long)res_st.st_size);
+    printf("full-disk (durability %s): %d messages of 2 KB filled 1 MB; acks committed while "
+           "full; %lld-byte reserve\n",
+           dur == DURABILITY_FULL ? "full" : "normal", stored, (long long)res_st.st_size);
     close_ob(ob);
 out:
     CHECK_INT(umount(mnt), 0);
@@ -600,7 +605,8 @@ int main(void)
     test_caps();
     test_ttl();
     test_corrupt();
-    test_full_disk();
+    test_full_disk(DURABILITY_NORMAL);
+    test_full_disk(DURABILITY_FULL);
     CHECK_INT(uv_loop_close(&loop), 0);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);
