@@ -22,18 +22,23 @@
  * Full disk. Deleting a delivered message is a write too: the WAL needs room to record it, and a
  * checkpoint needs room to grow the database by the pages the WAL added. So the outbox keeps a
  * reserve ("ballast") file next to the database, <db>.reserve, of real blocks (posix_fallocate):
- * min(1 MiB, 1/8 of the free space at open). When SQLite reports SQLITE_FULL (on a commit or a
+ * min(4 MiB, 1/8 of the free space at open; 4 MiB rather than 1 keeps checkpoints as rare as
+ * SQLite's default on a large disk). When SQLite reports SQLITE_FULL (on a commit or a
  * checkpoint) the runner frees the reserve's blocks, checkpoints, and retries the deletes, which
- * now fit. The WAL is kept within half the reserve (our own WAL hook checkpoints every
- * reserve/2 bytes of frames, and journal_size_limit trims it back to that after a reset), so the
- * released room always covers the checkpoint. Before a batch of appends the runner also checks
- * that the filesystem has room for it (WAL frames plus database growth, counted at a generous
- * two bytes per byte of message); if not, the batch is refused without touching SQLite. Either
- * way the store is "full": appends fail with ALIGW_ESTOREFULL (at once in outbox_append), while
- * acks and expiry keep committing. Each batch while full, and once a second, the runner checks
- * for room again: free space for the reserve and for the WAL, and room for data (free database
- * pages plus free space) of at least the WAL budget; then the reserve is allocated again and
- * appends are accepted. Entering and leaving the full state are logged once each.
+ * now fit. The database growth waiting in the WAL is kept under half the reserve (our own
+ * checkpoint policy: SQLite's 1000 frames, fewer on a small filesystem, or earlier when the
+ * growth reaches that), so the released room always covers the checkpoint; journal_size_limit
+ * trims the WAL back after a checkpoint; deletes zero only what they write anyway
+ * (secure_delete=FAST). Before a batch of appends the runner also checks that the filesystem has
+ * room for it (WAL frames plus database growth, estimated generously); if not, the batch is
+ * refused without touching SQLite. Either way the store is "full": appends fail with
+ * ALIGW_ESTOREFULL (at once in outbox_append), while acks and expiry keep committing. Each batch
+ * while full, and once a second, the runner looks for room again: free space for the reserve,
+ * and for a batch like the last one refused (free pages of the database count for the data, the
+ * reusable part of the WAL file for its frames); then the reserve is allocated again and appends
+ * are accepted. Entering and leaving the full state are logged once each. The peek connection
+ * never keeps a read transaction open (every statement is reset at once), so it never holds the
+ * WAL back from being reused.
  */
 #include "outbox.h"
 
@@ -56,7 +61,7 @@
 #define CHUNK 256              /* rows read at a time when dropping or expiring */
 #define EXPIRE_PER_BATCH 50000 /* rows expired per batch; the rest in the next turn */
 #define RETRY_MS 1000          /* delay before retrying acks after a failed commit */
-#define RESERVE_MAX (1 << 20)  /* reserve file: at most 1 MiB ... */
+#define RESERVE_MAX (4 << 20)  /* reserve file: at most 4 MiB ... */
 #define RESERVE_DIV 8          /* ... and 1/8 of the free space at open */
 #define RESERVE_MIN_PAGES 4
 
@@ -998,7 +1003,7 @@ static void retry_cb(uv_timer_t *t)
 /* Open and close. */
 
 /*
- * Sizes the reserve (min(1 MiB, 1/8 of the free space, counting what the reserve file already
+ * Sizes the reserve (min(4 MiB, 1/8 of the free space, counting what the reserve file already
  * holds), at least a few pages) and the WAL budget (half of it), and allocates the reserve. With
  * no room for it the store opens full. A reserve file that cannot be opened is logged and done
  * without.

@@ -16,8 +16,11 @@
  * its own cap, of the whole store for the global cap) are deleted in the same transaction and
  * counted per device as dropped. Messages older than ttl_s are deleted by a timer and counted as
  * expired. Drops and expiries are logged at most once per device per 10 seconds with the count.
- * A full disk fails that batch's appends with ALIGW_ESTOREFULL; acks, peeks and later appends
- * keep working.
+ * A full disk makes the store "full": appends fail with ALIGW_ESTOREFULL while acks, expiry and
+ * peeks keep working, and are accepted again once there is room. A reserve file, <path>.reserve
+ * (at most 4 MiB, real blocks), is kept next to the database and freed when SQLite runs out of
+ * space, so that the deletes of delivered messages can still commit; it is allocated again when
+ * room returns. Never delete it while the daemon runs; it is recreated at open if missing.
  *
  * Everything here is called on the loop thread; callbacks run on the loop thread.
  */
@@ -47,8 +50,9 @@ typedef void (*outbox_ready_cb)(void *arg, const char *device_key);
 
 /*
  * Opens (creating or migrating) the store. Reads only the small device table: a store of any size
- * is ready at once. ready may be NULL. Returns 0 and *out, or a db_open() error (ALIGW_ECORRUPT
- * for a damaged file, which is left untouched; -ENOTSUP for a newer schema), -ENOMEM.
+ * is ready at once. Creates or resizes the reserve file; with no room for it the store opens
+ * full. ready may be NULL. Returns 0 and *out, or a db_open() error (ALIGW_ECORRUPT for a
+ * damaged file, which is left untouched; -ENOTSUP for a newer schema), -ENOMEM.
  */
 int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb ready, void *arg,
                 struct outbox **out);
@@ -66,9 +70,10 @@ typedef void (*outbox_append_cb)(void *arg, int status, int64_t seq);
 /*
  * Queues a message for device_key; device_key, topic and payload are copied (borrowed for the
  * call). cb (may be NULL) is called exactly once, on the loop, after the transaction holding the
- * message committed or failed. Fails at once, without calling cb, with -EINVAL (bad qos, empty
- * key or topic), -EMSGSIZE (the message alone exceeds a cap), ALIGW_ESTOREFULL (reject-new and
- * a cap would be passed), -ENOMEM, -ESHUTDOWN (closing).
+ * message committed or failed (ALIGW_ESTOREFULL when the disk turned out full). Fails at once,
+ * without calling cb, with -EINVAL (bad qos, empty key or topic), -EMSGSIZE (the message alone
+ * exceeds a cap), ALIGW_ESTOREFULL (reject-new and a cap would be passed, or the disk is full),
+ * -ENOMEM, -ESHUTDOWN (closing).
  */
 int outbox_append(struct outbox *ob, const char *device_key, const char *topic, const void *payload,
                   size_t len, int qos, outbox_append_cb cb, void *arg);

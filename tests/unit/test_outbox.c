@@ -519,6 +519,7 @@ static void test_full_disk(enum store_durability dur)
     int64_t last_seq;
     int stored = fill(ob, payload, sizeof(payload), &last_seq);
     CHECK(stored > 100); /* most of the 1 MB holds messages */
+    int first_stored = stored;
     outbox_device_stats(ob, "pk/full", &st);
     CHECK_INT(st.count, (uint64_t)stored); /* exactly the committed ones */
 
@@ -586,7 +587,7 @@ static void test_full_disk(enum store_durability dur)
     CHECK_INT(st.count, before_close + 1);
     printf("full-disk (durability %s): %d messages of 2 KB filled 1 MB; acks committed while "
            "full; %lld-byte reserve\n",
-           dur == DURABILITY_FULL ? "full" : "normal", stored, (long long)res_st.st_size);
+           dur == DURABILITY_FULL ? "full" : "normal", first_stored, (long long)res_st.st_size);
     close_ob(ob);
 out:
     CHECK_INT(umount(mnt), 0);
