@@ -129,7 +129,7 @@ static int connect_daemon(void)
 static json_t *read_msg(char **raw)
 {
     for (;;) {
-        char *nl = memchr(rbuf, '\n', rlen);
+        char *nl = rlen ? memchr(rbuf, '\n', rlen) : NULL; /* rbuf is NULL until the first read */
         if (nl) {
             size_t n = (size_t)(nl - rbuf);
             json_t *j = json_loadb(rbuf, n, 0, NULL);

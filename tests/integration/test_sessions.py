@@ -170,8 +170,9 @@ class Sessions(T.TestCase):
         T.wait_for(lambda: dm.call("device", device=keys[1])["error"]["code"] == "no_device", 5,
                    what="removed device gone")
         st = dm.device(keys[0])
-        self.assertEqual(st["counters"]["connects"], 1, "the unchanged device was reconnected")
-        self.assertEqual(st["counters"]["disconnects"], 0)
+        why = "the unchanged device was reconnected: %s\n%s" % (st, dm.log()[-3000:])
+        self.assertEqual(st["counters"]["connects"], 1, why)
+        self.assertEqual(st["counters"]["disconnects"], 0, why)
 
 
 class Registration(T.TestCase):
