@@ -265,7 +265,7 @@ static void do_reply(struct ipc_reply *r, const struct ipc_request *req)
 
     if (!w) {
         ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
-                        "id: no pending property set or service call %s for %s (answered "
+                        "request_id: no pending property set or service call %s for %s (answered "
                         "already, timed out, or never received)",
                         req->u.reply.msg_id, req->dev.key);
         return;

@@ -188,6 +188,26 @@ class Api(T.TestCase):
         self.assertIn("forbidden", r.stdout + r.stderr)
         self.assertTrue(dm.call("status")["ok"])  # root still gets in
 
+    def test_example_client_posts_and_serves(self):
+        hub, rows, keys, dm = self.start(1)
+        client = os.path.join(T.HERE, "..", "..", "docs", "examples", "aligw_client.py")
+        env = dict(os.environ, ALIGW_SOCKET=dm.socket_path)
+        r = subprocess.run(["/usr/bin/python3", client, "post", keys[0], "Temp=19.5"],
+                           capture_output=True, text=True, env=env, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("'code': 200", r.stdout)
+        srv = subprocess.Popen(["/usr/bin/python3", "-u", client, "serve", keys[0]],
+                               stdout=subprocess.PIPE, text=True, env=env)
+        self.later(lambda: (srv.kill(), srv.wait()))
+        self.assertIn("protocol", srv.stdout.readline())
+        time.sleep(0.5)  # its watch is registered
+        since = hub.mark()
+        mid = hub.service_call(PK, rows[0]["device_name"], "Ping", {"x": 1})
+        m = hub.wait_message("/sys/%s/thing/service/Ping_reply" % keys[0], 5, since)
+        self.assertIsNotNone(m, "the example client did not answer")
+        self.assertEqual(m.json()["id"], mid)
+        self.assertEqual(m.json()["data"], {"echo": {"x": 1}})
+
     def test_aligwctl(self):
         if not os.path.exists(T.ALIGWCTL):
             self.skipTest("aligwctl not built")
