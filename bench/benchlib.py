@@ -257,8 +257,9 @@ def publish_lines(rows, n_messages, payload_len, first_id=1, offset=0):
     return out
 
 
-def pipeline_publish(socket_path, lines, connections=2, chunk=256):
-    """Sends the requests over a few connections without waiting, reads every response.
+def pipeline_publish(socket_path, lines, connections=2, chunk=256, window=8192):
+    """Sends the requests over a few connections without waiting for each answer, keeping at most
+    `window` unanswered per connection (a producer that reads its answers), reads every response.
 
     Returns (t_first_send, t_last_ok, n_ok, errors[:5]).
     """
@@ -272,9 +273,14 @@ def pipeline_publish(socket_path, lines, connections=2, chunk=256):
         s.settimeout(300)
         mine = parts[k]
         want = len(mine)
+        state = {"got": 0}
+        cond = threading.Condition()
 
         def writer():
             for i in range(0, len(mine), chunk):
+                with cond:
+                    while i + chunk - state["got"] > window:
+                        cond.wait(1)
                 s.sendall(b"".join(mine[i:i + chunk]))
 
         w = threading.Thread(target=writer, daemon=True)
@@ -293,6 +299,9 @@ def pipeline_publish(socket_path, lines, connections=2, chunk=256):
                     ok += 1
                 elif len(errs) < 5:
                     errs.append(line.decode(errors="replace")[:300])
+            with cond:
+                state["got"] = got
+                cond.notify()
         w.join()
         s.close()
         results[k] = (ok, errs, time.monotonic())
