@@ -90,6 +90,22 @@ static void status_line(char *buf, size_t size)
              (unsigned long long)st.bytes, (unsigned long long)(st.dropped + st.expired));
 }
 
+static bool plugins_equal(const struct config *a, const struct config *b)
+{
+    if (a->n_plugins != b->n_plugins)
+        return false;
+    for (size_t i = 0; i < a->n_plugins; i++) {
+        const struct plugin_conf *x = &a->plugins[i], *y = &b->plugins[i];
+        if (strcmp(x->name, y->name) != 0 || x->n_devices != y->n_devices ||
+            !json_equal(x->config, y->config))
+            return false;
+        for (size_t k = 0; k < x->n_devices; k++)
+            if (strcmp(x->devices[k], y->devices[k]) != 0)
+                return false;
+    }
+    return true;
+}
+
 static int reload(void)
 {
     struct config *nc = NULL;
@@ -106,6 +122,9 @@ static int reload(void)
                   M.cfg->path);
     } else {
         log_level = nc->log_level;
+        if (!plugins_equal(M.cfg, nc))
+            log_warn("the plugins section changed: plugins are not reloaded, restart aligwd to "
+                     "apply it");
         devices_apply(nc);
         api_apply_config(nc);
         config_free(M.cfg);
