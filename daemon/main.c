@@ -96,8 +96,9 @@ static bool plugins_equal(const struct config *a, const struct config *b)
         return false;
     for (size_t i = 0; i < a->n_plugins; i++) {
         const struct plugin_conf *x = &a->plugins[i], *y = &b->plugins[i];
-        if (strcmp(x->name, y->name) != 0 || x->n_devices != y->n_devices ||
-            !json_equal(x->config, y->config))
+        bool same_config =
+            x->config == y->config || (x->config && y->config && json_equal(x->config, y->config));
+        if (strcmp(x->name, y->name) != 0 || x->n_devices != y->n_devices || !same_config)
             return false;
         for (size_t k = 0; k < x->n_devices; k++)
             if (strcmp(x->devices[k], y->devices[k]) != 0)
