@@ -67,6 +67,28 @@ class DaemonLifecycle(T.TestCase):
         self.assertEqual(d.proc.wait(10), 0)
 
 
+class SocketActivation(T.TestCase):
+    def test_api_socket_from_systemd(self):
+        tool = shutil.which("systemd-socket-activate")
+        if not tool:
+            self.skipTest("systemd-socket-activate not installed")
+        cfg = T.base_config(self.tmp)
+        d = T.Daemon(self.tmp, cfg)
+        sock = os.path.join(self.tmp, "activated.sock")
+        # systemd-socket-activate listens, then starts aligwd at the first connection with the
+        # listening socket as fd 3 (LISTEN_FDS=1); the config's own socket path is not used.
+        p = subprocess.Popen([tool, "-l", sock, T.ALIGWD, "-c", d.config_path],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.later(lambda: (p.terminate(), p.wait(10)))
+        T.wait_for(lambda: os.path.exists(sock), 5, what="the activation socket")
+        api = T.Api(sock, timeout=15)
+        r = api.call("status")
+        api.close()
+        self.assertTrue(r["ok"], r)
+        self.assertIn("devices", r["result"])
+        self.assertFalse(os.path.exists(d.socket_path), "aligwd made its own socket too")
+
+
 class CheckConfig(T.TestCase):
     def run_check(self, path):
         return subprocess.run([T.ALIGWD, "--check-config", "-c", path], capture_output=True,
