@@ -1,8 +1,18 @@
 /*
  * modbus_server: a small Modbus TCP server on libmodbus's server API, for tests and the
- * benchmark. It serves one register map to every slave id and any number of clients.
+ * benchmark. It serves one register map to every slave (unit) id and any number of clients.
  *
  *   modbus_server [-p PORT] [-a ADDR] [-H ADDR=VALUE,...] [-I ADDR=VALUE,...] [-C ADDR=0|1,...]
+ *                 [-T ADDR:MIN_MS[:MAX_MS]] [-c ADDR] [-q]
+ *
+ * Timestamps for latency measurements (bench/modbus), as uint32 in holding registers ADDR
+ * (high word) and ADDR+1 (low word): the wall clock (CLOCK_REALTIME) in ms, modulo 2^32.
+ *   -T ADDR:MIN_MS[:MAX_MS]  a ticker: every MIN_MS..MAX_MS ms (uniformly random, so that the
+ *                            changes do not lock to a poller's phase) the registers take the
+ *                            current time; "changed" this way, a poller sees a new value.
+ *   -c ADDR                  a clock: the registers take the current time before every reply,
+ *                            so every read returns the time it was served.
+ *   -q                       quiet: no "written" lines.
  *
  * PORT 0 (default) picks a free port. When listening it prints "listening PORT". Control on
  * stdin, one command a line:
@@ -21,12 +31,47 @@
 #include <string.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAP_SIZE 10000
 #define MAX_CLIENTS 1000
 
 static modbus_mapping_t *map;
+
+static double now_s(int clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Holding a, a+1 = wall-clock ms mod 2^32, high word first. */
+static void put_time(int a)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint32_t ms = (uint32_t)((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+    map->tab_registers[a] = (uint16_t)(ms >> 16);
+    map->tab_registers[a + 1] = (uint16_t)(ms & 0xffff);
+}
+
+/* Parses "ADDR:MIN_MS[:MAX_MS]"; -1 on a bad spec. */
+static int parse_ticker(const char *spec, int *addr, long *min_ms, long *max_ms)
+{
+    char *end;
+    long a = strtol(spec, &end, 0);
+    if (*end != ':' || a < 0 || a + 1 >= MAP_SIZE)
+        return -1;
+    *min_ms = strtol(end + 1, &end, 0);
+    *max_ms = *min_ms;
+    if (*end == ':')
+        *max_ms = strtol(end + 1, &end, 0);
+    if (*end || *min_ms < 1 || *max_ms < *min_ms)
+        return -1;
+    *addr = (int)a;
+    return 0;
+}
 
 static int set_list(const char *list, int kind)
 {
@@ -99,7 +144,9 @@ static void report_write(const uint8_t *q, int hl)
 int main(int argc, char **argv)
 {
     const char *addr = "127.0.0.1";
-    int port = 0, opt, server, maxfd;
+    int port = 0, opt, server, maxfd, tick_addr = -1, clock_addr = -1, quiet = 0;
+    long tick_min = 0, tick_max = 0;
+    double next_tick = 0;
     modbus_t *ctx;
     fd_set all;
     struct sockaddr_in sa;
@@ -111,7 +158,7 @@ int main(int argc, char **argv)
     map = modbus_mapping_new(MAP_SIZE, MAP_SIZE, MAP_SIZE, MAP_SIZE);
     if (!map)
         return 1;
-    while ((opt = getopt(argc, argv, "p:a:H:I:C:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:a:H:I:C:T:c:q")) != -1) {
         switch (opt) {
         case 'p':
             port = atoi(optarg);
@@ -127,8 +174,25 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'T':
+            if (parse_ticker(optarg, &tick_addr, &tick_min, &tick_max) < 0) {
+                fprintf(stderr, "modbus_server: bad ticker %s (ADDR:MIN_MS[:MAX_MS])\n", optarg);
+                return 2;
+            }
+            break;
+        case 'c':
+            clock_addr = atoi(optarg);
+            if (clock_addr < 0 || clock_addr + 1 >= MAP_SIZE) {
+                fprintf(stderr, "modbus_server: bad clock address %s\n", optarg);
+                return 2;
+            }
+            break;
+        case 'q':
+            quiet = 1;
+            break;
         default:
-            fprintf(stderr, "usage: modbus_server [-p PORT] [-a ADDR] [-H|-I|-C ADDR=VALUE,...]\n");
+            fprintf(stderr, "usage: modbus_server [-p PORT] [-a ADDR] [-H|-I|-C ADDR=VALUE,...] "
+                            "[-T ADDR:MIN_MS[:MAX_MS]] [-c ADDR] [-q]\n");
             return 2;
         }
     }
@@ -141,6 +205,11 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("listening %d\n", ntohs(sa.sin_port));
+    srand((unsigned)getpid());
+    if (tick_addr >= 0) {
+        put_time(tick_addr);
+        next_tick = now_s(CLOCK_MONOTONIC) + tick_min / 1e3;
+    }
 
     FD_ZERO(&all);
     FD_SET(server, &all);
@@ -148,7 +217,24 @@ int main(int argc, char **argv)
     maxfd = server;
     for (;;) {
         fd_set rd = all;
-        if (select(maxfd + 1, &rd, NULL, NULL, NULL) < 0) {
+        struct timeval tv, *tvp = NULL;
+        if (tick_addr >= 0) {
+            double t = now_s(CLOCK_MONOTONIC);
+            if (t >= next_tick) {
+                put_time(tick_addr);
+                next_tick = t + (tick_min + (tick_max > tick_min ? (double)(rand() % 1000) / 1000 *
+                                                                       (double)(tick_max - tick_min)
+                                                                 : 0)) /
+                                    1e3;
+            }
+            double w = next_tick - t;
+            if (w < 0)
+                w = 0;
+            tv.tv_sec = (time_t)w;
+            tv.tv_usec = (suseconds_t)((w - (double)tv.tv_sec) * 1e6);
+            tvp = &tv;
+        }
+        if (select(maxfd + 1, &rd, NULL, NULL, tvp) < 0) {
             if (errno == EINTR)
                 continue;
             break;
@@ -174,7 +260,10 @@ int main(int argc, char **argv)
             modbus_set_socket(ctx, fd);
             int n = modbus_receive(ctx, query);
             if (n > 0) {
-                report_write(query, modbus_get_header_length(ctx));
+                if (!quiet)
+                    report_write(query, modbus_get_header_length(ctx));
+                if (clock_addr >= 0)
+                    put_time(clock_addr);
                 modbus_reply(ctx, query, n, map);
             } else if (n < 0) {
                 close(fd);
