@@ -17,6 +17,7 @@
 
 #include <MQTTAsync.h>
 
+#include "alink.h"
 #include "sign.h"
 
 struct device {
@@ -136,9 +137,34 @@ static int load_devices(const char *path, struct device **out, int want)
     return n;
 }
 
+/* 1 once a session is connected; the main thread then subscribes (--subscribe) and sets 2. */
+static atomic_char *state;
+
 static void on_connect(void *ctx, MQTTAsync_successData *resp)
 {
+    atomic_store(&state[(size_t)ctx], 1);
     atomic_fetch_add(&n_connected, 1);
+}
+
+/* --subscribe: the same system topics aligwd subscribes for every device, one SUBSCRIBE each
+ * session, issued from the main thread as sessions come up (as aligwd does from its loop). */
+static void subscribe_new(MQTTAsync *clients, const struct device *devs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (atomic_load(&state[i]) != 1)
+            continue;
+        atomic_store(&state[i], 2);
+        char **topics = NULL;
+        size_t nt = 0;
+        int qos[16];
+        if (alink_system_topics(devs[i].pk, devs[i].dn, &topics, &nt) < 0 || nt > 16)
+            continue;
+        for (size_t k = 0; k < nt; k++)
+            qos[k] = 1;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        MQTTAsync_subscribeMany(clients[i], (int)nt, topics, qos, &ro);
+        alink_topics_free(topics);
+    }
 }
 
 static void on_connect_failure(void *ctx, MQTTAsync_failureData *resp)
@@ -151,7 +177,7 @@ static void on_connect_failure(void *ctx, MQTTAsync_failureData *resp)
 static void usage(void)
 {
     fprintf(stderr, "usage: paho_sessions --host H --port P [--tls --ca FILE] --devices FILE "
-                    "--count N [--timeout SECONDS]\n");
+                    "--count N [--timeout SECONDS] [--subscribe]\n");
     exit(2);
 }
 
@@ -159,12 +185,16 @@ int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1", *ca = NULL, *devfile = NULL;
     long port = 0, count = 0, timeout = 300;
-    int tls = 0;
+    int tls = 0, subscribe = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
         if (!strcmp(a, "--tls")) {
             tls = 1;
+            continue;
+        }
+        if (!strcmp(a, "--subscribe")) {
+            subscribe = 1;
             continue;
         }
         if (!v)
@@ -204,6 +234,7 @@ int main(int argc, char **argv)
     }
     MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
     MQTTAsync *clients = calloc((size_t)n, sizeof(*clients));
+    state = calloc((size_t)n, sizeof(*state));
     char uri[300];
     snprintf(uri, sizeof(uri), "%s://%s:%ld", tls ? "ssl" : "tcp", host, port);
 
@@ -252,8 +283,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "paho_sessions: connect %d: %d\n", i, rc);
         }
     }
-    while (atomic_load(&n_connected) + atomic_load(&n_failed) < n && now_s() - t0 < timeout)
+    while (atomic_load(&n_connected) + atomic_load(&n_failed) < n && now_s() - t0 < timeout) {
+        if (subscribe)
+            subscribe_new(clients, devs, n);
         usleep(5000);
+    }
     double secs = now_s() - t0;
     int failed = n - atomic_load(&n_connected);
     printf("{\"count\":%d,\"seconds\":%.3f,\"rss_kb\":%ld,\"failed\":%d}\n", n, secs, rss_kb(),

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <jansson.h>
 #include <openssl/rand.h>
 
@@ -28,6 +29,51 @@ struct https_job {
     int status;
     char curl_error[CURL_ERROR_SIZE];
 };
+
+/*
+ * libcurl is loaded on first use, not linked: a gateway whose devices all have their secrets
+ * never maps it and the dozen libraries it pulls in (several MB of resident memory).
+ */
+static struct {
+    void *lib;
+    char error[160];
+    CURLcode (*global_init)(long);
+    CURL *(*easy_init)(void);
+    CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+    CURLcode (*easy_perform)(CURL *);
+    CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+    void (*easy_cleanup)(CURL *);
+    struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
+    void (*slist_free_all)(struct curl_slist *);
+} C;
+
+static void curl_load_once(void)
+{
+    void *lib = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
+    const char *e;
+
+    if (!lib) {
+        snprintf(C.error, sizeof(C.error), "%s", (e = dlerror()) ? e : "dlopen failed");
+        return;
+    }
+    C.global_init = (CURLcode(*)(long))dlsym(lib, "curl_global_init");
+    C.easy_init = (CURL * (*)(void)) dlsym(lib, "curl_easy_init");
+    C.easy_setopt = (CURLcode(*)(CURL *, CURLoption, ...))dlsym(lib, "curl_easy_setopt");
+    C.easy_perform = (CURLcode(*)(CURL *))dlsym(lib, "curl_easy_perform");
+    C.easy_getinfo = (CURLcode(*)(CURL *, CURLINFO, ...))dlsym(lib, "curl_easy_getinfo");
+    C.easy_cleanup = (void (*)(CURL *))dlsym(lib, "curl_easy_cleanup");
+    C.slist_append = (struct curl_slist * (*)(struct curl_slist *, const char *))
+        dlsym(lib, "curl_slist_append");
+    C.slist_free_all = (void (*)(struct curl_slist *))dlsym(lib, "curl_slist_free_all");
+    if (!C.global_init || !C.easy_init || !C.easy_setopt || !C.easy_perform || !C.easy_getinfo ||
+        !C.easy_cleanup || !C.slist_append || !C.slist_free_all) {
+        snprintf(C.error, sizeof(C.error), "libcurl.so.4 lacks a function aligw needs");
+        dlclose(lib);
+        return;
+    }
+    C.global_init(CURL_GLOBAL_DEFAULT);
+    C.lib = lib;
+}
 
 void dynreg_random(char out[17])
 {
@@ -140,7 +186,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 static void https_work(uv_work_t *w)
 {
     struct https_job *j = w->data;
-    CURL *c = curl_easy_init();
+    CURL *c = C.easy_init();
     struct curl_slist *hdr = NULL;
     CURLcode cc;
     long http = 0;
@@ -149,30 +195,30 @@ static void https_work(uv_work_t *w)
         j->status = -ENOMEM;
         return;
     }
-    hdr = curl_slist_append(hdr, "Accept: text/xml,text/javascript,text/html,application/json");
-    curl_easy_setopt(c, CURLOPT_URL, j->url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->form);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, j);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->curl_error);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    hdr = C.slist_append(hdr, "Accept: text/xml,text/javascript,text/html,application/json");
+    C.easy_setopt(c, CURLOPT_URL, j->url);
+    C.easy_setopt(c, CURLOPT_POSTFIELDS, j->form);
+    C.easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    C.easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    C.easy_setopt(c, CURLOPT_WRITEDATA, j);
+    C.easy_setopt(c, CURLOPT_ERRORBUFFER, j->curl_error);
+    C.easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    C.easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+    C.easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    C.easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
     if (j->ca_file)
-        curl_easy_setopt(c, CURLOPT_CAINFO, j->ca_file);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, j->verify ? 2L : 0L);
-    cc = curl_easy_perform(c);
+        C.easy_setopt(c, CURLOPT_CAINFO, j->ca_file);
+    C.easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    C.easy_setopt(c, CURLOPT_SSL_VERIFYHOST, j->verify ? 2L : 0L);
+    cc = C.easy_perform(c);
     if (cc == CURLE_OK) {
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &http);
+        C.easy_getinfo(c, CURLINFO_RESPONSE_CODE, &http);
         j->status = 0;
     } else {
         j->status = cc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -ECONNREFUSED;
     }
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(c);
+    C.slist_free_all(hdr);
+    C.easy_cleanup(c);
 }
 
 static void job_free(struct https_job *j)
@@ -205,11 +251,6 @@ static void https_done(uv_work_t *w, int status)
     job_free(j);
 }
 
-static void curl_init_once(void)
-{
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
 int dynreg_https_start(uv_loop_t *loop, const struct dynreg_request *req, dynreg_cb cb, void *arg)
 {
     static uv_once_t once = UV_ONCE_INIT;
@@ -217,7 +258,11 @@ int dynreg_https_start(uv_loop_t *loop, const struct dynreg_request *req, dynreg
     struct https_job *j;
     int rc;
 
-    uv_once(&once, curl_init_once);
+    uv_once(&once, curl_load_once);
+    if (!C.lib) {
+        log_error("HTTPS registration needs libcurl (Debian package libcurl4): %s", C.error);
+        return -ENOSYS;
+    }
     dynreg_random(random);
     rc = sign_register(req->method, req->product_secret, req->product_key, req->device_name, random,
                        sign);
