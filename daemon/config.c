@@ -434,7 +434,8 @@ static void vjerr(struct loader *L, const char *path, bool at_key, const char *f
 {
     int line, col;
     json_pos(L, path, at_key, &line, &col);
-    vreport(L, &L->errs, SRC_CONFIG, line, col, path[0] ? path : "(root)", fmt, ap);
+    /* Without a file (an API object) a key is named bare, even the empty one. */
+    vreport(L, &L->errs, SRC_CONFIG, line, col, path[0] || !L->name ? path : "(root)", fmt, ap);
 }
 
 static void jerr(struct loader *L, const char *path, bool at_key, const char *fmt, ...)
@@ -577,6 +578,212 @@ static void j_names(struct loader *L, json_t *v, const char *path, char ***out, 
 static bool valid_name_char_list(const char *s)
 {
     return *s && strlen(s) <= 64 && chars_ok(s, "_.-$");
+}
+
+static bool j_object(struct loader *L, json_t *v, const char *path)
+{
+    if (json_is_object(v))
+        return true;
+    jerr(L, path, false, "must be an object, got %s", json_type_name(v));
+    return false;
+}
+
+/* ---- choices: a string that must be one of a few names -------------------------------------- */
+
+struct choice {
+    const char *name; /* NULL ends a list */
+    int value;
+};
+
+static bool choice_find(const struct choice *c, const char *s, int *out)
+{
+    for (; c->name; c++) {
+        if (strcmp(c->name, s) == 0) {
+            *out = c->value;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The names for a message: "\"a\"", "\"a\" or \"b\"", "\"a\", \"b\" or \"c\"". */
+static void choice_names(const struct choice *c, char *buf, size_t len)
+{
+    size_t n = 0, used = 0;
+    while (c[n].name)
+        n++;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        const char *sep = i == 0 ? "" : i + 1 == n ? " or " : ", ";
+        int w = snprintf(buf + used, len - used, "%s\"%s\"", sep, c[i].name);
+        if (w < 0 || (size_t)w >= len - used)
+            break;
+        used += (size_t)w;
+    }
+}
+
+static bool j_choice(struct loader *L, json_t *v, const char *path, const struct choice *choices,
+                     int *out)
+{
+    const char *str;
+    char names[256];
+    if (!j_str(L, v, path, &str))
+        return false;
+    if (choice_find(choices, str, out))
+        return true;
+    choice_names(choices, names, sizeof(names));
+    jerr(L, path, false, "must be %s, got \"%s\"", names, str);
+    return false;
+}
+
+static const struct choice durability_choices[] = {
+    {"normal", DURABILITY_NORMAL},
+    {"full", DURABILITY_FULL},
+    {NULL, 0},
+};
+static const struct choice policy_choices[] = {
+    {"drop-oldest", STORE_DROP_OLDEST},
+    {"reject-new", STORE_REJECT_NEW},
+    {NULL, 0},
+};
+static const struct choice register_choices[] = {
+    {"https", REG_HTTPS},
+    {"mqtt", REG_MQTT},
+    {"mqtt-nwl", REG_MQTT_NWL},
+    {NULL, 0},
+};
+
+/* ---- walking an object through a table of its keys ------------------------------------------ */
+
+enum kind {
+    K_SKIP,   /* read elsewhere (in another order) */
+    K_STR,    /* a non-empty string, checked by ok() when given */
+    K_PATH,   /* a non-empty string: a path, resolved against the config's directory */
+    K_INT,    /* an integer in [lo, hi], stored in a field of any integer or enum type */
+    K_NUM,    /* a number in [dlo, dhi] */
+    K_CHOICE, /* one of choices, stored like K_INT */
+    K_NAMES,  /* an array of user or group names; the count goes to the field at off2 */
+    K_FN,     /* fn() reads it */
+};
+
+/*
+ * One key a section allows. Fields live in struct config at off (size bytes); keys whose value
+ * goes elsewhere use fn, which gets the walk's ctx.
+ */
+struct key {
+    const char *name; /* NULL ends a table */
+    enum kind kind;
+    size_t off, size, off2;
+    long long lo, hi;
+    double dlo, dhi;
+    bool (*ok)(const char *s);
+    const char *why; /* K_STR: the reason when ok() refuses */
+    bool quote;      /* K_STR: the reason is followed by the value */
+    const struct choice *choices;
+    void (*fn)(struct loader *L, void *ctx, json_t *v, const char *path);
+};
+
+#define CF(f) .off = offsetof(struct config, f), .size = sizeof(((struct config *)0)->f)
+
+/* A key the table does not list; returns false when it is not one either. */
+typedef bool (*other_fn)(struct loader *L, void *ctx, const char *k, json_t *v, const char *path);
+
+static void store_int(void *dst, size_t size, long long x)
+{
+    if (size == sizeof(int)) {
+        int i = (int)x;
+        memcpy(dst, &i, size);
+    } else {
+        int64_t i = x;
+        memcpy(dst, &i, size);
+    }
+}
+
+static void set_owned(char **dst, char *v)
+{
+    if (v) {
+        free(*dst);
+        *dst = v;
+    }
+}
+
+static void key_read(struct loader *L, const struct key *e, json_t *v, const char *p, void *ctx)
+{
+    char *field = (char *)L->c + e->off;
+    const char *str;
+    long long x;
+    double d;
+    int ch;
+    switch (e->kind) {
+    case K_SKIP:
+        break;
+    case K_STR:
+        if (!j_nonempty(L, v, p, &str))
+            break;
+        if (e->ok && !e->ok(str)) {
+            if (e->quote)
+                jerr(L, p, false, "%s: \"%s\"", e->why, str);
+            else
+                jerr(L, p, false, "%s", e->why);
+        } else {
+            set_owned((char **)field, ldup(L, str));
+        }
+        break;
+    case K_PATH:
+        if (j_nonempty(L, v, p, &str))
+            set_owned((char **)field, resolve_path(L, str));
+        break;
+    case K_INT:
+        if (j_int(L, v, p, e->lo, e->hi, &x))
+            store_int(field, e->size, x);
+        break;
+    case K_NUM:
+        if (j_num(L, v, p, e->dlo, e->dhi, &d))
+            memcpy(field, &d, sizeof(d));
+        break;
+    case K_CHOICE:
+        if (j_choice(L, v, p, e->choices, &ch))
+            store_int(field, e->size, ch);
+        break;
+    case K_NAMES:
+        j_names(L, v, p, (char ***)field, (size_t *)((char *)L->c + e->off2));
+        break;
+    case K_FN:
+        e->fn(L, ctx, v, p);
+        break;
+    }
+}
+
+/*
+ * Reads the members of object o (at path base): "_comment" is skipped, a key of the table keys
+ * (may be NULL) is read by its kind, any other goes to other (may be NULL), and one that is none
+ * of these is reported as an unknown key. Returns false when some key was unknown.
+ */
+static bool walk(struct loader *L, json_t *o, const char *base, const struct key *keys,
+                 other_fn other, void *ctx)
+{
+    const char *k;
+    json_t *v;
+    bool known = true;
+    json_object_foreach(o, k, v)
+    {
+        if (strcmp(k, "_comment") == 0)
+            continue;
+        char *p = jpath(L, base, k);
+        if (!p)
+            continue;
+        const struct key *e = keys;
+        while (e && e->name && strcmp(e->name, k) != 0)
+            e++;
+        if (e && e->name) {
+            key_read(L, e, v, p, ctx);
+        } else if (!other || !other(L, ctx, k, v, p)) {
+            jerr(L, p, true, "unknown key");
+            known = false;
+        }
+        free(p);
+    }
+    return known;
 }
 
 /* ---- devices -------------------------------------------------------------------------------- */
@@ -832,14 +1039,13 @@ static void set_bool(struct dsrc *s, struct dev_build *b, int f, bool v)
 static void set_enum(struct dsrc *s, struct dev_build *b, int f, const char *v)
 {
     if (f == DF_REGISTER) {
-        if (strcmp(v, "https") == 0)
-            b->d.reg = REG_HTTPS;
-        else if (strcmp(v, "mqtt") == 0)
-            b->d.reg = REG_MQTT;
-        else if (strcmp(v, "mqtt-nwl") == 0)
-            b->d.reg = REG_MQTT_NWL;
-        else
-            FAIL(s, f, -1, "must be \"https\", \"mqtt\" or \"mqtt-nwl\", got \"%s\"", v);
+        int reg;
+        char names[256];
+        if (!choice_find(register_choices, v, &reg)) {
+            choice_names(register_choices, names, sizeof(names));
+            FAIL(s, f, -1, "must be %s, got \"%s\"", names, v);
+        }
+        b->d.reg = (enum reg_method)reg;
     } else if (f == DF_SIGN) {
         if (sign_method_parse(v, &b->d.sign_method) < 0)
             FAIL(s, f, -1, "must be \"hmacsha256\", \"hmacsha1\" or \"hmacmd5\", got \"%s\"", v);
@@ -874,12 +1080,21 @@ static void add_topic(struct dsrc *s, struct dev_build *b, long idx, const char 
     b->set |= BIT(DF_TOPICS);
 }
 
-/* One member of a device object (or of "cloud"). false when k is not a key of mask. */
-static bool dev_json_member(struct dsrc *s, struct dev_build *b, const char *k, json_t *v,
-                            unsigned mask)
+/* A device being read from a JSON object (or the per-device keys of "cloud"). */
+struct dev_walk {
+    struct dsrc *s;
+    struct dev_build *b;
+    unsigned mask; /* BIT(field) for each field the object may set */
+};
+
+/* One member of a device object (an other_fn, ctx a dev_walk). false when k is not a field. */
+static bool dev_json_member(struct loader *L, void *ctx, const char *k, json_t *v, const char *path)
 {
+    struct dev_walk *w = ctx;
+    struct dsrc *s = w->s;
+    struct dev_build *b = w->b;
     int f = dfield_lookup(k);
-    if (f < 0 || !(mask & BIT(f)))
+    if (f < 0 || !(w->mask & BIT(f)))
         return false;
     switch (f) {
     case DF_PK:
@@ -1253,26 +1468,13 @@ static void parse_inline_devices(struct loader *L, json_t *arr)
     {
         char path[48];
         snprintf(path, sizeof(path), "devices[%zu]", i);
-        if (!json_is_object(o)) {
-            jerr(L, path, false, "must be an object, got %s", json_type_name(o));
+        if (!j_object(L, o, path))
             continue;
-        }
         struct dsrc s = {.L = L, .path = path};
         struct dev_build b = {0};
-        const char *k;
-        json_t *v;
-        json_object_foreach(o, k, v)
-        {
-            if (strcmp(k, "_comment") == 0)
-                continue;
-            if (!dev_json_member(&s, &b, k, v, MASK_DEVICE)) {
-                char *p = jpath(L, path, k);
-                if (p)
-                    jerr(L, p, true, "unknown key");
-                free(p);
-                s.bad = true;
-            }
-        }
+        struct dev_walk w = {&s, &b, MASK_DEVICE};
+        if (!walk(L, o, path, NULL, dev_json_member, &w))
+            s.bad = true;
         if (!dev_finish(&s, &b, L->c, &L->c->cloud.defaults)) {
             config_device_conf_free(&b.d);
             continue;
@@ -1577,203 +1779,197 @@ out:
 
 /* ---- sections ------------------------------------------------------------------------------- */
 
-static void unknown(struct loader *L, const char *base, const char *k)
+static bool region_ok(const char *s)
 {
-    char *p = jpath(L, base, k);
-    if (p)
-        jerr(L, p, true, "unknown key");
-    free(p);
+    return strlen(s) <= 32 && chars_ok(s, "-");
 }
 
-static void set_owned(char **dst, char *v)
+static bool instance_id_ok(const char *s)
 {
-    if (v) {
-        free(*dst);
-        *dst = v;
-    }
+    return strlen(s) <= 64 && chars_ok(s, "-_");
 }
 
+static bool url_ok(const char *s)
+{
+    return strncmp(s, "https://", 8) == 0 || strncmp(s, "http://", 7) == 0;
+}
+
+static const struct key cloud_keys[] = {
+    {"region", K_STR, CF(cloud.region), .ok = region_ok,
+     .why = "not a region id (like \"cn-shanghai\")", .quote = true},
+    {"instance_id", K_STR, CF(cloud.instance_id), .ok = instance_id_ok,
+     .why = "not an instance id (like \"iot-06z00ab1cd2ef3g\")"},
+    {"register_url", K_STR, CF(cloud.register_url), .ok = url_ok,
+     .why = "must be an https:// (or http://) URL"},
+    {"connect_rate", K_NUM, CF(cloud.connect_rate), .dlo = 0.01, .dhi = 100000},
+    {"connect_burst", K_INT, CF(cloud.connect_burst), .lo = 1, .hi = 100000},
+    {"backoff_min_ms", K_INT, CF(cloud.backoff_min_ms), .lo = 100, .hi = 3600000},
+    {"backoff_max_ms", K_INT, CF(cloud.backoff_max_ms), .lo = 100, .hi = 86400000},
+    {"auth_backoff_ms", K_INT, CF(cloud.auth_backoff_ms), .lo = 1000, .hi = 86400000},
+    {"kick_backoff_ms", K_INT, CF(cloud.kick_backoff_ms), .lo = 1000, .hi = 86400000},
+    {NULL},
+};
+
+/* "cloud": its own keys, and the per-device keys it sets for every device. o may be NULL. */
 static void parse_cloud(struct loader *L, json_t *o)
 {
-    struct config *c = L->c;
     struct dsrc s = {.L = L, .path = "cloud"};
     struct dev_build b = {0};
-    const char *k, *str;
-    json_t *v;
-    long long x;
-    double dv;
-    char p[64];
+    struct dev_walk w = {&s, &b, MASK_CLOUD};
 
     defaults_init(&b.d);
-    if (!o)
-        goto out;
-    if (!json_is_object(o)) {
-        jerr(L, "cloud", false, "must be an object, got %s", json_type_name(o));
-        goto out;
-    }
-    json_object_foreach(o, k, v)
-    {
-        snprintf(p, sizeof(p), "cloud.%.40s", k);
-        if (strcmp(k, "_comment") == 0) {
-            continue;
-        } else if (strcmp(k, "region") == 0) {
-            if (j_nonempty(L, v, p, &str)) {
-                if (strlen(str) > 32 || !chars_ok(str, "-"))
-                    jerr(L, p, false, "not a region id (like \"cn-shanghai\"): \"%s\"", str);
-                else
-                    set_owned(&c->cloud.region, ldup(L, str));
-            }
-        } else if (strcmp(k, "instance_id") == 0) {
-            if (j_nonempty(L, v, p, &str)) {
-                if (strlen(str) > 64 || !chars_ok(str, "-_"))
-                    jerr(L, p, false, "not an instance id (like \"iot-06z00ab1cd2ef3g\")");
-                else
-                    set_owned(&c->cloud.instance_id, ldup(L, str));
-            }
-        } else if (strcmp(k, "register_url") == 0) {
-            if (j_nonempty(L, v, p, &str)) {
-                if (strncmp(str, "https://", 8) != 0 && strncmp(str, "http://", 7) != 0)
-                    jerr(L, p, false, "must be an https:// (or http://) URL");
-                else
-                    set_owned(&c->cloud.register_url, ldup(L, str));
-            }
-        } else if (strcmp(k, "connect_rate") == 0) {
-            if (j_num(L, v, p, 0.01, 100000, &dv))
-                c->cloud.connect_rate = dv;
-        } else if (strcmp(k, "connect_burst") == 0) {
-            if (j_int(L, v, p, 1, 100000, &x))
-                c->cloud.connect_burst = (int)x;
-        } else if (strcmp(k, "backoff_min_ms") == 0) {
-            if (j_int(L, v, p, 100, 3600000, &x))
-                c->cloud.backoff_min_ms = (int)x;
-        } else if (strcmp(k, "backoff_max_ms") == 0) {
-            if (j_int(L, v, p, 100, 86400000, &x))
-                c->cloud.backoff_max_ms = (int)x;
-        } else if (strcmp(k, "auth_backoff_ms") == 0) {
-            if (j_int(L, v, p, 1000, 86400000, &x))
-                c->cloud.auth_backoff_ms = (int)x;
-        } else if (strcmp(k, "kick_backoff_ms") == 0) {
-            if (j_int(L, v, p, 1000, 86400000, &x))
-                c->cloud.kick_backoff_ms = (int)x;
-        } else if (!dev_json_member(&s, &b, k, v, MASK_CLOUD)) {
-            unknown(L, "cloud", k);
-        }
-    }
-out:
+    if (o && j_object(L, o, "cloud"))
+        walk(L, o, "cloud", cloud_keys, dev_json_member, &w);
     if (!(b.set & BIT(DF_CA)))
         b.d.ca_file = ldup(L, DEFAULT_CA_FILE);
     /* host, port and securemode stay 0/NULL unless given: they are derived per device. */
-    c->cloud.defaults = b.d;
+    L->c->cloud.defaults = b.d;
 }
 
-static void parse_store(struct loader *L, json_t *o)
+static const struct key store_keys[] = {
+    {"path", K_PATH, CF(store.path)},
+    {"durability", K_CHOICE, CF(store.durability), .choices = durability_choices},
+    {"max_bytes", K_INT, CF(store.max_bytes), .lo = 65536, .hi = INT64_MAX},
+    {"policy", K_CHOICE, CF(store.policy), .choices = policy_choices},
+    {"ttl", K_INT, CF(store.ttl_s), .lo = 0, .hi = 100LL * 365 * 86400},
+    {"inflight", K_INT, CF(store.inflight), .lo = 1, .hi = 65534},
+    {"inflight_total", K_INT, CF(store.inflight_total), .lo = 1, .hi = 65534},
+    {NULL},
+};
+
+static void parse_store(struct loader *L, void *ctx, json_t *o, const char *path)
 {
     struct config *c = L->c;
-    const char *k, *str;
-    json_t *v;
-    long long x;
-    char p[64];
-    if (!json_is_object(o)) {
-        jerr(L, "store", false, "must be an object, got %s", json_type_name(o));
+    if (!j_object(L, o, path))
         return;
-    }
-    json_object_foreach(o, k, v)
-    {
-        snprintf(p, sizeof(p), "store.%.40s", k);
-        if (strcmp(k, "_comment") == 0) {
-            continue;
-        } else if (strcmp(k, "path") == 0) {
-            if (j_nonempty(L, v, p, &str))
-                set_owned(&c->store.path, resolve_path(L, str));
-        } else if (strcmp(k, "durability") == 0) {
-            if (j_str(L, v, p, &str)) {
-                if (strcmp(str, "normal") == 0)
-                    c->store.durability = DURABILITY_NORMAL;
-                else if (strcmp(str, "full") == 0)
-                    c->store.durability = DURABILITY_FULL;
-                else
-                    jerr(L, p, false, "must be \"normal\" or \"full\", got \"%s\"", str);
-            }
-        } else if (strcmp(k, "max_bytes") == 0) {
-            if (j_int(L, v, p, 65536, INT64_MAX, &x))
-                c->store.max_bytes = x;
-        } else if (strcmp(k, "policy") == 0) {
-            if (j_str(L, v, p, &str)) {
-                if (strcmp(str, "drop-oldest") == 0)
-                    c->store.policy = STORE_DROP_OLDEST;
-                else if (strcmp(str, "reject-new") == 0)
-                    c->store.policy = STORE_REJECT_NEW;
-                else
-                    jerr(L, p, false, "must be \"drop-oldest\" or \"reject-new\", got \"%s\"", str);
-            }
-        } else if (strcmp(k, "ttl") == 0) {
-            if (j_int(L, v, p, 0, 100LL * 365 * 86400, &x))
-                c->store.ttl_s = x;
-        } else if (strcmp(k, "inflight") == 0) {
-            if (j_int(L, v, p, 1, 65534, &x))
-                c->store.inflight = (int)x;
-        } else if (strcmp(k, "inflight_total") == 0) {
-            if (j_int(L, v, p, 1, 65534, &x))
-                c->store.inflight_total = (int)x;
-        } else {
-            unknown(L, "store", k);
-        }
-    }
+    walk(L, o, path, store_keys, NULL, NULL);
     if (c->store.inflight > c->store.inflight_total)
         jerr(L, "store.inflight", false, "must not exceed store.inflight_total (%d)",
              c->store.inflight_total);
 }
 
-static void parse_api(struct loader *L, json_t *o)
+static const struct key api_keys[] = {
+    {"socket", K_PATH, CF(api.socket)},
+    {"group", K_STR, CF(api.group), .ok = valid_name_char_list, .why = "not a valid group name"},
+    {"allow_users", K_NAMES, CF(api.allow_users),
+     .off2 = offsetof(struct config, api.n_allow_users)},
+    {"allow_groups", K_NAMES, CF(api.allow_groups),
+     .off2 = offsetof(struct config, api.n_allow_groups)},
+    {"admin_users", K_NAMES, CF(api.admin_users),
+     .off2 = offsetof(struct config, api.n_admin_users)},
+    {"admin_groups", K_NAMES, CF(api.admin_groups),
+     .off2 = offsetof(struct config, api.n_admin_groups)},
+    {"max_line", K_INT, CF(api.max_line), .lo = 4096, .hi = 64LL << 20},
+    {"max_payload", K_INT, CF(api.max_payload), .lo = 1, .hi = 64LL << 20},
+    {"service_timeout_ms", K_INT, CF(api.service_timeout_ms), .lo = 100, .hi = 600000},
+    {NULL},
+};
+
+static void parse_api(struct loader *L, void *ctx, json_t *o, const char *path)
 {
     struct config *c = L->c;
-    const char *k, *str;
-    json_t *v;
-    long long x;
-    char p[64];
-    if (!json_is_object(o)) {
-        jerr(L, "api", false, "must be an object, got %s", json_type_name(o));
+    if (!j_object(L, o, path))
         return;
-    }
-    json_object_foreach(o, k, v)
-    {
-        snprintf(p, sizeof(p), "api.%.40s", k);
-        if (strcmp(k, "_comment") == 0) {
-            continue;
-        } else if (strcmp(k, "socket") == 0) {
-            if (j_nonempty(L, v, p, &str))
-                set_owned(&c->api.socket, resolve_path(L, str));
-        } else if (strcmp(k, "group") == 0) {
-            if (j_nonempty(L, v, p, &str)) {
-                if (!valid_name_char_list(str))
-                    jerr(L, p, false, "not a valid group name");
-                else
-                    set_owned(&c->api.group, ldup(L, str));
-            }
-        } else if (strcmp(k, "allow_users") == 0) {
-            j_names(L, v, p, &c->api.allow_users, &c->api.n_allow_users);
-        } else if (strcmp(k, "allow_groups") == 0) {
-            j_names(L, v, p, &c->api.allow_groups, &c->api.n_allow_groups);
-        } else if (strcmp(k, "admin_users") == 0) {
-            j_names(L, v, p, &c->api.admin_users, &c->api.n_admin_users);
-        } else if (strcmp(k, "admin_groups") == 0) {
-            j_names(L, v, p, &c->api.admin_groups, &c->api.n_admin_groups);
-        } else if (strcmp(k, "max_line") == 0) {
-            if (j_int(L, v, p, 4096, 64LL << 20, &x))
-                c->api.max_line = (size_t)x;
-        } else if (strcmp(k, "max_payload") == 0) {
-            if (j_int(L, v, p, 1, 64LL << 20, &x))
-                c->api.max_payload = (size_t)x;
-        } else if (strcmp(k, "service_timeout_ms") == 0) {
-            if (j_int(L, v, p, 100, 600000, &x))
-                c->api.service_timeout_ms = (int)x;
-        } else {
-            unknown(L, "api", k);
-        }
-    }
+    walk(L, o, path, api_keys, NULL, NULL);
     if (c->api.max_payload > c->api.max_line)
         jerr(L, "api.max_payload", false, "must not exceed api.max_line (%zu)", c->api.max_line);
 }
+
+/* One entry of "plugins" being read (the ctx of its key handlers). */
+struct plugin_walk {
+    struct plugin_conf *pc;
+    size_t i; /* its index in "plugins" */
+    bool named;
+};
+
+static void plugin_name(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    struct plugin_walk *w = ctx;
+    struct plugin_conf *pc = w->pc;
+    const char *str;
+    w->named = true;
+    if (!j_nonempty(L, v, p, &str))
+        return;
+    if (strchr(str, '/')) {
+        pc->name = ldup(L, str);
+        pc->path = resolve_path(L, str);
+    } else if (strlen(str) > 64 || !chars_ok(str, "_-")) {
+        jerr(L, p, false,
+             "a plugin name may contain only letters, digits, '_' and '-' (or "
+             "give a path containing '/')");
+    } else {
+        const char *env = getenv("ALIGW_PLUGIN_PATH");
+        pc->name = ldup(L, str);
+        pc->path = lfmt(L, "%s/%s.so", env && *env ? env : ALIGW_PLUGIN_DIR, str);
+    }
+}
+
+static void plugin_config(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    struct plugin_walk *w = ctx;
+    if (j_object(L, v, p))
+        w->pc->config = json_incref(v);
+}
+
+/* The plugin's devices: each one configured, and owned by no other plugin. */
+static void plugin_devices(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    struct plugin_walk *w = ctx;
+    struct plugin_conf *pc = w->pc;
+    struct config *c = L->c;
+    const char *str;
+    if (!json_is_array(v)) {
+        jerr(L, p, false, "must be an array of \"productKey/deviceName\" strings");
+        return;
+    }
+    pc->devices = calloc(json_array_size(v) + 1, sizeof(*pc->devices));
+    if (!pc->devices) {
+        L->oom = true;
+        return;
+    }
+    size_t j;
+    json_t *el;
+    json_array_foreach(v, j, el)
+    {
+        char ep[128];
+        snprintf(ep, sizeof(ep), "%s[%zu]", p, j);
+        if (!j_str(L, el, ep, &str))
+            continue;
+        const char *slash = strchr(str, '/');
+        if (!slash || slash == str || !slash[1]) {
+            jerr(L, ep, false, "must be \"productKey/deviceName\", got \"%s\"", str);
+            continue;
+        }
+        char *pk = strndup(str, (size_t)(slash - str));
+        if (!pk) {
+            L->oom = true;
+            continue;
+        }
+        const struct device_conf *d = NULL;
+        uint32_t h = dev_hash(pk, slash + 1);
+        long di = index_find(c->index, c->devices, pk, slash + 1, h);
+        free(pk);
+        if (di >= 0)
+            d = &c->devices[di];
+        if (!d) {
+            jerr(L, ep, false, "no such device \"%s\" (not in devices or devices_file)", str);
+            continue;
+        }
+        if (L->owner[di] >= 0) {
+            jerr(L, ep, false, "device %s already belongs to plugins[%d]", str, L->owner[di]);
+            continue;
+        }
+        L->owner[di] = (int)w->i;
+        pc->devices[pc->n_devices++] = ldup(L, str);
+    }
+}
+
+static const struct key plugin_keys[] = {
+    {"name", K_FN, .fn = plugin_name},
+    {"config", K_FN, .fn = plugin_config},
+    {"devices", K_FN, .fn = plugin_devices},
+    {NULL},
+};
 
 static void parse_plugins(struct loader *L, json_t *arr)
 {
@@ -1792,97 +1988,16 @@ static void parse_plugins(struct loader *L, json_t *arr)
     json_t *o;
     json_array_foreach(arr, i, o)
     {
-        char path[48], p[96];
+        char path[48];
         snprintf(path, sizeof(path), "plugins[%zu]", i);
-        if (!json_is_object(o)) {
-            jerr(L, path, false, "must be an object, got %s", json_type_name(o));
+        if (!j_object(L, o, path))
             continue;
-        }
-        struct plugin_conf *pc = &c->plugins[c->n_plugins++];
-        const char *k, *str;
-        json_t *v;
-        bool named = false;
-        json_object_foreach(o, k, v)
-        {
-            snprintf(p, sizeof(p), "%s.%.40s", path, k);
-            if (strcmp(k, "_comment") == 0) {
-                continue;
-            } else if (strcmp(k, "name") == 0) {
-                named = true;
-                if (!j_nonempty(L, v, p, &str))
-                    continue;
-                if (strchr(str, '/')) {
-                    pc->name = ldup(L, str);
-                    pc->path = resolve_path(L, str);
-                } else if (strlen(str) > 64 || !chars_ok(str, "_-")) {
-                    jerr(L, p, false,
-                         "a plugin name may contain only letters, digits, '_' and '-' (or "
-                         "give a path containing '/')");
-                } else {
-                    const char *env = getenv("ALIGW_PLUGIN_PATH");
-                    pc->name = ldup(L, str);
-                    pc->path = lfmt(L, "%s/%s.so", env && *env ? env : ALIGW_PLUGIN_DIR, str);
-                }
-            } else if (strcmp(k, "config") == 0) {
-                if (!json_is_object(v))
-                    jerr(L, p, false, "must be an object, got %s", json_type_name(v));
-                else
-                    pc->config = json_incref(v);
-            } else if (strcmp(k, "devices") == 0) {
-                if (!json_is_array(v)) {
-                    jerr(L, p, false, "must be an array of \"productKey/deviceName\" strings");
-                    continue;
-                }
-                pc->devices = calloc(json_array_size(v) + 1, sizeof(*pc->devices));
-                if (!pc->devices) {
-                    L->oom = true;
-                    continue;
-                }
-                size_t j;
-                json_t *el;
-                json_array_foreach(v, j, el)
-                {
-                    char ep[128];
-                    snprintf(ep, sizeof(ep), "%s[%zu]", p, j);
-                    if (!j_str(L, el, ep, &str))
-                        continue;
-                    const char *slash = strchr(str, '/');
-                    if (!slash || slash == str || !slash[1]) {
-                        jerr(L, ep, false, "must be \"productKey/deviceName\", got \"%s\"", str);
-                        continue;
-                    }
-                    char *pk = strndup(str, (size_t)(slash - str));
-                    if (!pk) {
-                        L->oom = true;
-                        continue;
-                    }
-                    const struct device_conf *d = NULL;
-                    uint32_t h = dev_hash(pk, slash + 1);
-                    long di = index_find(c->index, c->devices, pk, slash + 1, h);
-                    free(pk);
-                    if (di >= 0)
-                        d = &c->devices[di];
-                    if (!d) {
-                        jerr(L, ep, false, "no such device \"%s\" (not in devices or devices_file)",
-                             str);
-                        continue;
-                    }
-                    if (L->owner[di] >= 0) {
-                        jerr(L, ep, false, "device %s already belongs to plugins[%d]", str,
-                             L->owner[di]);
-                        continue;
-                    }
-                    L->owner[di] = (int)i;
-                    pc->devices[pc->n_devices++] = ldup(L, str);
-                }
-            } else {
-                unknown(L, path, k);
-            }
-        }
-        if (!named)
+        struct plugin_walk w = {.pc = &c->plugins[c->n_plugins++], .i = i};
+        walk(L, o, path, plugin_keys, NULL, &w);
+        if (!w.named)
             jerr(L, path, false, "a plugin needs a \"name\"");
-        if (!pc->config)
-            pc->config = json_object();
+        if (!w.pc->config)
+            w.pc->config = json_object();
     }
 }
 
@@ -1944,11 +2059,37 @@ static void load_devices_file(struct loader *L, const char *given)
         check_private(L, L->dev_display, &st);
 }
 
+static void root_log_level(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    const char *str;
+    if (!j_str(L, v, p, &str))
+        return;
+    int lv = log_level_parse(str);
+    if (lv < 0)
+        jerr(L, p, false,
+             "must be \"error\", \"warning\", \"notice\", \"info\" or \"debug\", got \"%s\"", str);
+    else
+        L->c->log_level = lv;
+}
+
+/* The top level. The keys read after the walk are those whose order matters. */
+static const struct key root_keys[] = {
+    {.name = "cloud", .kind = K_SKIP},
+    {.name = "devices", .kind = K_SKIP},
+    {.name = "devices_file", .kind = K_SKIP},
+    {.name = "plugins", .kind = K_SKIP},
+    {"log_level", K_FN, .fn = root_log_level},
+    {"state_dir", K_PATH, CF(state_dir)},
+    {"runtime_dir", K_PATH, CF(runtime_dir)},
+    {"store", K_FN, .fn = parse_store},
+    {"api", K_FN, .fn = parse_api},
+    {NULL},
+};
+
 static void parse_root(struct loader *L, json_t *root)
 {
     struct config *c = L->c;
-    const char *k, *str;
-    json_t *v;
+    const char *str;
     json_t *cloud = json_object_get(root, "cloud");
 
     /* "cloud" first: devices resolve against it wherever it stands in the file. */
@@ -1959,36 +2100,7 @@ static void parse_root(struct loader *L, json_t *root)
     if (!c->cloud.region)
         c->cloud.region = ldup(L, "cn-shanghai");
 
-    json_object_foreach(root, k, v)
-    {
-        if (strcmp(k, "_comment") == 0 || strcmp(k, "cloud") == 0 || strcmp(k, "devices") == 0 ||
-            strcmp(k, "devices_file") == 0 || strcmp(k, "plugins") == 0) {
-            continue;
-        } else if (strcmp(k, "log_level") == 0) {
-            if (j_str(L, v, k, &str)) {
-                int lv = log_level_parse(str);
-                if (lv < 0)
-                    jerr(L, k, false,
-                         "must be \"error\", \"warning\", \"notice\", \"info\" or \"debug\", "
-                         "got \"%s\"",
-                         str);
-                else
-                    c->log_level = lv;
-            }
-        } else if (strcmp(k, "state_dir") == 0) {
-            if (j_nonempty(L, v, k, &str))
-                set_owned(&c->state_dir, resolve_path(L, str));
-        } else if (strcmp(k, "runtime_dir") == 0) {
-            if (j_nonempty(L, v, k, &str))
-                set_owned(&c->runtime_dir, resolve_path(L, str));
-        } else if (strcmp(k, "store") == 0) {
-            parse_store(L, v);
-        } else if (strcmp(k, "api") == 0) {
-            parse_api(L, v);
-        } else {
-            unknown(L, "", k);
-        }
-    }
+    walk(L, root, "", root_keys, NULL, NULL);
 
     json_t *devs = json_object_get(root, "devices");
     if (devs)
@@ -2189,9 +2301,8 @@ int config_device_from_json(const struct config *c, json_t *obj, struct device_c
     struct loader L = {.name = NULL};
     struct dsrc s = {.L = &L, .path = ""};
     struct dev_build b = {0};
+    struct dev_walk w = {&s, &b, MASK_DEVICE};
     struct device_conf builtin;
-    const char *k;
-    json_t *v;
     int r = -EINVAL;
 
     memset(out, 0, sizeof(*out));
@@ -2200,15 +2311,8 @@ int config_device_from_json(const struct config *c, json_t *obj, struct device_c
         report(&L, SRC_CONFIG, 0, 0, "device", "must be a JSON object");
         goto out;
     }
-    json_object_foreach(obj, k, v)
-    {
-        if (strcmp(k, "_comment") == 0)
-            continue;
-        if (!dev_json_member(&s, &b, k, v, MASK_DEVICE)) {
-            report(&L, SRC_CONFIG, 0, 0, k, "unknown key");
-            s.bad = true;
-        }
-    }
+    if (!walk(&L, obj, "", NULL, dev_json_member, &w))
+        s.bad = true;
     if (dev_finish(&s, &b, c, c ? &c->cloud.defaults : &builtin) && L.errs.n == 0) {
         b.d.runtime = true;
         *out = b.d;

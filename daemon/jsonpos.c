@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +69,22 @@ static int grow_table(struct jsonpos *jp)
     return 0;
 }
 
+/* Makes room for need bytes in *buf, doubling its capacity *cap (from first when empty). */
+static int reserve(char **buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : first;
+    while (ncap < need)
+        ncap *= 2;
+    char *nb = realloc(*buf, ncap);
+    if (!nb)
+        return -ENOMEM;
+    *buf = nb;
+    *cap = ncap;
+    return 0;
+}
+
 static int put(struct jsonpos *jp, const char *path, size_t len, const struct jsonpos_at *at)
 {
     if ((jp->n + 1) * 2 > jp->cap && grow_table(jp) < 0)
@@ -82,16 +99,8 @@ static int put(struct jsonpos *jp, const char *path, size_t len, const struct js
         }
         j = (j + 1) & (jp->cap - 1);
     }
-    if (jp->arena_len + len + 1 > jp->arena_cap) {
-        size_t ncap = jp->arena_cap ? jp->arena_cap * 2 : 1024;
-        while (ncap < jp->arena_len + len + 1)
-            ncap *= 2;
-        char *na = realloc(jp->arena, ncap);
-        if (!na)
-            return -ENOMEM;
-        jp->arena = na;
-        jp->arena_cap = ncap;
-    }
+    if (reserve(&jp->arena, &jp->arena_cap, jp->arena_len + len + 1, 1024) < 0)
+        return -ENOMEM;
     memcpy(jp->arena + jp->arena_len, path, len);
     jp->arena[jp->arena_len + len] = '\0';
     jp->slots[j].used = 1;
@@ -124,16 +133,8 @@ static void skip_ws(struct tok *t)
 
 static int path_append(struct tok *t, const char *s, size_t n)
 {
-    if (t->path_len + n + 1 > t->path_cap) {
-        size_t ncap = t->path_cap ? t->path_cap * 2 : 256;
-        while (ncap < t->path_len + n + 1)
-            ncap *= 2;
-        char *np = realloc(t->path, ncap);
-        if (!np)
-            return -ENOMEM;
-        t->path = np;
-        t->path_cap = ncap;
-    }
+    if (reserve(&t->path, &t->path_cap, t->path_len + n + 1, 256) < 0)
+        return -ENOMEM;
     memcpy(t->path + t->path_len, s, n);
     t->path_len += n;
     t->path[t->path_len] = '\0';
@@ -262,87 +263,61 @@ static int record(struct tok *t, int key_line, int key_col)
     return put(t->jp, t->path, t->path_len, &at);
 }
 
-static int object(struct tok *t)
+/* At a member's key: appends ".key" ("key" at the root) to the path and steps past the colon. */
+static int member_key(struct tok *t, size_t base)
 {
-    adv(t); /* { */
-    size_t base = t->path_len;
-    for (;;) {
-        skip_ws(t);
-        if (t->p >= t->end)
-            return -1;
-        if (*t->p == '}') {
-            adv(t);
-            return 0;
-        }
-        if (*t->p != '"')
-            return -1;
-        int kl = t->line, kc = t->col;
-        if (base > 0 && path_append(t, ".", 1) < 0)
-            return -1;
-        if (string(t, 1) < 0)
-            return -1;
-        skip_ws(t);
-        if (t->p >= t->end || *t->p != ':')
-            return -1;
-        adv(t);
-        skip_ws(t);
-        if (record(t, kl, kc) < 0 || value(t) < 0)
-            return -1;
-        t->path_len = base;
-        t->path[base] = '\0';
-        skip_ws(t);
-        if (t->p < t->end && *t->p == ',') {
-            adv(t);
-            continue;
-        }
-        if (t->p < t->end && *t->p == '}') {
-            adv(t);
-            return 0;
-        }
+    if (*t->p != '"')
         return -1;
-    }
+    if (base > 0 && path_append(t, ".", 1) < 0)
+        return -1;
+    if (string(t, 1) < 0)
+        return -1;
+    skip_ws(t);
+    if (t->p >= t->end || *t->p != ':')
+        return -1;
+    adv(t);
+    skip_ws(t);
+    return 0;
 }
 
-static int array(struct tok *t)
+/* At an array element: appends "[i]" to the path. */
+static int element_index(struct tok *t, size_t i)
 {
-    adv(t); /* [ */
+    char idx[32];
+    int n = snprintf(idx, sizeof(idx), "[%zu]", i);
+    return path_append(t, idx, (size_t)n);
+}
+
+/*
+ * At '{' or '[': reads the members or elements up to the closing bracket, recording each one's
+ * path and position before descending into its value. Objects and arrays differ only in how an
+ * entry extends the path.
+ */
+static int container(struct tok *t)
+{
+    unsigned char close = *t->p == '{' ? '}' : ']';
+    adv(t);
     size_t base = t->path_len;
     for (size_t i = 0;; i++) {
         skip_ws(t);
         if (t->p >= t->end)
             return -1;
-        if (*t->p == ']') {
+        if (*t->p == close) {
             adv(t);
             return 0;
         }
-        char idx[32];
-        int n = 0;
-        size_t v = i;
-        char rev[24];
-        do {
-            rev[n++] = (char)('0' + v % 10);
-            v /= 10;
-        } while (v);
-        idx[0] = '[';
-        for (int k = 0; k < n; k++)
-            idx[1 + k] = rev[n - 1 - k];
-        idx[1 + n] = ']';
-        if (path_append(t, idx, (size_t)n + 2) < 0)
+        int kl = t->line, kc = t->col;
+        if ((close == '}' ? member_key(t, base) : element_index(t, i)) < 0)
             return -1;
-        if (record(t, t->line, t->col) < 0 || value(t) < 0)
+        if (record(t, kl, kc) < 0 || value(t) < 0)
             return -1;
         t->path_len = base;
         t->path[base] = '\0';
         skip_ws(t);
-        if (t->p < t->end && *t->p == ',') {
-            adv(t);
-            continue;
-        }
-        if (t->p < t->end && *t->p == ']') {
-            adv(t);
-            return 0;
-        }
-        return -1;
+        if (t->p >= t->end || (*t->p != ',' && *t->p != close))
+            return -1;
+        if (*t->p == ',')
+            adv(t); /* a closing bracket is read at the top of the loop */
     }
 }
 
@@ -356,10 +331,8 @@ static int value(struct tok *t)
         return -1;
     switch (*t->p) {
     case '{':
-        r = object(t);
-        break;
     case '[':
-        r = array(t);
+        r = container(t);
         break;
     case '"':
         r = string(t, 0);
