@@ -25,18 +25,18 @@
  */
 #include <aligw/plugin.h>
 
+#include "plugin_util.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <modbus.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 enum fn { FN_HOLDING, FN_INPUT, FN_COIL, FN_DISCRETE };
 enum type { T_BOOL, T_INT16, T_UINT16, T_INT32, T_UINT32, T_FLOAT32 };
@@ -119,54 +119,7 @@ struct mb {
     bool stop;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int fail(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    if (err && len) {
-        va_start(ap, fmt);
-        vsnprintf(err, len, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
-
 /* ---- config ---- */
-
-static int get_int(json_t *o, const char *key, long def, long lo, long hi, long *out,
-                   const char *where, char *err, size_t len)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return fail(err, len, "%s: \"%s\" must be an integer %ld..%ld", where, key, lo, hi);
-    *out = (long)json_integer_value(v);
-    return 0;
-}
-
-static int get_num(json_t *o, const char *key, double def, double *out, const char *where,
-                   char *err, size_t len)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_number(v))
-        return fail(err, len, "%s: \"%s\" must be a number", where, key);
-    *out = json_number_value(v);
-    return 0;
-}
 
 static const char *get_str(json_t *o, const char *key, const char *def)
 {
@@ -182,12 +135,12 @@ static int parse_reg(json_t *o, struct reg *r, const char *w, char *err, size_t 
 
     memset(r, 0, sizeof *r);
     if (!json_is_object(o))
-        return fail(err, len, "%s: must be an object", w);
+        return plugin_fail(err, len, "%s: must be an object", w);
     if (!id || !*id || strlen(id) >= sizeof r->id)
-        return fail(err, len, "%s: \"id\" must be a string of 1..64 characters", w);
+        return plugin_fail(err, len, "%s: \"id\" must be a string of 1..64 characters", w);
     snprintf(r->id, sizeof r->id, "%s", id);
     if (!fn)
-        return fail(err, len, "%s: \"function\" must be a string", w);
+        return plugin_fail(err, len, "%s: \"function\" must be a string", w);
     if (strcmp(fn, "holding") == 0)
         r->fn = FN_HOLDING;
     else if (strcmp(fn, "input") == 0)
@@ -197,52 +150,55 @@ static int parse_reg(json_t *o, struct reg *r, const char *w, char *err, size_t 
     else if (strcmp(fn, "discrete") == 0)
         r->fn = FN_DISCRETE;
     else
-        return fail(err, len, "%s: \"function\" must be holding, input, coil or discrete", w);
-    if (get_int(o, "address", -1, 0, 65535, &addr, w, err, len) < 0)
+        return plugin_fail(err, len, "%s: \"function\" must be holding, input, coil or discrete",
+                           w);
+    if (plugin_get_int(o, "address", -1, 0, 65535, &addr, w, err, len) < 0)
         return -EINVAL;
     if (addr < 0)
-        return fail(err, len, "%s: \"address\" is required", w);
+        return plugin_fail(err, len, "%s: \"address\" is required", w);
     r->addr = (int)addr;
     bool bits = r->fn == FN_COIL || r->fn == FN_DISCRETE;
     type = get_str(o, "type", bits ? "bool" : "uint16");
     if (!type)
-        return fail(err, len, "%s: \"type\" must be a string", w);
+        return plugin_fail(err, len, "%s: \"type\" must be a string", w);
     static const char *const tn[] = {"bool", "int16", "uint16", "int32", "uint32", "float32"};
     r->type = (enum type) - 1;
     for (int i = 0; i < 6; i++)
         if (strcmp(type, tn[i]) == 0)
             r->type = (enum type)i;
     if ((int)r->type < 0)
-        return fail(err, len, "%s: \"type\" must be bool, int16, uint16, int32, uint32 or float32",
-                    w);
+        return plugin_fail(err, len,
+                           "%s: \"type\" must be bool, int16, uint16, int32, uint32 or float32", w);
     if (bits != (r->type == T_BOOL))
-        return fail(err, len, "%s: coils and discrete inputs are bool, registers are not", w);
+        return plugin_fail(err, len, "%s: coils and discrete inputs are bool, registers are not",
+                           w);
     r->nregs = r->type >= T_INT32 ? 2 : 1;
     if (r->addr + r->nregs - 1 > 65535)
-        return fail(err, len, "%s: \"address\" too high for the type", w);
+        return plugin_fail(err, len, "%s: \"address\" too high for the type", w);
     order = get_str(o, "word_order", r->nregs == 2 ? "ABCD" : "AB");
     if (!order || strlen(order) != (size_t)(r->nregs * 2))
-        return fail(err, len, "%s: \"word_order\" must be %s", w,
-                    r->nregs == 2 ? "ABCD, CDAB, BADC or DCBA" : "AB or BA");
+        return plugin_fail(err, len, "%s: \"word_order\" must be %s", w,
+                           r->nregs == 2 ? "ABCD, CDAB, BADC or DCBA" : "AB or BA");
     if (r->nregs == 2 && strcmp(order, "ABCD") && strcmp(order, "CDAB") && strcmp(order, "BADC") &&
         strcmp(order, "DCBA"))
-        return fail(err, len, "%s: \"word_order\" must be ABCD, CDAB, BADC or DCBA", w);
+        return plugin_fail(err, len, "%s: \"word_order\" must be ABCD, CDAB, BADC or DCBA", w);
     if (r->nregs == 1 && strcmp(order, "AB") && strcmp(order, "BA"))
-        return fail(err, len, "%s: \"word_order\" must be AB or BA", w);
+        return plugin_fail(err, len, "%s: \"word_order\" must be AB or BA", w);
     snprintf(r->order, sizeof r->order, "%s", order);
-    if (get_num(o, "scale", 1, &r->scale, w, err, len) ||
-        get_num(o, "offset", 0, &r->offset, w, err, len) ||
-        get_int(o, "decimals", -1, -1, 10, &dec, w, err, len))
+    if (plugin_get_num(o, "scale", 1, &r->scale, w, err, len) ||
+        plugin_get_num(o, "offset", 0, &r->offset, w, err, len) ||
+        plugin_get_int(o, "decimals", -1, -1, 10, &dec, w, err, len))
         return -EINVAL;
     if (r->scale == 0 || !isfinite(r->scale) || !isfinite(r->offset))
-        return fail(err, len, "%s: \"scale\" must be a non-zero number", w);
+        return plugin_fail(err, len, "%s: \"scale\" must be a non-zero number", w);
     r->decimals = (int)dec;
     wr = json_object_get(o, "writable");
     if (wr && !json_is_boolean(wr))
-        return fail(err, len, "%s: \"writable\" must be true or false", w);
+        return plugin_fail(err, len, "%s: \"writable\" must be true or false", w);
     r->writable = json_is_true(wr);
     if (r->writable && (r->fn == FN_INPUT || r->fn == FN_DISCRETE))
-        return fail(err, len, "%s: input registers and discrete inputs cannot be writable", w);
+        return plugin_fail(err, len, "%s: input registers and discrete inputs cannot be writable",
+                           w);
     return 0;
 }
 
@@ -296,7 +252,8 @@ static int parse_regs(json_t *arr, struct mdev *d, const char *where, char *err,
     json_t *o;
     char w[300];
     if (!json_is_array(arr) || n == 0 || n > 1000)
-        return fail(err, len, "%s: \"registers\" must be an array of 1..1000 registers", where);
+        return plugin_fail(err, len, "%s: \"registers\" must be an array of 1..1000 registers",
+                           where);
     d->regs = calloc(n, sizeof *d->regs);
     if (!d->regs)
         return -ENOMEM;
@@ -308,7 +265,7 @@ static int parse_regs(json_t *arr, struct mdev *d, const char *where, char *err,
         d->n_regs = i + 1;
         for (size_t j = 0; j < i; j++)
             if (strcmp(d->regs[j].id, d->regs[i].id) == 0)
-                return fail(err, len, "%s: duplicate id \"%s\"", w, d->regs[i].id);
+                return plugin_fail(err, len, "%s: duplicate id \"%s\"", w, d->regs[i].id);
     }
     return 0;
 }
@@ -320,41 +277,41 @@ static int parse_bus(json_t *o, const char *name, struct bus *b, char *err, size
     long v;
     snprintf(w, sizeof w, "config: buses.%s", name);
     if (!json_is_object(o) || strlen(name) >= sizeof b->name)
-        return fail(err, len, "%s: must be an object (name up to 63 characters)", w);
+        return plugin_fail(err, len, "%s: must be an object (name up to 63 characters)", w);
     snprintf(b->name, sizeof b->name, "%s", name);
-    if (get_int(o, "timeout_ms", 1000, 10, 60000, &b->timeout_ms, w, err, len) ||
-        get_int(o, "reconnect_min_ms", 500, 10, 3600000, &b->backoff_min_ms, w, err, len) ||
-        get_int(o, "reconnect_max_ms", 30000, 10, 3600000, &b->backoff_max_ms, w, err, len))
+    if (plugin_get_int(o, "timeout_ms", 1000, 10, 60000, &b->timeout_ms, w, err, len) ||
+        plugin_get_int(o, "reconnect_min_ms", 500, 10, 3600000, &b->backoff_min_ms, w, err, len) ||
+        plugin_get_int(o, "reconnect_max_ms", 30000, 10, 3600000, &b->backoff_max_ms, w, err, len))
         return -EINVAL;
     if (type && strcmp(type, "tcp") == 0) {
         s = get_str(o, "host", "127.0.0.1");
         if (!s || !*s || strlen(s) >= sizeof b->host)
-            return fail(err, len, "%s: \"host\" must be a host name or address", w);
+            return plugin_fail(err, len, "%s: \"host\" must be a host name or address", w);
         snprintf(b->host, sizeof b->host, "%s", s);
-        if (get_int(o, "port", 502, 1, 65535, &v, w, err, len))
+        if (plugin_get_int(o, "port", 502, 1, 65535, &v, w, err, len))
             return -EINVAL;
         snprintf(b->port, sizeof b->port, "%ld", v);
     } else if (type && strcmp(type, "rtu") == 0) {
         b->rtu = true;
         s = get_str(o, "device", NULL);
         if (!s || !*s || strlen(s) >= sizeof b->device)
-            return fail(err, len, "%s: \"device\" (serial port path) is required", w);
+            return plugin_fail(err, len, "%s: \"device\" (serial port path) is required", w);
         snprintf(b->device, sizeof b->device, "%s", s);
         s = get_str(o, "parity", "N");
         if (!s || strlen(s) != 1 || !strchr("NEO", s[0]))
-            return fail(err, len, "%s: \"parity\" must be N, E or O", w);
+            return plugin_fail(err, len, "%s: \"parity\" must be N, E or O", w);
         b->parity = s[0];
-        if (get_int(o, "baud", 9600, 300, 4000000, &v, w, err, len))
+        if (plugin_get_int(o, "baud", 9600, 300, 4000000, &v, w, err, len))
             return -EINVAL;
         b->baud = (int)v;
-        if (get_int(o, "data_bits", 8, 5, 8, &v, w, err, len))
+        if (plugin_get_int(o, "data_bits", 8, 5, 8, &v, w, err, len))
             return -EINVAL;
         b->data_bits = (int)v;
-        if (get_int(o, "stop_bits", 1, 1, 2, &v, w, err, len))
+        if (plugin_get_int(o, "stop_bits", 1, 1, 2, &v, w, err, len))
             return -EINVAL;
         b->stop_bits = (int)v;
     } else {
-        return fail(err, len, "%s: \"type\" must be tcp or rtu", w);
+        return plugin_fail(err, len, "%s: \"type\" must be tcp or rtu", w);
     }
     return 0;
 }
@@ -409,16 +366,16 @@ static int parse(const char *text, struct mb *m, const struct aligw_device *devs
     if (!m)
         m = &tmp;
     if (!root)
-        return fail(err, len, "config: invalid JSON at line %d: %s", je.line, je.text);
+        return plugin_fail(err, len, "config: invalid JSON at line %d: %s", je.line, je.text);
     if (!json_is_object(root)) {
-        fail(err, len, "config: must be an object");
+        plugin_fail(err, len, "config: must be an object");
         goto out;
     }
-    if (get_int(root, "interval_ms", 1000, 10, 3600000, &iv, "config", err, len))
+    if (plugin_get_int(root, "interval_ms", 1000, 10, 3600000, &iv, "config", err, len))
         goto out;
     report = get_str(root, "report", "change");
     if (!report || (strcmp(report, "change") && strcmp(report, "always"))) {
-        fail(err, len, "config: \"report\" must be change or always");
+        plugin_fail(err, len, "config: \"report\" must be change or always");
         goto out;
     }
     m->report_always = strcmp(report, "always") == 0;
@@ -426,15 +383,15 @@ static int parse(const char *text, struct mb *m, const struct aligw_device *devs
     tpls = json_object_get(root, "templates");
     devices = json_object_get(root, "devices");
     if (!json_is_object(buses) || json_object_size(buses) == 0) {
-        fail(err, len, "config: \"buses\" must be an object with at least one bus");
+        plugin_fail(err, len, "config: \"buses\" must be an object with at least one bus");
         goto out;
     }
     if (tpls && !json_is_object(tpls)) {
-        fail(err, len, "config: \"templates\" must be an object of register arrays");
+        plugin_fail(err, len, "config: \"templates\" must be an object of register arrays");
         goto out;
     }
     if (!json_is_object(devices)) {
-        fail(err, len, "config: \"devices\" must be an object keyed by \"pk/dn\"");
+        plugin_fail(err, len, "config: \"devices\" must be an object keyed by \"pk/dn\"");
         goto out;
     }
     m->buses = calloc(json_object_size(buses), sizeof *m->buses);
@@ -464,7 +421,7 @@ static int parse(const char *text, struct mb *m, const struct aligw_device *devs
 
         snprintf(w, sizeof w, "config: devices.%s", k);
         if (!json_is_object(o)) {
-            fail(err, len, "%s: must be an object", w);
+            plugin_fail(err, len, "%s: must be an object", w);
             goto out;
         }
         for (size_t i = 0; i < m->n_buses; i++)
@@ -473,20 +430,20 @@ static int parse(const char *text, struct mb *m, const struct aligw_device *devs
         if (!b && !bus && m->n_buses == 1)
             b = &m->buses[0];
         if (!b) {
-            fail(err, len, "%s: \"bus\" must name one of \"buses\"", w);
+            plugin_fail(err, len, "%s: \"bus\" must name one of \"buses\"", w);
             goto out;
         }
-        if (get_int(o, "slave", 1, 0, 255, &slave, w, err, len) ||
-            get_int(o, "interval_ms", iv, 10, 3600000, &d.interval_ms, w, err, len))
+        if (plugin_get_int(o, "slave", 1, 0, 255, &slave, w, err, len) ||
+            plugin_get_int(o, "interval_ms", iv, 10, 3600000, &d.interval_ms, w, err, len))
             goto out;
         if (tpl && regs) {
-            fail(err, len, "%s: give \"registers\" or \"template\", not both", w);
+            plugin_fail(err, len, "%s: give \"registers\" or \"template\", not both", w);
             goto out;
         }
         if (tpl) {
             regs = json_object_get(tpls, tpl);
             if (!regs) {
-                fail(err, len, "%s: no template \"%s\"", w, tpl);
+                plugin_fail(err, len, "%s: no template \"%s\"", w, tpl);
                 goto out;
             }
         }
@@ -648,8 +605,7 @@ static void set_state(struct mb *m, struct mdev *d, bool ok, const char *reason)
     if (ok)
         d->report_all = true;
     m->host->set_device_state(m->host, d->dev, ok, reason);
-    m->host->log(m->host, ok ? ALIGW_LOG_NOTICE : ALIGW_LOG_WARNING, "%s/%s: %s",
-                 d->dev->product_key, d->dev->device_name, reason);
+    plugin_log_dev(m->host, ok ? ALIGW_LOG_NOTICE : ALIGW_LOG_WARNING, d->dev, "%s", reason);
 }
 
 static void bus_close(struct bus *b)
@@ -755,8 +711,8 @@ static int poll_dev(struct mb *m, struct bus *b, struct mdev *d)
         if (text) {
             int prc = m->host->post_properties(m->host, d->dev, text, 0);
             if (prc < 0)
-                m->host->log(m->host, ALIGW_LOG_WARNING, "%s/%s: post failed: %s",
-                             d->dev->product_key, d->dev->device_name, strerror(-prc));
+                plugin_log_dev(m->host, ALIGW_LOG_WARNING, d->dev, "post failed: %s",
+                               strerror(-prc));
         }
         free(text);
     }
@@ -783,9 +739,8 @@ static void do_write(struct mb *m, struct bus *b, struct write_req *w)
             else
                 rc = modbus_write_registers(b->ctx, r->addr, 2, w->items[i].w);
             if (rc < 0) {
-                m->host->log(m->host, ALIGW_LOG_WARNING, "%s/%s: writing %s failed: %s",
-                             d->dev->product_key, d->dev->device_name, r->id,
-                             modbus_strerror(errno));
+                plugin_log_dev(m->host, ALIGW_LOG_WARNING, d->dev, "writing %s failed: %s", r->id,
+                               modbus_strerror(errno));
                 code = ALIGW_REPLY_DEVICE_ERROR;
             }
         }
@@ -794,22 +749,23 @@ static void do_write(struct mb *m, struct bus *b, struct write_req *w)
     d->next_due = 0; /* read back now: the new value is reported */
 }
 
+/* Under m->lock: takes the first queued write off b and does it with the lock released. */
+static void write_next(struct mb *m, struct bus *b)
+{
+    struct write_req *w = b->writes;
+    b->writes = w->next;
+    if (!b->writes)
+        b->writes_tail = &b->writes;
+    pthread_mutex_unlock(&m->lock);
+    do_write(m, b, w);
+    free(w);
+    pthread_mutex_lock(&m->lock);
+}
+
 static void wait_until(struct mb *m, double t)
 {
-    struct timespec ts;
-    double w = t - now_s();
-    if (w <= 0)
-        return;
-    if (w > 3600)
-        w = 3600;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)w;
-    ts.tv_nsec += (long)((w - (double)(time_t)w) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+    double w = t - plugin_now_s();
+    plugin_cond_wait_s(&m->cond, &m->lock, w > 3600 ? 3600 : w);
 }
 
 static void *bus_run(void *arg)
@@ -821,20 +777,12 @@ static void *bus_run(void *arg)
 
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
-        double t = now_s(), next = t + 3600;
+        double t = plugin_now_s(), next = t + 3600;
         if (!b->connected) {
             if (t < retry_at) {
                 /* a set while disconnected fails at once */
-                while (b->writes) {
-                    struct write_req *w = b->writes;
-                    b->writes = w->next;
-                    if (!b->writes)
-                        b->writes_tail = &b->writes;
-                    pthread_mutex_unlock(&m->lock);
-                    do_write(m, b, w);
-                    free(w);
-                    pthread_mutex_lock(&m->lock);
-                }
+                while (b->writes)
+                    write_next(m, b);
                 wait_until(m, retry_at);
                 continue;
             }
@@ -850,7 +798,8 @@ static void *bus_run(void *arg)
                 if (b->backoff > b->backoff_max_ms / 1000.0)
                     b->backoff = b->backoff_max_ms / 1000.0;
                 /* jitter: 75..100 % of the backoff */
-                retry_at = now_s() + b->backoff * (0.75 + 0.25 * (double)(rand() % 1000) / 1000);
+                retry_at =
+                    plugin_now_s() + b->backoff * (0.75 + 0.25 * (double)(rand() % 1000) / 1000);
                 continue;
             }
             b->backoff = 0;
@@ -859,14 +808,7 @@ static void *bus_run(void *arg)
             continue;
         }
         if (b->writes) {
-            struct write_req *w = b->writes;
-            b->writes = w->next;
-            if (!b->writes)
-                b->writes_tail = &b->writes;
-            pthread_mutex_unlock(&m->lock);
-            do_write(m, b, w);
-            free(w);
-            pthread_mutex_lock(&m->lock);
+            write_next(m, b);
             continue;
         }
         for (size_t i = 0; i < b->n_devs && !m->stop && b->connected && !b->writes; i++) {
@@ -877,13 +819,13 @@ static void *bus_run(void *arg)
                 int rc = poll_dev(m, b, d);
                 pthread_mutex_lock(&m->lock);
                 d->next_due = (due > 0 ? due : t) + d->interval_ms / 1000.0;
-                if (d->next_due < now_s())
-                    d->next_due = now_s() + d->interval_ms / 1000.0;
+                if (d->next_due < plugin_now_s())
+                    d->next_due = plugin_now_s() + d->interval_ms / 1000.0;
                 if (rc < 0 && transport_error(-rc)) {
                     pthread_mutex_unlock(&m->lock);
                     bus_close(b);
                     pthread_mutex_lock(&m->lock);
-                    retry_at = now_s() + b->backoff_min_ms / 1000.0;
+                    retry_at = plugin_now_s() + b->backoff_min_ms / 1000.0;
                     /* every device on the bus is unreachable now */
                     snprintf(reason, sizeof reason, "modbus %s: connection lost",
                              bus_where(b, where, sizeof where));
@@ -913,7 +855,6 @@ static int mb_create(const struct aligw_host *host, const char *config_json,
                      const struct aligw_device *devices, size_t n_devices, void **instance)
 {
     struct mb *m = calloc(1, sizeof *m);
-    pthread_condattr_t ca;
     char err[300];
     int rc;
 
@@ -922,10 +863,7 @@ static int mb_create(const struct aligw_host *host, const char *config_json,
         return -ENOMEM;
     m->host = host;
     pthread_mutex_init(&m->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    plugin_cond_init(&m->cond);
     m->devs = calloc(n_devices ? n_devices : 1, sizeof *m->devs);
     m->n_devs = n_devices;
     if (!m->devs) {

@@ -18,11 +18,12 @@
  */
 #include <aligw/plugin.h>
 
+#include "plugin_util.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,39 +67,6 @@ struct sim {
     unsigned seed;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int fail(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    if (err && len) {
-        va_start(ap, fmt);
-        vsnprintf(err, len, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
-
-static int num(json_t *o, const char *key, double def, double *out, const char *where, char *err,
-               size_t len)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_number(v))
-        return fail(err, len, "%s: \"%s\" must be a number", where, key);
-    *out = json_number_value(v);
-    return 0;
-}
-
 static void props_free(struct prop *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -117,8 +85,8 @@ static int parse_props(json_t *arr, struct prop **out, size_t *n_out, const char
     char w[160];
 
     if (!json_is_array(arr) || n == 0 || n > MAX_PROPS)
-        return fail(err, len, "%s: \"properties\" must be an array of 1..%d objects", where,
-                    MAX_PROPS);
+        return plugin_fail(err, len, "%s: \"properties\" must be an array of 1..%d objects", where,
+                           MAX_PROPS);
     v = calloc(n, sizeof *v);
     if (!v)
         return -ENOMEM;
@@ -143,16 +111,19 @@ static int parse_props(json_t *arr, struct prop **out, size_t *n_out, const char
         else if (strcmp(kind, "constant") == 0)
             p->kind = K_CONSTANT;
         else {
-            fail(err, len, "%s: \"kind\" must be sine, random_walk, counter, step or constant", w);
+            plugin_fail(err, len,
+                        "%s: \"kind\" must be sine, random_walk, counter, step or constant", w);
             goto out;
         }
-        if (num(o, "min", 0, &p->min, w, err, len) || num(o, "max", 100, &p->max, w, err, len) ||
-            num(o, "period_s", 60, &p->period_s, w, err, len) ||
-            num(o, "step", p->kind == K_WALK ? 0.5 : 1, &p->step, w, err, len) ||
-            num(o, "start", 0, &p->start, w, err, len) || num(o, "decimals", 2, &d, w, err, len))
+        if (plugin_get_num(o, "min", 0, &p->min, w, err, len) ||
+            plugin_get_num(o, "max", 100, &p->max, w, err, len) ||
+            plugin_get_num(o, "period_s", 60, &p->period_s, w, err, len) ||
+            plugin_get_num(o, "step", p->kind == K_WALK ? 0.5 : 1, &p->step, w, err, len) ||
+            plugin_get_num(o, "start", 0, &p->start, w, err, len) ||
+            plugin_get_num(o, "decimals", 2, &d, w, err, len))
             goto out;
         if (p->max < p->min || p->period_s <= 0 || d < 0 || d > 10) {
-            fail(err, len, "%s: need min <= max, period_s > 0, 0 <= decimals <= 10", w);
+            plugin_fail(err, len, "%s: need min <= max, period_s > 0, 0 <= decimals <= 10", w);
             goto out;
         }
         p->decimals = (int)d;
@@ -160,20 +131,20 @@ static int parse_props(json_t *arr, struct prop **out, size_t *n_out, const char
         if (p->kind == K_STEP) {
             p->values = json_incref(json_object_get(o, "values"));
             if (!json_is_array(p->values) || json_array_size(p->values) == 0) {
-                fail(err, len, "%s: step needs a non-empty \"values\" array", w);
+                plugin_fail(err, len, "%s: step needs a non-empty \"values\" array", w);
                 goto out;
             }
         } else if (p->kind == K_CONSTANT) {
             json_t *val = json_object_get(o, "value");
             if (!val) {
-                fail(err, len, "%s: constant needs \"value\"", w);
+                plugin_fail(err, len, "%s: constant needs \"value\"", w);
                 goto out;
             }
             p->values = json_pack("[O]", val);
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(v[j].id, p->id) == 0) {
-                fail(err, len, "%s: duplicate id \"%s\"", w, p->id);
+                plugin_fail(err, len, "%s: duplicate id \"%s\"", w, p->id);
                 goto out;
             }
     }
@@ -181,7 +152,7 @@ static int parse_props(json_t *arr, struct prop **out, size_t *n_out, const char
     *n_out = n;
     return 0;
 bad_id:
-    fail(err, len, "%s: \"id\" must be a non-empty string of at most 64 characters", w);
+    plugin_fail(err, len, "%s: \"id\" must be a non-empty string of at most 64 characters", w);
 out:
     props_free(v, n);
     return -EINVAL;
@@ -192,19 +163,11 @@ static const char *default_props =
     "{\"id\":\"humidity\",\"kind\":\"random_walk\",\"min\":30,\"max\":70,\"step\":0.5},"
     "{\"id\":\"count\",\"kind\":\"counter\"}]";
 
+/* The interval_ms member of o (config or a device entry), def when absent. */
 static int interval(json_t *o, long def, long *out, const char *where, char *err, size_t len)
 {
-    json_t *v = json_object_get(o, "interval_ms");
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < MIN_INTERVAL_MS ||
-        json_integer_value(v) > MAX_INTERVAL_MS)
-        return fail(err, len, "%s: \"interval_ms\" must be an integer %d..%d", where,
-                    MIN_INTERVAL_MS, MAX_INTERVAL_MS);
-    *out = (long)json_integer_value(v);
-    return 0;
+    return plugin_get_int(o, "interval_ms", def, MIN_INTERVAL_MS, MAX_INTERVAL_MS, out, where, err,
+                          len);
 }
 
 /* Parses config; with sim != NULL fills its devices (pk/dn from sim->devs[i].dev). */
@@ -216,9 +179,9 @@ static int parse(const char *text, struct sim *sim, char *err, size_t len)
     int rc = -EINVAL;
 
     if (!root)
-        return fail(err, len, "config: invalid JSON at line %d: %s", je.line, je.text);
+        return plugin_fail(err, len, "config: invalid JSON at line %d: %s", je.line, je.text);
     if (!json_is_object(root)) {
-        fail(err, len, "config: must be an object");
+        plugin_fail(err, len, "config: must be an object");
         goto out;
     }
     if (interval(root, 1000, &iv, "config", err, len))
@@ -228,7 +191,7 @@ static int parse(const char *text, struct sim *sim, char *err, size_t len)
         defs = dflt = json_loads(default_props, 0, NULL);
     devs = json_object_get(root, "devices");
     if (devs && !json_is_object(devs)) {
-        fail(err, len, "config: \"devices\" must be an object keyed by \"pk/dn\"");
+        plugin_fail(err, len, "config: \"devices\" must be an object keyed by \"pk/dn\"");
         goto out;
     }
     { /* validate every device entry, even those not served */
@@ -242,7 +205,7 @@ static int parse(const char *text, struct sim *sim, char *err, size_t len)
             long div;
             snprintf(w, sizeof w, "config: devices.%s", k);
             if (!json_is_object(d)) {
-                fail(err, len, "%s: must be an object", w);
+                plugin_fail(err, len, "%s: must be an object", w);
                 goto out;
             }
             if (interval(d, iv, &div, w, err, len))
@@ -337,7 +300,7 @@ static void *run(void *arg)
     struct sim *s = arg;
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
-        double t = now_s(), next = t + 3600;
+        double t = plugin_now_s(), next = t + 3600;
         for (size_t i = 0; i < s->n_devs; i++) {
             struct sdev *sd = &s->devs[i];
             if (sd->next_due <= t) {
@@ -351,8 +314,8 @@ static void *run(void *arg)
                 if (text) {
                     int rc = s->host->post_properties(s->host, sd->dev, text, 0);
                     if (rc < 0 && rc != -EAGAIN)
-                        s->host->log(s->host, ALIGW_LOG_WARNING, "%s/%s: post failed: %s",
-                                     sd->dev->product_key, sd->dev->device_name, strerror(-rc));
+                        plugin_log_dev(s->host, ALIGW_LOG_WARNING, sd->dev, "post failed: %s",
+                                       strerror(-rc));
                 }
                 free(text);
                 pthread_mutex_lock(&s->lock);
@@ -364,19 +327,7 @@ static void *run(void *arg)
         }
         if (s->stop)
             break;
-        t = now_s();
-        if (next > t) {
-            struct timespec ts;
-            double w = next - t;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += (time_t)w;
-            ts.tv_nsec += (long)((w - (double)(time_t)w) * 1e9);
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-        }
+        plugin_cond_wait_s(&s->cond, &s->lock, next - plugin_now_s());
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
@@ -399,7 +350,6 @@ static int sim_create(const struct aligw_host *host, const char *config_json,
                       const struct aligw_device *devices, size_t n_devices, void **instance)
 {
     struct sim *s = calloc(1, sizeof *s);
-    pthread_condattr_t ca;
     char err[256];
 
     *instance = NULL;
@@ -409,10 +359,7 @@ static int sim_create(const struct aligw_host *host, const char *config_json,
     s->n_devs = n_devices;
     s->devs = calloc(n_devices ? n_devices : 1, sizeof *s->devs);
     pthread_mutex_init(&s->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    plugin_cond_init(&s->cond);
     if (!s->devs) {
         sim_destroy(s);
         return -ENOMEM;
@@ -432,7 +379,7 @@ static int sim_create(const struct aligw_host *host, const char *config_json,
 static int sim_start(void *inst)
 {
     struct sim *s = inst;
-    double t = now_s();
+    double t = plugin_now_s();
     s->t0 = t;
     for (size_t i = 0; i < s->n_devs; i++)
         s->devs[i].next_due = t + 0.05 * (double)i / (s->n_devs ? s->n_devs : 1);
@@ -529,7 +476,7 @@ static int sim_service_call(void *inst, const struct aligw_device *dev, const ch
         if (json_is_integer(v) && json_integer_value(v) >= MIN_INTERVAL_MS &&
             json_integer_value(v) <= MAX_INTERVAL_MS) {
             sd->interval_ms = (long)json_integer_value(v);
-            sd->next_due = now_s() + sd->interval_ms / 1000.0;
+            sd->next_due = plugin_now_s() + sd->interval_ms / 1000.0;
             snprintf(data, sizeof data, "{\"interval_ms\":%ld}", sd->interval_ms);
         } else {
             code = ALIGW_REPLY_BAD_PARAMS;
