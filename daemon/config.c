@@ -88,6 +88,23 @@ struct loader {
     bool secrets_inline, secrets_file;
 };
 
+/* Appends x, whose text it takes over (freed when there is no room). */
+static void elist_push(struct loader *L, struct elist *e, struct ent x)
+{
+    if (e->n == e->cap) {
+        size_t ncap = e->cap ? e->cap * 2 : 16;
+        struct ent *nv = realloc(e->v, ncap * sizeof(*nv));
+        if (!nv) {
+            free(x.text);
+            L->oom = true;
+            return;
+        }
+        e->v = nv;
+        e->cap = ncap;
+    }
+    e->v[e->n++] = x;
+}
+
 static void vreport(struct loader *L, struct elist *e, int src, int line, int col, const char *key,
                     const char *fmt, va_list ap) __attribute__((format(printf, 7, 0)));
 
@@ -116,18 +133,7 @@ static void vreport(struct loader *L, struct elist *e, int src, int line, int co
         L->oom = true;
         return;
     }
-    if (e->n == e->cap) {
-        size_t ncap = e->cap ? e->cap * 2 : 16;
-        struct ent *nv = realloc(e->v, ncap * sizeof(*nv));
-        if (!nv) {
-            free(text);
-            L->oom = true;
-            return;
-        }
-        e->v = nv;
-        e->cap = ncap;
-    }
-    e->v[e->n++] = (struct ent){src, line, col, L->seq++, text};
+    elist_push(L, e, (struct ent){src, line, col, L->seq++, text});
 }
 
 static void report(struct loader *L, int src, int line, int col, const char *key, const char *fmt,
@@ -152,19 +158,7 @@ static void warn(struct loader *L, const char *fmt, ...)
     va_end(ap);
     if (!text)
         return;
-    struct elist *e = &L->warns;
-    if (e->n == e->cap) {
-        size_t ncap = e->cap ? e->cap * 2 : 4;
-        struct ent *nv = realloc(e->v, ncap * sizeof(*nv));
-        if (!nv) {
-            free(text);
-            L->oom = true;
-            return;
-        }
-        e->v = nv;
-        e->cap = ncap;
-    }
-    e->v[e->n++] = (struct ent){0, 0, 0, L->seq++, text};
+    elist_push(L, &L->warns, (struct ent){0, 0, 0, L->seq++, text});
 }
 
 static int ent_cmp(const void *a, const void *b)
