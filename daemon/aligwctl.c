@@ -524,6 +524,13 @@ int main(int argc, char **argv)
     const char *cmd = NULL;
     int i = 1, code = EXIT_OK;
     char **rest = calloc((size_t)argc + 1, sizeof(char *));
+    json_t *params = NULL, *kinds = NULL, *topics = NULL, *res = NULL, *r = NULL, *req = NULL;
+/* Every exit after this point goes through "out", which frees what main holds. */
+#define EXIT_WITH(c)                                                                               \
+    do {                                                                                           \
+        code = (c);                                                                                \
+        goto out;                                                                                  \
+    } while (0)
     int nrest = 0;
 
     sock_path = getenv("ALIGW_SOCKET");
@@ -535,25 +542,28 @@ int main(int argc, char **argv)
     for (; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(usage_text, stdout);
-            return EXIT_OK;
+            EXIT_WITH(EXIT_OK);
         } else if (!strcmp(argv[i], "--json")) {
             opt_json = true;
         } else if (!strcmp(argv[i], "-s") || !strcmp(argv[i], "--socket")) {
             if (++i >= argc)
-                return usage_error("%s needs a path", argv[i - 1]);
+                EXIT_WITH(usage_error("%s needs a path", argv[i - 1]));
             sock_path = argv[i];
         } else if (argv[i][0] == '-') {
-            return usage_error("unknown option '%s'", argv[i]);
+            EXIT_WITH(usage_error("unknown option '%s'", argv[i]));
         } else {
             cmd = argv[i++];
             break;
         }
     }
     if (!cmd)
-        return usage_error("%s", "no command given");
+        EXIT_WITH(usage_error("%s", "no command given"));
 
     /* command options */
-    json_t *params = json_object(), *extra = NULL, *kinds = json_array(), *topics = json_array();
+    json_t *extra = NULL;
+    params = json_object();
+    kinds = json_array();
+    topics = json_array();
     const char *state = NULL, *time_ms = NULL, *qos = NULL, *message = NULL, *pk = NULL, *dn = NULL,
                *secret_file = NULL, *add_json = NULL;
     bool all = false, no_ack = false, wait = false, is_b64 = false, secret_stdin = false;
@@ -563,7 +573,7 @@ int main(int argc, char **argv)
 #define OPTV(name, var)                                                                            \
     if (!strcmp(a, name)) {                                                                        \
         if (!v)                                                                                    \
-            return usage_error("%s needs a value", name);                                          \
+            EXIT_WITH(usage_error("%s needs a value", name));                                      \
         var = v;                                                                                   \
         i++;                                                                                       \
         continue;                                                                                  \
@@ -577,14 +587,14 @@ int main(int argc, char **argv)
         OPTV("--secret-file", secret_file);
         if (!strcmp(a, "--json") && !strcmp(cmd, "add")) {
             if (!v)
-                return usage_error("%s needs a value", a);
+                EXIT_WITH(usage_error("%s needs a value", a));
             add_json = v;
             i++;
             continue;
         }
         if (!strcmp(a, "--params") || !strcmp(a, "--data")) {
             if (!v || !(extra = json_arg(a, v)))
-                return EXIT_USAGE;
+                EXIT_WITH(EXIT_USAGE);
             json_object_update(params, extra);
             json_decref(extra);
             i++;
@@ -592,7 +602,7 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--topic") || !strcmp(a, "--kind")) {
             if (!v)
-                return usage_error("%s needs a value", a);
+                EXIT_WITH(usage_error("%s needs a value", a));
             json_array_append_new(a[2] == 't' ? topics : kinds, json_string(v));
             i++;
             continue;
@@ -610,16 +620,16 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--json"))
             opt_json = true;
         else if (a[0] == '-' && a[1] == '-')
-            return usage_error("unknown option '%s'", a);
+            EXIT_WITH(usage_error("unknown option '%s'", a));
         else
             rest[nrest++] = argv[i];
     }
 
-    json_t *req = json_object();
+    req = json_object();
     bool watch = false;
 #define NEED(n, what)                                                                              \
     if (nrest < (n))                                                                               \
-        return usage_error("%s", what);
+        EXIT_WITH(usage_error("%s", what));
 #define OP(name) json_object_set_new(req, "op", json_string(name))
     if (!strcmp(cmd, "status") || !strcmp(cmd, "stats") || !strcmp(cmd, "reload") ||
         !strcmp(cmd, "hello")) {
@@ -642,9 +652,9 @@ int main(int argc, char **argv)
             json_object_set_new(req, "event", json_string(rest[1]));
         for (int k = ev ? 2 : 1; k < nrest; k++)
             if ((code = add_kv(params, rest[k])) != 0)
-                return code;
+                goto out;
         if (!ev && json_object_size(params) == 0)
-            return usage_error("%s", "post needs at least one KEY=VALUE or --params");
+            EXIT_WITH(usage_error("%s", "post needs at least one KEY=VALUE or --params"));
         json_object_set(req, "params", params);
         if (time_ms)
             json_object_set_new(req, "timestamp", json_integer(strtoll(time_ms, NULL, 10)));
@@ -677,7 +687,7 @@ int main(int argc, char **argv)
         json_object_set_new(req, "code", json_integer(strtol(rest[2], NULL, 10)));
         for (int k = 3; k < nrest; k++)
             if ((code = add_kv(params, rest[k])) != 0)
-                return code;
+                goto out;
         if (json_object_size(params))
             json_object_set(req, "data", params);
         if (message)
@@ -700,16 +710,16 @@ int main(int argc, char **argv)
         json_t *dev;
         if (add_json) {
             if (!(dev = json_arg("--json", add_json)))
-                return EXIT_USAGE;
+                EXIT_WITH(EXIT_USAGE);
         } else {
             if (!pk || !dn)
-                return usage_error("%s", "add needs --json DEVICE_JSON or --pk and --dn");
+                EXIT_WITH(usage_error("%s", "add needs --json DEVICE_JSON or --pk and --dn"));
             dev = json_pack("{s:s,s:s}", "product_key", pk, "device_name", dn);
             if (secret_file || secret_stdin) {
                 FILE *f = secret_stdin ? stdin : fopen(secret_file, "r");
                 if (!f) {
                     fprintf(stderr, "aligwctl: %s: %s\n", secret_file, strerror(errno));
-                    return EXIT_USAGE;
+                    EXIT_WITH(EXIT_USAGE);
                 }
                 size_t n;
                 char *s = read_all(f, &n);
@@ -724,15 +734,16 @@ int main(int argc, char **argv)
         }
         json_object_set_new(req, "device", dev);
     } else {
-        return usage_error("unknown command '%s'", cmd);
+        EXIT_WITH(usage_error("unknown command '%s'", cmd));
     }
 
     if ((code = connect_daemon()) != EXIT_OK)
-        return code;
-    json_t *res = call(req, &code);
+        goto out;
+    res = call(req, &code); /* steals req */
+    req = NULL;
     if (!res)
-        return code;
-    json_t *r = json_object_get(res, "result");
+        goto out;
+    r = json_object_get(res, "result");
 
     if (watch) {
         struct sigaction sa = {.sa_handler = on_sig};
@@ -770,11 +781,14 @@ int main(int argc, char **argv)
         else
             printf("ok\n");
     }
+out:
+    json_decref(req);
     json_decref(res);
     json_decref(params);
     json_decref(kinds);
     json_decref(topics);
     free(rest);
-    close(sock_fd);
+    if (sock_fd >= 0)
+        close(sock_fd);
     return code;
 }
