@@ -30,12 +30,8 @@
 
 #include <MQTTAsync.h>
 
+#include "paho_common.h"
 #include "sign.h"
-
-struct device {
-    char *pk, *dn, *ds, *cid;
-    char topic[256];
-};
 
 struct client {
     MQTTAsync h;
@@ -49,119 +45,6 @@ static struct client *clients;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int waiting;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static long rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
-/* Splits one CSV record (RFC 4180 quoting, no embedded newlines) into at most max fields. */
-static int csv_split(char *line, char **fields, int max)
-{
-    int n = 0;
-    char *r = line, *w = line;
-    for (;;) {
-        if (n == max)
-            return -1;
-        fields[n++] = w;
-        if (*r == '"') {
-            r++;
-            for (;;) {
-                if (*r == '\0')
-                    return -1;
-                if (*r == '"' && r[1] == '"') {
-                    *w++ = '"';
-                    r += 2;
-                } else if (*r == '"') {
-                    r++;
-                    break;
-                } else {
-                    *w++ = *r++;
-                }
-            }
-        }
-        while (*r && *r != ',')
-            *w++ = *r++;
-        if (*r == '\0') {
-            *w = '\0';
-            return n;
-        }
-        *w++ = '\0';
-        r++;
-        w = r;
-    }
-}
-
-static int load_devices(const char *path, struct device **out, int want)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "paho_publish: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    char line[4096];
-    char *fields[32];
-    int col_pk = -1, col_dn = -1, col_ds = -1, col_cid = -1, have_header = 0, n = 0;
-    struct device *devs = calloc((size_t)want, sizeof(*devs));
-    while (devs && n < want && fgets(line, sizeof(line), f)) {
-        char *s = line;
-        if (!strncmp(s, "\xEF\xBB\xBF", 3))
-            s += 3;
-        s[strcspn(s, "\r\n")] = '\0';
-        if (s[0] == '\0' || s[0] == '#')
-            continue;
-        int nf = csv_split(s, fields, 32);
-        if (nf < 0) {
-            fprintf(stderr, "paho_publish: %s: bad CSV line\n", path);
-            break;
-        }
-        if (!have_header) {
-            for (int i = 0; i < nf; i++) {
-                col_pk = !strcmp(fields[i], "product_key") ? i : col_pk;
-                col_dn = !strcmp(fields[i], "device_name") ? i : col_dn;
-                col_ds = !strcmp(fields[i], "device_secret") ? i : col_ds;
-                col_cid = !strcmp(fields[i], "client_id") ? i : col_cid;
-            }
-            have_header = 1;
-            if (col_pk < 0 || col_dn < 0 || col_ds < 0) {
-                fprintf(stderr,
-                        "paho_publish: %s: need product_key, device_name, "
-                        "device_secret columns\n",
-                        path);
-                break;
-            }
-            continue;
-        }
-        if (col_pk >= nf || col_dn >= nf || col_ds >= nf || !fields[col_ds][0])
-            continue;
-        devs[n].pk = strdup(fields[col_pk]);
-        devs[n].dn = strdup(fields[col_dn]);
-        devs[n].ds = strdup(fields[col_ds]);
-        devs[n].cid =
-            col_cid >= 0 && col_cid < nf && fields[col_cid][0] ? strdup(fields[col_cid]) : NULL;
-        snprintf(devs[n].topic, sizeof(devs[n].topic), "/%s/%s/user/update", devs[n].pk,
-                 devs[n].dn);
-        n++;
-    }
-    fclose(f);
-    *out = devs;
-    return n;
-}
 
 static void on_connect(void *ctx, MQTTAsync_successData *resp)
 {
@@ -262,20 +145,25 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    struct device *devs = NULL;
-    int n = load_devices(devfile, &devs, (int)count);
+    struct bench_device *devs = NULL;
+    bench_prog = "paho_publish";
+    int n = bench_load_devices(devfile, &devs, (int)count);
     if (n < count) {
         fprintf(stderr, "paho_publish: %s has %d usable devices, %ld wanted\n", devfile,
                 n < 0 ? 0 : n, count);
         return 1;
     }
+    /* every message of device d goes to its own custom topic */
+    char(*topics)[256] = calloc((size_t)n, sizeof(*topics));
+    for (int i = 0; i < n; i++)
+        snprintf(topics[i], sizeof(topics[i]), "/%s/%s/user/update", devs[i].pk, devs[i].dn);
     int nclients = anonymous ? (int)nclients_anon : n;
     MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
     clients = calloc((size_t)nclients, sizeof(*clients));
     char uri[300];
     snprintf(uri, sizeof(uri), "tcp://%s:%ld", host, port);
 
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int i = 0; i < nclients; i++) {
         struct sign_creds cr;
         if (anonymous) {
@@ -324,9 +212,9 @@ int main(int argc, char **argv)
         }
     }
     while (atomic_load(&n_connected) + atomic_load(&n_conn_failed) < nclients &&
-           now_s() - t0 < timeout)
+           bench_now_s() - t0 < timeout)
         usleep(2000);
-    double t_conn = now_s() - t0;
+    double t_conn = bench_now_s() - t0;
     if (atomic_load(&n_connected) < nclients) {
         fprintf(stderr, "paho_publish: only %d of %d clients connected\n",
                 atomic_load(&n_connected), nclients);
@@ -334,7 +222,7 @@ int main(int argc, char **argv)
     }
 
     char *payload = malloc((size_t)payload_len + 1);
-    double t1 = now_s();
+    double t1 = bench_now_s();
     printf("{\"event\":\"publishing\",\"t\":%.6f}\n", t1);
     fflush(stdout);
     long sent = 0;
@@ -357,7 +245,7 @@ int main(int argc, char **argv)
             }
             waiting = 0;
             pthread_mutex_unlock(&mu);
-            if (now_s() - t1 > timeout)
+            if (bench_now_s() - t1 > timeout)
                 goto done;
         }
         /* A fixed-size JSON payload padded with 'x', as the other producers send. */
@@ -377,7 +265,7 @@ int main(int argc, char **argv)
         ro.context = (void *)(size_t)c;
         atomic_fetch_add(&clients[c].inflight, 1);
         atomic_fetch_add(&total_inflight, 1);
-        int rc = MQTTAsync_sendMessage(clients[c].h, devs[d].topic, &msg, &ro);
+        int rc = MQTTAsync_sendMessage(clients[c].h, topics[d], &msg, &ro);
         if (rc != MQTTASYNC_SUCCESS) {
             atomic_fetch_sub(&clients[c].inflight, 1);
             atomic_fetch_sub(&total_inflight, 1);
@@ -386,16 +274,17 @@ int main(int argc, char **argv)
         }
         sent++;
     }
-    while (atomic_load(&n_acked) + atomic_load(&n_failed) < messages && now_s() - t1 < timeout)
+    while (atomic_load(&n_acked) + atomic_load(&n_failed) < messages &&
+           bench_now_s() - t1 < timeout)
         usleep(1000);
 done:;
-    double t2 = now_s();
+    double t2 = bench_now_s();
     long acked = atomic_load(&n_acked);
     printf("{\"clients\":%d,\"messages\":%ld,\"sent\":%ld,\"acked\":%ld,\"failed\":%ld,"
            "\"connect_seconds\":%.3f,\"publish_seconds\":%.3f,\"rate\":%.0f,\"rss_kb\":%ld,"
            "\"t_end\":%.6f}\n",
            nclients, messages, sent, acked, atomic_load(&n_failed), t_conn, t2 - t1,
-           (double)acked / (t2 - t1), rss_kb(), t2);
+           (double)acked / (t2 - t1), bench_rss_kb(), t2);
     fflush(stdout);
 
     for (int i = 0; i < nclients; i++) {
@@ -405,13 +294,8 @@ done:;
     }
     for (int i = 0; i < nclients; i++)
         MQTTAsync_destroy(&clients[i].h);
-    for (int i = 0; i < n; i++) {
-        free(devs[i].pk);
-        free(devs[i].dn);
-        free(devs[i].ds);
-        free(devs[i].cid);
-    }
-    free(devs);
+    bench_free_devices(devs, n);
+    free(topics);
     free(clients);
     free(payload);
     return acked == messages ? 0 : 1;

@@ -18,124 +18,10 @@
 #include <MQTTAsync.h>
 
 #include "alink.h"
+#include "paho_common.h"
 #include "sign.h"
 
-struct device {
-    char *pk, *dn, *ds, *cid;
-};
-
 static atomic_int n_connected, n_failed;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static long rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
-/* Splits one CSV record (RFC 4180 quoting, no embedded newlines) into at most max fields. */
-static int csv_split(char *line, char **fields, int max)
-{
-    int n = 0;
-    char *r = line, *w = line;
-    for (;;) {
-        if (n == max)
-            return -1;
-        fields[n++] = w;
-        if (*r == '"') {
-            r++;
-            for (;;) {
-                if (*r == '\0')
-                    return -1;
-                if (*r == '"' && r[1] == '"') {
-                    *w++ = '"';
-                    r += 2;
-                } else if (*r == '"') {
-                    r++;
-                    break;
-                } else {
-                    *w++ = *r++;
-                }
-            }
-        }
-        while (*r && *r != ',')
-            *w++ = *r++;
-        if (*r == '\0') {
-            *w = '\0';
-            return n;
-        }
-        *w++ = '\0';
-        r++;
-        w = r;
-    }
-}
-
-static int load_devices(const char *path, struct device **out, int want)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "paho_sessions: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    char line[4096];
-    char *fields[32];
-    int col_pk = -1, col_dn = -1, col_ds = -1, col_cid = -1, have_header = 0, n = 0;
-    struct device *devs = calloc((size_t)want, sizeof(*devs));
-    while (devs && n < want && fgets(line, sizeof(line), f)) {
-        char *s = line;
-        if (!strncmp(s, "\xEF\xBB\xBF", 3))
-            s += 3;
-        s[strcspn(s, "\r\n")] = '\0';
-        if (s[0] == '\0' || s[0] == '#')
-            continue;
-        int nf = csv_split(s, fields, 32);
-        if (nf < 0) {
-            fprintf(stderr, "paho_sessions: %s: bad CSV line\n", path);
-            break;
-        }
-        if (!have_header) {
-            for (int i = 0; i < nf; i++) {
-                col_pk = !strcmp(fields[i], "product_key") ? i : col_pk;
-                col_dn = !strcmp(fields[i], "device_name") ? i : col_dn;
-                col_ds = !strcmp(fields[i], "device_secret") ? i : col_ds;
-                col_cid = !strcmp(fields[i], "client_id") ? i : col_cid;
-            }
-            have_header = 1;
-            if (col_pk < 0 || col_dn < 0 || col_ds < 0) {
-                fprintf(stderr,
-                        "paho_sessions: %s: need product_key, device_name, "
-                        "device_secret columns\n",
-                        path);
-                break;
-            }
-            continue;
-        }
-        if (col_pk >= nf || col_dn >= nf || col_ds >= nf || !fields[col_ds][0])
-            continue;
-        devs[n].pk = strdup(fields[col_pk]);
-        devs[n].dn = strdup(fields[col_dn]);
-        devs[n].ds = strdup(fields[col_ds]);
-        devs[n].cid =
-            col_cid >= 0 && col_cid < nf && fields[col_cid][0] ? strdup(fields[col_cid]) : NULL;
-        n++;
-    }
-    fclose(f);
-    *out = devs;
-    return n;
-}
 
 /* 1 once a session is connected; the main thread then subscribes (--subscribe) and sets 2. */
 static atomic_char *state;
@@ -148,7 +34,7 @@ static void on_connect(void *ctx, MQTTAsync_successData *resp)
 
 /* --subscribe: the same system topics aligwd subscribes for every device, one SUBSCRIBE each
  * session, issued from the main thread as sessions come up (as aligwd does from its loop). */
-static void subscribe_new(MQTTAsync *clients, const struct device *devs, int n)
+static void subscribe_new(MQTTAsync *clients, const struct bench_device *devs, int n)
 {
     for (int i = 0; i < n; i++) {
         if (atomic_load(&state[i]) != 1)
@@ -225,8 +111,9 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    struct device *devs = NULL;
-    int n = load_devices(devfile, &devs, (int)count);
+    struct bench_device *devs = NULL;
+    bench_prog = "paho_sessions";
+    int n = bench_load_devices(devfile, &devs, (int)count);
     if (n < count) {
         fprintf(stderr, "paho_sessions: %s has %d usable devices, %ld wanted\n", devfile,
                 n < 0 ? 0 : n, count);
@@ -238,7 +125,7 @@ int main(int argc, char **argv)
     char uri[300];
     snprintf(uri, sizeof(uri), "%s://%s:%ld", tls ? "ssl" : "tcp", host, port);
 
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int i = 0; i < n; i++) {
         struct sign_creds cr;
         struct sign_login in = {.product_key = devs[i].pk,
@@ -283,15 +170,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "paho_sessions: connect %d: %d\n", i, rc);
         }
     }
-    while (atomic_load(&n_connected) + atomic_load(&n_failed) < n && now_s() - t0 < timeout) {
+    while (atomic_load(&n_connected) + atomic_load(&n_failed) < n && bench_now_s() - t0 < timeout) {
         if (subscribe)
             subscribe_new(clients, devs, n);
         usleep(5000);
     }
-    double secs = now_s() - t0;
+    double secs = bench_now_s() - t0;
     int failed = n - atomic_load(&n_connected);
-    printf("{\"count\":%d,\"seconds\":%.3f,\"rss_kb\":%ld,\"failed\":%d}\n", n, secs, rss_kb(),
-           failed);
+    printf("{\"count\":%d,\"seconds\":%.3f,\"rss_kb\":%ld,\"failed\":%d}\n", n, secs,
+           bench_rss_kb(), failed);
     fflush(stdout);
 
     for (int i = 0; i < n; i++) {
@@ -301,13 +188,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < n; i++)
         MQTTAsync_destroy(&clients[i]);
-    for (int i = 0; i < n; i++) {
-        free(devs[i].pk);
-        free(devs[i].dn);
-        free(devs[i].ds);
-        free(devs[i].cid);
-    }
-    free(devs);
+    bench_free_devices(devs, n);
     free(clients);
     return failed ? 1 : 0;
 }
