@@ -12,6 +12,7 @@
 #include "log.h"
 #include "notify.h"
 #include "outbox.h"
+#include "plugins.h"
 #include "statedb.h"
 
 #include <errno.h>
@@ -224,12 +225,22 @@ int main(int argc, char **argv)
 
     rc = config_load(path, &M.cfg, &errs, &warns);
     if (check) {
+        size_t n_errors = errs.n;
         print_errors(&warns, 0, "warning: ", true);
         print_errors(&errs, 0, "", true);
-        if (rc == 0)
+        /* Each plugin is loaded and checks its own config (then unloaded). */
+        for (size_t i = 0; rc == 0 && i < M.cfg->n_plugins; i++) {
+            char msg[512];
+            if (plugins_check_config(&M.cfg->plugins[i], msg, sizeof(msg)) < 0) {
+                printf("%s: plugins[%zu]: %s\n", path, i, msg);
+                n_errors++;
+            }
+        }
+        if (n_errors == 0)
             printf("configuration OK\n");
         else
-            printf("%zu error(s) in the configuration\n", errs.n);
+            printf("%zu error(s) in the configuration\n", n_errors);
+        rc = n_errors ? -EINVAL : 0;
         config_errors_free(&errs);
         config_errors_free(&warns);
         if (M.cfg)

@@ -80,6 +80,25 @@ class Plugins(T.TestCase):
         self.assertIsNotNone(posted, "the new value was not reported back")
         self.assertTrue(dm.call("status")["ok"])
 
+    def test_check_config_runs_the_plugins_own_check(self):
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [{"product_key": PK, "device_name": "dev00000", "device_secret": "s",
+                           "host": "127.0.0.1", "port": 1, "tls": False}]
+        cfg["plugins"] = [{"name": "simulator", "devices": ["%s/dev00000" % PK],
+                           "config": {"interval_ms": 5}}]
+        d = T.Daemon(self.tmp, cfg)
+        r = subprocess.run([T.ALIGWD, "--check-config", "-c", d.config_path], capture_output=True,
+                           text=True, timeout=20)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("plugins[0]", r.stdout)
+        self.assertIn("interval_ms", r.stdout)
+        cfg["plugins"][0]["config"]["interval_ms"] = 500
+        d.write_config(cfg)
+        r = subprocess.run([T.ALIGWD, "--check-config", "-c", d.config_path], capture_output=True,
+                           text=True, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("configuration OK", r.stdout)
+
     def test_bad_plugins_do_not_stop_the_daemon(self):
         if not TEST_PLUGINS:
             self.skipTest("test plugins not built")
