@@ -1801,7 +1801,7 @@ static const struct key cloud_keys[] = {
     {"backoff_max_ms", K_INT, CF(cloud.backoff_max_ms), .lo = 100, .hi = 86400000},
     {"auth_backoff_ms", K_INT, CF(cloud.auth_backoff_ms), .lo = 1000, .hi = 86400000},
     {"kick_backoff_ms", K_INT, CF(cloud.kick_backoff_ms), .lo = 1000, .hi = 86400000},
-    {NULL},
+    {0},
 };
 
 /* "cloud": its own keys, and the per-device keys it sets for every device. o may be NULL. */
@@ -1828,7 +1828,7 @@ static const struct key store_keys[] = {
     {"ttl", K_INT, CF(store.ttl_s), .lo = 0, .hi = 100LL * 365 * 86400},
     {"inflight", K_INT, CF(store.inflight), .lo = 1, .hi = 65534},
     {"inflight_total", K_INT, CF(store.inflight_total), .lo = 1, .hi = 65534},
-    {NULL},
+    {0},
 };
 
 static void parse_store(struct loader *L, void *ctx, json_t *o, const char *path)
@@ -1856,7 +1856,7 @@ static const struct key api_keys[] = {
     {"max_line", K_INT, CF(api.max_line), .lo = 4096, .hi = 64LL << 20},
     {"max_payload", K_INT, CF(api.max_payload), .lo = 1, .hi = 64LL << 20},
     {"service_timeout_ms", K_INT, CF(api.service_timeout_ms), .lo = 100, .hi = 600000},
-    {NULL},
+    {0},
 };
 
 static void parse_api(struct loader *L, void *ctx, json_t *o, const char *path)
@@ -1962,7 +1962,7 @@ static const struct key plugin_keys[] = {
     {"name", K_FN, .fn = plugin_name},
     {"config", K_FN, .fn = plugin_config},
     {"devices", K_FN, .fn = plugin_devices},
-    {NULL},
+    {0},
 };
 
 static void parse_plugins(struct loader *L, json_t *arr)
@@ -2077,7 +2077,7 @@ static const struct key root_keys[] = {
     {"runtime_dir", K_PATH, CF(runtime_dir)},
     {"store", K_FN, .fn = parse_store},
     {"api", K_FN, .fn = parse_api},
-    {NULL},
+    {0},
 };
 
 static void parse_root(struct loader *L, json_t *root)
