@@ -12,5 +12,7 @@ cmake --build build-asan -j"$JOBS"
 echo "== sanitizer build (ASan+UBSan)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j2 -L sanitize
+echo "== fuzzing (libFuzzer, ASan+UBSan, 30 s per parser)"
+scripts/fuzz.sh 30
 echo "== full suite"
 ctest --test-dir build --output-on-failure -j2
