@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -79,6 +80,27 @@ static int ensure_dir(const char *dir)
     if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
         return -errno;
     return 0;
+}
+
+/*
+ * One socket per device session, plus the databases and API clients: raise the soft limit on
+ * open files to the hard one (systemd's LimitNOFILE sets both), and say so when even that is
+ * too small for the configured devices.
+ */
+static void raise_fd_limit(size_t n_devices)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < n_devices + 256)
+        log_warn("the open-file limit (%llu) is too small for %zu devices: raise LimitNOFILE or "
+                 "ulimit -n to at least %zu",
+                 (unsigned long long)rl.rlim_cur, n_devices, n_devices + 256);
 }
 
 static void status_line(char *buf, size_t size)
@@ -263,6 +285,7 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     umask(0027);
+    raise_fd_limit(M.cfg->n_devices);
     M.loop = uv_default_loop();
 
     if ((rc = ensure_dir(M.cfg->state_dir)) < 0 || (rc = ensure_dir(M.cfg->runtime_dir)) < 0) {
