@@ -670,12 +670,6 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
         wake_room_waiters();
 }
 
-static void on_subscribed(struct device *d, size_t index, int code)
-{
-    (void)index;
-    (void)code;
-}
-
 static void session_event(void *arg, const struct session_event *ev)
 {
     struct device *d = by_sid(ev->id);
@@ -703,7 +697,6 @@ static void session_event(void *arg, const struct session_event *ev)
             log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name,
                     "subscription to %s refused by the platform", d->subs[ev->index]);
         }
-        on_subscribed(d, ev->index, ev->code);
         break;
     case SESSION_MESSAGE:
         on_message(d, ev->topic, ev->payload, ev->len);
