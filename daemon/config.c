@@ -2009,7 +2009,7 @@ static void config_defaults(struct config *c)
     c->store.max_bytes = (int64_t)1 << 30;
     c->store.policy = STORE_DROP_OLDEST;
     c->store.ttl_s = 7 * 86400;
-    c->store.inflight = 16;
+    c->store.inflight = 32;
     c->store.inflight_total = 20000;
     c->api.max_line = 1 << 20;
     c->api.max_payload = 256 << 10;

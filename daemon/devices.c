@@ -738,9 +738,9 @@ static void forward(struct device *d)
     size_t n, i;
     int rc;
 
-    /* Refill the window in batches, once half of it is acknowledged: one outbox read per
-     * half-window instead of one per PUBACK. */
-    if (d->inflight > R.window / 2)
+    /* Refill the window in batches, once a quarter of it is acknowledged: one outbox read per
+     * quarter window instead of one per PUBACK, while most of the window stays in flight. */
+    if (d->inflight > R.window - (R.window + 3) / 4)
         return;
     while (d->state == DEV_ONLINE && d->inflight < R.window) {
         if (R.total_inflight >= R.inflight_total) {
@@ -925,7 +925,7 @@ static void copy_settings(const struct config *c)
     R.backoff_max_ms = c->cloud.backoff_max_ms;
     R.auth_backoff_ms = c->cloud.auth_backoff_ms;
     R.kick_backoff_ms = c->cloud.kick_backoff_ms;
-    R.window = c->store.inflight > 0 ? c->store.inflight : 16;
+    R.window = c->store.inflight > 0 ? c->store.inflight : 32;
     R.inflight_total = c->store.inflight_total > 0 ? c->store.inflight_total : 20000;
     devices_set_connect_rate(c->cloud.connect_rate, c->cloud.connect_burst);
 }

@@ -195,7 +195,7 @@ static void test_defaults(void)
     CHECK_STR(c->api.socket, "/run/aligw/aligw.sock");
     CHECK_STR(c->cloud.register_url,
               "https://iot-auth.cn-shanghai.aliyuncs.com/auth/register/device");
-    CHECK_INT(c->store.inflight, 16);
+    CHECK_INT(c->store.inflight, 32);
     CHECK_INT(c->store.inflight_total, 20000);
     CHECK_INT(c->store.ttl_s, 7 * 86400);
     CHECK_INT(c->store.max_bytes, 1 << 30);
