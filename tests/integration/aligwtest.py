@@ -280,7 +280,19 @@ class TestCase(unittest.TestCase):
         self.tmp = self._tmp.name
         self._later_fns = []
 
+    def _failed(self):
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        if result is None:
+            return False
+        return any(t is self for t, _ in list(result.failures) + list(result.errors))
+
     def tearDown(self):
+        if self._failed():  # leave the daemon's own account of what happened in the CI log
+            for name in sorted(os.listdir(self.tmp)):
+                if name.endswith(".log"):
+                    with open(os.path.join(self.tmp, name), errors="replace") as f:
+                        tail = f.read()[-4000:]
+                    print("---- %s (last 4000 bytes) ----\n%s" % (name, tail), file=sys.stderr)
         for fn in reversed(self._later_fns):
             try:
                 fn()
