@@ -54,8 +54,11 @@ int log_level_parse(const char *name)
     static const struct {
         const char *name;
         int level;
-    } levels[] = {{"error", LOG_ERR},   {"warning", LOG_WARNING}, {"notice", LOG_NOTICE},
-                  {"info", LOG_INFO},   {"debug", LOG_DEBUG}};
+    } levels[] = {{"error", LOG_ERR},
+                  {"warning", LOG_WARNING},
+                  {"notice", LOG_NOTICE},
+                  {"info", LOG_INFO},
+                  {"debug", LOG_DEBUG}};
     for (size_t i = 0; name && i < sizeof(levels) / sizeof(levels[0]); i++)
         if (strcasecmp(name, levels[i].name) == 0)
             return levels[i].level;

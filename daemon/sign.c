@@ -89,8 +89,8 @@ int sign_mqtt_login(const struct sign_login *in, struct sign_creds *out)
 
     rc = fmt(msg, sizeof(msg), "clientId%sdeviceName%sproductKey%s%s%s", base, in->device_name,
              in->product_key, has_ts ? "timestamp" : "", has_ts ? in->timestamp : "");
-    if (rc < 0 || (rc = sign_hmac_hex(in->method, in->device_secret, msg, strlen(msg),
-                                      out->password)) < 0)
+    if (rc < 0 ||
+        (rc = sign_hmac_hex(in->method, in->device_secret, msg, strlen(msg), out->password)) < 0)
         return rc;
     rc = fmt(out->client_id, sizeof(out->client_id), "%s|securemode=%d,signmethod=%s%s%s%s%s|",
              base, in->securemode, sign_method_name(in->method), has_ts ? ",timestamp=" : "",
@@ -108,16 +108,16 @@ int sign_register(enum sign_method m, const char *product_secret, const char *pr
 
     if (empty(product_secret) || empty(product_key) || empty(device_name) || empty(random))
         return -EINVAL;
-    rc = fmt(msg, sizeof(msg), "deviceName%sproductKey%srandom%s", device_name, product_key,
-             random);
+    rc =
+        fmt(msg, sizeof(msg), "deviceName%sproductKey%srandom%s", device_name, product_key, random);
     if (rc < 0)
         return rc;
     return sign_hmac_hex(m, product_secret, msg, strlen(msg), out);
 }
 
-int sign_mqtt_register(const char *product_key, const char *device_name,
-                       const char *product_secret, const char *auth_type, const char *random,
-                       enum sign_method m, const char *instance_id, struct sign_creds *out)
+int sign_mqtt_register(const char *product_key, const char *device_name, const char *product_secret,
+                       const char *auth_type, const char *random, enum sign_method m,
+                       const char *instance_id, struct sign_creds *out)
 {
     int rc = sign_register(m, product_secret, product_key, device_name, random, out->password);
 

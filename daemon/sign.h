@@ -54,9 +54,9 @@ int sign_register(enum sign_method m, const char *product_secret, const char *pr
  * MQTT dynamic registration credentials. auth_type is "register" or "regnwl"; instance_id NULL
  * for legacy instances (securemode=2), otherwise securemode=-2 and instanceId is added.
  */
-int sign_mqtt_register(const char *product_key, const char *device_name,
-                       const char *product_secret, const char *auth_type, const char *random,
-                       enum sign_method m, const char *instance_id, struct sign_creds *out);
+int sign_mqtt_register(const char *product_key, const char *device_name, const char *product_secret,
+                       const char *auth_type, const char *random, enum sign_method m,
+                       const char *instance_id, struct sign_creds *out);
 
 /* Registration-free login with the clientId and deviceToken the platform returned. */
 int sign_mqtt_connwl(const char *product_key, const char *device_name, const char *client_id,

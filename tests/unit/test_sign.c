@@ -7,8 +7,12 @@
 static void doc_vector(void)
 {
     struct sign_creds c;
-    struct sign_login in = {.product_key = "pk", .device_name = "device", .device_secret = "secret",
-                            .client_id = "12345", .method = SIGN_HMACSHA1, .securemode = 3,
+    struct sign_login in = {.product_key = "pk",
+                            .device_name = "device",
+                            .device_secret = "secret",
+                            .client_id = "12345",
+                            .method = SIGN_HMACSHA1,
+                            .securemode = 3,
                             .timestamp = "789"};
     CHECK_INT(sign_mqtt_login(&in, &c), 0);
     CHECK_STR(c.client_id, "12345|securemode=3,signmethod=hmacsha1,timestamp=789|");
@@ -28,17 +32,22 @@ static void sdk_vectors(void)
     };
     for (size_t i = 0; i < 3; i++) {
         struct sign_creds c;
-        struct sign_login in = {.product_key = "a1X2bEnP82z", .device_name = "example1",
+        struct sign_login in = {.product_key = "a1X2bEnP82z",
+                                .device_name = "example1",
                                 .device_secret = "ga7XA6KdlEeiPXQPpRbAjOZXwG8ydgSe",
-                                .method = v[i].m, .securemode = 2, .timestamp = "2524608000000"};
+                                .method = v[i].m,
+                                .securemode = 2,
+                                .timestamp = "2524608000000"};
         CHECK_INT(sign_mqtt_login(&in, &c), 0);
         CHECK_STR(c.password, v[i].pw);
         CHECK_STR(c.username, "example1&a1X2bEnP82z");
     }
     struct sign_creds c;
-    struct sign_login in = {.product_key = "a1X2bEnP82z", .device_name = "example1",
+    struct sign_login in = {.product_key = "a1X2bEnP82z",
+                            .device_name = "example1",
                             .device_secret = "ga7XA6KdlEeiPXQPpRbAjOZXwG8ydgSe",
-                            .method = SIGN_HMACSHA256, .securemode = 2,
+                            .method = SIGN_HMACSHA256,
+                            .securemode = 2,
                             .timestamp = "2524608000000"};
     CHECK_INT(sign_mqtt_login(&in, &c), 0);
     /* §1.4 #3: the minimal clientId is 80 bytes. */
@@ -53,9 +62,12 @@ static void without_timestamp(void)
     struct sign_creds c;
     char expect[SIGN_HEX_MAX];
     const char *msg = "clientIda1X2bEnP82z.example1deviceNameexample1productKeya1X2bEnP82z";
-    struct sign_login in = {.product_key = "a1X2bEnP82z", .device_name = "example1",
+    struct sign_login in = {.product_key = "a1X2bEnP82z",
+                            .device_name = "example1",
                             .device_secret = "ga7XA6KdlEeiPXQPpRbAjOZXwG8ydgSe",
-                            .method = SIGN_HMACSHA256, .securemode = 2, .ext = "_v=aligw"};
+                            .method = SIGN_HMACSHA256,
+                            .securemode = 2,
+                            .ext = "_v=aligw"};
     CHECK_INT(sign_mqtt_login(&in, &c), 0);
     CHECK_INT(sign_hmac_hex(SIGN_HMACSHA256, in.device_secret, msg, strlen(msg), expect), 0);
     CHECK_STR(c.password, expect);
@@ -80,8 +92,9 @@ static void register_vector(void)
                            "random=8Ygb7ULYh53B6OA,signmethod=hmacsha256|");
     CHECK_INT(sign_mqtt_register("pk", "dn", "ps", "regnwl", "1", SIGN_HMACSHA256, "iot-06z", &c),
               0);
-    CHECK_STR(c.client_id,
-              "pk.dn|securemode=-2,authType=regnwl,random=1,signmethod=hmacsha256,instanceId=iot-06z|");
+    CHECK_STR(
+        c.client_id,
+        "pk.dn|securemode=-2,authType=regnwl,random=1,signmethod=hmacsha256,instanceId=iot-06z|");
 
     CHECK_INT(sign_mqtt_connwl("pk", "dn", "cid123", "^1^1700000000000^abc", NULL, &c), 0);
     CHECK_STR(c.client_id, "cid123|authType=connwl,securemode=-2,_ss=1|");
