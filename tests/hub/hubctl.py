@@ -371,7 +371,7 @@ def start(devices, dirpath, rate=30, rate_mode="reply", reply_delivery="subscrib
     conf = ["# written by aligw-hub", "per_listener_settings true", "persistence false",
             "user %s" % pwd.getpwuid(os.getuid()).pw_name, "log_dest stderr",
             "log_type error", "log_type warning", "log_type notice", "connection_messages false",
-            "max_queued_messages 100000", "set_tcp_nodelay true", "",
+            "max_queued_messages 1000000", "set_tcp_nodelay true", "",
             "listener %d %s" % (ports["mqtt_port"], HOST), "allow_anonymous false",
             "plugin %s" % plugin, "plugin_opt_tls 0"] + opts + [
             "", "listener %d %s" % (ports["mqtts_port"], HOST), "allow_anonymous false",

@@ -205,8 +205,14 @@ class Daemon:
         return r["result"]
 
     def wait_state(self, key, state, timeout=20):
-        return wait_for(lambda: self.device(key)["state"] == state and self.device(key), timeout,
-                        what="%s to be %s (log:\n%s)" % (key, state, self.log()[-3000:]))
+        """Waits until device key is in state (it may not exist yet, e.g. before a reload)."""
+        def check():
+            r = self.call("device", device=key)
+            return r.get("ok") and r["result"]["state"] == state and r["result"]
+        try:
+            return wait_for(check, timeout, what="%s to be %s" % (key, state))
+        except AssertionError as e:
+            raise AssertionError("%s (log:\n%s)" % (e, self.log()[-3000:]))
 
     def signal(self, sig):
         self.proc.send_signal(sig)
