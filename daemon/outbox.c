@@ -81,10 +81,18 @@ struct odev {
     /* Log rate limiting (loop). */
     uint64_t unlogged_dropped, unlogged_expired;
     int64_t drop_log_ms, exp_log_ms;
+    /* Write-through (loop, complete() and outbox_peek()). max_seq bounds the seqs of every
+     * committed message of the device (valid when max_known); during complete() wt_head..wt_tail
+     * chain the device's messages of the batch just committed and wt_prev bounds the device's
+     * committed messages outside it (-1: not known yet, looked up on first need). */
+    int64_t max_seq, wt_prev;
+    bool max_known;
+    struct pend *wt_head, *wt_tail;
 };
 
 struct pend {
     struct odev *dev;
+    struct pend *dnext; /* the device's next message of the batch (write-through) */
     int64_t seq, created_ms;
     int qos;
     size_t tlen, len;
@@ -126,7 +134,7 @@ enum {
     ST_PAGE_COUNT,
     ST_W_N
 };
-enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_N };
+enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_MAX_BELOW, RT_N };
 
 static const char *const wsql[ST_W_N] = {
     [ST_INS_MSG] = "INSERT INTO message(seq, device_id, created_ms, qos, size, topic, payload) "
@@ -150,6 +158,7 @@ static const char *const rsql[RT_N] = {
                 "WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     [RT_OLDEST_DEV] = "SELECT created_ms FROM message WHERE device_id = ?1 ORDER BY seq LIMIT 1",
     [RT_OLDEST_ALL] = "SELECT created_ms FROM message ORDER BY seq LIMIT 1",
+    [RT_MAX_BELOW] = "SELECT max(seq) FROM message WHERE device_id = ?1 AND seq < ?2",
 };
 
 struct outbox {
@@ -176,6 +185,7 @@ struct outbox {
     struct batch b[2];
     struct batch *cur, *fly;
     bool inflight, scheduled, expire_due, closing;
+    bool wt_on; /* in complete()'s ready callbacks: peeks may serve the batch from memory */
     int64_t fail_log_ms, ack_log_ms;
     uint64_t fail_unlogged;
 
@@ -264,6 +274,7 @@ static struct odev *dev_add(struct outbox *ob, int64_t id, const char *key)
     }
     d->id = id;
     d->drop_log_ms = d->exp_log_ms = INT64_MIN / 2;
+    d->max_known = true; /* a new device has no message; load() says otherwise */
     size_t j = hash_key(key) & (ob->n_buckets - 1);
     d->hnext = ob->buckets[j];
     ob->buckets[j] = d;
@@ -839,6 +850,8 @@ static void complete(struct outbox *ob, struct batch *b)
     int64_t now = uv_now(ob->loop);
     bool ok = b->append_status == 0;
     bool more = !batch_empty(ob, ob->cur); /* not counting acks put back below */
+    /* The batch's messages are all still in the table unless it dropped or expired some. */
+    bool wt = ok && b->d_dropped == 0 && b->d_expired == 0;
 
     ob->inflight = false;
     for (size_t i = 0; i < b->n_touched; i++) {
@@ -894,18 +907,31 @@ static void complete(struct outbox *ob, struct batch *b)
     b->try_restore = false;
     b->expire_before_ms = 0;
 
-    /* Producers first, then the forwarder. Callbacks may append (into cur) but never free ob. */
+    /* Producers first, then the forwarder. Callbacks may append (into cur) but never free ob.
+     * The committed messages are chained per device so that the forwarder's peeks from the
+     * ready callbacks can be served from memory (see outbox_peek); freed after those. */
     for (size_t i = 0; i < b->n_ap; i++) {
         struct pend *p = b->ap[i];
+        struct odev *d = p->dev;
         size_t size = p->tlen + p->len;
-        p->dev->pending_bytes -= (int64_t)size;
+        d->pending_bytes -= (int64_t)size;
         ob->pending_bytes -= (int64_t)size;
+        if (ok) {
+            p->dnext = NULL;
+            if (!d->wt_head) {
+                d->wt_head = p;
+                d->wt_prev = d->max_known ? d->max_seq : -1;
+            } else {
+                d->wt_tail->dnext = p;
+            }
+            d->wt_tail = p;
+            d->max_seq = p->seq;
+            d->max_known = true;
+        }
         if (p->cb)
             p->cb(p->arg, b->append_status, ok ? p->seq : 0);
-        free(p);
-        b->ap[i] = NULL;
     }
-    b->n_ap = 0;
+    ob->wt_on = wt;
     for (size_t i = 0; i < b->n_touched; i++) {
         struct odev *d = b->touched[i];
         bool fire = ok && d->got_append;
@@ -913,6 +939,13 @@ static void complete(struct outbox *ob, struct batch *b)
         if (fire && ob->ready)
             ob->ready(ob->ready_arg, d->key);
     }
+    ob->wt_on = false;
+    for (size_t i = 0; i < b->n_ap; i++) {
+        b->ap[i]->dev->wt_head = b->ap[i]->dev->wt_tail = NULL;
+        free(b->ap[i]);
+        b->ap[i] = NULL;
+    }
+    b->n_ap = 0;
     b->n_touched = 0;
     if (more || ob->expire_due || ob->closing || ob->cur->n_ap)
         schedule(ob);
@@ -1152,6 +1185,7 @@ static int load(struct outbox *ob)
             return -ENOMEM;
         }
         d->in_db = true;
+        d->max_known = false;
         d->count = sqlite3_column_int64(st, 2);
         d->bytes = sqlite3_column_int64(st, 3);
         d->dropped = sqlite3_column_int64(st, 4);
@@ -1330,10 +1364,51 @@ void outbox_msg_free(struct outbox_msg *m)
 {
     if (!m)
         return;
-    free(m->topic);
-    free(m->payload);
+    if (!m->borrowed) {
+        free(m->topic);
+        free(m->payload);
+    }
     m->topic = NULL;
     m->payload = NULL;
+}
+
+/*
+ * Write-through: from a ready callback, when every committed message of d after after_seq is in
+ * the batch just committed (none of its older ones is newer than after_seq), they are handed out
+ * from the batch's memory instead of being read back. Returns false to read the table instead.
+ */
+static bool peek_batch(struct outbox *ob, struct odev *d, int64_t after_seq, struct outbox_msg *out,
+                       size_t max, size_t *n)
+{
+    if (!ob->wt_on || !d->wt_head)
+        return false;
+    if (d->wt_prev < 0) {
+        sqlite3_stmt *st = ob->r[RT_MAX_BELOW];
+        int rc;
+        sqlite3_bind_int64(st, 1, d->id);
+        sqlite3_bind_int64(st, 2, d->wt_head->seq);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            d->wt_prev = sqlite3_column_int64(st, 0); /* NULL (none) reads as 0 */
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW)
+            return false;
+    }
+    if (after_seq < d->wt_prev)
+        return false;
+    for (struct pend *p = d->wt_head; p && *n < max; p = p->dnext) {
+        if (p->seq <= after_seq)
+            continue;
+        struct outbox_msg *m = &out[(*n)++];
+        m->seq = p->seq;
+        m->topic = p->data;
+        m->payload = p->data + p->tlen + 1;
+        m->len = p->len;
+        m->qos = p->qos;
+        m->created_ms = p->created_ms;
+        m->borrowed = true;
+    }
+    return true;
 }
 
 int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
@@ -1346,12 +1421,15 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
     *n = 0;
     if (!d || !d->in_db || max == 0)
         return 0;
+    if (peek_batch(ob, d, after_seq, out, max, n))
+        return 0;
     sqlite3_bind_int64(st, 1, d->id);
     sqlite3_bind_int64(st, 2, after_seq);
     sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct outbox_msg *m = &out[*n];
         const void *pl = sqlite3_column_blob(st, 2);
+        m->borrowed = false;
         size_t len = (size_t)sqlite3_column_bytes(st, 2);
         m->seq = sqlite3_column_int64(st, 0);
         m->topic = strdup((const char *)sqlite3_column_text(st, 1));

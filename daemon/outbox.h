@@ -27,6 +27,7 @@
 #ifndef ALIGW_OUTBOX_H
 #define ALIGW_OUTBOX_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -86,13 +87,16 @@ struct outbox_msg {
     size_t len;
     int qos;
     int64_t created_ms; /* wall clock at append, ms since the epoch */
+    bool borrowed;      /* topic and payload point into the outbox's memory (see outbox_peek) */
 };
 
 /*
  * Reads up to max committed messages of device_key with seq > after_seq, oldest first, into
  * out[0..*n). Messages acked but not yet deleted may still be returned: pass the last seq you
  * handed on as after_seq. Returns 0 (*n may be 0; an unknown device has none), or -ENOMEM /
- * a db_err() code.
+ * a db_err() code. Called from a ready callback, it may hand out the messages just committed
+ * from memory instead of reading them back (write-through): those are `borrowed` and valid only
+ * until that callback returns; outbox_msg_free is still to be called on every message.
  */
 int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
                 struct outbox_msg *out, size_t max, size_t *n);
