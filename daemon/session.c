@@ -8,6 +8,7 @@
  * drains it, drops events whose session is gone or was reopened (generation mismatch), and hands
  * the rest to the caller. MQTTAsync_destroy may run pending failure callbacks on the loop thread
  * itself; push() is safe there because the queue lock is never held while calling Paho.
+ * Publishes are the one command made from another thread (the caller thread, below).
  */
 #include "session.h"
 
@@ -67,6 +68,35 @@ static struct {
     MQTTAsync keeper; /* never connected: keeps Paho's threads alive between sessions */
     bool ready;
 } L = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/*
+ * Publishes go through one "paho caller" thread: MQTTAsync_sendMessage takes Paho's global lock,
+ * which Paho's receive thread holds while it handles every packet, so calling it from the loop
+ * made the loop wait. The loop queues the command (handle, topic and payload copied) and goes
+ * on; the caller thread makes the Paho call and reports a failure as SESSION_PUBLISH_FAILED.
+ * session_close() waits until every publish queued before it was handed to Paho, so the handle
+ * is never used after MQTTAsync_destroy.
+ */
+struct pubcmd {
+    struct pubcmd *next;
+    MQTTAsync client;
+    uint64_t id, ref;
+    uint32_t gen;
+    int qos;
+    size_t tlen, len;
+    char data[]; /* topic, NUL, payload */
+};
+
+static struct {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond, done_cond;
+    struct pubcmd *head, *tail;
+    uint64_t queued, done; /* commands queued and handed to Paho so far */
+    bool stop, running;
+} P = {.mu = PTHREAD_MUTEX_INITIALIZER,
+       .cond = PTHREAD_COND_INITIALIZER,
+       .done_cond = PTHREAD_COND_INITIALIZER};
 
 static struct sess tomb_;
 #define TOMB (&tomb_)
@@ -308,12 +338,85 @@ static void on_sub_fail(void *context, MQTTAsync_failureData *r)
     free(s);
 }
 
+static void push(struct qev *e);
+static struct qev *new_ev(enum session_event_kind kind, uint64_t id, uint32_t gen);
+
+static void caller_send(struct pubcmd *c)
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    MQTTAsync_message m = MQTTAsync_message_initializer;
+    struct pubctx *pc = malloc(sizeof(*pc));
+    int rc = MQTTASYNC_FAILURE;
+
+    if (pc) {
+        pc->id = c->id;
+        pc->gen = c->gen;
+        pc->ref = c->ref;
+        m.payload = c->data + c->tlen + 1;
+        m.payloadlen = (int)c->len;
+        m.qos = c->qos;
+        ro.onSuccess = on_pub_ok;
+        ro.onFailure = on_pub_fail;
+        ro.context = pc;
+        rc = MQTTAsync_sendMessage(c->client, c->data, &m, &ro);
+        if (rc != MQTTASYNC_SUCCESS)
+            free(pc);
+    }
+    if (rc != MQTTASYNC_SUCCESS) { /* not handed over: the forwarder sends it again */
+        struct qev *e = new_ev(SESSION_PUBLISH_FAILED, c->id, c->gen);
+        if (e) {
+            e->ev.ref = c->ref;
+            e->ev.code = rc == MQTTASYNC_DISCONNECTED ? -ENOTCONN : -EAGAIN;
+            push(e);
+        }
+    }
+}
+
+static void *caller_main(void *arg)
+{
+    pthread_mutex_lock(&P.mu);
+    for (;;) {
+        while (!P.head && !P.stop)
+            pthread_cond_wait(&P.cond, &P.mu);
+        if (!P.head && P.stop)
+            break;
+        struct pubcmd *list = P.head;
+        P.head = P.tail = NULL;
+        pthread_mutex_unlock(&P.mu);
+        uint64_t n = 0;
+        while (list) {
+            struct pubcmd *next = list->next;
+            caller_send(list);
+            free(list);
+            list = next;
+            n++;
+        }
+        pthread_mutex_lock(&P.mu);
+        P.done += n;
+        pthread_cond_broadcast(&P.done_cond);
+    }
+    pthread_mutex_unlock(&P.mu);
+    return NULL;
+}
+
+/* Waits until every publish queued so far has been handed to Paho (before a destroy). */
+static void caller_flush(void)
+{
+    pthread_mutex_lock(&P.mu);
+    uint64_t target = P.queued;
+    while (P.done < target)
+        pthread_cond_wait(&P.done_cond, &P.mu);
+    pthread_mutex_unlock(&P.mu);
+}
+
 /* ---- commands from the loop -------------------------------------------------------------- */
 
 static void sess_free(struct sess *s)
 {
-    if (s->client)
+    if (s->client) {
+        caller_flush();
         MQTTAsync_destroy(&s->client);
+    }
     free(s->ctx);
     free(s->host);
     free(s->ca_file);
@@ -344,6 +447,13 @@ int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg)
         uv_close((uv_handle_t *)&L.async, NULL);
         return ALIGW_EPAHO;
     }
+    P.stop = false;
+    if (pthread_create(&P.thread, NULL, caller_main, NULL) != 0) {
+        MQTTAsync_destroy(&L.keeper);
+        uv_close((uv_handle_t *)&L.async, NULL);
+        return -EAGAIN;
+    }
+    P.running = true;
     L.ready = true;
     return 0;
 }
@@ -359,6 +469,14 @@ void session_layer_close(void)
     free(L.table);
     L.table = NULL;
     L.cap = L.used = L.count = 0;
+    if (P.running) {
+        pthread_mutex_lock(&P.mu);
+        P.stop = true;
+        pthread_cond_signal(&P.cond);
+        pthread_mutex_unlock(&P.mu);
+        pthread_join(P.thread, NULL);
+        P.running = false;
+    }
     MQTTAsync_destroy(&L.keeper); /* the last client: Paho stops its threads */
     pthread_mutex_lock(&L.mu);
     struct qev *e = L.head;
@@ -487,35 +605,36 @@ void session_close(uint64_t id)
 int session_publish(uint64_t id, const char *topic, const void *payload, size_t len, int qos,
                     uint64_t ref)
 {
-    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    MQTTAsync_message m = MQTTAsync_message_initializer;
     struct sess *s = table_get(id);
-    struct pubctx *pc;
-    int rc;
+    size_t tlen = strlen(topic);
+    struct pubcmd *c;
 
     if (!s)
         return -ENOENT;
-    pc = malloc(sizeof(*pc));
-    if (!pc)
+    c = malloc(sizeof(*c) + tlen + 1 + len);
+    if (!c)
         return -ENOMEM;
-    pc->id = id;
-    pc->gen = s->gen;
-    pc->ref = ref;
-    m.payload = (void *)payload;
-    m.payloadlen = (int)len;
-    m.qos = qos;
-    ro.onSuccess = on_pub_ok;
-    ro.onFailure = on_pub_fail;
-    ro.context = pc;
-    rc = MQTTAsync_sendMessage(s->client, topic, &m, &ro);
-    if (rc == MQTTASYNC_SUCCESS)
-        return 0;
-    free(pc);
-    if (rc == MQTTASYNC_DISCONNECTED)
-        return -ENOTCONN;
-    if (rc == MQTTASYNC_NO_MORE_MSGIDS || rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
-        return -EAGAIN;
-    return ALIGW_EPAHO;
+    c->next = NULL;
+    c->client = s->client;
+    c->id = id;
+    c->gen = s->gen;
+    c->ref = ref;
+    c->qos = qos;
+    c->tlen = tlen;
+    c->len = len;
+    memcpy(c->data, topic, tlen + 1);
+    if (len)
+        memcpy(c->data + tlen + 1, payload, len);
+    pthread_mutex_lock(&P.mu);
+    if (P.tail)
+        P.tail->next = c;
+    else
+        P.head = c;
+    P.tail = c;
+    P.queued++;
+    pthread_cond_signal(&P.cond);
+    pthread_mutex_unlock(&P.mu);
+    return 0;
 }
 
 int session_subscribe(uint64_t id, char *const *topics, size_t n)

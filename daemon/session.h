@@ -76,8 +76,10 @@ int session_connect(uint64_t id);
 void session_close(uint64_t id);
 
 /*
- * Publishes; ref comes back in SESSION_PUBLISHED or SESSION_PUBLISH_FAILED. Returns 0, or
- * -ENOTCONN / -EAGAIN (no message id or buffer) / -ENOENT, and then no event follows.
+ * Queues a publish; ref comes back in SESSION_PUBLISHED or SESSION_PUBLISH_FAILED (also when
+ * Paho refused it: not connected, no message id). topic and payload are copied. Returns 0, or
+ * -ENOENT / -ENOMEM, and then no event follows. The Paho call itself is made by the layer's
+ * caller thread, so the loop never waits on Paho's global lock.
  */
 int session_publish(uint64_t id, const char *topic, const void *payload, size_t len, int qos,
                     uint64_t ref);
