@@ -21,6 +21,8 @@
 
 #include <jansson.h>
 
+#include "base64.h"
+
 enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_NOT_RUNNING = 3, EXIT_DENIED = 4 };
 
 #define DEFAULT_SOCKET "/run/aligw/aligw.sock"
@@ -482,22 +484,6 @@ static char *read_all(FILE *f, size_t *len)
     return b;
 }
 
-static char *b64(const unsigned char *in, size_t n)
-{
-    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *o = malloc((n + 2) / 3 * 4 + 1), *p = o;
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
-                     (i + 2 < n ? in[i + 2] : 0);
-        *p++ = a[v >> 18 & 63];
-        *p++ = a[v >> 12 & 63];
-        *p++ = i + 1 < n ? a[v >> 6 & 63] : '=';
-        *p++ = i + 2 < n ? a[v & 63] : '=';
-    }
-    *p = '\0';
-    return o;
-}
-
 /* Object from a JSON text or @file. */
 static json_t *json_arg(const char *opt, const char *s)
 {
@@ -670,7 +656,7 @@ int main(int argc, char **argv)
         if (!strcmp(rest[2], "-")) {
             size_t n;
             char *data = read_all(stdin, &n);
-            char *enc = b64((unsigned char *)data, n);
+            char *enc = base64_encode(data, n);
             json_object_set_new(req, "payload_b64", json_string(enc));
             free(enc);
             free(data);

@@ -12,6 +12,7 @@
 #include "api.h"
 
 #include "alink.h"
+#include "base64.h"
 #include "devices.h"
 #include "errors.h"
 #include "ipc.h"
@@ -492,20 +493,9 @@ static void set_payload(json_t *ev, const void *payload, size_t len)
         json_object_set_new(ev, "payload", s);
         return;
     }
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const unsigned char *p = payload;
-    char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
+    char *out = base64_encode(payload, len);
     if (!out)
         return;
-    for (size_t i = 0; i < len; i += 3) {
-        unsigned v = (unsigned)p[i] << 16 | (i + 1 < len ? (unsigned)p[i + 1] << 8 : 0) |
-                     (i + 2 < len ? p[i + 2] : 0);
-        *o++ = b64[v >> 18 & 63];
-        *o++ = b64[v >> 12 & 63];
-        *o++ = i + 1 < len ? b64[v >> 6 & 63] : '=';
-        *o++ = i + 2 < len ? b64[v & 63] : '=';
-    }
-    *o = '\0';
     json_object_set_new(ev, "payload_b64", json_string(out));
     free(out);
 }

@@ -7,6 +7,8 @@
  */
 #include "ipc_request.h"
 
+#include "base64.h"
+
 #include "errors.h"
 
 #include <errno.h>
@@ -227,43 +229,6 @@ bool ipc_watch_matches(const struct ipc_watch_filter *f, unsigned kind, const ch
     return true;
 }
 
-/* Decodes standard base64 (padding optional, no whitespace). Returns length or -1. */
-static long b64_decode(const char *in, size_t n, unsigned char *out)
-{
-    static signed char tab[256];
-    static bool init;
-    if (!init) {
-        const char *a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        memset(tab, -1, sizeof(tab));
-        for (int i = 0; i < 64; i++)
-            tab[(unsigned char)a[i]] = (signed char)i;
-        init = true;
-    }
-    while (n > 0 && in[n - 1] == '=' && (n % 4 != 1)) {
-        n--;
-        if (n > 0 && in[n - 1] == '=')
-            continue;
-        break;
-    }
-    if (n % 4 == 1)
-        return -1;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = tab[(unsigned char)in[i]];
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    return (long)o;
-}
-
 /* ---- the parser ---- */
 
 struct pctx {
@@ -393,7 +358,7 @@ static int f_payload_b64(struct pctx *c, const char *name, json_t *v)
     unsigned char *p = malloc(n / 4 * 3 + 4);
     if (!p)
         return fail(c, IPC_ERR_INTERNAL, name, "out of memory");
-    long m = b64_decode(json_string_value(v), n, p);
+    long m = base64_decode(json_string_value(v), n, p);
     if (m < 0) {
         free(p);
         return fail(c, IPC_ERR_BAD_REQUEST, name, "is not valid base64");
