@@ -22,7 +22,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "hub"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import hubctl  # noqa: E402
+from aligwtest import Api as _TestApi  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -213,33 +215,12 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Api:
-    """A connection to aligwd's API socket."""
+class Api(_TestApi):
+    """A connection to aligwd's API socket: the integration tests' client, with a longer time-out
+    (a daemon opening 10,000 sessions answers late)."""
 
     def __init__(self, path, timeout=60):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.buf = b""
-        self.next_id = 1
-
-    def call(self, op, **fields):
-        rid = self.next_id
-        self.next_id += 1
-        self.sock.sendall(json.dumps(dict(fields, op=op, id=rid)).encode() + b"\n")
-        while True:
-            while b"\n" not in self.buf:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise EOFError("aligwd closed the API connection")
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\n", 1)
-            m = json.loads(line)
-            if m.get("id") == rid:
-                return m
-
-    def close(self):
-        self.sock.close()
+        super().__init__(path, timeout)
 
 
 def publish_lines(rows, n_messages, payload_len, first_id=1, offset=0):

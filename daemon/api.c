@@ -570,12 +570,17 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
     log_dev(LOG_DEBUG, dc->product_key, dc->device_name, "downlink on %s (%zu bytes)", topic, len);
     alink_classify(dc->product_key, dc->device_name, topic, &t);
 
-    /* Every message goes to message watchers and to a plugin that asked for raw topics. */
-    json_t *ev = json_pack("{s:s,s:s,s:s,s:s}", "event", "message", "device", device_key(d),
-                           "topic", topic, "kind", alink_kind_name(t.kind));
-    set_payload(ev, payload, len);
-    ipc_broadcast(A.ipc, IPC_EV_MESSAGE, device_key(d), topic, ev);
-    json_decref(ev);
+    /* Every message goes to message watchers (the payload is only decoded when there are any)
+     * and to a plugin that asked for raw topics. */
+    struct ipc_stats is;
+    ipc_server_stats(A.ipc, &is);
+    if (is.watchers > 0) {
+        json_t *ev = json_pack("{s:s,s:s,s:s,s:s}", "event", "message", "device", device_key(d),
+                               "topic", topic, "kind", alink_kind_name(t.kind));
+        set_payload(ev, payload, len);
+        ipc_broadcast(A.ipc, IPC_EV_MESSAGE, device_key(d), topic, ev);
+        json_decref(ev);
+    }
     if (A.plugins && plugins_serves(A.plugins, dc->product_key, dc->device_name))
         plugins_message(A.plugins, dc->product_key, dc->device_name, topic, payload, len);
 

@@ -248,7 +248,7 @@ static void pace_enqueue(struct device *d)
     }
 }
 
-void devices_set_connect_rate(double per_second, int burst)
+static void set_connect_rate(double per_second, int burst)
 {
     R.pace_rate = per_second > 0 ? per_second : 1;
     R.pace_burst = burst > 0 ? burst : 1;
@@ -759,10 +759,9 @@ static void forward(struct device *d)
                 break;
             uint64_t ref = (uint64_t)d->epoch << 48 | (uint64_t)m[i].seq;
             rc = session_publish(sid_of(d), m[i].topic, m[i].payload, m[i].len, m[i].qos, ref);
-            if (rc < 0) {
+            if (rc < 0) { /* not queued (out of memory): try again shortly */
                 d->tokens += 1.0;
-                if (rc == -EAGAIN)
-                    uv_timer_start(&d->fwd_timer, on_fwd_timer, 100, 0);
+                uv_timer_start(&d->fwd_timer, on_fwd_timer, 100, 0);
                 break;
             }
             d->sent_upto = m[i].seq;
@@ -927,7 +926,7 @@ static void copy_settings(const struct config *c)
     R.kick_backoff_ms = c->cloud.kick_backoff_ms;
     R.window = c->store.inflight > 0 ? c->store.inflight : 32;
     R.inflight_total = c->store.inflight_total > 0 ? c->store.inflight_total : 20000;
-    devices_set_connect_rate(c->cloud.connect_rate, c->cloud.connect_burst);
+    set_connect_rate(c->cloud.connect_rate, c->cloud.connect_burst);
 }
 
 int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, struct statedb *db,

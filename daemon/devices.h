@@ -81,7 +81,4 @@ void device_set_field_error(struct device *d, const char *reason);
 /* The outbox has committed messages for key: wake its forwarder. */
 void devices_outbox_ready(const char *key);
 
-/* Connect pacer rate (sessions per second); the benchmark opens it wide. */
-void devices_set_connect_rate(double per_second, int burst);
-
 #endif

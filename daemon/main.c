@@ -196,11 +196,6 @@ static void on_outbox_ready(void *arg, const char *key)
     devices_outbox_ready(key);
 }
 
-static void start_pending(void *arg, const char *key)
-{
-    devices_outbox_ready(key);
-}
-
 int api_trigger_reload(void)
 {
     return reload();
@@ -326,7 +321,7 @@ int main(int argc, char **argv)
         M.exit_code = 1;
         shutdown_all();
     } else {
-        outbox_foreach_pending(M.ob, start_pending, NULL);
+        outbox_foreach_pending(M.ob, on_outbox_ready, NULL); /* what was queued before */
         log_notice("aligwd %s started: %zu devices, outbox %s", ALIGW_VERSION, devices_count(),
                    M.cfg->store.path);
         notify_ready();

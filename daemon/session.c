@@ -209,12 +209,19 @@ static void free_ev(struct qev *e)
     free(e);
 }
 
-static void drain(uv_async_t *h)
+/* Takes every queued event at once (the queue lock is never held while calling out). */
+static struct qev *take_all(void)
 {
     pthread_mutex_lock(&L.mu);
     struct qev *e = L.head;
     L.head = L.tail = NULL;
     pthread_mutex_unlock(&L.mu);
+    return e;
+}
+
+static void drain(uv_async_t *h)
+{
+    struct qev *e = take_all();
 
     while (e) {
         struct qev *next = e->next;
@@ -478,10 +485,7 @@ void session_layer_close(void)
         P.running = false;
     }
     MQTTAsync_destroy(&L.keeper); /* the last client: Paho stops its threads */
-    pthread_mutex_lock(&L.mu);
-    struct qev *e = L.head;
-    L.head = L.tail = NULL;
-    pthread_mutex_unlock(&L.mu);
+    struct qev *e = take_all();
     while (e) {
         struct qev *n = e->next;
         free_ev(e);
@@ -667,9 +671,4 @@ int session_subscribe(uint64_t id, char *const *topics, size_t n)
         return 0;
     free(sc);
     return rc == MQTTASYNC_DISCONNECTED ? -ENOTCONN : ALIGW_EPAHO;
-}
-
-size_t session_count(void)
-{
-    return L.count;
 }

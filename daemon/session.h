@@ -86,7 +86,4 @@ int session_publish(uint64_t id, const char *topic, const void *payload, size_t 
 /* Subscribes to n topics (QoS 1); one SESSION_SUBSCRIBED event per topic. */
 int session_subscribe(uint64_t id, char *const *topics, size_t n);
 
-/* Number of open sessions (for status). */
-size_t session_count(void);
-
 #endif
