@@ -2010,7 +2010,7 @@ static void config_defaults(struct config *c)
     c->store.policy = STORE_DROP_OLDEST;
     c->store.ttl_s = 7 * 86400;
     c->store.inflight = 32;
-    c->store.inflight_total = 20000;
+    c->store.inflight_total = 2048;
     c->api.max_line = 1 << 20;
     c->api.max_payload = 256 << 10;
     c->api.service_timeout_ms = 8000;

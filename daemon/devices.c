@@ -925,7 +925,7 @@ static void copy_settings(const struct config *c)
     R.auth_backoff_ms = c->cloud.auth_backoff_ms;
     R.kick_backoff_ms = c->cloud.kick_backoff_ms;
     R.window = c->store.inflight > 0 ? c->store.inflight : 32;
-    R.inflight_total = c->store.inflight_total > 0 ? c->store.inflight_total : 20000;
+    R.inflight_total = c->store.inflight_total > 0 ? c->store.inflight_total : 2048;
     set_connect_rate(c->cloud.connect_rate, c->cloud.connect_burst);
 }
 

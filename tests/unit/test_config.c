@@ -196,7 +196,7 @@ static void test_defaults(void)
     CHECK_STR(c->cloud.register_url,
               "https://iot-auth.cn-shanghai.aliyuncs.com/auth/register/device");
     CHECK_INT(c->store.inflight, 32);
-    CHECK_INT(c->store.inflight_total, 20000);
+    CHECK_INT(c->store.inflight_total, 2048);
     CHECK_INT(c->store.ttl_s, 7 * 86400);
     CHECK_INT(c->store.max_bytes, 1 << 30);
     CHECK_INT(c->api.max_line, 1 << 20);
