@@ -45,6 +45,7 @@ class Build:
         self.aligwd = os.environ.get("ALIGWD") or os.path.join(self.dir, "daemon", "aligwd")
         self.paho_sessions = os.path.join(self.dir, "bench", "paho_sessions")
         self.paho_publish = os.path.join(self.dir, "bench", "paho_publish")
+        self.api_publish = os.path.join(self.dir, "bench", "api_publish")
         plugin = os.environ.get("ALIGW_HUB_PLUGIN") or os.path.join(self.dir, "tests", "hub",
                                                                     "aligw_hub.so")
         if not os.path.exists(plugin):
@@ -55,7 +56,7 @@ class Build:
         missing = [getattr(self, n) for n in names if not os.path.exists(getattr(self, n))]
         if missing:
             sys.exit("missing: %s\nbuild them first: make -C %s aligwd aligw_hub paho_sessions "
-                     "paho_publish" % (", ".join(missing), self.dir))
+                     "paho_publish api_publish" % (", ".join(missing), self.dir))
 
 
 def default_build():
@@ -295,6 +296,30 @@ def pipeline_publish(socket_path, lines, connections=2, chunk=256, window=8192):
     n_ok = sum(r[0] for r in results)
     errs = [e for r in results for e in r[1]][:5]
     return t0, max(r[2] for r in results), n_ok, errs
+
+
+def pipeline_publish_c(build, socket_path, rows_csv, n_devices, m, payload, connections=2,
+                       first_id=1, offset=0, window=8192, stats=None):
+    """pipeline_publish(publish_lines(...)) done by bench/api_publish, a C producer: the same
+    request bytes and the same pipelining, without spending the gateway's CPU on Python. rows_csv
+    is a device table with product_key and device_name columns (the hub's or the daemon's
+    devices.csv); its first n_devices rows are used. The lines are built before the clock starts.
+
+    Returns (t_first_send, t_last_ok, n_ok, errors[:5]); stats (a dict), when given, receives the
+    producer's whole report (cpu_s: its CPU seconds while sending, cpu_build_s: building the lines).
+    """
+    cmd = [build.api_publish, "--socket", socket_path, "--devices", rows_csv, "--count",
+           str(n_devices), "--messages", str(m), "--payload", str(payload), "--connections",
+           str(connections), "--window", str(window), "--first-id", str(first_id), "--offset",
+           str(offset)]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    if not last.startswith("{"):
+        raise RuntimeError("api_publish exited with %d: %s" % (p.returncode, p.stderr[-2000:]))
+    r = json.loads(last)
+    if stats is not None:
+        stats.update(r)
+    return r["t0"], r["t_ok"], r["ok"], r["errors"]
 
 
 # ---- the consumer -------------------------------------------------------------------------
