@@ -9,18 +9,18 @@
  * would take CPU the gateway then lacks on a small machine, so this one exists to compare like
  * with like.
  *
- * All lines are built in memory and all connections opened before the clock starts. One thread
- * per connection runs a poll loop over its non-blocking socket. Prints one JSON line on stdout:
- * {"t0","t_ok","ok","messages","errors","cpu_s","cpu_build_s"}, where t0 is CLOCK_MONOTONIC (the
- * clock Python's time.monotonic() reads) in seconds just before the first send, t_ok when the last
- * response was read, cpu_s the process's user + system CPU from t0 to the end and cpu_build_s what
- * building the lines took. Exits 0 when every message was answered ok, 1 otherwise, 2 on bad
- * arguments or an unreachable socket. --dump writes the request lines to stdout instead.
+ * All lines are built in memory and all connections opened before the clock starts. Each
+ * connection has a reader thread, which counts the answers and wakes the connection's writer
+ * thread when the window opens; both block in the socket calls (five-minute time-outs). Prints
+ * one JSON line on stdout: {"t0","t_ok","ok","messages","errors","cpu_s","cpu_build_s"}, where
+ * t0 is CLOCK_MONOTONIC (the clock Python's time.monotonic() reads) in seconds just before the
+ * first send, t_ok when the last response was read, cpu_s the process's user + system CPU from t0
+ * to the end and cpu_build_s what building the lines took. Exits 0 when every message was answered
+ * ok, 1 otherwise, 2 on bad arguments or an unreachable socket. --dump writes the request lines to
+ * stdout instead.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +36,7 @@
 #define MAX_ERRORS 5
 #define ERROR_MAX_LEN 300
 #define READ_BUF (1 << 20)
-#define POLL_TIMEOUT_MS 300000
+#define IO_TIMEOUT_S 300
 
 struct conn {
     int fd;
@@ -46,8 +46,13 @@ struct conn {
     long n, cap_lines;
     long ok;
     int nerr;
-    char *errs[MAX_ERRORS];
+    char *errs[MAX_ERRORS]; /* the reader's */
+    char werr[160];         /* the writer's, or "" */
     double t_done;
+    pthread_mutex_t mu; /* guards got, done, writer_waiting and writer_needs */
+    pthread_cond_t cv;
+    long got, writer_needs; /* answers read; how many the waiting writer needs */
+    int done, writer_waiting;
 };
 
 static long window = 8192;
@@ -99,54 +104,73 @@ static void conn_error(struct conn *c, const char *s, size_t n)
     c->nerr++;
 }
 
-/* Sends c's lines and reads the answers until all are answered, the peer closes, or an error. */
+/* The writer thread of a connection: sends the lines CHUNK_LINES at a time (blocking), waiting
+ * while that would leave more than `window` unanswered. */
+static void *conn_write(void *arg)
+{
+    struct conn *c = arg;
+    long sent = 0;
+    while (sent < c->n) {
+        long to = sent + CHUNK_LINES < c->n ? sent + CHUNK_LINES : c->n;
+        pthread_mutex_lock(&c->mu);
+        while (to - c->got > window && !c->done) {
+            c->writer_waiting = 1;
+            c->writer_needs = to - window;
+            pthread_cond_wait(&c->cv, &c->mu);
+        }
+        c->writer_waiting = 0;
+        int done = c->done;
+        pthread_mutex_unlock(&c->mu);
+        if (done)
+            break;
+        size_t pos = c->ends[sent], end = c->ends[to];
+        while (pos < end) {
+            ssize_t w = send(c->fd, c->buf + pos, end - pos, MSG_NOSIGNAL);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                snprintf(c->werr, sizeof(c->werr), "send: %s after %ld requests", strerror(errno),
+                         sent);
+                return NULL;
+            }
+            pos += (size_t)w;
+        }
+        sent = to;
+    }
+    return NULL;
+}
+
+/* One connection: starts its writer, reads and counts the answers until all are in, the peer
+ * closes, or an error; then tells the writer to stop. */
 static void *conn_run(void *arg)
 {
     struct conn *c = arg;
     char *rbuf = xrealloc(NULL, READ_BUF);
-    size_t rcap = READ_BUF, rlen = 0, pos = 0;
-    long got = 0, sent = 0;
+    size_t rcap = READ_BUF, rlen = 0;
+    long got = 0;
     char msg[128];
+    pthread_t writer;
+    if (pthread_create(&writer, NULL, conn_write, c) != 0) {
+        snprintf(msg, sizeof(msg), "pthread_create failed");
+        conn_error(c, msg, strlen(msg));
+        c->t_done = bench_now_s();
+        free(rbuf);
+        return NULL;
+    }
     while (got < c->n) {
-        long allowed = got + window < c->n ? got + window : c->n;
-        size_t wend = c->ends[allowed];
-        struct pollfd p = {.fd = c->fd, .events = POLLIN | (pos < wend ? POLLOUT : 0)};
-        int r = poll(&p, 1, POLL_TIMEOUT_MS);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            snprintf(msg, sizeof(msg), "%s after %ld responses", r ? strerror(errno) : "timed out",
-                     got);
-            conn_error(c, msg, strlen(msg));
-            break;
-        }
-        if ((p.revents & POLLOUT) && pos < wend) {
-            long to = sent + CHUNK_LINES < allowed ? sent + CHUNK_LINES : allowed;
-            ssize_t w = send(c->fd, c->buf + pos, c->ends[to] - pos, MSG_NOSIGNAL);
-            if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                snprintf(msg, sizeof(msg), "send: %s after %ld responses", strerror(errno), got);
-                conn_error(c, msg, strlen(msg));
-                break;
-            }
-            if (w > 0) {
-                pos += (size_t)w;
-                while (sent < c->n && c->ends[sent + 1] <= pos)
-                    sent++;
-            }
-        }
-        if (!(p.revents & (POLLIN | POLLHUP | POLLERR)))
-            continue;
         if (rlen == rcap) { /* one response longer than the buffer */
             rcap *= 2;
             rbuf = xrealloc(rbuf, rcap);
         }
         ssize_t n = read(c->fd, rbuf + rlen, rcap - rlen);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            snprintf(msg, sizeof(msg), "connection closed after %ld responses", got);
-            if (n < 0)
-                snprintf(msg, sizeof(msg), "read: %s after %ld responses", strerror(errno), got);
+            if (n == 0)
+                snprintf(msg, sizeof(msg), "connection closed after %ld responses", got);
+            else
+                snprintf(msg, sizeof(msg), "read: %s after %ld responses",
+                         errno == EAGAIN ? "timed out" : strerror(errno), got);
             conn_error(c, msg, strlen(msg));
             break;
         }
@@ -162,8 +186,21 @@ static void *conn_run(void *arg)
         }
         rlen = (size_t)(end - s);
         memmove(rbuf, s, rlen);
+        pthread_mutex_lock(&c->mu);
+        c->got = got;
+        if (c->writer_waiting && got >= c->writer_needs)
+            pthread_cond_signal(&c->cv);
+        pthread_mutex_unlock(&c->mu);
     }
     c->t_done = bench_now_s();
+    pthread_mutex_lock(&c->mu);
+    c->done = 1;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    shutdown(c->fd, SHUT_RDWR); /* unblocks a writer stuck in send after a failure */
+    pthread_join(writer, NULL);
+    if (c->werr[0])
+        conn_error(c, c->werr, strlen(c->werr));
     free(rbuf);
     return NULL;
 }
@@ -327,7 +364,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "api_publish: connect %s: %s\n", sock_path, strerror(errno));
             return 2;
         }
-        fcntl(conns[k].fd, F_SETFL, fcntl(conns[k].fd, F_GETFL) | O_NONBLOCK);
+        struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
+        setsockopt(conns[k].fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(conns[k].fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        pthread_mutex_init(&conns[k].mu, NULL);
+        pthread_cond_init(&conns[k].cv, NULL);
     }
 
     pthread_t *th = calloc((size_t)nconn, sizeof(*th));
