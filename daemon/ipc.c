@@ -6,13 +6,13 @@
  * when it drains; a watcher's events are dropped (and counted) above the watch limit instead.
  * Replies hold a reference on their connection, so a reply completed after the client left (or
  * after the server closed) is dropped without touching freed memory. Output is coalesced: replies
- * and events are appended to the connection's pending buffer, and one end-of-turn flush (a uv_check
- * handle, with a uv_idle handle so the loop does not block in poll first) writes each connection's
- * buffer with one write, so a pipelining client costs one syscall per loop turn, not per reply.
- * Event lines are serialized once per broadcast and copied to each watcher.
+ * and events are appended to the connection's pending buffer, and one end-of-turn flush (endturn.h)
+ * writes each connection's buffer with one write, so a pipelining client costs one syscall per loop
+ * turn, not per reply. Event lines are serialized once per broadcast and copied to each watcher.
  */
 #include "ipc.h"
 
+#include "endturn.h"
 #include "errors.h"
 #include "log.h"
 
@@ -88,9 +88,8 @@ struct ipc_server {
     void *data;
     struct ipc_conn *conns;
     struct ipc_conn *flush_head; /* connections with pending output */
-    uv_check_t flush_check;
-    uv_idle_t flush_idle;
-    bool flush_init, flush_armed;
+    struct endturn flush;
+    bool flush_init;
     struct ipc_stats st;
     unsigned handles; /* connection handles not yet closed, plus the listener's */
     void (*close_cb)(void *data);
@@ -363,18 +362,9 @@ static void flush_all(struct ipc_server *srv)
     }
 }
 
-static void on_flush_check(uv_check_t *h)
+static void on_flush(void *data)
 {
-    struct ipc_server *srv = h->data;
-    uv_check_stop(&srv->flush_check);
-    uv_idle_stop(&srv->flush_idle);
-    srv->flush_armed = false;
-    flush_all(srv);
-}
-
-static void on_flush_idle(uv_idle_t *h)
-{
-    (void)h; /* only keeps the loop from blocking before the check runs */
+    flush_all(data);
 }
 
 /* Appends one line to the connection's pending output. Returns 0 or a negative errno. */
@@ -404,11 +394,8 @@ static int conn_send(struct ipc_conn *c, const char *data, size_t len)
         c->flush_next = srv->flush_head;
         srv->flush_head = c;
     }
-    if (!srv->flush_armed && srv->flush_init) {
-        srv->flush_armed = true;
-        uv_check_start(&srv->flush_check, on_flush_check);
-        uv_idle_start(&srv->flush_idle, on_flush_idle);
-    }
+    if (srv->flush_init)
+        endturn_arm(&srv->flush);
     return 0;
 }
 
@@ -849,9 +836,7 @@ int ipc_server_start(struct ipc_server *srv)
     srv->listener_init = true;
     srv->handles++;
     srv->listener.data = srv;
-    uv_check_init(srv->loop, &srv->flush_check);
-    uv_idle_init(srv->loop, &srv->flush_idle);
-    srv->flush_check.data = srv->flush_idle.data = srv;
+    endturn_init(&srv->flush, srv->loop, on_flush, srv);
     srv->flush_init = true;
     srv->handles += 2;
     if (fd >= 0) {
@@ -918,10 +903,8 @@ void ipc_server_close(struct ipc_server *srv, void (*cb)(void *data), void *data
     while (srv->conns)
         conn_close(srv->conns);
     flush_all(srv); /* every connection is closing: this only drops references */
-    if (srv->flush_init) {
-        uv_close((uv_handle_t *)&srv->flush_check, on_server_handle_closed);
-        uv_close((uv_handle_t *)&srv->flush_idle, on_server_handle_closed);
-    }
+    if (srv->flush_init)
+        endturn_close(&srv->flush, on_server_handle_closed);
     server_maybe_free(srv); /* at once only when nothing was open */
 }
 

@@ -2,11 +2,10 @@
  * outbox: store-and-forward in SQLite (see outbox.h for the contract).
  *
  * Shape. The loop owns two batches: `cur` collects the appends and acks of the current turn;
- * a uv_check handle (with a uv_idle handle so the loop does not block in poll meanwhile) hands
- * it over as `fly` at the end of the turn and `run_batch` commits it in one transaction: insert
- * the appends, delete the acked rows, delete expired rows, apply the drop-oldest caps, write the
- * touched devices' counters and the next seq. With durability normal this runs inline in the
- * check callback; with full it runs in uv_queue_work and the loop keeps collecting into `cur`,
+ * an end-of-turn callback (endturn.h) hands it over as `fly` and `run_batch` commits it in
+ * one transaction: insert the appends, delete the acked rows, delete expired rows, apply the
+ * drop-oldest caps, write the touched devices' counters and the next seq. With durability normal this runs inline in that
+ * callback; with full it runs in uv_queue_work and the loop keeps collecting into `cur`,
  * which becomes the next batch when the first one is done (one batch in flight at a time, so the
  * writer connection is only ever used by one thread). `complete` merges the batch's counter
  * deltas into the per-device counters and calls the callbacks, all on the loop.
@@ -43,6 +42,7 @@
 #include "outbox.h"
 
 #include "db.h"
+#include "endturn.h"
 #include "errors.h"
 #include "log.h"
 
@@ -184,7 +184,7 @@ struct outbox {
 
     struct batch b[2];
     struct batch *cur, *fly;
-    bool inflight, scheduled, expire_due, closing;
+    bool inflight, expire_due, closing;
     bool wt_on; /* in complete()'s ready callbacks: peeks may serve the batch from memory */
     int64_t fail_log_ms, ack_log_ms;
     uint64_t fail_unlogged;
@@ -207,8 +207,7 @@ struct outbox {
     bool full, restore_due;
     uint64_t full_refused; /* appends refused while full, for the log line */
 
-    uv_check_t check;
-    uv_idle_t idle;
+    struct endturn endturn; /* the group commit */
     uv_timer_t ttl_timer, retry_timer;
     uv_work_t work;
     int open_handles;
@@ -991,27 +990,15 @@ static void dispatch(struct outbox *ob)
     complete(ob, b);
 }
 
-static void check_cb(uv_check_t *h)
+static void on_endturn(void *data)
 {
-    struct outbox *ob = h->data;
-    uv_check_stop(&ob->check);
-    uv_idle_stop(&ob->idle);
-    ob->scheduled = false;
-    dispatch(ob);
+    dispatch(data);
 }
 
-static void idle_cb(uv_idle_t *h)
-{
-}
-
-/* Commits at the end of this loop turn (the idle handle keeps poll from blocking till then). */
+/* Commits at the end of this loop turn. */
 static void schedule(struct outbox *ob)
 {
-    if (ob->scheduled)
-        return;
-    ob->scheduled = true;
-    uv_check_start(&ob->check, check_cb);
-    uv_idle_start(&ob->idle, idle_cb);
+    endturn_arm(&ob->endturn);
 }
 
 static void ttl_cb(uv_timer_t *t)
@@ -1163,8 +1150,7 @@ static void maybe_finish(struct outbox *ob)
 {
     if (!ob->closing || ob->inflight || ob->open_handles != 4)
         return;
-    uv_close((uv_handle_t *)&ob->check, handle_closed);
-    uv_close((uv_handle_t *)&ob->idle, handle_closed);
+    endturn_close(&ob->endturn, handle_closed);
     uv_close((uv_handle_t *)&ob->ttl_timer, handle_closed);
     uv_close((uv_handle_t *)&ob->retry_timer, handle_closed);
 }
@@ -1256,11 +1242,10 @@ int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb re
     if ((err = reserve_open(ob)) < 0)
         goto fail;
 
-    uv_check_init(loop, &ob->check);
-    uv_idle_init(loop, &ob->idle);
+    endturn_init(&ob->endturn, loop, on_endturn, ob);
     uv_timer_init(loop, &ob->ttl_timer);
     uv_timer_init(loop, &ob->retry_timer);
-    ob->check.data = ob->idle.data = ob->ttl_timer.data = ob->retry_timer.data = ob;
+    ob->ttl_timer.data = ob->retry_timer.data = ob;
     ob->open_handles = 4;
     if (o->ttl_s > 0) {
         uint64_t every = (uint64_t)o->ttl_s * 250;
