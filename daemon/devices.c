@@ -38,6 +38,7 @@
 #define KICK_WINDOW_MS 60000 /* two losses right after logins within this window = kicked */
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 #define FWD_BATCH 64
+#define WINDOW_STRETCH 4 /* a device's window may grow to this many times store.inflight */
 
 struct device {
     struct device_conf conf;
@@ -97,6 +98,7 @@ static struct {
     struct strmap by_key;
     size_t count, online;
     int total_inflight;
+    int busy; /* devices with messages in flight */
     /* connect pacer */
     struct sidq pace;
     uv_timer_t pace_timer;
@@ -298,16 +300,39 @@ static void backoff(struct device *d, enum device_state s, int base_ms, int cap_
 
 /* ---- sessions ---------------------------------------------------------------------------- */
 
+/* Changes a device's in-flight count and the totals that follow it. */
+static void inflight_add(struct device *d, int delta)
+{
+    if (d->inflight == 0 && delta > 0)
+        R.busy++;
+    d->inflight += delta;
+    R.total_inflight += delta;
+    if (d->inflight == 0 && delta < 0)
+        R.busy--;
+}
+
+/* A device's window: store.inflight, or its fair share of store.inflight_total among the busy
+ * devices (those with messages in flight) when that is larger, up to WINDOW_STRETCH times
+ * store.inflight. A lone busy device is then not held to a round-trip-bound rate, while many busy
+ * devices keep the per-device window (and Paho's per-client lists, scanned on every PUBACK)
+ * short. After a crash a device may see up to this many messages twice. */
+static int window_of(const struct device *d)
+{
+    int busy = R.busy + (d->inflight == 0);
+    int share = R.inflight_total / (busy > 0 ? busy : 1);
+    int max = R.window * WINDOW_STRETCH;
+    if (share > max)
+        share = max;
+    return share > R.window ? share : R.window;
+}
+
 static void close_session(struct device *d)
 {
     if (d->session_open) {
         session_close(sid_of(d));
         d->session_open = false;
     }
-    if (d->inflight) {
-        R.total_inflight -= d->inflight;
-        d->inflight = 0;
-    }
+    inflight_add(d, -d->inflight);
     d->reg_session = false;
 }
 
@@ -534,8 +559,7 @@ static void on_connected(struct device *d)
     }
     d->epoch++;
     d->sent_upto = 0;
-    R.total_inflight -= d->inflight;
-    d->inflight = 0;
+    inflight_add(d, -d->inflight);
     forward(d);
 }
 
@@ -579,8 +603,7 @@ static void on_lost(struct device *d, const char *cause)
         return;
     }
     d->n.disconnects++;
-    R.total_inflight -= d->inflight;
-    d->inflight = 0;
+    inflight_add(d, -d->inflight);
     d->epoch++;
     /*
      * MQTT 3.1.1 gives no reason when the platform closes a session, so a kick is inferred: the
@@ -656,14 +679,12 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     }
     if (!current)
         return;
-    d->inflight--;
-    R.total_inflight--;
+    inflight_add(d, -1);
     if (!ok) {
         /* Not delivered on a live connection: start again from the oldest unacked message. */
         d->epoch++;
         d->sent_upto = 0;
-        R.total_inflight -= d->inflight;
-        d->inflight = 0;
+        inflight_add(d, -d->inflight);
     }
     forward(d);
     if (R.room.len)
@@ -740,15 +761,16 @@ static void forward(struct device *d)
 
     /* Refill the window in batches, once a quarter of it is acknowledged: one outbox read per
      * quarter window instead of one per PUBACK, while most of the window stays in flight. */
-    if (d->inflight > R.window - (R.window + 3) / 4)
+    int win = window_of(d);
+    if (d->inflight > win - (win + 3) / 4)
         return;
-    while (d->state == DEV_ONLINE && d->inflight < R.window) {
+    while (d->state == DEV_ONLINE && d->inflight < win) {
         if (R.total_inflight >= R.inflight_total) {
             if (!d->waiting_room && sidq_push(&R.room, sid_of(d)) == 0)
                 d->waiting_room = true;
             return;
         }
-        size_t want = (size_t)(R.window - d->inflight);
+        size_t want = (size_t)(win - d->inflight);
         if (want > FWD_BATCH)
             want = FWD_BATCH;
         rc = outbox_peek(R.ob, d->key, d->sent_upto, m, want, &n);
@@ -765,8 +787,7 @@ static void forward(struct device *d)
                 break;
             }
             d->sent_upto = m[i].seq;
-            d->inflight++;
-            R.total_inflight++;
+            inflight_add(d, 1);
         }
         bool stopped = i < n;
         for (size_t k = 0; k < n; k++)

@@ -315,6 +315,8 @@ static void on_pub_fail(void *context, MQTTAsync_failureData *r)
         e->ev.code = r ? r->code : -1;
         push(e);
     }
+    log_debug("session %llu: publish failed: %d %s", (unsigned long long)p->id, r ? r->code : -1,
+              r && r->message ? r->message : "");
     free(p);
 }
 
@@ -369,6 +371,8 @@ static void caller_send(struct pubcmd *c)
         if (rc != MQTTASYNC_SUCCESS)
             free(pc);
     }
+    if (rc != MQTTASYNC_SUCCESS)
+        log_debug("session %llu: publish refused by Paho: %d", (unsigned long long)c->id, rc);
     if (rc != MQTTASYNC_SUCCESS) { /* not handed over: the forwarder sends it again */
         struct qev *e = new_ev(SESSION_PUBLISH_FAILED, c->id, c->gen);
         if (e) {
@@ -544,6 +548,10 @@ int session_open(uint64_t id, const struct session_params *p)
 
     co.MQTTVersion = MQTTVERSION_3_1_1;
     co.sendWhileDisconnected = 0;
+    /* Paho applies this cap while connected too: past it, a publish is refused while the next
+     * one may be taken, which would let it overtake the refused one. The forwarder's window
+     * (store.inflight, stretched at most 4x) is what bounds a client's queue. */
+    co.maxBufferedMessages = 65535;
     if (MQTTAsync_createWithOptions(&s->client, uri, s->client_id, MQTTCLIENT_PERSISTENCE_NONE,
                                     NULL, &co) != MQTTASYNC_SUCCESS) {
         s->client = NULL;
