@@ -234,6 +234,28 @@ class StoreFaults(T.TestCase):
         check_delivery(self, hub, p.acked, 32 * 4)  # default store.inflight, stretched
         self.assertEqual(sum(len(v) for v in received(hub).values()), len(p.acked))
 
+    def test_large_window_keeps_order(self):
+        # A window far above Paho's default 100-message buffer: every message must go out once,
+        # in order. With Paho's cap in place a publish past it was refused while the next one
+        # was taken, so a later message overtook it and the resend duplicated the window.
+        hub, rows, keys = self.setup_hub(1)
+        cfg = self.config(hub, rows, inflight=300)
+        cfg["devices"][0]["port"] = 1  # offline while the backlog builds up
+        dm = self.daemon(cfg)
+        p = Producer(dm.socket_path, keys, window=200)
+        p.run(limit=1500)
+        self.assertEqual(len(p.acked), 1500)
+        cfg["devices"][0]["port"] = hub.info["mqtt_port"]
+        dm.write_config(cfg)
+        dm.signal(__import__("signal").SIGHUP)
+        self.wait_drained(dm, 30)
+        T.wait_for(lambda: sum(len(v) for v in received(hub).values()) >= 1500, 10,
+                   what="the cloud to see all 1500")
+        time.sleep(0.3)
+        self.assertEqual(received(hub)[keys[0]], list(range(1500)))
+        self.assertEqual(dm.call("device", device=keys[0])["result"]["counters"]["messages_out"],
+                         1500)
+
     def test_full_disk(self):
         mnt = os.path.join(self.tmp, "small")
         os.makedirs(mnt)
