@@ -1801,6 +1801,7 @@ static const struct key cloud_keys[] = {
     {"backoff_max_ms", K_INT, CF(cloud.backoff_max_ms), .lo = 100, .hi = 86400000},
     {"auth_backoff_ms", K_INT, CF(cloud.auth_backoff_ms), .lo = 1000, .hi = 86400000},
     {"kick_backoff_ms", K_INT, CF(cloud.kick_backoff_ms), .lo = 1000, .hi = 86400000},
+    {"ack_timeout_ms", K_INT, CF(cloud.ack_timeout_ms), .lo = 0, .hi = 3600000},
     {0},
 };
 
@@ -2005,6 +2006,7 @@ static void config_defaults(struct config *c)
     c->cloud.backoff_max_ms = 120000;
     c->cloud.auth_backoff_ms = 300000;
     c->cloud.kick_backoff_ms = 60000;
+    c->cloud.ack_timeout_ms = 30000;
     c->store.durability = DURABILITY_NORMAL;
     c->store.max_bytes = (int64_t)1 << 30;
     c->store.policy = STORE_DROP_OLDEST;

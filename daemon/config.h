@@ -74,6 +74,7 @@ struct config {
         int backoff_min_ms, backoff_max_ms;
         int auth_backoff_ms; /* first back-off after an authentication refusal */
         int kick_backoff_ms; /* first back-off after being kicked */
+        int ack_timeout_ms;  /* in flight with no PUBACK for this long: reconnect (0 = never) */
         /*
          * The per-device keys given in "cloud", applied to devices that don't override them
          * (also to devices added at runtime). Identity fields are NULL; host NULL, port 0 and

@@ -51,6 +51,7 @@ struct device {
     char field_error[160];
     struct {
         uint64_t connects, disconnects, msgs_in, msgs_out, auth_failures, kicks, sub_refused;
+        uint64_t ack_timeouts;
     } n;
 
     char *secret;                         /* device secret (conf or registration); wiped */
@@ -59,6 +60,7 @@ struct device {
     int attempt;                          /* consecutive failures, for the back-off */
     int quick_losses;                     /* losses within KICK_WINDOW_MS */
     uint64_t first_loss_ms, online_at_ms; /* loop clock */
+    uint64_t ack_progress_ms;             /* last PUBACK, or when the window became non-empty */
 
     uv_timer_t timer;     /* back-off, registration timeout */
     uv_timer_t fwd_timer; /* rate limit and retry waits */
@@ -92,6 +94,8 @@ static struct {
     char *instance_id, *register_url;
     int backoff_min_ms, backoff_max_ms, auth_backoff_ms, kick_backoff_ms;
     int window, inflight_total;
+    int ack_timeout_ms;
+    uv_timer_t ack_timer; /* looks for devices whose PUBACKs stopped coming */
     struct device **slots;
     uint32_t *gens; /* last generation used per slot */
     size_t n_slots, cap_slots;
@@ -303,8 +307,10 @@ static void backoff(struct device *d, enum device_state s, int base_ms, int cap_
 /* Changes a device's in-flight count and the totals that follow it. */
 static void inflight_add(struct device *d, int delta)
 {
-    if (d->inflight == 0 && delta > 0)
+    if (d->inflight == 0 && delta > 0) {
         R.busy++;
+        d->ack_progress_ms = uv_now(R.loop);
+    }
     d->inflight += delta;
     R.total_inflight += delta;
     if (d->inflight == 0 && delta < 0)
@@ -680,6 +686,8 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     if (!current)
         return;
     inflight_add(d, -1);
+    if (ok)
+        d->ack_progress_ms = uv_now(R.loop);
     if (!ok) {
         /* Not delivered on a live connection: start again from the oldest unacked message. */
         d->epoch++;
@@ -689,6 +697,55 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     forward(d);
     if (R.room.len)
         wake_room_waiters();
+}
+
+/*
+ * The acknowledgement watchdog. A connection that answers pings but stops acknowledging
+ * publishes (a platform-side throttle or fault) would keep a device's window, and its share of
+ * store.inflight_total, in flight for ever, so other devices could wait for room. A device with
+ * messages in flight and no PUBACK for cloud.ack_timeout_ms gets its session closed and opened
+ * again after the usual back-off; the unacknowledged messages are sent again, in order.
+ */
+static void ack_timed_out(struct device *d)
+{
+    int n = d->inflight;
+    d->n.ack_timeouts++;
+    d->last_error = -ETIMEDOUT;
+    set_reason(d, "%d message(s) in flight and no acknowledgement for %.1f s: reconnecting", n,
+               R.ack_timeout_ms / 1000.0);
+    log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    close_session(d); /* releases the window */
+    d->epoch++;
+    backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+}
+
+static void on_ack_timer(uv_timer_t *t)
+{
+    uint64_t now = uv_now(R.loop);
+    bool released = false;
+
+    for (size_t i = 0; i < R.n_slots; i++) {
+        struct device *d = R.slots[i];
+        if (d && d->state == DEV_ONLINE && d->inflight > 0 &&
+            now - d->ack_progress_ms >= (uint64_t)R.ack_timeout_ms) {
+            ack_timed_out(d);
+            released = true;
+        }
+    }
+    if (released && R.room.len)
+        wake_room_waiters();
+}
+
+static void set_ack_timeout(int ms)
+{
+    R.ack_timeout_ms = ms;
+    if (ms <= 0) {
+        uv_timer_stop(&R.ack_timer);
+        return;
+    }
+    uint64_t every = (uint64_t)ms / 4;
+    every = every < 100 ? 100 : every > 5000 ? 5000 : every;
+    uv_timer_start(&R.ack_timer, on_ack_timer, every, every);
 }
 
 static void session_event(void *arg, const struct session_event *ev)
@@ -948,6 +1005,7 @@ static void copy_settings(const struct config *c)
     R.window = c->store.inflight > 0 ? c->store.inflight : 32;
     R.inflight_total = c->store.inflight_total > 0 ? c->store.inflight_total : 2048;
     set_connect_rate(c->cloud.connect_rate, c->cloud.connect_burst);
+    set_ack_timeout(c->cloud.ack_timeout_ms);
 }
 
 int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, struct statedb *db,
@@ -962,6 +1020,7 @@ int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, str
     R.hooks = *hooks;
     strmap_init(&R.by_key);
     uv_timer_init(loop, &R.pace_timer);
+    uv_timer_init(loop, &R.ack_timer);
     rc = session_layer_init(loop, session_event, NULL);
     if (rc < 0)
         return rc;
@@ -1079,6 +1138,7 @@ void devices_close(void)
             device_stop(R.slots[i]);
     session_layer_close();
     uv_close((uv_handle_t *)&R.pace_timer, NULL);
+    uv_close((uv_handle_t *)&R.ack_timer, NULL);
     strmap_free(&R.by_key);
     free(R.pace.v);
     free(R.room.v);
@@ -1183,12 +1243,12 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "inflight", json_integer(d->inflight));
         json_object_set_new(
             o, "counters",
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects", (json_int_t)d->n.connects,
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects", (json_int_t)d->n.connects,
                       "disconnects", (json_int_t)d->n.disconnects, "messages_in",
                       (json_int_t)d->n.msgs_in, "messages_out", (json_int_t)d->n.msgs_out,
                       "auth_failures", (json_int_t)d->n.auth_failures, "kicks",
-                      (json_int_t)d->n.kicks, "subscriptions_refused",
-                      (json_int_t)d->n.sub_refused));
+                      (json_int_t)d->n.kicks, "subscriptions_refused", (json_int_t)d->n.sub_refused,
+                      "ack_timeouts", (json_int_t)d->n.ack_timeouts));
         if (d->conf.reg != REG_NONE)
             json_object_set_new(o, "registration",
                                 json_string(d->secret || d->nwl_token ? "stored" : "pending"));

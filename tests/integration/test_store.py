@@ -113,6 +113,82 @@ def check_delivery(test, hub, acked, window, timeout=60):
     return got
 
 
+class SilentBroker:
+    """An MQTT 3.1.1 server that logs anyone in, answers SUBSCRIBE and PINGREQ, and never
+    acknowledges a PUBLISH: a connection that looks alive but holds every QoS 1 message in flight.
+    mosquitto cannot be made to behave like this, so this small fault injector stands in for it.
+    Records the CONNECTs and the PUBLISH payloads it swallowed."""
+
+    def __init__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connects = 0
+        self.publishes = []
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _read(c, n):
+        b = b""
+        while len(b) < n:
+            chunk = c.recv(n - len(b))
+            if not chunk:
+                raise EOFError
+            b += chunk
+        return b
+
+    def _serve(self, c):
+        try:
+            while not self.stopped:
+                head = self._read(c, 1)[0]
+                length, shift = 0, 0
+                while True:
+                    byte = self._read(c, 1)[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = self._read(c, length)
+                kind = head >> 4
+                if kind == 1:  # CONNECT
+                    self.connects += 1
+                    c.sendall(b"\x20\x02\x00\x00")
+                elif kind == 8:  # SUBSCRIBE: grant every filter at QoS 1
+                    pos, granted = 2, b""
+                    while pos < len(body):
+                        tl = int.from_bytes(body[pos:pos + 2], "big")
+                        pos += 2 + tl + 1
+                        granted += b"\x01"
+                    c.sendall(bytes([0x90, 2 + len(granted)]) + body[:2] + granted)
+                elif kind == 12:  # PINGREQ
+                    c.sendall(b"\xd0\x00")
+                elif kind == 3:  # PUBLISH: swallowed, never acknowledged
+                    tl = int.from_bytes(body[:2], "big")
+                    qos = (head >> 1) & 3
+                    self.publishes.append(body[2 + tl + (2 if qos else 0):])
+                elif kind == 14:  # DISCONNECT
+                    break
+        except (EOFError, OSError):
+            pass
+        finally:
+            c.close()
+
+
 class StoreFaults(T.TestCase):
     def setup_hub(self, ndev=3):
         rows = hubctl.gen_devices(ndev, PK)
@@ -255,6 +331,49 @@ class StoreFaults(T.TestCase):
         self.assertEqual(received(hub)[keys[0]], list(range(1500)))
         self.assertEqual(dm.call("device", device=keys[0])["result"]["counters"]["messages_out"],
                          1500)
+
+    def test_unacknowledged_device_does_not_hold_others(self):
+        # Device A's connection answers pings but never PUBACKs; with the in-flight total as small
+        # as A's window, device B could only deliver if A's window is taken back. The
+        # acknowledgement watchdog closes A's session after cloud.ack_timeout_ms and sends A's
+        # messages again on a new one.
+        hub, rows, keys = self.setup_hub(2)
+        silent = SilentBroker()
+        self.later(silent.stop)
+        cfg = self.config(hub, rows, inflight=8, inflight_total=8)
+        cfg["cloud"].update(ack_timeout_ms=1500, backoff_min_ms=200, backoff_max_ms=400)
+        cfg["devices"][0]["port"] = 1  # A offline while its messages queue up
+        dm = self.daemon(cfg)
+        a, b = keys
+        dm.wait_state(b, "online")
+        api = T.Api(dm.socket_path)
+        for i in range(20):
+            pk, dn = a.split("/")
+            api.call("publish", device=a, topic="/%s/%s/user/update" % (pk, dn),
+                     payload=json.dumps({"n": i}), qos=1)
+        # A comes online on the silent connection and takes its whole window: the whole total
+        cfg["devices"][0]["port"] = silent.port
+        dm.write_config(cfg)
+        dm.signal(__import__("signal").SIGHUP)
+        T.wait_for(lambda: dm.call("device", device=a)["result"]["inflight"] == 8, 10,
+                   what="device A to hold the whole in-flight total")
+        for i in range(20):
+            pk, dn = b.split("/")
+            r = api.call("publish", device=b, topic="/%s/%s/user/update" % (pk, dn),
+                         payload=json.dumps({"n": i}), qos=1)
+            self.assertTrue(r["ok"], r)
+        api.close()
+        T.wait_for(lambda: len(received(hub).get(b, [])) >= 20, 20,
+                   what="device B's messages past device A's stuck window")
+        self.assertEqual(received(hub)[b], list(range(20)))
+        st = dm.call("device", device=a)["result"]
+        self.assertGreaterEqual(st["counters"]["ack_timeouts"], 1)
+        # A's session is opened again and its oldest message goes out again on it; still queued
+        T.wait_for(lambda: silent.connects >= 2, 10, what="device A to log in again")
+        T.wait_for(lambda: sum(json.loads(p) == {"n": 0} for p in silent.publishes) >= 2, 10,
+                   what="device A's oldest message sent again")
+        self.assertEqual(st["queued"], 20)
+        self.assertIn("no acknowledgement", dm.log())
 
     def test_full_disk(self):
         mnt = os.path.join(self.tmp, "small")
