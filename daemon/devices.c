@@ -36,6 +36,8 @@
 
 #define REG_TIMEOUT_MS 30000
 #define KICK_WINDOW_MS 60000 /* two losses right after logins within this window = kicked */
+#define MASS_LOSS_MS 2000    /* this many sessions lost within this time: the endpoint went away */
+#define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 #define FWD_BATCH 64
 #define WINDOW_STRETCH 4 /* a device's window may grow to this many times store.inflight */
@@ -102,7 +104,9 @@ static struct {
     struct strmap by_key;
     size_t count, online;
     int total_inflight;
-    int busy; /* devices with messages in flight */
+    int busy;              /* devices with messages in flight */
+    uint64_t losses_at_ms; /* start of the current MASS_LOSS_MS window of session losses */
+    int losses;            /* sessions lost in it */
     /* connect pacer */
     struct sidq pace;
     uv_timer_t pace_timer;
@@ -591,6 +595,7 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
         return;
     }
     d->last_error = code < 0 ? code : -ECONNREFUSED;
+    d->quick_losses = 0; /* the endpoint was away: the last loss was not a kick */
     set_reason(d, "connect failed: %s%s%s",
                code > 0 ? "server unavailable" : aligw_strerror(d->last_error), msg ? ": " : "",
                msg ? msg : "");
@@ -609,18 +614,33 @@ static void on_lost(struct device *d, const char *cause)
         return;
     }
     d->n.disconnects++;
-    inflight_add(d, -d->inflight);
+    /*
+     * The next login gets a new Paho client. Reusing this one is not safe with clean_session
+     * off: Paho keeps the lost connection's publishes awaiting PUBACK, drops their messages when
+     * the server has no session (sessionPresent 0) but not their completion records, and can
+     * then give a new publish the same packet id; that PUBACK completed the old record, so a
+     * message never sent was deleted from the outbox (seen with bench/soak, broker restarts).
+     */
+    close_session(d);
     d->epoch++;
     /*
      * MQTT 3.1.1 gives no reason when the platform closes a session, so a kick is inferred: the
-     * session was taken away twice within a minute, each time after a login had been accepted.
-     * A network fault shows as failed connects instead, which back off normally.
+     * session was taken away twice within a minute, each time after a login had been accepted,
+     * with no refused connect in between (see on_connect_failed). Losses of many devices at
+     * once are the endpoint going away (a restart, a network fault), not a kick, and a network
+     * fault shows as failed connects, which back off normally.
      */
-    if (!d->quick_losses || now - d->first_loss_ms > KICK_WINDOW_MS) {
+    if (R.losses_at_ms + MASS_LOSS_MS < now) {
+        R.losses_at_ms = now;
+        R.losses = 0;
+    }
+    bool mass = ++R.losses >= MASS_LOSS_DEVICES;
+    if (mass || !d->quick_losses || now - d->first_loss_ms > KICK_WINDOW_MS) {
         d->quick_losses = 0;
         d->first_loss_ms = now;
     }
-    d->quick_losses++;
+    if (!mass)
+        d->quick_losses++;
     if (d->quick_losses >= 2) {
         d->n.kicks++;
         d->last_error = ALIGW_EKICKED;
