@@ -4,10 +4,10 @@
  * Shape. The loop owns two batches: `cur` collects the appends and acks of the current turn;
  * an end-of-turn callback (endturn.h) hands it over as `fly` and `run_batch` commits it in
  * one transaction: insert the appends, delete the acked rows, delete expired rows, apply the
- * drop-oldest caps, write the touched devices' counters and the next seq. With durability normal this runs inline in that
- * callback; with full it runs in uv_queue_work and the loop keeps collecting into `cur`,
- * which becomes the next batch when the first one is done (one batch in flight at a time, so the
- * writer connection is only ever used by one thread). `complete` merges the batch's counter
+ * drop-oldest caps, write the touched devices' counters and the next seq. With durability
+ * normal this runs inline in that callback; with full it runs in uv_queue_work and the loop keeps
+ * collecting into `cur`, which becomes the next batch when the first one is done (one batch in
+ * flight at a time, so the writer connection is only ever used by one thread). `complete` merges the batch's counter
  * deltas into the per-device counters and calls the callbacks, all on the loop.
  *
  * Sharing while a batch is in flight: the batch runner writes only the batch, the devices' d_*
