@@ -7,8 +7,8 @@
  * drop-oldest caps, write the touched devices' counters and the next seq. With durability
  * normal this runs inline in that callback; with full it runs in uv_queue_work and the loop keeps
  * collecting into `cur`, which becomes the next batch when the first one is done (one batch in
- * flight at a time, so the writer connection is only ever used by one thread). `complete` merges the batch's counter
- * deltas into the per-device counters and calls the callbacks, all on the loop.
+ * flight at a time, so the writer connection is only ever used by one thread). `complete` merges
+ * the batch's counter deltas into the per-device counters and calls the callbacks, all on the loop.
  *
  * Sharing while a batch is in flight: the batch runner writes only the batch, the devices' d_*
  * / touched / inserted / got_append fields, and reads committed counters, `by_id` and options,
