@@ -5,14 +5,11 @@
  * IPC_CONN_QUEUE_MAX bytes queued or IPC_CONN_INFLIGHT_MAX requests in the handler, and resumes
  * when it drains; a watcher's events are dropped (and counted) above the watch limit instead.
  * Replies hold a reference on their connection, so a reply completed after the client left (or
- * after the server closed) is dropped without touching freed memory. Output is coalesced: replies
- * and events are appended to the connection's pending buffer, and one end-of-turn flush (endturn.h)
- * writes each connection's buffer with one write, so a pipelining client costs one syscall per loop
- * turn, not per reply. Event lines are serialized once per broadcast and copied to each watcher.
+ * after the server closed) is dropped without touching freed memory. Event lines are serialized
+ * once and shared between watchers through a reference-counted buffer.
  */
 #include "ipc.h"
 
-#include "endturn.h"
 #include "errors.h"
 #include "log.h"
 
@@ -40,6 +37,12 @@
 #define IPC_MAX_CONNS 1024
 #define IPC_DEFAULT_WATCH_LIMIT (1u << 20)
 
+struct shared_buf {
+    unsigned refs;
+    size_t len;
+    char data[];
+};
+
 struct ipc_conn {
     uv_pipe_t pipe;
     struct ipc_server *srv; /* NULL once the connection's handle is closed */
@@ -48,11 +51,7 @@ struct ipc_conn {
     bool closing, reading, paused, close_after_write, watching;
     struct ipc_peer peer;
     struct ipc_framer fr;
-    size_t wq_bytes; /* pending + being written */
-    char *out;       /* pending output, written at the end of the loop turn */
-    size_t out_len, out_cap, out_hint;
-    bool flush_queued; /* on srv->flush_head, holding a reference */
-    struct ipc_conn *flush_next;
+    size_t wq_bytes;
     unsigned inflight;
     struct ipc_watch_filter watch;
     uint64_t dropped;
@@ -61,7 +60,8 @@ struct ipc_conn {
 struct wreq {
     uv_write_t req;
     struct ipc_conn *conn;
-    char *own; /* the bytes being written, owned by this write */
+    struct shared_buf *sb; /* shared event line, or NULL */
+    char *own;             /* response line owned by this write, or NULL */
     size_t len;
 };
 
@@ -87,9 +87,6 @@ struct ipc_server {
     ipc_request_cb cb;
     void *data;
     struct ipc_conn *conns;
-    struct ipc_conn *flush_head; /* connections with pending output */
-    struct endturn flush;
-    bool flush_init;
     struct ipc_stats st;
     unsigned handles; /* connection handles not yet closed, plus the listener's */
     void (*close_cb)(void *data);
@@ -230,7 +227,6 @@ static void conn_unref(struct ipc_conn *c)
 {
     if (--c->refs == 0) {
         ipc_framer_free(&c->fr);
-        free(c->out);
         free(c);
     }
 }
@@ -288,15 +284,19 @@ static void conn_close(struct ipc_conn *c)
 }
 
 static void conn_update_reading(struct ipc_conn *c);
-static int conn_send(struct ipc_conn *c, const char *data, size_t len);
+static int conn_send(struct ipc_conn *c, char *own, struct shared_buf *sb, size_t len);
 
 static void send_dropped_notice(struct ipc_conn *c)
 {
     char line[64];
     int n = snprintf(line, sizeof(line), "{\"event\":\"dropped\",\"count\":%llu}\n",
                      (unsigned long long)c->dropped);
+    char *own = malloc((size_t)n + 1);
+    if (!own)
+        return;
+    memcpy(own, line, (size_t)n + 1);
     c->dropped = 0;
-    conn_send(c, line, (size_t)n);
+    conn_send(c, own, NULL, (size_t)n);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -304,6 +304,8 @@ static void on_write(uv_write_t *req, int status)
     struct wreq *w = (struct wreq *)req;
     struct ipc_conn *c = w->conn;
     c->wq_bytes -= w->len;
+    if (w->sb && --w->sb->refs == 0)
+        free(w->sb);
     free(w->own);
     free(w);
     if (c->closing)
@@ -322,81 +324,32 @@ static void on_write(uv_write_t *req, int status)
     conn_update_reading(c);
 }
 
-/* Writes the connection's pending output with one write; the write owns the buffer. */
-static void conn_write_out(struct ipc_conn *c)
+/* Queues one line; takes own (or a reference on sb). Returns 0 or a negative errno. */
+static int conn_send(struct ipc_conn *c, char *own, struct shared_buf *sb, size_t len)
 {
     struct wreq *w = calloc(1, sizeof(*w));
     if (!w) {
-        conn_close(c);
-        return;
+        free(own);
+        return -ENOMEM;
     }
     w->conn = c;
-    w->own = c->out;
-    w->len = c->out_len;
-    c->out_hint = c->out_len;
-    c->out = NULL;
-    c->out_len = c->out_cap = 0;
-    uv_buf_t b = uv_buf_init(w->own, (unsigned)w->len);
+    w->own = own;
+    w->sb = sb;
+    w->len = len;
+    if (sb)
+        sb->refs++;
+    uv_buf_t b = uv_buf_init(own ? own : sb->data, (unsigned)len);
+    c->wq_bytes += len;
     int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
     if (rc < 0) {
-        c->wq_bytes -= w->len;
-        free(w->own);
+        c->wq_bytes -= len;
+        if (sb)
+            sb->refs--;
+        free(own);
         free(w);
         conn_close(c);
     }
-}
-
-/* The end-of-turn flush: every connection with pending output gets one write. */
-static void flush_all(struct ipc_server *srv)
-{
-    struct ipc_conn *c = srv->flush_head;
-    srv->flush_head = NULL;
-    while (c) {
-        struct ipc_conn *next = c->flush_next;
-        c->flush_queued = false;
-        c->flush_next = NULL;
-        if (c->out_len && !c->closing)
-            conn_write_out(c);
-        conn_unref(c);
-        c = next;
-    }
-}
-
-static void on_flush(void *data)
-{
-    flush_all(data);
-}
-
-/* Appends one line to the connection's pending output. Returns 0 or a negative errno. */
-static int conn_send(struct ipc_conn *c, const char *data, size_t len)
-{
-    struct ipc_server *srv = c->srv;
-    if (c->closing || !srv)
-        return -EPIPE;
-    if (c->out_len + len > c->out_cap) {
-        size_t cap = c->out_cap ? c->out_cap : (c->out_hint > 4096 ? c->out_hint : 4096);
-        while (cap < c->out_len + len)
-            cap *= 2;
-        char *p = realloc(c->out, cap);
-        if (!p) {
-            conn_close(c);
-            return -ENOMEM;
-        }
-        c->out = p;
-        c->out_cap = cap;
-    }
-    memcpy(c->out + c->out_len, data, len);
-    c->out_len += len;
-    c->wq_bytes += len;
-    if (!c->flush_queued) {
-        c->flush_queued = true;
-        c->refs++;
-        c->flush_next = srv->flush_head;
-        srv->flush_head = c;
-    }
-    if (srv->flush_init)
-        endturn_arm(&srv->flush);
-    return 0;
+    return rc;
 }
 
 static void send_error(struct ipc_conn *c, json_t *id, enum ipc_err code, const char *msg)
@@ -406,8 +359,7 @@ static void send_error(struct ipc_conn *c, json_t *id, enum ipc_err code, const 
     c->srv->st.requests++;
     c->srv->st.errors++;
     if (line)
-        conn_send(c, line, n);
-    free(line);
+        conn_send(c, line, NULL, n);
 }
 
 static void send_ok(struct ipc_conn *c, json_t *id, json_t *result)
@@ -416,8 +368,7 @@ static void send_ok(struct ipc_conn *c, json_t *id, json_t *result)
     char *line = ipc_response_ok(id, result, &n);
     c->srv->st.requests++;
     if (line)
-        conn_send(c, line, n);
-    free(line);
+        conn_send(c, line, NULL, n);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -622,8 +573,10 @@ static void reply_finish(struct ipc_reply *r, char *line, size_t n, bool error)
         c->srv->st.requests++;
         if (error)
             c->srv->st.errors++;
-        if (line)
-            conn_send(c, line, n);
+        if (line) {
+            conn_send(c, line, NULL, n);
+            line = NULL;
+        }
         if (!c->closing)
             conn_update_reading(c);
     }
@@ -702,8 +655,7 @@ struct ipc_server *ipc_reply_server(const struct ipc_reply *r)
 int ipc_broadcast(struct ipc_server *srv, enum ipc_event_kind kind, const char *device_key,
                   const char *topic, json_t *event)
 {
-    char *line = NULL;
-    size_t len = 0;
+    struct shared_buf *sb = NULL;
     int delivered = 0;
 
     for (struct ipc_conn *c = srv->conns, *next; c; c = next) {
@@ -716,22 +668,24 @@ int ipc_broadcast(struct ipc_server *srv, enum ipc_event_kind kind, const char *
             srv->st.events_dropped++;
             continue;
         }
-        if (!line) {
+        if (!sb) {
             if (!json_object_get(event, "event"))
                 json_object_set_new(event, "event", json_string(ipc_event_kind_name(kind)));
             size_t n = json_dumpb(event, NULL, 0, JSON_COMPACT);
-            if (n == 0 || !(line = malloc(n + 1)))
+            if (n == 0 || !(sb = malloc(sizeof(*sb) + n + 1)))
                 return -ENOMEM;
-            json_dumpb(event, line, n, JSON_COMPACT);
-            line[n] = '\n';
-            len = n + 1;
+            json_dumpb(event, sb->data, n, JSON_COMPACT);
+            sb->data[n] = '\n';
+            sb->len = n + 1;
+            sb->refs = 1; /* ours, until the loop ends */
         }
-        if (conn_send(c, line, len) == 0) {
+        if (conn_send(c, NULL, sb, sb->len) == 0) {
             delivered++;
             srv->st.events_sent++;
         }
     }
-    free(line);
+    if (sb && --sb->refs == 0)
+        free(sb);
     return delivered;
 }
 
@@ -836,9 +790,6 @@ int ipc_server_start(struct ipc_server *srv)
     srv->listener_init = true;
     srv->handles++;
     srv->listener.data = srv;
-    endturn_init(&srv->flush, srv->loop, on_flush, srv);
-    srv->flush_init = true;
-    srv->handles += 2;
     if (fd >= 0) {
         if ((rc = uv_pipe_open(&srv->listener, fd)) < 0) {
             log_error("ipc: cannot use the socket systemd passed (fd %d): %s", fd, uv_strerror(rc));
@@ -884,7 +835,7 @@ int ipc_server_start(struct ipc_server *srv)
     return 0;
 }
 
-static void on_server_handle_closed(uv_handle_t *h)
+static void on_listener_closed(uv_handle_t *h)
 {
     struct ipc_server *srv = h->data;
     srv->handles--;
@@ -899,12 +850,9 @@ void ipc_server_close(struct ipc_server *srv, void (*cb)(void *data), void *data
     if (srv->created_file)
         unlink(srv->path);
     if (srv->listener_init)
-        uv_close((uv_handle_t *)&srv->listener, on_server_handle_closed);
+        uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
     while (srv->conns)
         conn_close(srv->conns);
-    flush_all(srv); /* every connection is closing: this only drops references */
-    if (srv->flush_init)
-        endturn_close(&srv->flush, on_server_handle_closed);
     server_maybe_free(srv); /* at once only when nothing was open */
 }
 
