@@ -1,9 +1,9 @@
 /*
- * endturn: run a callback once at the end of the current loop turn. Modules that gather work
- * during a turn (the outbox's group commit, the API server's coalesced replies) arm it as often
- * as they like; the callback runs once, in the check phase after this turn's I/O callbacks. An
- * idle handle keeps the loop from blocking in poll until then, so work armed from a check or
- * idle callback still runs without waiting for I/O.
+ * endturn: run a callback once at the end of the current loop turn. A module that gathers work
+ * during a turn (the outbox's group commit) arms it as often as it likes; the callback runs once,
+ * in the check phase after this turn's I/O callbacks. An idle handle keeps the loop from blocking
+ * in poll until then, so work armed from a check or idle callback still runs without waiting for
+ * I/O.
  */
 #ifndef ALIGW_ENDTURN_H
 #define ALIGW_ENDTURN_H
