@@ -706,9 +706,9 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     if (!current)
         return;
     inflight_add(d, -1);
-    if (ok)
+    if (ok) {
         d->ack_progress_ms = uv_now(R.loop);
-    if (!ok) {
+    } else {
         /* Not delivered on a live connection: start again from the oldest unacked message. */
         d->epoch++;
         d->sent_upto = 0;

@@ -2,7 +2,7 @@
  * session: Paho MQTTAsync behind a message-style interface (see session.h).
  *
  * Ownership: struct sess lives in a hash table owned by the loop thread. Paho's callbacks get a
- * pointer to a struct cbctx {id, gen, attempt} (freed only after MQTTAsync_destroy, after which
+ * pointer to an immutable struct cbctx {id, gen} (freed only after MQTTAsync_destroy, after which
  * Paho makes no more calls) or, for a publish or subscribe, a small heap context of their own that
  * the callback frees. Callbacks push a struct qev into the queue and wake the loop; the loop
  * drains it, drops events whose session is gone or was reopened (generation mismatch), and hands
@@ -17,7 +17,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +25,7 @@
 
 struct cbctx {
     uint64_t id;
-    uint32_t gen;        /* immutable */
-    atomic_uint attempt; /* connect attempts so far: written by the loop, read by the caller */
+    uint32_t gen;
 };
 
 struct sess {
@@ -77,13 +75,12 @@ static struct {
  * made the loop wait. The loop queues the command (handle, topic and payload copied) and goes
  * on; the caller thread makes the Paho call and reports a failure as SESSION_PUBLISH_FAILED.
  * session_close() waits until every publish queued before it was handed to Paho, so the handle
- * is never used after MQTTAsync_destroy.
+ * is never used after MQTTAsync_destroy. The daemon closes a session once its connection is lost
+ * (devices.c), so a publish queued for one connection can never go out on the next.
  */
 struct pubcmd {
     struct pubcmd *next;
     MQTTAsync client;
-    struct cbctx *ctx;
-    unsigned attempt; /* the connection it was queued for */
     uint64_t id, ref;
     uint32_t gen;
     int qos;
@@ -358,12 +355,10 @@ static void caller_send(struct pubcmd *c)
 {
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     MQTTAsync_message m = MQTTAsync_message_initializer;
-    struct pubctx *pc = NULL;
+    struct pubctx *pc = malloc(sizeof(*pc));
     int rc = MQTTASYNC_FAILURE;
 
-    if (atomic_load(&c->ctx->attempt) != c->attempt)
-        rc = MQTTASYNC_DISCONNECTED; /* queued for a connection that is gone */
-    else if ((pc = malloc(sizeof(*pc)))) {
+    if (pc) {
         pc->id = c->id;
         pc->gen = c->gen;
         pc->ref = c->ref;
@@ -550,7 +545,6 @@ int session_open(uint64_t id, const struct session_params *p)
     s->p.password = s->password;
     s->ctx->id = id;
     s->ctx->gen = s->gen;
-    atomic_init(&s->ctx->attempt, 0);
 
     co.MQTTVersion = MQTTVERSION_3_1_1;
     co.sendWhileDisconnected = 0;
@@ -590,9 +584,6 @@ int session_connect(uint64_t id)
 
     if (!s)
         return -ENOENT;
-    /* Publishes still queued for the caller thread belong to the previous connection: they are
-     * refused rather than sent on this one, where they could overtake the forwarder's resend. */
-    atomic_fetch_add(&s->ctx->attempt, 1);
     o.keepAliveInterval = s->p.keepalive;
     o.cleansession = s->p.clean_session;
     o.username = s->p.username;
@@ -637,8 +628,6 @@ int session_publish(uint64_t id, const char *topic, const void *payload, size_t 
         return -ENOMEM;
     c->next = NULL;
     c->client = s->client;
-    c->ctx = s->ctx;
-    c->attempt = atomic_load(&s->ctx->attempt);
     c->id = id;
     c->gen = s->gen;
     c->ref = ref;
