@@ -1,13 +1,12 @@
 /*
- * api_publish: the C producer for bench/forward's aligwd run. It writes the same `publish`
- * requests as benchlib.publish_lines, byte for byte (message i goes to device i % N, topic
- * "/${pk}/${dn}/user/update", a JSON payload padded to --payload bytes and sent as a JSON string,
- * qos 1, id first_id + i - offset), and pipelines them like benchlib.pipeline_publish: message j
- * goes out on connection j % K, at most --window unanswered per connection, written 256 lines at
- * a time, and every response line is read and counted ("ok":true, or kept as one of the first
- * five errors). The peers aligwd is compared with generate their messages in C; a Python producer
- * would take CPU the gateway then lacks on a small machine, so this one exists to compare like
- * with like.
+ * api_publish: the C producer for bench/forward's aligwd run. It writes `publish` requests
+ * (message i goes to device i % N, topic "/${pk}/${dn}/user/update", a JSON payload padded to
+ * --payload bytes and sent as a JSON string, qos 1, id first_id + i - offset), the same bytes the
+ * Python producer it replaced wrote, and pipelines them: message j goes out on connection j % K, at
+ * most --window unanswered per connection, written 256 lines at a time, and every response line is
+ * read and counted ("ok":true, or kept as one of the first five errors). The peers aligwd is
+ * compared with generate their messages in C; a Python producer would take CPU the gateway then
+ * lacks on a small machine, so this one exists to compare like with like.
  *
  * All lines are built in memory and all connections opened before the clock starts. Each
  * connection has a reader thread, which counts the answers and wakes the connection's writer
@@ -316,7 +315,7 @@ int main(int argc, char **argv)
         longest = kl > longest ? kl : longest;
     }
 
-    /* The lines of benchlib.publish_lines: the payload is a JSON text sent as a JSON string, so
+    /* The request lines: the payload is a JSON text sent as a JSON string, so
      * its quotes are escaped (it holds nothing else that json.dumps would escape). */
     struct conn *conns = calloc((size_t)nconn, sizeof(*conns));
     size_t line_cap = 2 * (size_t)payload_len + 3 * longest + 256;

@@ -11,12 +11,10 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -224,84 +222,10 @@ class Api(_TestApi):
         super().__init__(path, timeout)
 
 
-def publish_lines(rows, n_messages, payload_len, first_id=1, offset=0):
-    """Pre-encoded publish requests: message i goes to device i % N, like paho_publish."""
-    out = []
-    n = len(rows)
-    topics = ["/%s/%s/user/update" % (r["product_key"], r["device_name"]) for r in rows]
-    keys = ["%s/%s" % (r["product_key"], r["device_name"]) for r in rows]
-    for i in range(offset, offset + n_messages):
-        d = i % n
-        head = '{"seq":%d,"dev":%d,"pad":"' % (i, d)
-        payload = head + "x" * max(0, payload_len - len(head) - 2) + '"}'
-        out.append(('{"id":%d,"op":"publish","device":"%s","topic":"%s","payload":%s,"qos":1}\n'
-                    % (first_id + i - offset, keys[d], topics[d], json.dumps(payload))).encode())
-    return out
-
-
-def pipeline_publish(socket_path, lines, connections=2, chunk=256, window=8192):
-    """Sends the requests over a few connections without waiting for each answer, keeping at most
-    `window` unanswered per connection (a producer that reads its answers), reads every response.
-
-    Returns (t_first_send, t_last_ok, n_ok, errors[:5]).
-    """
-    parts = [lines[i::connections] for i in range(connections)]
-    results = [None] * connections
-    t0 = time.monotonic()
-
-    def run(k):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(socket_path)
-        s.settimeout(300)
-        mine = parts[k]
-        want = len(mine)
-        state = {"got": 0}
-        cond = threading.Condition()
-
-        def writer():
-            for i in range(0, len(mine), chunk):
-                with cond:
-                    while i + chunk - state["got"] > window:
-                        cond.wait(1)
-                s.sendall(b"".join(mine[i:i + chunk]))
-
-        w = threading.Thread(target=writer, daemon=True)
-        w.start()
-        ok, errs, buf, got = 0, [], b"", 0
-        while got < want:
-            data = s.recv(1 << 20)
-            if not data:
-                errs.append("connection closed after %d responses" % got)
-                break
-            buf += data
-            *full, buf = buf.split(b"\n")
-            for line in full:
-                got += 1
-                if b'"ok":true' in line:
-                    ok += 1
-                elif len(errs) < 5:
-                    errs.append(line.decode(errors="replace")[:300])
-            with cond:
-                state["got"] = got
-                cond.notify()
-        w.join()
-        s.close()
-        results[k] = (ok, errs, time.monotonic())
-
-    ts = [threading.Thread(target=run, args=(k,)) for k in range(connections)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    n_ok = sum(r[0] for r in results)
-    errs = [e for r in results for e in r[1]][:5]
-    return t0, max(r[2] for r in results), n_ok, errs
-
-
 def pipeline_publish_c(build, socket_path, rows_csv, n_devices, m, payload, connections=2,
                        first_id=1, offset=0, window=8192, stats=None):
-    """pipeline_publish(publish_lines(...)) done by bench/api_publish, a C producer: the same
-    request bytes and the same pipelining, without spending the gateway's CPU on Python. rows_csv
+    """Pipelined publish requests from bench/api_publish, a C producer (so the gateway's CPU is
+    not spent on Python): message i goes to device i % N, like paho_publish. rows_csv
     is a device table with product_key and device_name columns (the hub's or the daemon's
     devices.csv); its first n_devices rows are used. The lines are built before the clock starts.
 
