@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 SECS=${1:-30}
 BDIR=${FUZZ_BUILD_DIR:-build-fuzz}
 CC=clang cmake -S . -B "$BDIR" -DALIGW_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$BDIR" -j"$(nproc)" --target fuzz_ipc_request fuzz_config >/dev/null
+# Every folder under tests/fuzz/corpus names a target (tests/fuzz/CMakeLists.txt builds it).
+TARGETS=$(cd tests/fuzz/corpus && ls -d fuzz_* | tr '\n' ' ')
+# shellcheck disable=SC2086
+cmake --build "$BDIR" -j"$(nproc)" --target $TARGETS >/dev/null
 status=0
-for t in fuzz_ipc_request fuzz_config; do
+for t in $TARGETS; do
   work=$(mktemp -d)
   log=$(mktemp)
   cp -r "tests/fuzz/corpus/$t/." "$work/"
