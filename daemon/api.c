@@ -54,6 +54,7 @@ struct wait {
 static struct {
     uv_loop_t *loop;
     const struct config *cfg;
+    api_reload_fn reload;
     struct outbox *ob;
     struct statedb *db;
     struct ipc_server *ipc;
@@ -324,6 +325,28 @@ static void do_devices(struct ipc_reply *r, const struct ipc_request *req)
                               "states", state_counts(&c)));
 }
 
+/* Reloads the file; the reply names the changed keys that wait for a restart. */
+static void do_reload(struct ipc_reply *r)
+{
+    char restart[1024];
+    if (A.reload(restart, sizeof(restart)) < 0) {
+        ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                        "the configuration has errors (see the daemon's log); the running "
+                        "configuration is kept");
+        return;
+    }
+    json_t *keys = json_array();
+    for (char *k = restart, *next; k && *k; k = next) {
+        next = strstr(k, ", ");
+        if (next) {
+            *next = '\0';
+            next += 2;
+        }
+        json_array_append_new(keys, json_string(k));
+    }
+    ipc_reply_ok(r, json_pack("{s:o}", "restart_needed", keys));
+}
+
 static void do_status(struct ipc_reply *r, bool stats)
 {
     struct list_ctx c = {0};
@@ -464,12 +487,7 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
         do_status(r, false);
         break;
     case IPC_OP_RELOAD:
-        if (api_trigger_reload() == 0)
-            ipc_reply_ok(r, NULL);
-        else
-            ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
-                            "the configuration has errors (see the daemon's log); the running "
-                            "configuration is kept");
+        do_reload(r);
         break;
     default:
         ipc_reply_error(r, IPC_ERR_UNKNOWN_OP, "op: %s is not handled", ipc_op_name(req->op));
@@ -714,7 +732,8 @@ static void add_runtime_devices(void)
     statedb_device_list_free(v, n);
 }
 
-int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, struct statedb *db)
+int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, struct statedb *db,
+              api_reload_fn reload)
 {
     struct devices_hooks hooks = {
         .downlink = on_downlink, .state_changed = on_state_changed, .removed = on_device_removed};
@@ -726,6 +745,7 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
     A.cfg = cfg;
     A.ob = ob;
     A.db = db;
+    A.reload = reload;
     A.started_ms = uv_now(loop);
     strmap_init(&A.waits);
     uv_timer_init(loop, &A.sweep);

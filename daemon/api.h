@@ -16,14 +16,18 @@
 struct outbox;
 struct statedb;
 
+/*
+ * The API's "reload" op: reloads the configuration file; 0 or -EINVAL (errors were logged). The
+ * changed keys that need a restart are named in restart ("" when none), len bytes.
+ */
+typedef int (*api_reload_fn)(char *restart, size_t len);
+
 /* Starts the device registry (with the runtime-added devices from db), plugins and the socket. */
-int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, struct statedb *db);
+int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, struct statedb *db,
+              api_reload_fn reload);
 /* A reloaded config is in force (cfg stays valid until the next call or api_close). */
 void api_apply_config(const struct config *cfg);
 /* Stops plugins and closes the socket; pending requests are answered "unavailable". */
 void api_close(void);
-
-/* Provided by main: reload the configuration file. 0 or -EINVAL (errors were logged). */
-int api_trigger_reload(void);
 
 #endif

@@ -77,11 +77,12 @@ static const struct key cloud_keys[] = {
 };
 
 static const struct key store_keys[] = {
-    {"path", K_PATH, CF(store.path)},
-    {"durability", K_CHOICE, CF(store.durability), .choices = cfg_durability_choices},
-    {"max_bytes", K_INT, CF(store.max_bytes), .lo = 65536, .hi = INT64_MAX},
-    {"policy", K_CHOICE, CF(store.policy), .choices = cfg_policy_choices},
-    {"ttl", K_INT, CF(store.ttl_s), .lo = 0, .hi = 100LL * 365 * 86400},
+    {"path", K_PATH, CF(store.path), .restart = true},
+    {"durability", K_CHOICE, CF(store.durability), .restart = true,
+     .choices = cfg_durability_choices},
+    {"max_bytes", K_INT, CF(store.max_bytes), .restart = true, .lo = 65536, .hi = INT64_MAX},
+    {"policy", K_CHOICE, CF(store.policy), .restart = true, .choices = cfg_policy_choices},
+    {"ttl", K_INT, CF(store.ttl_s), .restart = true, .lo = 0, .hi = 100LL * 365 * 86400},
     {"inflight", K_INT, CF(store.inflight), .lo = 1, .hi = 65534},
     {"inflight_total", K_INT, CF(store.inflight_total), .lo = 1, .hi = 65534},
     {0},
@@ -99,8 +100,9 @@ static void parse_store(struct loader *L, void *ctx, json_t *o, const char *path
 }
 
 static const struct key api_keys[] = {
-    {"socket", K_PATH, CF(api.socket)},
-    {"group", K_STR, CF(api.group), .ok = cfg_valid_name, .why = "not a valid group name"},
+    {"socket", K_PATH, CF(api.socket), .restart = true},
+    {"group", K_STR, CF(api.group), .restart = true, .ok = cfg_valid_name,
+     .why = "not a valid group name"},
     {"allow_users", K_NAMES, CF(api.allow_users),
      .off2 = offsetof(struct config, api.n_allow_users)},
     {"allow_groups", K_NAMES, CF(api.allow_groups),
@@ -109,8 +111,8 @@ static const struct key api_keys[] = {
      .off2 = offsetof(struct config, api.n_admin_users)},
     {"admin_groups", K_NAMES, CF(api.admin_groups),
      .off2 = offsetof(struct config, api.n_admin_groups)},
-    {"max_line", K_INT, CF(api.max_line), .lo = 4096, .hi = 64LL << 20},
-    {"max_payload", K_INT, CF(api.max_payload), .lo = 1, .hi = 64LL << 20},
+    {"max_line", K_INT, CF(api.max_line), .restart = true, .lo = 4096, .hi = 64LL << 20},
+    {"max_payload", K_INT, CF(api.max_payload), .restart = true, .lo = 1, .hi = 64LL << 20},
     {"service_timeout_ms", K_INT, CF(api.service_timeout_ms), .lo = 100, .hi = 600000},
     {0},
 };
@@ -323,17 +325,34 @@ static void root_log_level(struct loader *L, void *ctx, json_t *v, const char *p
         L->c->log_level = lv;
 }
 
+static bool plugins_same(const struct config *a, const struct config *b)
+{
+    if (a->n_plugins != b->n_plugins)
+        return false;
+    for (size_t i = 0; i < a->n_plugins; i++) {
+        const struct plugin_conf *x = &a->plugins[i], *y = &b->plugins[i];
+        bool same_config =
+            x->config == y->config || (x->config && y->config && json_equal(x->config, y->config));
+        if (strcmp(x->name, y->name) != 0 || x->n_devices != y->n_devices || !same_config)
+            return false;
+        for (size_t k = 0; k < x->n_devices; k++)
+            if (strcmp(x->devices[k], y->devices[k]) != 0)
+                return false;
+    }
+    return true;
+}
+
 /* The top level. The keys read after the walk are those whose order matters. */
 static const struct key root_keys[] = {
     {.name = "cloud", .kind = K_SKIP},
     {.name = "devices", .kind = K_SKIP},
     {.name = "devices_file", .kind = K_SKIP},
-    {.name = "plugins", .kind = K_SKIP},
+    {.name = "plugins", .kind = K_SKIP, .restart = true, .same = plugins_same},
     {"log_level", K_FN, .fn = root_log_level},
-    {"state_dir", K_PATH, CF(state_dir)},
-    {"runtime_dir", K_PATH, CF(runtime_dir)},
-    {"store", K_FN, .fn = parse_store},
-    {"api", K_FN, .fn = parse_api},
+    {"state_dir", K_PATH, CF(state_dir), .restart = true},
+    {"runtime_dir", K_PATH, CF(runtime_dir), .restart = true},
+    {"store", K_FN, .fn = parse_store, .sub = store_keys},
+    {"api", K_FN, .fn = parse_api, .sub = api_keys},
     {0},
 };
 
@@ -509,6 +528,68 @@ int config_load(const char *path, struct config **out, struct config_errors *err
     r = load_text(path, buf, len, &st, out, errs, warnings);
     free(buf);
     return r;
+}
+
+/* ---- reload: which changed keys need a restart ----------------------------------------------- */
+
+static bool opt_str_same(const char *x, const char *y)
+{
+    return x == y || (x && y && strcmp(x, y) == 0);
+}
+
+static bool field_same(const struct key *e, const struct config *a, const struct config *b)
+{
+    const char *fa = (const char *)a + e->off, *fb = (const char *)b + e->off;
+    switch (e->kind) {
+    case K_STR:
+    case K_PATH:
+        return opt_str_same(*(char *const *)fa, *(char *const *)fb);
+    case K_INT:
+    case K_NUM:
+    case K_CHOICE:
+        return memcmp(fa, fb, e->size) == 0;
+    case K_NAMES: {
+        size_t na = *(const size_t *)((const char *)a + e->off2);
+        size_t nb = *(const size_t *)((const char *)b + e->off2);
+        char **va, **vb;
+        memcpy(&va, fa, sizeof(va));
+        memcpy(&vb, fb, sizeof(vb));
+        if (na != nb)
+            return false;
+        for (size_t i = 0; i < na; i++)
+            if (strcmp(va[i], vb[i]) != 0)
+                return false;
+        return true;
+    }
+    default:
+        return true;
+    }
+}
+
+static void restart_keys(const struct key *keys, const char *prefix, const struct config *a,
+                         const struct config *b, char *buf, size_t len)
+{
+    for (const struct key *e = keys; e->name; e++) {
+        char name[128];
+        snprintf(name, sizeof(name), "%s%s%s", prefix, prefix[0] ? "." : "", e->name);
+        if (e->sub) {
+            restart_keys(e->sub, name, a, b, buf, len);
+            continue;
+        }
+        if (!e->restart || (e->same ? e->same(a, b) : field_same(e, a, b)))
+            continue;
+        size_t used = strlen(buf);
+        snprintf(buf + used, len - used, "%s%s", used ? ", " : "", name);
+    }
+}
+
+void config_restart_keys(const struct config *running, const struct config *next, char *buf,
+                         size_t len)
+{
+    if (len == 0)
+        return;
+    buf[0] = '\0';
+    restart_keys(root_keys, "", running, next, buf, len);
 }
 
 void config_free(struct config *c)

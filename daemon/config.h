@@ -159,4 +159,13 @@ void config_device_conf_free(struct device_conf *d);
 /* Deep copy. */
 int config_device_conf_copy(struct device_conf *dst, const struct device_conf *src);
 
+/*
+ * Reload: the keys whose value differs between running and next but take effect only after a
+ * restart (the key table marks them: the store's file and limits, the API socket and line
+ * limits, state and runtime directories, plugins), as "store.max_bytes, plugins" in buf; ""
+ * when every change can be applied.
+ */
+void config_restart_keys(const struct config *running, const struct config *next, char *buf,
+                         size_t len);
+
 #endif

@@ -148,6 +148,12 @@ struct key {
     bool quote;      /* K_STR: the reason is followed by the value */
     const struct choice *choices;
     void (*fn)(struct loader *L, void *ctx, json_t *v, const char *path);
+    /* Reload: a changed value takes effect only after a restart (SIGHUP applies the rest and
+     * names these). A section (sub: its table) is compared key by key; same() compares a key
+     * whose value is not a plain field (K_FN, K_SKIP). */
+    bool restart;
+    const struct key *sub;
+    bool (*same)(const struct config *a, const struct config *b);
 };
 
 #define CF(f) .off = offsetof(struct config, f), .size = sizeof(((struct config *)0)->f)

@@ -28,7 +28,8 @@
 static struct {
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint, sighup;
-    struct config *cfg;
+    struct config *cfg;  /* in force */
+    struct config *boot; /* loaded at start: its restart-only keys are the ones in force */
     struct outbox *ob;
     struct statedb *db;
     int exit_code;
@@ -113,24 +114,9 @@ static void status_line(char *buf, size_t size)
              (unsigned long long)st.bytes, (unsigned long long)(st.dropped + st.expired));
 }
 
-static bool plugins_equal(const struct config *a, const struct config *b)
-{
-    if (a->n_plugins != b->n_plugins)
-        return false;
-    for (size_t i = 0; i < a->n_plugins; i++) {
-        const struct plugin_conf *x = &a->plugins[i], *y = &b->plugins[i];
-        bool same_config =
-            x->config == y->config || (x->config && y->config && json_equal(x->config, y->config));
-        if (strcmp(x->name, y->name) != 0 || x->n_devices != y->n_devices || !same_config)
-            return false;
-        for (size_t k = 0; k < x->n_devices; k++)
-            if (strcmp(x->devices[k], y->devices[k]) != 0)
-                return false;
-    }
-    return true;
-}
-
-static int reload(void)
+/* SIGHUP and the API's reload: a valid config is applied, except the keys that need a restart,
+ * which are named in restart (len bytes) and in the log. */
+static int reload(char *restart, size_t len)
 {
     struct config *nc = NULL;
     struct config_errors errs = {0}, warns = {0};
@@ -146,12 +132,14 @@ static int reload(void)
                   M.cfg->path);
     } else {
         log_level = nc->log_level;
-        if (!plugins_equal(M.cfg, nc))
-            log_warn("the plugins section changed: plugins are not reloaded, restart aligwd to "
-                     "apply it");
+        config_restart_keys(M.boot, nc, restart, len);
+        if (restart[0])
+            log_warn("changed in %s but applied only after a restart of aligwd: %s", M.cfg->path,
+                     restart);
         devices_apply(nc);
         api_apply_config(nc);
-        config_free(M.cfg);
+        if (M.cfg != M.boot)
+            config_free(M.cfg);
         M.cfg = nc;
         log_notice("configuration reloaded: %zu devices", devices_count());
     }
@@ -185,8 +173,9 @@ static void shutdown_all(void)
 
 static void on_signal(uv_signal_t *h, int signum)
 {
+    char restart[1024];
     if (signum == SIGHUP)
-        reload();
+        reload(restart, sizeof(restart));
     else
         shutdown_all();
 }
@@ -194,11 +183,6 @@ static void on_signal(uv_signal_t *h, int signum)
 static void on_outbox_ready(void *arg, const char *key)
 {
     devices_outbox_ready(key);
-}
-
-int api_trigger_reload(void)
-{
-    return reload();
 }
 
 int main(int argc, char **argv)
@@ -274,6 +258,7 @@ int main(int argc, char **argv)
     }
     config_errors_free(&errs);
     config_errors_free(&warns);
+    M.boot = M.cfg;
     log_level = M.cfg->log_level;
     if (verbose)
         log_level = verbose > 1 ? LOG_DEBUG : (log_level < LOG_INFO ? LOG_INFO : LOG_DEBUG);
@@ -315,7 +300,7 @@ int main(int argc, char **argv)
     uv_signal_start(&M.sighup, on_signal, SIGHUP);
     notify_start(M.loop, status_line);
 
-    rc = api_start(M.loop, M.cfg, M.ob, M.db);
+    rc = api_start(M.loop, M.cfg, M.ob, M.db, reload);
     if (rc < 0) {
         log_errno(LOG_ERR, rc, "cannot start the local API");
         M.exit_code = 1;
@@ -332,6 +317,8 @@ int main(int argc, char **argv)
     statedb_close(M.db);
     if (uv_loop_close(M.loop) == UV_EBUSY)
         log_warn("some handles were still open at exit");
+    if (M.cfg != M.boot)
+        config_free(M.boot);
     config_free(M.cfg);
     log_info("stopped");
     return M.exit_code;

@@ -1,4 +1,5 @@
 """The daemon's life cycle: systemd notifications, reload, shutdown, --check-config, the unit."""
+import json
 import os
 import re
 import shutil
@@ -49,6 +50,40 @@ class DaemonLifecycle(T.TestCase):
         self.assertIn("stopped", d.log())
         self.assertNotIn("still open", d.log())
         self.assertFalse(os.path.exists(d.socket_path), "API socket left behind")
+
+    def test_reload_names_keys_that_need_a_restart(self):
+        """The API's reload applies what it can and names, in the reply and the log, each changed
+        key that takes effect only after a restart; a refused config keeps the running one."""
+        cfg = T.base_config(self.tmp)
+        d = self.daemon(cfg)
+        nxt = json.loads(json.dumps(cfg))
+        nxt["log_level"] = "debug"                      # applied at once
+        nxt.setdefault("store", {})["max_bytes"] = 1 << 20  # needs a restart
+        nxt.setdefault("api", {})["max_line"] = 2 << 20     # needs a restart
+        d.write_config(nxt)
+        r = d.call("reload")
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(sorted(r["result"]["restart_needed"]), ["api.max_line", "store.max_bytes"])
+        self.assertRegex(d.log(), r"applied only after a restart of aligwd: .*store\.max_bytes")
+        # The applied part is in force: debug lines appear for the next connection.
+        d.call("hello")
+        T.wait_for(lambda: "<7>" in d.log(), 5, what="debug logging after the reload")
+        # Reloaded again, the keys are still named: the store and the socket in force are
+        # still those the daemon started with.
+        r = d.call("reload")
+        self.assertEqual(sorted(r["result"]["restart_needed"]), ["api.max_line", "store.max_bytes"])
+        # Nothing changed: an empty list.
+        d.write_config(cfg)
+        r = d.call("reload")
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"]["restart_needed"], [])
+        # A refused config: an error reply, the running configuration kept.
+        with open(d.config_path, "w") as f:
+            f.write('{"store": {"max_bytes": "lots"}}')
+        r = d.call("reload")
+        self.assertFalse(r["ok"], r)
+        self.assertEqual(r["error"]["code"], "bad_request", r)
+        self.assertIsNone(d.proc.poll())
 
     def test_state_and_runtime_dirs_created(self):
         cfg = T.base_config(self.tmp)
