@@ -6,6 +6,7 @@
  * running, 4 access refused.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <grp.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -505,19 +506,369 @@ static void on_sig(int s)
 
 /* ---- commands ---- */
 
+/* A command's words and options, as parsed from the command line. */
+struct args {
+    char **rest; /* the words that are not options */
+    int nrest;
+    json_t *params, *kinds, *topics;
+    const char *state, *time_ms, *qos, *message, *pk, *dn, *secret_file, *add_json;
+    bool all, no_ack, wait, is_b64, secret_stdin;
+};
+
+/* An integer word in [lo, hi], whole (no trailing text); returns 0 or the usage exit code. */
+static int parse_int(const char *what, const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "aligwctl: %s must be an integer from %lld to %lld, got '%s'\n", what, lo,
+                hi, s);
+        return EXIT_USAGE;
+    }
+    *out = v;
+    return 0;
+}
+
+static void set_device(json_t *req, const struct args *a)
+{
+    json_object_set_new(req, "device", json_string(a->rest[0]));
+}
+
+static int build_plain(json_t *req, struct args *a)
+{
+    return 0;
+}
+
+static int build_devices(json_t *req, struct args *a)
+{
+    if (a->state)
+        json_object_set_new(req, "state", json_string(a->state));
+    return 0;
+}
+
+static int build_device(json_t *req, struct args *a)
+{
+    set_device(req, a);
+    return 0;
+}
+
+/* post and event: KEY=VALUE words after the device (and the event's name). */
+static int build_post(json_t *req, struct args *a, int first)
+{
+    int code;
+    set_device(req, a);
+    for (int k = first; k < a->nrest; k++)
+        if ((code = add_kv(a->params, a->rest[k])) != 0)
+            return code;
+    json_object_set(req, "params", a->params);
+    if (a->time_ms) {
+        long long ms;
+        if ((code = parse_int("--time", a->time_ms, 0, INT64_MAX, &ms)) != 0)
+            return code;
+        json_object_set_new(req, "timestamp", json_integer(ms));
+    }
+    if (a->no_ack)
+        json_object_set_new(req, "ack", json_false());
+    if (a->wait)
+        json_object_set_new(req, "wait_reply", json_true());
+    return 0;
+}
+
+static int build_properties(json_t *req, struct args *a)
+{
+    if (a->nrest < 2 && json_object_size(a->params) == 0)
+        return usage_error("%s", "post needs at least one KEY=VALUE or --params");
+    return build_post(req, a, 1);
+}
+
+static int build_event(json_t *req, struct args *a)
+{
+    json_object_set_new(req, "event", json_string(a->rest[1]));
+    return build_post(req, a, 2);
+}
+
+static int build_publish(json_t *req, struct args *a)
+{
+    set_device(req, a);
+    json_object_set_new(req, "topic", json_string(a->rest[1]));
+    if (!strcmp(a->rest[2], "-")) {
+        size_t n;
+        char *data = read_all(stdin, &n);
+        char *enc = base64_encode(data, n);
+        json_object_set_new(req, "payload_b64", json_string(enc));
+        free(enc);
+        free(data);
+    } else {
+        json_object_set_new(req, a->is_b64 ? "payload_b64" : "payload", json_string(a->rest[2]));
+    }
+    if (a->qos) {
+        long long q;
+        int code = parse_int("--qos", a->qos, 0, 1, &q);
+        if (code)
+            return code;
+        json_object_set_new(req, "qos", json_integer(q));
+    }
+    return 0;
+}
+
+static int build_reply(json_t *req, struct args *a)
+{
+    long long c;
+    int code = parse_int("CODE", a->rest[2], INT32_MIN, INT32_MAX, &c);
+    if (code)
+        return code;
+    set_device(req, a);
+    json_object_set_new(req, "request_id", json_string(a->rest[1]));
+    json_object_set_new(req, "code", json_integer(c));
+    for (int k = 3; k < a->nrest; k++)
+        if ((code = add_kv(a->params, a->rest[k])) != 0)
+            return code;
+    if (json_object_size(a->params))
+        json_object_set(req, "data", a->params);
+    if (a->message)
+        json_object_set_new(req, "message", json_string(a->message));
+    return 0;
+}
+
+static int build_watch(json_t *req, struct args *a)
+{
+    if (a->nrest) {
+        json_t *d = json_array();
+        for (int k = 0; k < a->nrest; k++)
+            json_array_append_new(d, json_string(a->rest[k]));
+        json_object_set_new(req, "devices", d);
+    }
+    if (json_array_size(a->topics))
+        json_object_set(req, "topics", a->topics);
+    if (json_array_size(a->kinds))
+        json_object_set(req, "kinds", a->kinds);
+    return 0;
+}
+
+static int build_add(json_t *req, struct args *a)
+{
+    json_t *dev;
+    if (a->add_json) {
+        if (!(dev = json_arg("--json", a->add_json)))
+            return EXIT_USAGE;
+    } else {
+        if (!a->pk || !a->dn)
+            return usage_error("%s", "add needs --json DEVICE_JSON or --pk and --dn");
+        dev = json_pack("{s:s,s:s}", "product_key", a->pk, "device_name", a->dn);
+        if (a->secret_file || a->secret_stdin) {
+            FILE *f = a->secret_stdin ? stdin : fopen(a->secret_file, "r");
+            if (!f) {
+                fprintf(stderr, "aligwctl: %s: %s\n", a->secret_file, strerror(errno));
+                json_decref(dev);
+                return EXIT_USAGE;
+            }
+            size_t n;
+            char *s = read_all(f, &n);
+            while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+                s[--n] = '\0';
+            json_object_set_new(dev, "device_secret", json_string(s));
+            memset(s, 0, n);
+            free(s);
+            if (!a->secret_stdin)
+                fclose(f);
+        }
+    }
+    json_object_set_new(req, "device", dev);
+    return 0;
+}
+
+static void print_devices_cmd(json_t *r, const struct args *a)
+{
+    print_devices(r, a->all || a->state);
+}
+
+static void print_status_cmd(json_t *r, const struct args *a)
+{
+    print_status(r);
+}
+
+/* The default: the result's fields, or "ok" when it has none. */
+static void print_result(json_t *r, const struct args *a)
+{
+    if (json_object_size(r))
+        print_kv(r, 0);
+    else
+        printf("ok\n");
+}
+
+/*
+ * One command: the request op it sends, the words it needs (with the usage line shown when
+ * they are missing), how it builds the request from its arguments (0 or an exit code), and how
+ * a result is printed for people (--json prints the daemon's line as is). stream: events follow
+ * the response until the user stops it.
+ */
+struct command {
+    const char *name, *op;
+    int min_words;
+    const char *usage;
+    int (*build)(json_t *req, struct args *a);
+    void (*print)(json_t *result, const struct args *a);
+    bool stream;
+};
+
+static const struct command commands[] = {
+    {"status", "status", 0, NULL, build_plain, print_status_cmd, false},
+    {"stats", "stats", 0, NULL, build_plain, print_result, false},
+    {"reload", "reload", 0, NULL, build_plain, print_result, false},
+    {"hello", "hello", 0, NULL, build_plain, print_result, false},
+    {"devices", "devices", 0, NULL, build_devices, print_devices_cmd, false},
+    {"device", "device", 1, "which device? (PK/DN)", build_device, print_result, false},
+    {"remove", "remove_device", 1, "which device? (PK/DN)", build_device, print_result, false},
+    {"post", "post_properties", 1, "usage: post PK/DN KEY=VALUE...", build_properties, print_result,
+     false},
+    {"event", "post_event", 2, "usage: event PK/DN EVENT [KEY=VALUE...]", build_event, print_result,
+     false},
+    {"publish", "publish", 3, "usage: publish PK/DN TOPIC PAYLOAD", build_publish, print_result,
+     false},
+    {"reply", "reply", 3, "usage: reply PK/DN REQUEST_ID CODE [KEY=VALUE...]", build_reply,
+     print_result, false},
+    {"watch", "watch", 0, NULL, build_watch, NULL, true},
+    {"add", "add_device", 0, NULL, build_add, print_result, false},
+    {NULL},
+};
+
+/* Options taking a value, and where it goes. */
+static const char **value_option(struct args *a, const char *name, const char *cmd)
+{
+    if (!strcmp(name, "--state"))
+        return &a->state;
+    if (!strcmp(name, "--time"))
+        return &a->time_ms;
+    if (!strcmp(name, "--qos"))
+        return &a->qos;
+    if (!strcmp(name, "--message"))
+        return &a->message;
+    if (!strcmp(name, "--pk"))
+        return &a->pk;
+    if (!strcmp(name, "--dn"))
+        return &a->dn;
+    if (!strcmp(name, "--secret-file"))
+        return &a->secret_file;
+    if (!strcmp(name, "--json") && !strcmp(cmd, "add"))
+        return &a->add_json;
+    return NULL;
+}
+
+/* Flags, and the bool each sets. */
+static bool *flag_option(struct args *a, const char *name)
+{
+    if (!strcmp(name, "--all"))
+        return &a->all;
+    if (!strcmp(name, "--no-ack"))
+        return &a->no_ack;
+    if (!strcmp(name, "--wait"))
+        return &a->wait;
+    if (!strcmp(name, "--b64"))
+        return &a->is_b64;
+    if (!strcmp(name, "--secret-stdin"))
+        return &a->secret_stdin;
+    if (!strcmp(name, "--json"))
+        return &opt_json;
+    return NULL;
+}
+
+/* The command's options (anywhere after it) and words; returns 0 or the usage exit code. */
+static int parse_args(const char *cmd, int argc, char **argv, int i, struct args *a)
+{
+    for (; i < argc; i++) {
+        const char *o = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char **slot = value_option(a, o, cmd);
+        bool *flag;
+        if (slot) {
+            if (!v)
+                return usage_error("%s needs a value", o);
+            *slot = v;
+            i++;
+        } else if (!strcmp(o, "--params") || !strcmp(o, "--data")) {
+            json_t *extra;
+            if (!v || !(extra = json_arg(o, v)))
+                return EXIT_USAGE;
+            json_object_update(a->params, extra);
+            json_decref(extra);
+            i++;
+        } else if (!strcmp(o, "--topic") || !strcmp(o, "--kind")) {
+            if (!v)
+                return usage_error("%s needs a value", o);
+            json_array_append_new(o[2] == 't' ? a->topics : a->kinds, json_string(v));
+            i++;
+        } else if ((flag = flag_option(a, o)) != NULL) {
+            *flag = true;
+        } else if (o[0] == '-' && o[1] == '-') {
+            return usage_error("unknown option '%s'", o);
+        } else {
+            a->rest[a->nrest++] = argv[i];
+        }
+    }
+    return 0;
+}
+
+/* Prints the events that follow a watch until interrupted or the daemon goes away. */
+static int follow_events(void)
+{
+    struct sigaction sa = {.sa_handler = on_sig};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (!opt_json)
+        fprintf(stderr, "watching; Ctrl-C to stop\n");
+    while (!stop) {
+        char *raw = NULL;
+        json_t *e = read_msg(&raw);
+        if (!e) {
+            free(raw);
+            if (stop)
+                break;
+            fprintf(stderr, "aligwctl: aligwd closed the connection\n");
+            return EXIT_FAILED;
+        }
+        if (opt_json) {
+            puts(raw);
+            fflush(stdout);
+        } else {
+            print_event(e);
+        }
+        free(raw);
+        json_decref(e);
+    }
+    return EXIT_OK;
+}
+
+/* Runs cmd with its arguments: builds the request, sends it, prints the answer. */
+static int run(const struct command *cmd, struct args *a)
+{
+    int code;
+    json_t *req = json_object(), *res;
+    if (a->nrest < cmd->min_words) {
+        json_decref(req);
+        return usage_error("%s", cmd->usage);
+    }
+    json_object_set_new(req, "op", json_string(cmd->op));
+    if ((code = cmd->build(req, a)) != 0 || (code = connect_daemon()) != EXIT_OK) {
+        json_decref(req);
+        return code;
+    }
+    if (!(res = call(req, &code))) /* steals req */
+        return code;
+    if (cmd->stream)
+        code = follow_events();
+    else if (!opt_json)
+        cmd->print(json_object_get(res, "result"), a);
+    json_decref(res);
+    return code;
+}
+
 int main(int argc, char **argv)
 {
-    const char *cmd = NULL;
-    int i = 1, code = EXIT_OK;
-    char **rest = calloc((size_t)argc + 1, sizeof(char *));
-    json_t *params = NULL, *kinds = NULL, *topics = NULL, *res = NULL, *r = NULL, *req = NULL;
-/* Every exit after this point goes through "out", which frees what main holds. */
-#define EXIT_WITH(c)                                                                               \
-    do {                                                                                           \
-        code = (c);                                                                                \
-        goto out;                                                                                  \
-    } while (0)
-    int nrest = 0;
+    const char *name = NULL;
+    const struct command *cmd;
+    int i = 1, code;
+    struct args a = {0};
 
     sock_path = getenv("ALIGW_SOCKET");
     if (!sock_path || !*sock_path)
@@ -525,255 +876,40 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     /* global options come before the command; the command's own options anywhere after */
-    for (; i < argc; i++) {
+    for (; i < argc && !name; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(usage_text, stdout);
-            EXIT_WITH(EXIT_OK);
+            return EXIT_OK;
         } else if (!strcmp(argv[i], "--json")) {
             opt_json = true;
         } else if (!strcmp(argv[i], "-s") || !strcmp(argv[i], "--socket")) {
             if (++i >= argc)
-                EXIT_WITH(usage_error("%s needs a path", argv[i - 1]));
+                return usage_error("%s needs a path", argv[i - 1]);
             sock_path = argv[i];
         } else if (argv[i][0] == '-') {
-            EXIT_WITH(usage_error("unknown option '%s'", argv[i]));
+            return usage_error("unknown option '%s'", argv[i]);
         } else {
-            cmd = argv[i++];
-            break;
+            name = argv[i];
         }
     }
-    if (!cmd)
-        EXIT_WITH(usage_error("%s", "no command given"));
+    if (!name)
+        return usage_error("%s", "no command given");
+    for (cmd = commands; cmd->name && strcmp(cmd->name, name) != 0; cmd++)
+        ;
+    if (!cmd->name)
+        return usage_error("unknown command '%s'", name);
 
-    /* command options */
-    json_t *extra = NULL;
-    params = json_object();
-    kinds = json_array();
-    topics = json_array();
-    const char *state = NULL, *time_ms = NULL, *qos = NULL, *message = NULL, *pk = NULL, *dn = NULL,
-               *secret_file = NULL, *add_json = NULL;
-    bool all = false, no_ack = false, wait = false, is_b64 = false, secret_stdin = false;
-    for (; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define OPTV(name, var)                                                                            \
-    if (!strcmp(a, name)) {                                                                        \
-        if (!v)                                                                                    \
-            EXIT_WITH(usage_error("%s needs a value", name));                                      \
-        var = v;                                                                                   \
-        i++;                                                                                       \
-        continue;                                                                                  \
-    }
-        OPTV("--state", state);
-        OPTV("--time", time_ms);
-        OPTV("--qos", qos);
-        OPTV("--message", message);
-        OPTV("--pk", pk);
-        OPTV("--dn", dn);
-        OPTV("--secret-file", secret_file);
-        if (!strcmp(a, "--json") && !strcmp(cmd, "add")) {
-            if (!v)
-                EXIT_WITH(usage_error("%s needs a value", a));
-            add_json = v;
-            i++;
-            continue;
-        }
-        if (!strcmp(a, "--params") || !strcmp(a, "--data")) {
-            if (!v || !(extra = json_arg(a, v)))
-                EXIT_WITH(EXIT_USAGE);
-            json_object_update(params, extra);
-            json_decref(extra);
-            i++;
-            continue;
-        }
-        if (!strcmp(a, "--topic") || !strcmp(a, "--kind")) {
-            if (!v)
-                EXIT_WITH(usage_error("%s needs a value", a));
-            json_array_append_new(a[2] == 't' ? topics : kinds, json_string(v));
-            i++;
-            continue;
-        }
-        if (!strcmp(a, "--all"))
-            all = true;
-        else if (!strcmp(a, "--no-ack"))
-            no_ack = true;
-        else if (!strcmp(a, "--wait"))
-            wait = true;
-        else if (!strcmp(a, "--b64"))
-            is_b64 = true;
-        else if (!strcmp(a, "--secret-stdin"))
-            secret_stdin = true;
-        else if (!strcmp(a, "--json"))
-            opt_json = true;
-        else if (a[0] == '-' && a[1] == '-')
-            EXIT_WITH(usage_error("unknown option '%s'", a));
-        else
-            rest[nrest++] = argv[i];
-    }
-
-    req = json_object();
-    bool watch = false;
-#define NEED(n, what)                                                                              \
-    if (nrest < (n))                                                                               \
-        EXIT_WITH(usage_error("%s", what));
-#define OP(name) json_object_set_new(req, "op", json_string(name))
-    if (!strcmp(cmd, "status") || !strcmp(cmd, "stats") || !strcmp(cmd, "reload") ||
-        !strcmp(cmd, "hello")) {
-        OP(cmd);
-    } else if (!strcmp(cmd, "devices")) {
-        OP("devices");
-        if (state)
-            json_object_set_new(req, "state", json_string(state));
-    } else if (!strcmp(cmd, "device") || !strcmp(cmd, "remove")) {
-        NEED(1, "which device? (PK/DN)");
-        OP(cmd[0] == 'd' ? "device" : "remove_device");
-        json_object_set_new(req, "device", json_string(rest[0]));
-    } else if (!strcmp(cmd, "post") || !strcmp(cmd, "event")) {
-        bool ev = cmd[0] == 'e';
-        NEED(ev ? 2 : 1,
-             ev ? "usage: event PK/DN EVENT [KEY=VALUE...]" : "usage: post PK/DN KEY=VALUE...");
-        OP(ev ? "post_event" : "post_properties");
-        json_object_set_new(req, "device", json_string(rest[0]));
-        if (ev)
-            json_object_set_new(req, "event", json_string(rest[1]));
-        for (int k = ev ? 2 : 1; k < nrest; k++)
-            if ((code = add_kv(params, rest[k])) != 0)
-                goto out;
-        if (!ev && json_object_size(params) == 0)
-            EXIT_WITH(usage_error("%s", "post needs at least one KEY=VALUE or --params"));
-        json_object_set(req, "params", params);
-        if (time_ms)
-            json_object_set_new(req, "timestamp", json_integer(strtoll(time_ms, NULL, 10)));
-        if (no_ack)
-            json_object_set_new(req, "ack", json_false());
-        if (wait)
-            json_object_set_new(req, "wait_reply", json_true());
-    } else if (!strcmp(cmd, "publish")) {
-        NEED(3, "usage: publish PK/DN TOPIC PAYLOAD");
-        OP("publish");
-        json_object_set_new(req, "device", json_string(rest[0]));
-        json_object_set_new(req, "topic", json_string(rest[1]));
-        if (!strcmp(rest[2], "-")) {
-            size_t n;
-            char *data = read_all(stdin, &n);
-            char *enc = base64_encode(data, n);
-            json_object_set_new(req, "payload_b64", json_string(enc));
-            free(enc);
-            free(data);
-        } else {
-            json_object_set_new(req, is_b64 ? "payload_b64" : "payload", json_string(rest[2]));
-        }
-        if (qos)
-            json_object_set_new(req, "qos", json_integer(strtol(qos, NULL, 10)));
-    } else if (!strcmp(cmd, "reply")) {
-        NEED(3, "usage: reply PK/DN REQUEST_ID CODE [KEY=VALUE...]");
-        OP("reply");
-        json_object_set_new(req, "device", json_string(rest[0]));
-        json_object_set_new(req, "request_id", json_string(rest[1]));
-        json_object_set_new(req, "code", json_integer(strtol(rest[2], NULL, 10)));
-        for (int k = 3; k < nrest; k++)
-            if ((code = add_kv(params, rest[k])) != 0)
-                goto out;
-        if (json_object_size(params))
-            json_object_set(req, "data", params);
-        if (message)
-            json_object_set_new(req, "message", json_string(message));
-    } else if (!strcmp(cmd, "watch")) {
-        OP("watch");
-        watch = true;
-        if (nrest) {
-            json_t *d = json_array();
-            for (int k = 0; k < nrest; k++)
-                json_array_append_new(d, json_string(rest[k]));
-            json_object_set_new(req, "devices", d);
-        }
-        if (json_array_size(topics))
-            json_object_set(req, "topics", topics);
-        if (json_array_size(kinds))
-            json_object_set(req, "kinds", kinds);
-    } else if (!strcmp(cmd, "add")) {
-        OP("add_device");
-        json_t *dev;
-        if (add_json) {
-            if (!(dev = json_arg("--json", add_json)))
-                EXIT_WITH(EXIT_USAGE);
-        } else {
-            if (!pk || !dn)
-                EXIT_WITH(usage_error("%s", "add needs --json DEVICE_JSON or --pk and --dn"));
-            dev = json_pack("{s:s,s:s}", "product_key", pk, "device_name", dn);
-            if (secret_file || secret_stdin) {
-                FILE *f = secret_stdin ? stdin : fopen(secret_file, "r");
-                if (!f) {
-                    fprintf(stderr, "aligwctl: %s: %s\n", secret_file, strerror(errno));
-                    EXIT_WITH(EXIT_USAGE);
-                }
-                size_t n;
-                char *s = read_all(f, &n);
-                while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
-                    s[--n] = '\0';
-                json_object_set_new(dev, "device_secret", json_string(s));
-                memset(s, 0, n);
-                free(s);
-                if (!secret_stdin)
-                    fclose(f);
-            }
-        }
-        json_object_set_new(req, "device", dev);
-    } else {
-        EXIT_WITH(usage_error("unknown command '%s'", cmd));
-    }
-
-    if ((code = connect_daemon()) != EXIT_OK)
-        goto out;
-    res = call(req, &code); /* steals req */
-    req = NULL;
-    if (!res)
-        goto out;
-    r = json_object_get(res, "result");
-
-    if (watch) {
-        struct sigaction sa = {.sa_handler = on_sig};
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
-        if (!opt_json)
-            fprintf(stderr, "watching; Ctrl-C to stop\n");
-        while (!stop) {
-            char *raw = NULL;
-            json_t *e = read_msg(&raw);
-            if (!e) {
-                free(raw);
-                if (!stop) {
-                    fprintf(stderr, "aligwctl: aligwd closed the connection\n");
-                    code = EXIT_FAILED;
-                }
-                break;
-            }
-            if (opt_json) {
-                puts(raw);
-                fflush(stdout);
-            } else {
-                print_event(e);
-            }
-            free(raw);
-            json_decref(e);
-        }
-    } else if (!opt_json) {
-        if (!strcmp(cmd, "devices"))
-            print_devices(r, all || state);
-        else if (!strcmp(cmd, "status"))
-            print_status(r);
-        else if (json_object_size(r))
-            print_kv(r, 0);
-        else
-            printf("ok\n");
-    }
-out:
-    json_decref(req);
-    json_decref(res);
-    json_decref(params);
-    json_decref(kinds);
-    json_decref(topics);
-    free(rest);
+    a.rest = calloc((size_t)argc + 1, sizeof(char *));
+    a.params = json_object();
+    a.kinds = json_array();
+    a.topics = json_array();
+    code = parse_args(name, argc, argv, i, &a);
+    if (code == 0)
+        code = run(cmd, &a);
+    json_decref(a.params);
+    json_decref(a.kinds);
+    json_decref(a.topics);
+    free(a.rest);
     if (sock_fd >= 0)
         close(sock_fd);
     return code;
