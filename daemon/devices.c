@@ -46,6 +46,7 @@ struct device {
     struct device_conf conf;
     char key[80];
     uint32_t slot, gen;
+    uint64_t serial; /* unique for the daemon's life, never reused */
     enum device_state state;
     int64_t since_ms; /* wall clock of the last state change */
     int last_error;
@@ -74,7 +75,8 @@ struct device {
 
     uint16_t epoch;
     int64_t sent_upto;
-    int inflight;
+    int inflight; /* published on this connection, no PUBACK yet */
+    int acking;   /* acknowledged, delete not yet committed (counts in the window too) */
     double tokens;
     uint64_t tokens_at_ms;
     bool waiting_room;
@@ -84,6 +86,19 @@ struct device {
 /* A FIFO of sids that grows as needed. */
 struct sidq {
     uint64_t *v;
+    size_t cap, head, len;
+};
+
+/* Acknowledgements whose deletes are not committed yet, in ticket order: n acks of the device
+ * with this serial (in this slot) up to ticket. Not a sid: the acks outlive the session. */
+struct ackrun {
+    int64_t ticket;
+    uint64_t serial;
+    uint32_t slot;
+    int n;
+};
+struct ackq {
+    struct ackrun *v;
     size_t cap, head, len;
 };
 
@@ -114,7 +129,9 @@ static struct {
     double pace_rate, pace_tokens;
     int pace_burst;
     uint64_t pace_at_ms;
-    struct sidq room; /* devices waiting for in-flight room */
+    struct sidq room;   /* devices waiting for in-flight room */
+    struct ackq acking; /* acks waiting for their deletes to commit */
+    uint64_t serials;   /* the last device serial given */
     bool ready;
 } R;
 
@@ -178,6 +195,34 @@ static bool sidq_pop(struct sidq *q, uint64_t *sid)
     q->head = (q->head + 1) % q->cap;
     q->len--;
     return true;
+}
+
+/* Records an ack of device d with ticket; a run of one device's acks is one entry. */
+static int ackq_push(struct ackq *q, const struct device *d, int64_t ticket)
+{
+    if (q->len) {
+        struct ackrun *last = &q->v[(q->head + q->len - 1) % q->cap];
+        if (last->serial == d->serial) {
+            last->ticket = ticket;
+            last->n++;
+            return 0;
+        }
+    }
+    if (q->len == q->cap) {
+        size_t ncap = q->cap ? q->cap * 2 : 256;
+        struct ackrun *nv = malloc(ncap * sizeof(*nv));
+        if (!nv)
+            return -ENOMEM;
+        for (size_t i = 0; i < q->len; i++)
+            nv[i] = q->v[(q->head + i) % q->cap];
+        free(q->v);
+        q->v = nv;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    q->v[(q->head + q->len) % q->cap] = (struct ackrun){ticket, d->serial, d->slot, 1};
+    q->len++;
+    return 0;
 }
 
 /* Sets the device's last error text (cut short if it does not fit). */
@@ -700,7 +745,11 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     bool current = (uint16_t)(ref >> 48) == d->epoch;
 
     if (ok) {
-        outbox_ack(R.ob, seq);
+        /* The message keeps its place in the window until its delete is committed: a crash
+         * before that sends it again, and the window is what bounds those duplicates. */
+        int64_t ticket = outbox_ack(R.ob, seq);
+        if (ticket > 0 && ackq_push(&R.acking, d, ticket) == 0)
+            d->acking++;
         d->n.msgs_out++;
     }
     if (!current)
@@ -717,6 +766,22 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     forward(d);
     if (R.room.len)
         wake_room_waiters();
+}
+
+/* The outbox committed the deletes of every ack up to ticket: their window places are free. */
+static void on_settled(void *arg, int64_t ticket)
+{
+    struct ackq *q = &R.acking;
+    while (q->len && q->v[q->head].ticket <= ticket) {
+        struct ackrun r = q->v[q->head];
+        q->head = (q->head + 1) % q->cap;
+        q->len--;
+        struct device *d = r.slot < R.n_slots ? R.slots[r.slot] : NULL;
+        if (!d || d->serial != r.serial)
+            continue; /* removed since */
+        d->acking -= r.n;
+        forward(d);
+    }
 }
 
 /*
@@ -839,15 +904,15 @@ static void forward(struct device *d)
     /* Refill the window in batches, once a quarter of it is acknowledged: one outbox read per
      * quarter window instead of one per PUBACK, while most of the window stays in flight. */
     int win = window_of(d);
-    if (d->inflight > win - (win + 3) / 4)
+    if (d->inflight + d->acking > win - (win + 3) / 4)
         return;
-    while (d->state == DEV_ONLINE && d->inflight < win) {
+    while (d->state == DEV_ONLINE && d->inflight + d->acking < win) {
         if (R.total_inflight >= R.inflight_total) {
             if (!d->waiting_room && sidq_push(&R.room, sid_of(d)) == 0)
                 d->waiting_room = true;
             return;
         }
-        size_t want = (size_t)(win - d->inflight);
+        size_t want = (size_t)(win - d->inflight - d->acking);
         if (want > FWD_BATCH)
             want = FWD_BATCH;
         rc = outbox_peek(R.ob, d->key, d->sent_upto, m, want, &n);
@@ -955,6 +1020,7 @@ static int slot_alloc(struct device *d)
     R.gens[R.n_slots] = 0;
     R.slots[R.n_slots++] = NULL;
 found:
+    d->serial = ++R.serials;
     d->gen = ++R.gens[d->slot];
     R.slots[d->slot] = d;
     return 0;
@@ -1036,6 +1102,7 @@ int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, str
     memset(&R, 0, sizeof(R));
     R.loop = loop;
     R.ob = ob;
+    outbox_on_settled(ob, on_settled, NULL);
     R.db = db;
     R.hooks = *hooks;
     strmap_init(&R.by_key);
@@ -1162,6 +1229,7 @@ void devices_close(void)
     strmap_free(&R.by_key);
     free(R.pace.v);
     free(R.room.v);
+    free(R.acking.v);
     free(R.instance_id);
     free(R.register_url);
     R.ready = false;

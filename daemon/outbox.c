@@ -113,7 +113,8 @@ struct batch {
     size_t n_touched, cap_touched;
     int64_t d_count, d_bytes, d_dropped, d_expired;
     int append_status, ack_status;
-    bool try_restore;          /* the store is full: look for room again */
+    int64_t ack_upto; /* every ack ticket up to this one is in this batch or an earlier one */
+    bool try_restore; /* the store is full: look for room again */
     bool went_full, came_back; /* set by the runner, logged by complete() */
     bool released;             /* the runner freed the reserve in this batch */
     int64_t avail;             /* free bytes seen by the runner at a transition */
@@ -167,6 +168,9 @@ struct outbox {
     struct outbox_opts o;
     outbox_ready_cb ready;
     void *ready_arg;
+    outbox_settled_cb settled;
+    void *settled_arg;
+    int64_t ack_ticket; /* the last ticket handed out by outbox_ack */
 
     sqlite3 *wdb, *rdb;
     sqlite3_stmt *w[ST_W_N], *r[RT_N];
@@ -902,9 +906,12 @@ static void complete(struct outbox *ob, struct batch *b)
     } else if (ob->full && !ob->closing && !uv_is_active((uv_handle_t *)&ob->retry_timer)) {
         uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0); /* look for room again */
     }
+    bool settled = b->ack_status == 0 && b->n_acks > 0;
     b->n_acks = 0;
     b->try_restore = false;
     b->expire_before_ms = 0;
+    if (settled && ob->settled)
+        ob->settled(ob->settled_arg, b->ack_upto);
 
     /* Producers first, then the forwarder. Callbacks may append (into cur) but never free ob.
      * The committed messages are chained per device so that the forwarder's peeks from the
@@ -974,6 +981,7 @@ static void dispatch(struct outbox *ob)
     ob->cur = ob->fly;
     ob->fly = b;
     b->next_seq = ob->next_seq;
+    b->ack_upto = ob->ack_ticket;
     if (ob->expire_due) {
         b->expire_before_ms = wall_ms() - ob->o.ttl_s * 1000;
         ob->expire_due = false;
@@ -1334,7 +1342,7 @@ int outbox_append(struct outbox *ob, const char *device_key, const char *topic, 
     return 0;
 }
 
-int outbox_ack(struct outbox *ob, int64_t seq)
+int64_t outbox_ack(struct outbox *ob, int64_t seq)
 {
     int err;
     if (ob->closing)
@@ -1342,7 +1350,13 @@ int outbox_ack(struct outbox *ob, int64_t seq)
     if ((err = push_ack(ob->cur, seq)) < 0)
         return err;
     schedule(ob);
-    return 0;
+    return ++ob->ack_ticket;
+}
+
+void outbox_on_settled(struct outbox *ob, outbox_settled_cb cb, void *arg)
+{
+    ob->settled = cb;
+    ob->settled_arg = arg;
 }
 
 void outbox_msg_free(struct outbox_msg *m)

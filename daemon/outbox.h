@@ -102,9 +102,19 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
                 struct outbox_msg *out, size_t max, size_t *n);
 void outbox_msg_free(struct outbox_msg *m);
 
-/* The message seq was delivered: it is deleted in the next batch. Unknown seqs are ignored.
- * Returns 0 or -ENOMEM / -ESHUTDOWN. */
-int outbox_ack(struct outbox *ob, int64_t seq);
+/*
+ * The message seq was delivered: it is deleted in the next batch. Unknown seqs are ignored.
+ * Returns the ack's ticket (> 0, increasing with every call) or -ENOMEM / -ESHUTDOWN. Until the
+ * delete is committed (see outbox_on_settled) the row is still there, so a crash now sends the
+ * message again: callers that bound duplicates count it as in flight until then.
+ */
+int64_t outbox_ack(struct outbox *ob, int64_t seq);
+
+/* The deletes of every ack with a ticket up to `ticket` are committed. */
+typedef void (*outbox_settled_cb)(void *arg, int64_t ticket);
+/* Sets the settled callback (cb may be NULL): called on the loop after each commit that deleted
+ * acked messages. A delete that cannot commit (a full disk) is retried and settles later. */
+void outbox_on_settled(struct outbox *ob, outbox_settled_cb cb, void *arg);
 
 struct outbox_stats {
     uint64_t count, bytes;     /* committed and still queued */
