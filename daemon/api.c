@@ -16,6 +16,7 @@
 #include "devices.h"
 #include "errors.h"
 #include "ipc.h"
+#include "loopstat.h"
 #include "log.h"
 #include "notify.h"
 #include "outbox.h"
@@ -370,6 +371,11 @@ static void do_status(struct ipc_reply *r, bool stats)
                       (json_int_t)is.refused, "requests", (json_int_t)is.requests, "errors",
                       (json_int_t)is.errors, "events_sent", (json_int_t)is.events_sent,
                       "events_dropped", (json_int_t)is.events_dropped));
+        struct loopstat ls;
+        loopstat_take(&ls);
+        json_object_set_new(o, "loop",
+                            json_pack("{s:I,s:f,s:f}", "turns", (json_int_t)ls.turns, "max_turn_ms",
+                                      ls.max_turn_ms, "busy_s", ls.total_busy_ms / 1000.0));
         json_object_set_new(o, "plugins",
                             json_pack("{s:I,s:I,s:I,s:I}", "queued", (json_int_t)ps.queued,
                                       "delivered", (json_int_t)ps.delivered, "rejected_full",

@@ -10,6 +10,7 @@
 #include "devices.h"
 #include "errors.h"
 #include "log.h"
+#include "loopstat.h"
 #include "notify.h"
 #include "outbox.h"
 #include "plugins.h"
@@ -166,6 +167,7 @@ static void shutdown_all(void)
     if (M.ob)
         outbox_close(M.ob, on_outbox_closed, NULL);
     notify_close();
+    loopstat_stop();
     uv_close((uv_handle_t *)&M.sigterm, NULL);
     uv_close((uv_handle_t *)&M.sigint, NULL);
     uv_close((uv_handle_t *)&M.sighup, NULL);
@@ -292,6 +294,8 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    if ((rc = loopstat_start(M.loop)) < 0)
+        log_errno(LOG_WARNING, rc, "loop turn metrics unavailable");
     uv_signal_init(M.loop, &M.sigterm);
     uv_signal_init(M.loop, &M.sigint);
     uv_signal_init(M.loop, &M.sighup);
