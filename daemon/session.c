@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,9 @@ struct sess {
     struct cbctx *ctx;
     char *host, *ca_file, *client_id, *username, *password;
     struct session_params p; /* strings point at the copies above */
+    /* Publishes of this session queued for the caller thread or being handed to Paho by it;
+     * closing waits for it to reach 0 (see sess_free). */
+    atomic_uint queued;
 };
 
 struct pubctx {
@@ -74,12 +78,19 @@ static struct {
  * which Paho's receive thread holds while it handles every packet, so calling it from the loop
  * made the loop wait. The loop queues the command (handle, topic and payload copied) and goes
  * on; the caller thread makes the Paho call and reports a failure as SESSION_PUBLISH_FAILED.
- * session_close() waits until every publish queued before it was handed to Paho, so the handle
- * is never used after MQTTAsync_destroy. The daemon closes a session once its connection is lost
- * (devices.c), so a publish queued for one connection can never go out on the next.
+ * session_close() takes this session's publishes that the caller thread has not picked up yet
+ * back out of the queue (they were never sent; the forwarder sends them again on the next
+ * connection) and waits only for the ones it is handing over at that moment, so the handle is
+ * never used after MQTTAsync_destroy and the loop never waits for other devices' publishes
+ * (each of which may wait on Paho's global lock). The daemon closes a session once its
+ * connection is lost (devices.c), so a publish queued for one connection can never go out on
+ * the next.
  */
+#define CALLER_TAKE 64 /* publishes the caller thread takes from its queue at a time */
+
 struct pubcmd {
     struct pubcmd *next;
+    struct sess *owner; /* alive until owner->queued is 0 (sess_free waits) */
     MQTTAsync client;
     uint64_t id, ref;
     uint32_t gen;
@@ -93,7 +104,6 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cond, done_cond;
     struct pubcmd *head, *tail;
-    uint64_t queued, done; /* commands queued and handed to Paho so far */
     bool stop, running;
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER,
        .cond = PTHREAD_COND_INITIALIZER,
@@ -391,31 +401,58 @@ static void *caller_main(void *arg)
             pthread_cond_wait(&P.cond, &P.mu);
         if (!P.head && P.stop)
             break;
-        struct pubcmd *list = P.head;
-        P.head = P.tail = NULL;
+        /* A few at a time: a closing session waits at most for the publishes taken with its
+         * own (caller_forget takes the rest back). */
+        struct pubcmd *list = P.head, *last = P.head;
+        for (int k = 1; k < CALLER_TAKE && last->next; k++)
+            last = last->next;
+        P.head = last->next;
+        if (!P.head)
+            P.tail = NULL;
+        last->next = NULL;
         pthread_mutex_unlock(&P.mu);
-        uint64_t n = 0;
         while (list) {
             struct pubcmd *next = list->next;
+            struct sess *owner = list->owner;
             caller_send(list);
             free(list);
+            /* A session's last queued publish: a loop closing it may be waiting (caller_forget);
+             * owner may be freed at once, so it is not read after this. */
+            if (atomic_fetch_sub(&owner->queued, 1) == 1) {
+                pthread_mutex_lock(&P.mu);
+                pthread_cond_broadcast(&P.done_cond);
+                pthread_mutex_unlock(&P.mu);
+            }
             list = next;
-            n++;
         }
         pthread_mutex_lock(&P.mu);
-        P.done += n;
-        pthread_cond_broadcast(&P.done_cond);
     }
     pthread_mutex_unlock(&P.mu);
     return NULL;
 }
 
-/* Waits until every publish queued so far has been handed to Paho (before a destroy). */
-static void caller_flush(void)
+/*
+ * Before a destroy: takes s's publishes that the caller thread has not picked up out of its
+ * queue, then waits for those it is handing to Paho right now (none, usually).
+ */
+static void caller_forget(struct sess *s)
 {
+    struct pubcmd **pp, *c, *prev = NULL;
+
     pthread_mutex_lock(&P.mu);
-    uint64_t target = P.queued;
-    while (P.done < target)
+    for (pp = &P.head; (c = *pp) != NULL;) {
+        if (c->owner != s) {
+            prev = c;
+            pp = &c->next;
+            continue;
+        }
+        *pp = c->next;
+        if (P.tail == c)
+            P.tail = prev;
+        free(c);
+        atomic_fetch_sub(&s->queued, 1);
+    }
+    while (atomic_load(&s->queued) > 0)
         pthread_cond_wait(&P.done_cond, &P.mu);
     pthread_mutex_unlock(&P.mu);
 }
@@ -425,7 +462,7 @@ static void caller_flush(void)
 static void sess_free(struct sess *s)
 {
     if (s->client) {
-        caller_flush();
+        caller_forget(s);
         MQTTAsync_destroy(&s->client);
     }
     free(s->ctx);
@@ -627,6 +664,7 @@ int session_publish(uint64_t id, const char *topic, const void *payload, size_t 
     if (!c)
         return -ENOMEM;
     c->next = NULL;
+    c->owner = s;
     c->client = s->client;
     c->id = id;
     c->gen = s->gen;
@@ -637,13 +675,13 @@ int session_publish(uint64_t id, const char *topic, const void *payload, size_t 
     memcpy(c->data, topic, tlen + 1);
     if (len)
         memcpy(c->data + tlen + 1, payload, len);
+    atomic_fetch_add(&s->queued, 1);
     pthread_mutex_lock(&P.mu);
     if (P.tail)
         P.tail->next = c;
     else
         P.head = c;
     P.tail = c;
-    P.queued++;
     pthread_cond_signal(&P.cond);
     pthread_mutex_unlock(&P.mu);
     return 0;
