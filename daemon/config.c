@@ -128,6 +128,27 @@ static void parse_api(struct loader *L, void *ctx, json_t *o, const char *path)
                  c->api.max_line);
 }
 
+/*
+ * Where a plugin given by a bare name lives: the first directory of $ALIGW_PLUGIN_PATH (a
+ * colon-separated list, like PATH) that holds <name>.so, else the installed plugin directory
+ * ALIGW_PLUGIN_DIR. The one place this rule is applied: the config carries the resolved path.
+ */
+static char *plugin_file(struct loader *L, const char *name)
+{
+    const char *env = getenv("ALIGW_PLUGIN_PATH");
+    while (env && *env) {
+        size_t n = strcspn(env, ":");
+        if (n) {
+            char *s = cfg_lfmt(L, "%.*s/%s.so", (int)n, env, name);
+            if (!s || access(s, F_OK) == 0)
+                return s;
+            free(s);
+        }
+        env += n + (env[n] == ':');
+    }
+    return cfg_lfmt(L, "%s/%s.so", ALIGW_PLUGIN_DIR, name);
+}
+
 /* One entry of "plugins" being read (the ctx of its key handlers). */
 struct plugin_walk {
     struct plugin_conf *pc;
@@ -151,9 +172,8 @@ static void plugin_name(struct loader *L, void *ctx, json_t *v, const char *p)
                  "a plugin name may contain only letters, digits, '_' and '-' (or "
                  "give a path containing '/')");
     } else {
-        const char *env = getenv("ALIGW_PLUGIN_PATH");
         pc->name = cfg_ldup(L, str);
-        pc->path = cfg_lfmt(L, "%s/%s.so", env && *env ? env : ALIGW_PLUGIN_DIR, str);
+        pc->path = plugin_file(L, str);
     }
 }
 

@@ -474,30 +474,12 @@ static int refuse(char *err, size_t len, const char *fmt, ...)
     return ALIGW_EPLUGIN;
 }
 
+/* The .so to load: the config resolved it (config.c: plugin_file); a bare path as given. */
 static char *resolve_path(const struct plugin_conf *c)
 {
-    const char *env;
-    char *s = NULL;
     if (c->path)
         return strdup(c->path);
-    if (!c->name)
-        return NULL;
-    if (strchr(c->name, '/'))
-        return strdup(c->name);
-    env = getenv("ALIGW_PLUGIN_PATH"); /* dir[:dir...], searched before the built-in dir */
-    while (env && *env) {
-        size_t n = strcspn(env, ":");
-        if (n && asprintf(&s, "%.*s/%s.so", (int)n, env, c->name) >= 0) {
-            if (access(s, F_OK) == 0)
-                return s;
-            free(s);
-        }
-        s = NULL;
-        env += n + (env[n] == ':');
-    }
-    if (asprintf(&s, "%s/%s.so", ALIGW_PLUGIN_DIR, c->name) < 0)
-        return NULL;
-    return s;
+    return c->name && strchr(c->name, '/') ? strdup(c->name) : NULL;
 }
 
 /* Checks the file and its directory: no one but root or us may be able to change them. */

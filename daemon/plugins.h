@@ -56,10 +56,9 @@ int plugins_init(struct plugins **out, uv_loop_t *loop, const struct plugins_sin
 
 /*
  * Loads, creates and starts one plugin per entry of confs[0..n) (borrowed for the call; the
- * host copies what it keeps). The .so is conf->path, else conf->name when it contains '/', else
- * "<dir>/<name>.so" for the first dir of $ALIGW_PLUGIN_PATH (colon-separated) holding it, else
- * in the build-time ALIGW_PLUGIN_DIR. An entry
- * that fails is logged with the file named, and each of its devices gets
+ * host copies what it keeps). The .so is conf->path (the config resolves a bare name, see
+ * docs/plugins.md), else conf->name when it contains '/'. An entry that fails is logged with
+ * the file named, and each of its devices gets
  * sink->device_state(ok = 0, reason); the others go on. Returns the number of entries that
  * failed (0 = all running), or -ENOMEM.
  */

@@ -438,6 +438,41 @@ static void test_example_and_api(void)
     config_free(c);
 }
 
+/* A bare plugin name: the first directory of $ALIGW_PLUGIN_PATH holding <name>.so, else the
+ * installed plugin directory; a name with '/' is a path. */
+static void test_plugin_path(void)
+{
+    char dir[] = "/tmp/aligw-plugpath-XXXXXX", so[300], text[1200];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(so, sizeof(so), "%s/mine.so", dir);
+    write_file(so, "", 0644);
+    snprintf(text, sizeof(text),
+             "{\"devices\": [{%s}], \"plugins\": [{\"name\": \"mine\"}, {\"name\": "
+             "\"simulator\"}, {\"name\": \"./rel/x.so\"}]}",
+             DEV);
+    setenv("ALIGW_PLUGIN_PATH", "/nonexistent::/tmp", 1);
+    struct config *c = load_buf(text);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_STR(c->plugins[0].path, ALIGW_PLUGIN_DIR "/mine.so"); /* not in the list: default */
+        config_free(c);
+    }
+    char env[400];
+    snprintf(env, sizeof(env), "/nonexistent:%s", dir);
+    setenv("ALIGW_PLUGIN_PATH", env, 1);
+    c = load_buf(text);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_STR(c->plugins[0].path, so);
+        CHECK_STR(c->plugins[1].path, ALIGW_PLUGIN_DIR "/simulator.so");
+        CHECK(strstr(c->plugins[2].path, "/rel/x.so") != NULL && c->plugins[2].path[0] == '/');
+        config_free(c);
+    }
+    unsetenv("ALIGW_PLUGIN_PATH");
+    unlink(so);
+    rmdir(dir);
+}
+
 int main(void)
 {
     test_error_classes();
@@ -446,6 +481,7 @@ int main(void)
     test_devices_file();
     test_permissions_and_speed();
     test_example_and_api();
+    test_plugin_path();
     reset();
     return check_done();
 }

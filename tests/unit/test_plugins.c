@@ -249,12 +249,11 @@ static void refusals(void)
 
     /* --check-config */
     char err[300];
-    struct plugin_conf sim = conf("simulator", "{\"interval_ms\":1}", NULL, 0);
-    setenv("ALIGW_PLUGIN_PATH", "/nonexistent:" PLUGIN_BUILD_DIR, 1);
+    struct plugin_conf sim = conf(PLUGIN_BUILD_DIR "/simulator.so", "{\"interval_ms\":1}", NULL, 0);
     CHECK(plugins_check_config(&sim, err, sizeof err) < 0);
     CHECK(strstr(err, "interval_ms") != NULL);
     json_decref(sim.config);
-    sim = conf("simulator", "{\"interval_ms\":500}", NULL, 0);
+    sim = conf(PLUGIN_BUILD_DIR "/simulator.so", "{\"interval_ms\":500}", NULL, 0);
     CHECK_INT(plugins_check_config(&sim, err, sizeof err), 0);
     json_decref(sim.config);
     CHECK(plugins_check_config(&c[0], err, sizeof err) < 0);
