@@ -635,20 +635,6 @@ bool ipc_reply_connected(const struct ipc_reply *r)
     return !r->conn->closing;
 }
 
-const struct ipc_peer *ipc_reply_peer(const struct ipc_reply *r)
-{
-    return &r->conn->peer;
-}
-
-const struct ipc_request *ipc_reply_request(const struct ipc_reply *r)
-{
-    return &r->req;
-}
-
-struct ipc_server *ipc_reply_server(const struct ipc_reply *r)
-{
-    return r->conn->closing ? NULL : r->conn->srv;
-}
 
 /* ---- events ---- */
 

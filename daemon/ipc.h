@@ -110,9 +110,5 @@ void ipc_reply_errno(struct ipc_reply *r, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* False once the client has disconnected: the reply will be dropped, work may be skipped. */
 bool ipc_reply_connected(const struct ipc_reply *r);
-const struct ipc_peer *ipc_reply_peer(const struct ipc_reply *r);
-const struct ipc_request *ipc_reply_request(const struct ipc_reply *r);
-/* The server the reply came from, or NULL once the server is closed. */
-struct ipc_server *ipc_reply_server(const struct ipc_reply *r);
 
 #endif

@@ -171,9 +171,6 @@ class Daemon:
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([ALIGWD, "-c", self.config_path, "-v", *extra_args],
                                      stdout=self.logf, stderr=self.logf, env=e)
-        if watchdog_usec:
-            # sd_watchdog_enabled() checks WATCHDOG_PID when set; we leave it unset.
-            pass
         if wait_ready:
             wait_for(lambda: self.notify.has("READY=1") or self.proc.poll() is not None,
                      15, what="READY=1")
