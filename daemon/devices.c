@@ -623,26 +623,23 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
     uv_timer_stop(&d->timer);
     if (d->reg_session) {
         close_session(d);
-        registration_failed(d, code == 4 || code == 5 ? ALIGW_EAUTH : -ECONNREFUSED, NULL);
+        registration_failed(d, code == ALIGW_EAUTH ? ALIGW_EAUTH : -ECONNREFUSED, NULL);
         return;
     }
-    if (code == 4 || code == 5 || code == 2) {
+    if (code == ALIGW_EAUTH) {
         d->n.auth_failures++;
         d->last_error = ALIGW_EAUTH;
-        set_reason(d, "login refused (CONNACK %d: %s); check the device secret", code,
-                   code == 2   ? "identifier rejected"
-                   : code == 4 ? "bad user name or password"
-                               : "not authorized");
+        set_reason(d, "login refused (%s); check the device secret", msg ? msg : "refused");
         log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
         /* A fresh session next time: the clientId and password may change (timestamp). */
         close_session(d);
         backoff(d, DEV_AUTH_REFUSED, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
         return;
     }
-    d->last_error = code < 0 ? code : -ECONNREFUSED;
+    d->last_error = code;
     d->quick_losses = 0; /* the endpoint was away: the last loss was not a kick */
     set_reason(d, "connect failed: %s%s%s",
-               code > 0 ? "server unavailable" : aligw_strerror(d->last_error), msg ? ": " : "",
+               code == -EAGAIN ? "server unavailable" : aligw_strerror(code), msg ? ": " : "",
                msg ? msg : "");
     log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
     backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
@@ -844,10 +841,10 @@ static void session_event(void *arg, const struct session_event *ev)
         on_connected(d);
         break;
     case SESSION_CONNECT_FAILED:
-        on_connect_failed(d, ev->code, ev->topic);
+        on_connect_failed(d, ev->code, ev->message);
         break;
     case SESSION_LOST:
-        on_lost(d, ev->topic);
+        on_lost(d, ev->message);
         break;
     case SESSION_PUBLISHED:
     case SESSION_PUBLISH_FAILED:

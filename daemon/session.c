@@ -216,6 +216,7 @@ static struct qev *new_ev(enum session_event_kind kind, uint64_t id, uint32_t ge
 static void free_ev(struct qev *e)
 {
     free(e->ev.topic);
+    free(e->ev.message);
     free(e->ev.payload);
     free(e);
 }
@@ -260,10 +261,28 @@ static void on_connect_fail(void *context, MQTTAsync_failureData *r)
     struct qev *e = new_ev(SESSION_CONNECT_FAILED, c->id, c->gen);
     if (!e)
         return;
-    /* Paho reports a refused CONNACK by its return code (1..5), other failures as negatives. */
-    e->ev.code = r && r->code > 0 && r->code <= 5 ? r->code : -ECONNREFUSED;
-    if (r && r->message)
-        e->ev.topic = strdup(r->message);
+    /* Paho reports a refused CONNACK by its return code (1..5), other failures as negatives:
+     * translated here, where they enter, with the detail as text. */
+    static const char *const connack[] = {NULL,
+                                          "CONNACK 1: unacceptable protocol version",
+                                          "CONNACK 2: identifier rejected",
+                                          "CONNACK 3: server unavailable",
+                                          "CONNACK 4: bad user name or password",
+                                          "CONNACK 5: not authorized"};
+    int rc = r ? r->code : 0;
+    const char *text = r && r->message ? r->message : NULL;
+    if (rc == 2 || rc == 4 || rc == 5)
+        e->ev.code = ALIGW_EAUTH; /* the platform refused the identity or its credentials */
+    else if (rc == 3)
+        e->ev.code = -EAGAIN;
+    else if (rc == 1)
+        e->ev.code = ALIGW_EPROTO;
+    else
+        e->ev.code = -ECONNREFUSED;
+    if (rc >= 1 && rc <= 5)
+        text = connack[rc];
+    if (text)
+        e->ev.message = strdup(text);
     push(e);
 }
 
@@ -274,7 +293,7 @@ static void on_lost(void *context, char *cause)
     if (e) {
         e->ev.code = -ECONNRESET;
         if (cause)
-            e->ev.topic = strdup(cause);
+            e->ev.message = strdup(cause);
         push(e);
     }
     if (cause)

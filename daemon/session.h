@@ -38,8 +38,10 @@ struct session_params {
 
 enum session_event_kind {
     SESSION_CONNECTED,      /* CONNACK accepted */
-    SESSION_CONNECT_FAILED, /* code: CONNACK return code 1..5, or a negative ALIGW/errno code */
-    SESSION_LOST,           /* an established connection dropped */
+    SESSION_CONNECT_FAILED, /* code: ALIGW_EAUTH (CONNACK 2, 4, 5: the identity or its
+                               credentials refused), -EAGAIN (CONNACK 3), ALIGW_EPROTO (1), or a
+                               negative errno; message: the detail */
+    SESSION_LOST,           /* an established connection dropped; message: the cause if known */
     SESSION_PUBLISHED,      /* ref: PUBACK received (QoS 1) or written to the socket (QoS 0) */
     SESSION_PUBLISH_FAILED, /* ref: the message was not delivered; keep it and send again */
     SESSION_SUBSCRIBED,     /* index: topic index of the last session_subscribe; code 0 or -1 */
@@ -50,9 +52,10 @@ struct session_event {
     enum session_event_kind kind;
     uint64_t id; /* the caller's session id */
     int code;
-    uint64_t ref; /* publish reference */
-    size_t index; /* subscription index */
-    char *topic;  /* SESSION_MESSAGE: borrowed for the callback */
+    uint64_t ref;  /* publish reference */
+    size_t index;  /* subscription index */
+    char *topic;   /* SESSION_MESSAGE: borrowed for the callback */
+    char *message; /* SESSION_CONNECT_FAILED, SESSION_LOST: text for people, or NULL */
     void *payload;
     size_t len;
 };
