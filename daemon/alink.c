@@ -199,6 +199,16 @@ int alink_property_set_reply(const char *pk, const char *dn, const char *req_id,
                   xasprintf("/sys/%s/%s/thing/service/property/set_reply", pk, dn), out);
 }
 
+int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const json_t *data,
+                        struct alink_msg *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!seg_ok(pk) || !seg_ok(dn) || !rrpc_id || !seg_ok(rrpc_id))
+        return -EINVAL;
+    return finish(data ? json_incref((json_t *)data) : json_object(),
+                  xasprintf("/sys/%s/%s/rrpc/response/%s", pk, dn, rrpc_id), out);
+}
+
 const char *alink_kind_name(enum alink_kind k)
 {
     switch (k) {

@@ -69,6 +69,14 @@ int alink_service_reply(const char *pk, const char *dn, const char *service_id, 
 int alink_property_set_reply(const char *pk, const char *dn, const char *req_id, int code,
                              const json_t *data, const char *message, struct alink_msg *out);
 
+/*
+ * Answer to a synchronous call on /sys/pk/dn/rrpc/request/${rrpc_id}: topic
+ * /sys/pk/dn/rrpc/response/${rrpc_id} (sent at QoS 0), payload data as JSON (borrowed; NULL = {}).
+ * Returns 0, -EINVAL (bad segment), -ENOMEM.
+ */
+int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const json_t *data,
+                        struct alink_msg *out);
+
 /* What a downlink topic is, for one device. */
 enum alink_kind {
     ALINK_OTHER = 0,    /* for this device but not understood here */

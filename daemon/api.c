@@ -179,24 +179,16 @@ static int send_call_reply(const struct wait *w, int code, const json_t *data, c
     struct alink_msg m = {0};
     int rc;
 
-    if (w->raw_rrpc) {
-        char topic[256];
-        char *payload = data ? json_dumps(data, ALINK_DUMP_FLAGS) : strdup("{}");
-        if (!payload)
-            return -ENOMEM;
-        snprintf(topic, sizeof(topic), "/sys/%s/%s/rrpc/response/%s", w->pk, w->dn, w->rrpc_id);
-        rc = outbox_append(A.ob, w->dev, topic, payload, strlen(payload), 0, NULL, NULL);
-        free(payload);
-        return rc;
-    }
-    if (w->call == ALINK_PROPERTY_SET)
+    if (w->raw_rrpc)
+        rc = alink_rrpc_response(w->pk, w->dn, w->rrpc_id, data, &m);
+    else if (w->call == ALINK_PROPERTY_SET)
         rc = alink_property_set_reply(w->pk, w->dn, w->id, code, data, message, &m);
     else
         rc = alink_service_reply(w->pk, w->dn, w->service, w->rrpc_id[0] ? w->rrpc_id : NULL, w->id,
                                  code, data, message, &m);
-    if (rc == 0)
-        rc = outbox_append(A.ob, w->dev, m.topic, m.payload, m.len, w->rrpc_id[0] ? 0 : 1, NULL,
-                           NULL);
+    if (rc == 0) /* synchronous calls (RRPC) are answered at QoS 0, as the platform expects */
+        rc = outbox_append(A.ob, w->dev, m.topic, m.payload, m.len,
+                           w->raw_rrpc || w->rrpc_id[0] ? 0 : 1, NULL, NULL);
     alink_msg_free(&m);
     return rc;
 }

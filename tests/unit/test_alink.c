@@ -84,6 +84,11 @@ static void event_and_replies(void)
               "{\"id\":\"5\",\"code\":460,\"data\":{},\"message\":\"bad\",\"version\":\"1.0\"}");
     alink_msg_free(&m);
     CHECK_INT(alink_service_reply("pk", "dn", "reset", NULL, "12a", 200, NULL, NULL, &m), -EINVAL);
+    CHECK_INT(alink_rrpc_response("pk", "dn", "888", v, &m), 0);
+    CHECK_STR(m.topic, "/sys/pk/dn/rrpc/response/888");
+    CHECK_STR(m.payload, "{\"level\":3,\"t\":40.0}");
+    alink_msg_free(&m);
+    CHECK_INT(alink_rrpc_response("pk", "dn", "a/b", NULL, &m), -EINVAL);
     CHECK_INT(alink_property_set_reply("pk", "dn", "99", 200, NULL, NULL, &m), 0);
     CHECK_STR(m.topic, "/sys/pk/dn/thing/service/property/set_reply");
     CHECK_STR(
