@@ -61,6 +61,7 @@ struct device {
     char *nwl_client_id, *nwl_token;      /* registration-free login */
     bool session_open, reg_session;       /* a session exists; it is a registration session */
     int attempt;                          /* consecutive failures, for the back-off */
+    enum device_state backoff_kind;       /* of those failures (backoff, auth-refused, ...) */
     int quick_losses;                     /* losses within KICK_WINDOW_MS */
     uint64_t first_loss_ms, online_at_ms; /* loop clock */
     uint64_t ack_progress_ms;             /* last PUBACK, or when the window became non-empty */
@@ -121,7 +122,11 @@ static struct {
     int total_inflight;
     int busy;              /* devices with messages in flight */
     uint64_t losses_at_ms; /* start of the current MASS_LOSS_MS window of session losses */
-    int losses;            /* sessions lost in it */
+    struct {
+        uint64_t serial;
+        uint32_t slot;
+    } first_lost[MASS_LOSS_DEVICES - 1]; /* the window's losses before it was seen as mass */
+    int losses;                          /* sessions lost in it */
     /* connect pacer */
     struct sidq pace;
     uv_timer_t pace_timer;
@@ -297,8 +302,9 @@ static void pace_enqueue(struct device *d)
         return;
     }
     if (!R.pace_running) {
+        /* The bucket filled while the pacer was idle (pace_tick counts from its last run, from
+         * 0 at start-up): connect_burst sessions may start at once. */
         R.pace_running = true;
-        R.pace_at_ms = uv_now(R.loop);
         uv_timer_start(&R.pace_timer, pace_tick, 0, 10);
     }
 }
@@ -324,10 +330,17 @@ static void on_backoff_timer(uv_timer_t *t)
         pace_enqueue(d);
 }
 
-/* Schedules the next attempt: base doubles per consecutive failure up to cap, with jitter. */
+/* Schedules the next attempt: base doubles per consecutive failure of the same kind (s) up to
+ * cap, with jitter. A failure of another kind starts its own doubling: a refused login after
+ * network trouble waits auth_backoff_ms, not auth_backoff_ms times the network's count. */
 static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
 {
     uint64_t delay = (uint64_t)base_ms;
+
+    if (s != d->backoff_kind) {
+        d->backoff_kind = s;
+        d->attempt = 0;
+    }
 
     if (!d->conf.auto_reconnect && d->n.connects > 0) {
         /* Like setMqtt(reconn=False): after a session existed, stay down until restarted. */
@@ -645,6 +658,30 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
     backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
 }
 
+/*
+ * A mass loss is known only at its MASS_LOSS_DEVICES-th session: the devices lost before it in
+ * the same window were judged alone. Their loss does not count towards a kick after all, and
+ * one already called kicked for it goes back to the ordinary back-off.
+ */
+static void forgive_first_losses(void)
+{
+    for (int i = 0; i < MASS_LOSS_DEVICES - 1; i++) {
+        uint32_t slot = R.first_lost[i].slot;
+        struct device *d = slot < R.n_slots ? R.slots[slot] : NULL;
+        if (!d || d->serial != R.first_lost[i].serial)
+            continue;
+        d->quick_losses = 0;
+        if (d->state == DEV_KICKED) {
+            d->n.kicks--;
+            d->last_error = -ECONNRESET;
+            set_reason(d, "connection lost (with other devices at the same time)");
+            uv_timer_stop(&d->timer);
+            d->attempt = 0;
+            backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+        }
+    }
+}
+
 static void on_lost(struct device *d, const char *cause)
 {
     uint64_t now = uv_now(R.loop);
@@ -677,6 +714,12 @@ static void on_lost(struct device *d, const char *cause)
         R.losses = 0;
     }
     bool mass = ++R.losses >= MASS_LOSS_DEVICES;
+    if (!mass) {
+        R.first_lost[R.losses - 1].serial = d->serial;
+        R.first_lost[R.losses - 1].slot = d->slot;
+    } else if (R.losses == MASS_LOSS_DEVICES) {
+        forgive_first_losses();
+    }
     if (mass || !d->quick_losses || now - d->first_loss_ms > KICK_WINDOW_MS) {
         d->quick_losses = 0;
         d->first_loss_ms = now;
