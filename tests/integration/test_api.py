@@ -200,7 +200,8 @@ class Api(T.TestCase):
                                stdout=subprocess.PIPE, text=True, env=env)
         self.later(lambda: (srv.kill(), srv.wait()))
         self.assertIn("protocol", srv.stdout.readline())
-        time.sleep(0.5)  # its watch is registered
+        T.wait_for(lambda: dm.call("stats")["result"]["api"]["watchers"] >= 1, 10,
+                   what="the example client's watch")
         since = hub.mark()
         mid = hub.service_call(PK, rows[0]["device_name"], "Ping", {"x": 1})
         m = hub.wait_message("/sys/%s/thing/service/Ping_reply" % keys[0], 5, since)

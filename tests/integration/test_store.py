@@ -240,7 +240,6 @@ class StoreFaults(T.TestCase):
         self.assertLess(len(acked), n, "no kill landed in the middle of a stream")
         dm.start()
         self.wait_drained(dm)
-        time.sleep(0.5)
         got = check_delivery(self, hub, acked, window)
         total = sum(len(v) for v in got.values())
         print("kill -9 x%d: %d acked, %d delivered (incl. duplicates)" % (kills, len(acked), total))
@@ -308,7 +307,6 @@ class StoreFaults(T.TestCase):
         dm.write_config(cfg)
         dm.signal(__import__("signal").SIGHUP)
         self.wait_drained(dm, 30)
-        time.sleep(0.3)
         check_delivery(self, hub, p.acked, 32 * 4)  # default store.inflight, stretched
         self.assertEqual(sum(len(v) for v in received(hub).values()), len(p.acked))
 
@@ -462,7 +460,6 @@ class StoreFaults(T.TestCase):
         dm.write_config(cfg)
         dm.signal(__import__("signal").SIGHUP)
         self.wait_drained(dm, 30)
-        time.sleep(0.3)
         check_delivery(self, hub, acked, 32 * 4)  # default store.inflight, stretched
         del p
 
