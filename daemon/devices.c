@@ -173,20 +173,27 @@ static void wipe_free(char *s)
     }
 }
 
+/* Makes room in a full ring buffer (elements of size es): twice the capacity, unrolled so that
+ * the oldest element is at 0. 0 or -ENOMEM. */
+static int ring_grow(void **v, size_t es, size_t *cap, size_t *head, size_t len)
+{
+    size_t ncap = *cap ? *cap * 2 : 256;
+    char *nv = malloc(ncap * es);
+    if (!nv)
+        return -ENOMEM;
+    for (size_t i = 0; i < len; i++)
+        memcpy(nv + i * es, (char *)*v + ((*head + i) % *cap) * es, es);
+    free(*v);
+    *v = nv;
+    *cap = ncap;
+    *head = 0;
+    return 0;
+}
+
 static int sidq_push(struct sidq *q, uint64_t sid)
 {
-    if (q->len == q->cap) {
-        size_t ncap = q->cap ? q->cap * 2 : 256;
-        uint64_t *nv = malloc(ncap * sizeof(*nv));
-        if (!nv)
-            return -ENOMEM;
-        for (size_t i = 0; i < q->len; i++)
-            nv[i] = q->v[(q->head + i) % q->cap];
-        free(q->v);
-        q->v = nv;
-        q->cap = ncap;
-        q->head = 0;
-    }
+    if (q->len == q->cap && ring_grow((void **)&q->v, sizeof(*q->v), &q->cap, &q->head, q->len) < 0)
+        return -ENOMEM;
     q->v[(q->head + q->len) % q->cap] = sid;
     q->len++;
     return 0;
@@ -213,18 +220,8 @@ static int ackq_push(struct ackq *q, const struct device *d, int64_t ticket)
             return 0;
         }
     }
-    if (q->len == q->cap) {
-        size_t ncap = q->cap ? q->cap * 2 : 256;
-        struct ackrun *nv = malloc(ncap * sizeof(*nv));
-        if (!nv)
-            return -ENOMEM;
-        for (size_t i = 0; i < q->len; i++)
-            nv[i] = q->v[(q->head + i) % q->cap];
-        free(q->v);
-        q->v = nv;
-        q->cap = ncap;
-        q->head = 0;
-    }
+    if (q->len == q->cap && ring_grow((void **)&q->v, sizeof(*q->v), &q->cap, &q->head, q->len) < 0)
+        return -ENOMEM;
     q->v[(q->head + q->len) % q->cap] = (struct ackrun){ticket, d->serial, d->slot, 1};
     q->len++;
     return 0;
