@@ -1261,12 +1261,14 @@ void devices_close(void)
         if (R.slots[i])
             device_stop(R.slots[i]);
     session_layer_close();
+    outbox_on_settled(R.ob, NULL, NULL); /* the outbox commits once more while it closes */
     uv_close((uv_handle_t *)&R.pace_timer, NULL);
     uv_close((uv_handle_t *)&R.ack_timer, NULL);
     strmap_free(&R.by_key);
     free(R.pace.v);
     free(R.room.v);
     free(R.acking.v);
+    memset(&R.acking, 0, sizeof(R.acking));
     free(R.instance_id);
     free(R.register_url);
     R.ready = false;
