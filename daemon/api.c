@@ -303,10 +303,16 @@ static json_t *state_counts(struct list_ctx *c)
 static json_t *queue_json(void)
 {
     struct outbox_stats st;
+    struct outbox_health h;
     outbox_total_stats(A.ob, &st);
-    return json_pack("{s:I,s:I,s:I,s:I,s:I}", "queued", (json_int_t)st.count, "bytes",
-                     (json_int_t)st.bytes, "dropped", (json_int_t)st.dropped, "expired",
-                     (json_int_t)st.expired, "oldest_ms", (json_int_t)st.oldest_ms);
+    outbox_health(A.ob, &h);
+    json_t *o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:b}", "queued", (json_int_t)st.count, "bytes",
+                          (json_int_t)st.bytes, "dropped", (json_int_t)st.dropped, "expired",
+                          (json_int_t)st.expired, "oldest_ms", (json_int_t)st.oldest_ms, "errors",
+                          (json_int_t)h.errors, "damaged", h.damaged);
+    if (o && h.last_error[0])
+        json_object_set_new(o, "last_error", json_string(h.last_error));
+    return o;
 }
 
 static void do_devices(struct ipc_reply *r, const struct ipc_request *req)

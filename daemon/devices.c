@@ -40,7 +40,9 @@
 #define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 #define FWD_BATCH 64
-#define WINDOW_STRETCH 4 /* a device's window may grow to this many times store.inflight */
+#define WINDOW_STRETCH 4    /* a device's window may grow to this many times store.inflight */
+#define STORE_RETRY_MS 1000 /* a failed outbox read is tried again after this */
+#define STORE_LOG_MS 10000  /* and logged at most this often per device */
 
 struct device {
     struct device_conf conf;
@@ -55,7 +57,9 @@ struct device {
     struct {
         uint64_t connects, disconnects, msgs_in, msgs_out, auth_failures, kicks, sub_refused;
         uint64_t ack_timeouts;
+        uint64_t store_errors; /* failed outbox reads on the delivery path */
     } n;
+    uint64_t store_err_log_ms; /* last logged store error (loop clock) */
 
     char *secret;                         /* device secret (conf or registration); wiped */
     char *nwl_client_id, *nwl_token;      /* registration-free login */
@@ -932,6 +936,30 @@ static bool take_token(struct device *d)
     return true;
 }
 
+/*
+ * An outbox read failed: never a silent stall. Counted, shown as the device's last error, logged
+ * (at most every STORE_LOG_MS per device) and tried again shortly. A damaged outbox stops the
+ * daemon through the outbox's damage callback (main.c); nothing is retried then.
+ */
+static void store_failed(struct device *d, int rc)
+{
+    struct outbox_health h;
+    uint64_t now = uv_now(R.loop);
+
+    outbox_health(R.ob, &h);
+    d->n.store_errors++;
+    d->last_error = rc;
+    set_reason(d, "cannot read queued messages from the outbox: %s",
+               h.last_error[0] ? h.last_error : aligw_strerror(rc));
+    if (d->n.store_errors == 1 || now - d->store_err_log_ms >= STORE_LOG_MS) {
+        log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name, "%s (%llu time(s))",
+                d->last_reason, (unsigned long long)d->n.store_errors);
+        d->store_err_log_ms = now;
+    }
+    if (!h.damaged)
+        uv_timer_start(&d->fwd_timer, on_fwd_timer, STORE_RETRY_MS, 0);
+}
+
 static void forward(struct device *d)
 {
     struct outbox_msg m[FWD_BATCH];
@@ -953,7 +981,11 @@ static void forward(struct device *d)
         if (want > FWD_BATCH)
             want = FWD_BATCH;
         rc = outbox_peek(R.ob, d->key, d->sent_upto, m, want, &n);
-        if (rc < 0 || n == 0)
+        if (rc < 0) {
+            store_failed(d, rc);
+            return;
+        }
+        if (n == 0)
             return;
         for (i = 0; i < n; i++) {
             if (d->state != DEV_ONLINE || !take_token(d))
@@ -1368,12 +1400,13 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "inflight", json_integer(d->inflight));
         json_object_set_new(
             o, "counters",
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects", (json_int_t)d->n.connects,
-                      "disconnects", (json_int_t)d->n.disconnects, "messages_in",
-                      (json_int_t)d->n.msgs_in, "messages_out", (json_int_t)d->n.msgs_out,
-                      "auth_failures", (json_int_t)d->n.auth_failures, "kicks",
-                      (json_int_t)d->n.kicks, "subscriptions_refused", (json_int_t)d->n.sub_refused,
-                      "ack_timeouts", (json_int_t)d->n.ack_timeouts));
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects",
+                      (json_int_t)d->n.connects, "disconnects", (json_int_t)d->n.disconnects,
+                      "messages_in", (json_int_t)d->n.msgs_in, "messages_out",
+                      (json_int_t)d->n.msgs_out, "auth_failures", (json_int_t)d->n.auth_failures,
+                      "kicks", (json_int_t)d->n.kicks, "subscriptions_refused",
+                      (json_int_t)d->n.sub_refused, "ack_timeouts", (json_int_t)d->n.ack_timeouts,
+                      "store_errors", (json_int_t)d->n.store_errors));
         if (d->conf.reg != REG_NONE)
             json_object_set_new(o, "registration",
                                 json_string(d->secret || d->nwl_token ? "stored" : "pending"));

@@ -4,9 +4,15 @@
  * plugins on one libuv loop, and talks to systemd. Signals only wake the loop: SIGTERM/SIGINT
  * start an orderly shutdown that closes every handle, SIGHUP reloads the configuration through
  * the same parse-and-validate path (a config with errors is refused and the running one kept).
+ *
+ * Exit codes (documented in the README and aligwd --help; the unit's RestartPreventExitStatus
+ * keeps systemd from restarting into the same refusal): 0 stopped on request, 1 could not start
+ * (config, sockets, other errors), 2 bad command line, 3 a damaged database (at start or found
+ * while running; the file is left as it is).
  */
 #include "api.h"
 #include "config.h"
+#include "db.h"
 #include "devices.h"
 #include "errors.h"
 #include "log.h"
@@ -26,6 +32,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+enum {
+    EXIT_START = 1,
+    EXIT_USAGE = 2,
+    EXIT_DAMAGED = 3,
+};
+
 static struct {
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint, sighup;
@@ -44,10 +56,13 @@ static void usage(FILE *f)
                "with every outbound message stored in SQLite until the cloud has it.\n\n"
                "  -c, --config FILE   configuration file (default " ALIGW_CONF_DIR "/aligw.json)\n"
                "      --check-config  validate the configuration, print every error, and exit\n"
+               "      --check-store   check every page of the outbox and state database, and exit\n"
+               "                      (0 intact, 3 damaged, 1 cannot check)\n"
                "  -v, --verbose       more logging (repeat for debug); overrides log_level\n"
                "  -V, --version       print the version and exit\n"
                "  -h, --help          this text\n\n"
                "Signals: SIGTERM/SIGINT stop, SIGHUP reloads the configuration.\n"
+               "Exit codes: 0 stopped, 1 cannot start, 2 usage, 3 damaged database.\n"
                "Documentation: /usr/share/doc/aligw, aligwctl --help.\n");
 }
 
@@ -108,11 +123,38 @@ static void raise_fd_limit(size_t n_devices)
 static void status_line(char *buf, size_t size)
 {
     struct outbox_stats st = {0};
-    if (M.ob)
+    struct outbox_health h = {.last_error = ""};
+    if (M.ob) {
         outbox_total_stats(M.ob, &st);
+        outbox_health(M.ob, &h);
+    }
+    if (h.damaged) {
+        snprintf(buf, size, "outbox damaged, stopping: %s", h.last_error);
+        return;
+    }
     snprintf(buf, size, "%zu/%zu devices online, %llu queued (%llu bytes), %llu dropped",
              devices_online(), devices_count(), (unsigned long long)st.count,
              (unsigned long long)st.bytes, (unsigned long long)(st.dropped + st.expired));
+}
+
+/* --check-store: a full integrity_check of both databases (the daemon's start checks less, to
+ * open a large store at once). Prints one verdict per file; exit code 0, EXIT_DAMAGED or
+ * EXIT_START (a file could not be checked). */
+static int check_stores(const struct config *cfg)
+{
+    char state[4096];
+    const char *paths[2] = {cfg->store.path, state};
+    int worst = 0;
+
+    snprintf(state, sizeof(state), "%s/state.db", cfg->state_dir);
+    for (int i = 0; i < 2; i++) {
+        int rc = db_check(paths[i], stdout);
+        if (rc == ALIGW_ECORRUPT)
+            worst = EXIT_DAMAGED;
+        else if (rc < 0 && worst == 0)
+            worst = EXIT_START;
+    }
+    return worst;
 }
 
 /* SIGHUP and the API's reload: a valid config is applied, except the keys that need a restart,
@@ -182,6 +224,19 @@ static void on_signal(uv_signal_t *h, int signum)
         shutdown_all();
 }
 
+/* A damaged outbox found while running: stop loudly (systemd shows a failed unit) instead of
+ * delivering part of the queue and stalling. The file is not touched again. */
+static void on_outbox_damaged(void *arg, const char *what)
+{
+    log_error("%s is damaged (%s): stopping with exit code %d. Nothing more is written to it. Run "
+              "aligwd --check-store for a report, then restore the file from a backup or move "
+              "it (with its -wal and -shm files) away to start with an empty queue",
+              M.cfg->store.path, what, EXIT_DAMAGED);
+    M.exit_code = EXIT_DAMAGED;
+    notify_status();
+    shutdown_all();
+}
+
 static void on_outbox_ready(void *arg, const char *key)
 {
     devices_outbox_ready(key);
@@ -189,12 +244,15 @@ static void on_outbox_ready(void *arg, const char *key)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'C'},
-        {"verbose", no_argument, NULL, 'v'},      {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check-config", no_argument, NULL, 'C'},
+                                         {"verbose", no_argument, NULL, 'v'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"check-store", no_argument, NULL, 'S'},
+                                         {NULL, 0, NULL, 0}};
     const char *path = ALIGW_CONF_DIR "/aligw.json";
-    bool check = false;
+    bool check = false, check_store = false;
     int verbose = 0, c, rc;
     struct config_errors errs = {0}, warns = {0};
 
@@ -205,6 +263,9 @@ int main(int argc, char **argv)
             break;
         case 'C':
             check = true;
+            break;
+        case 'S':
+            check_store = true;
             break;
         case 'v':
             verbose++;
@@ -217,13 +278,13 @@ int main(int argc, char **argv)
             return 0;
         default:
             usage(stderr);
-            return 2;
+            return EXIT_USAGE;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "aligwd: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
-        return 2;
+        return EXIT_USAGE;
     }
 
     rc = config_load(path, &M.cfg, &errs, &warns);
@@ -249,6 +310,20 @@ int main(int argc, char **argv)
         if (M.cfg)
             config_free(M.cfg);
         return rc == 0 ? 0 : 1;
+    }
+    if (check_store) {
+        if (rc < 0) {
+            print_errors(&errs, 0, "", true);
+            printf("cannot check the store: %zu error(s) in %s\n", errs.n, path);
+            rc = EXIT_START;
+        } else {
+            rc = check_stores(M.cfg);
+        }
+        config_errors_free(&errs);
+        config_errors_free(&warns);
+        if (M.cfg)
+            config_free(M.cfg);
+        return rc;
     }
     print_errors(&warns, LOG_WARNING, "", false);
     if (rc < 0) {
@@ -279,7 +354,7 @@ int main(int argc, char **argv)
     rc = statedb_open(dbpath, &M.db);
     if (rc < 0) {
         log_errno(LOG_ERR, rc, "cannot open the state database %s", dbpath);
-        return 1;
+        return rc == ALIGW_ECORRUPT ? EXIT_DAMAGED : EXIT_START;
     }
     struct outbox_opts oo = {.path = M.cfg->store.path,
                              .durability = M.cfg->store.durability,
@@ -291,8 +366,9 @@ int main(int argc, char **argv)
     if (rc < 0) {
         log_errno(LOG_ERR, rc, "cannot open the outbox %s", M.cfg->store.path);
         statedb_close(M.db);
-        return 1;
+        return rc == ALIGW_ECORRUPT ? EXIT_DAMAGED : EXIT_START;
     }
+    outbox_set_damaged_cb(M.ob, on_outbox_damaged, NULL);
 
     if ((rc = loopstat_start(M.loop)) < 0)
         log_errno(LOG_WARNING, rc, "loop turn metrics unavailable");

@@ -117,6 +117,8 @@ struct batch {
     bool try_restore; /* the store is full: look for room again */
     bool went_full, came_back; /* set by the runner, logged by complete() */
     bool released;             /* the runner freed the reserve in this batch */
+    bool damaged;              /* copied at hand-over: the store is damaged, touch nothing */
+    char errmsg[200];          /* SQLite's message for a failed transaction (runner) */
     int64_t avail;             /* free bytes seen by the runner at a transition */
 };
 
@@ -209,6 +211,13 @@ struct outbox {
     int64_t want_room;   /* what the last refused batch needed (capped) */
     /* The loop's view. */
     bool full, restore_due;
+    /* Errors (loop): every failed read or commit is counted and its SQLite message kept; a
+     * damaged file (SQLITE_CORRUPT/NOTADB) makes the store refuse everything from then on. */
+    uint64_t errors;
+    char last_error[256];
+    bool damaged;
+    outbox_damaged_cb damaged_cb;
+    void *damaged_arg;
     uint64_t full_refused; /* appends refused while full, for the log line */
 
     struct endturn endturn; /* the group commit */
@@ -224,6 +233,27 @@ static int64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Records a failed read or commit (loop): counted, its text kept for status, and a damaged file
+ * (ALIGW_ECORRUPT) reported once through the damage callback; the store then touches the file
+ * no more. sqlmsg may be NULL.
+ */
+static void note_error(struct outbox *ob, int err, const char *what, const char *sqlmsg)
+{
+    ob->errors++;
+    snprintf(ob->last_error, sizeof(ob->last_error), "%s: %s%s%s", what, aligw_strerror(err),
+             sqlmsg && *sqlmsg ? " (SQLite: " : "", sqlmsg && *sqlmsg ? sqlmsg : "");
+    if (sqlmsg && *sqlmsg)
+        strncat(ob->last_error, ")", sizeof(ob->last_error) - strlen(ob->last_error) - 1);
+    if (err == ALIGW_ECORRUPT && !ob->damaged) {
+        ob->damaged = true;
+        log_error("%s: the outbox is damaged (%s); it is no longer read or written", ob->path,
+                  ob->last_error);
+        if (ob->damaged_cb)
+            ob->damaged_cb(ob->damaged_arg, ob->last_error);
+    }
 }
 
 /* Devices: key hash and id index. */
@@ -543,6 +573,7 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
     maybe_checkpoint(ob);
     return 0;
 fail:
+    snprintf(b->errmsg, sizeof(b->errmsg), "%s", sqlite3_errmsg(ob->wdb));
     if (!sqlite3_get_autocommit(ob->wdb))
         step_done(ob, ob->w[ST_ROLLBACK]);
     undo_deltas(b);
@@ -725,7 +756,13 @@ static void run_batch(struct outbox *ob, struct batch *b)
 
     b->append_status = b->ack_status = 0;
     b->expire_more = b->went_full = b->came_back = b->released = false;
+    b->errmsg[0] = '\0';
     ob->ckpt_err = 0;
+    if (b->damaged) {
+        b->append_status = b->n_ap ? ALIGW_ECORRUPT : 0;
+        b->ack_status = b->n_acks ? ALIGW_ECORRUPT : 0;
+        return;
+    }
     if (ob->rt_full && (b->try_restore || dels)) {
         /* Deletes first: what they free may be the room that was missing. Appends that were
          * already queued when the store became full are refused rather than run in a second
@@ -877,6 +914,10 @@ static void complete(struct outbox *ob, struct batch *b)
     if (b->expire_more && !ob->closing)
         ob->expire_due = true;
 
+    if (!b->damaged && b->append_status < 0 && b->n_ap && b->append_status != ALIGW_ESTOREFULL)
+        note_error(ob, b->append_status, "committing new messages", b->errmsg);
+    if (!b->damaged && b->ack_status < 0 && b->n_acks)
+        note_error(ob, b->ack_status, "deleting delivered messages", b->errmsg);
     if (b->went_full || b->came_back || b->released)
         log_full(ob, b);
     if (!ok && b->n_ap && b->append_status == ALIGW_ESTOREFULL && ob->rt_full) {
@@ -891,7 +932,7 @@ static void complete(struct outbox *ob, struct batch *b)
             ob->fail_log_ms = now;
         }
     }
-    if (b->ack_status < 0 && b->n_acks) {
+    if (b->ack_status < 0 && b->n_acks && !ob->damaged) {
         if (now - ob->ack_log_ms >= LOG_EVERY_MS || ob->ack_log_ms == 0) {
             log_errno(LOG_WARNING, b->ack_status,
                       "%s: could not delete %zu delivered message(s) yet, retrying every %d ms",
@@ -987,6 +1028,7 @@ static void dispatch(struct outbox *ob)
         ob->expire_due = false;
     }
     b->try_restore = ob->restore_due;
+    b->damaged = ob->damaged;
     ob->restore_due = false;
     ob->inflight = true;
     if (ob->o.durability == DURABILITY_FULL) {
@@ -1292,6 +1334,8 @@ int outbox_append(struct outbox *ob, const char *device_key, const char *topic, 
 
     if (ob->closing)
         return -ESHUTDOWN;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
     if (!device_key || !*device_key || !topic || !*topic || (qos != 0 && qos != 1) ||
         (len && !payload))
         return -EINVAL;
@@ -1347,6 +1391,8 @@ int64_t outbox_ack(struct outbox *ob, int64_t seq)
     int err;
     if (ob->closing)
         return -ESHUTDOWN;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
     if ((err = push_ack(ob->cur, seq)) < 0)
         return err;
     schedule(ob);
@@ -1418,6 +1464,8 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
     int rc, err = 0;
 
     *n = 0;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
     if (!d || !d->in_db || max == 0)
         return 0;
     if (peek_batch(ob, d, after_seq, out, max, n))
@@ -1447,6 +1495,11 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
     }
     if (!err && rc != SQLITE_DONE)
         err = db_err(ob->rdb, rc);
+    if (err < 0 && err != -ENOMEM) {
+        char what[160];
+        snprintf(what, sizeof(what), "reading the messages of %s", device_key);
+        note_error(ob, err, what, sqlite3_errmsg(ob->rdb));
+    }
     sqlite3_reset(st);
     if (err < 0) {
         for (size_t i = 0; i < *n; i++)
@@ -1501,4 +1554,17 @@ void outbox_foreach_pending(struct outbox *ob, void (*fn)(void *arg, const char 
         for (struct odev *d = ob->buckets[i]; d; d = d->hnext)
             if (d->count > 0)
                 fn(arg, d->key);
+}
+
+void outbox_set_damaged_cb(struct outbox *ob, outbox_damaged_cb cb, void *arg)
+{
+    ob->damaged_cb = cb;
+    ob->damaged_arg = arg;
+}
+
+void outbox_health(struct outbox *ob, struct outbox_health *h)
+{
+    h->errors = ob->errors;
+    h->damaged = ob->damaged;
+    h->last_error = ob->last_error;
 }

@@ -131,4 +131,21 @@ void outbox_total_stats(struct outbox *ob, struct outbox_stats *st);
 void outbox_foreach_pending(struct outbox *ob, void (*fn)(void *arg, const char *device_key),
                             void *arg);
 
+/*
+ * Errors. Every failed read (peek) or commit is counted and its text kept ("what: error (SQLite:
+ * message)"). A damaged file (SQLITE_CORRUPT or SQLITE_NOTADB while running) is reported once
+ * through cb (loop thread; text borrowed for the call); from then on the store reads and writes
+ * nothing: appends, acks and peeks fail with ALIGW_ECORRUPT and appends waiting for their commit
+ * get ALIGW_ECORRUPT. cb may be NULL.
+ */
+typedef void (*outbox_damaged_cb)(void *arg, const char *what);
+void outbox_set_damaged_cb(struct outbox *ob, outbox_damaged_cb cb, void *arg);
+
+struct outbox_health {
+    uint64_t errors;        /* failed reads and commits since open */
+    bool damaged;           /* a damaged file was found */
+    const char *last_error; /* "" if none; valid until the next outbox call */
+};
+void outbox_health(struct outbox *ob, struct outbox_health *h);
+
 #endif
