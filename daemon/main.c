@@ -8,7 +8,12 @@
  * Exit codes (documented in the README and aligwd --help; the unit's RestartPreventExitStatus
  * keeps systemd from restarting into the same refusal): 0 stopped on request, 1 could not start
  * (config, sockets, other errors), 2 bad command line, 3 a damaged database (at start or found
- * while running; the file is left as it is).
+ * while running; the file is left as it is), 4 the outbox is missing, emptied, another one or
+ * older than what the state database recorded (--accept-store-loss to go on with it).
+ *
+ * The outbox record: state.db keeps the outbox's identity and a seq it is known to have committed
+ * (refreshed at most once a second while messages come in, and at a clean stop), so a deleted or
+ * emptied outbox, or one whose -wal file was deleted, is not taken for an empty queue.
  */
 #include "api.h"
 #include "config.h"
@@ -36,11 +41,17 @@ enum {
     EXIT_START = 1,
     EXIT_USAGE = 2,
     EXIT_DAMAGED = 3,
+    EXIT_STORE_LOST = 4,
 };
+
+#define RECORD_EVERY_MS 1000
 
 static struct {
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint, sighup;
+    uv_timer_t record_timer;
+    bool record_timer_on;
+    struct statedb_outbox rec; /* what state.db holds about the outbox */
     struct config *cfg;  /* in force */
     struct config *boot; /* loaded at start: its restart-only keys are the ones in force */
     struct outbox *ob;
@@ -58,11 +69,14 @@ static void usage(FILE *f)
                "      --check-config  validate the configuration, print every error, and exit\n"
                "      --check-store   check every page of the outbox and state database, and exit\n"
                "                      (0 intact, 3 damaged, 1 cannot check)\n"
+               "      --accept-store-loss  start even though the outbox is missing, emptied or\n"
+               "                      older than the state database remembers (messages lost)\n"
                "  -v, --verbose       more logging (repeat for debug); overrides log_level\n"
                "  -V, --version       print the version and exit\n"
                "  -h, --help          this text\n\n"
                "Signals: SIGTERM/SIGINT stop, SIGHUP reloads the configuration.\n"
-               "Exit codes: 0 stopped, 1 cannot start, 2 usage, 3 damaged database.\n"
+               "Exit codes: 0 stopped, 1 cannot start, 2 usage, 3 damaged database,\n"
+               "4 outbox lost (see --accept-store-loss).\n"
                "Documentation: /usr/share/doc/aligw, aligwctl --help.\n");
 }
 
@@ -192,6 +206,69 @@ static int reload(char *restart, size_t len)
     return rc;
 }
 
+/* Records what the outbox has committed in state.db, when it moved on. */
+static void record_outbox(void)
+{
+    struct outbox_health h;
+    if (!M.ob)
+        return;
+    outbox_health(M.ob, &h);
+    struct statedb_outbox r = {.identity = outbox_identity(M.ob),
+                               .committed_seq = outbox_committed_seq(M.ob)};
+    if (h.damaged || r.identity == 0 ||
+        (r.identity == M.rec.identity && r.committed_seq == M.rec.committed_seq))
+        return;
+    if (statedb_outbox_put(M.db, &r) == 0)
+        M.rec = r;
+}
+
+static void on_record_timer(uv_timer_t *t)
+{
+    record_outbox();
+}
+
+/*
+ * Before the outbox is opened (ob NULL) and after: is this the outbox state.db remembers, with
+ * everything it remembers committed? Returns 0, or EXIT_STORE_LOST after saying why (or, with
+ * accept, after a warning).
+ */
+static int check_outbox_record(const char *path, struct outbox *ob, bool accept)
+{
+    char why[512];
+    struct stat st;
+
+    if (M.rec.identity == 0)
+        return 0; /* nothing recorded yet: a new gateway, or one from before the record */
+    why[0] = '\0';
+    if (!ob && stat(path, &st) < 0 && errno == ENOENT)
+        snprintf(why, sizeof(why), "is missing");
+    else if (!ob && stat(path, &st) == 0 && st.st_size == 0)
+        snprintf(why, sizeof(why), "is empty (0 bytes)");
+    else if (ob && outbox_identity(ob) != M.rec.identity)
+        snprintf(why, sizeof(why),
+                 "is not the outbox this gateway used (it was recreated or replaced)");
+    else if (ob && outbox_committed_seq(ob) < M.rec.committed_seq)
+        snprintf(why, sizeof(why),
+                 "ends at message %lld but message %lld had been committed: its -wal file was "
+                 "probably deleted, or an older copy was restored",
+                 (long long)outbox_committed_seq(ob), (long long)M.rec.committed_seq);
+    if (!why[0])
+        return 0;
+    if (accept) {
+        log_warn("the outbox %s %s; going on as --accept-store-loss says: messages accepted "
+                 "earlier are lost",
+                 path, why);
+        M.rec.identity = 0;
+        return 0;
+    }
+    log_error("the outbox %s %s (state.db remembers it up to message %lld). Messages accepted "
+              "earlier may be lost, so aligwd does not start with it as if the queue were empty. "
+              "Restore the file (with its -wal file) if you can; to go on without the lost "
+              "messages, start once with --accept-store-loss. Exit code %d",
+              path, why, (long long)M.rec.committed_seq, EXIT_STORE_LOST);
+    return EXIT_STORE_LOST;
+}
+
 static void on_outbox_closed(void *arg)
 {
     M.ob = NULL;
@@ -204,6 +281,9 @@ static void shutdown_all(void)
     M.stopping = true;
     notify_stopping();
     log_notice("shutting down");
+    record_outbox();
+    if (M.record_timer_on)
+        uv_close((uv_handle_t *)&M.record_timer, NULL);
     api_close();
     devices_close();
     if (M.ob)
@@ -250,9 +330,10 @@ int main(int argc, char **argv)
                                          {"version", no_argument, NULL, 'V'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"check-store", no_argument, NULL, 'S'},
+                                         {"accept-store-loss", no_argument, NULL, 'L'},
                                          {NULL, 0, NULL, 0}};
     const char *path = ALIGW_CONF_DIR "/aligw.json";
-    bool check = false, check_store = false;
+    bool check = false, check_store = false, accept_loss = false;
     int verbose = 0, c, rc;
     struct config_errors errs = {0}, warns = {0};
 
@@ -266,6 +347,9 @@ int main(int argc, char **argv)
             break;
         case 'S':
             check_store = true;
+            break;
+        case 'L':
+            accept_loss = true;
             break;
         case 'v':
             verbose++;
@@ -356,6 +440,11 @@ int main(int argc, char **argv)
         log_errno(LOG_ERR, rc, "cannot open the state database %s", dbpath);
         return rc == ALIGW_ECORRUPT ? EXIT_DAMAGED : EXIT_START;
     }
+    if ((rc = statedb_outbox_get(M.db, &M.rec)) < 0 ||
+        (rc = check_outbox_record(M.cfg->store.path, NULL, accept_loss)) != 0) {
+        statedb_close(M.db);
+        return rc < 0 ? EXIT_START : rc;
+    }
     struct outbox_opts oo = {.path = M.cfg->store.path,
                              .durability = M.cfg->store.durability,
                              .max_bytes = M.cfg->store.max_bytes,
@@ -369,6 +458,16 @@ int main(int argc, char **argv)
         return rc == ALIGW_ECORRUPT ? EXIT_DAMAGED : EXIT_START;
     }
     outbox_set_damaged_cb(M.ob, on_outbox_damaged, NULL);
+    if ((rc = check_outbox_record(M.cfg->store.path, M.ob, accept_loss)) != 0) {
+        outbox_close(M.ob, on_outbox_closed, NULL);
+        uv_run(M.loop, UV_RUN_DEFAULT);
+        statedb_close(M.db);
+        return rc;
+    }
+    record_outbox();
+    uv_timer_init(M.loop, &M.record_timer);
+    uv_timer_start(&M.record_timer, on_record_timer, RECORD_EVERY_MS, RECORD_EVERY_MS);
+    M.record_timer_on = true;
 
     if ((rc = loopstat_start(M.loop)) < 0)
         log_errno(LOG_WARNING, rc, "loop turn metrics unavailable");

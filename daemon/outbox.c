@@ -187,6 +187,8 @@ struct outbox {
     int64_t count, bytes, dropped, expired; /* committed totals */
     int64_t pending_bytes;
     int64_t next_seq;
+    int64_t committed_seq; /* every seq up to this one was committed (loop) */
+    int64_t identity;      /* random, kept in meta: tells this store from a recreated one */
 
     struct batch b[2];
     struct batch *cur, *fly;
@@ -906,6 +908,8 @@ static void complete(struct outbox *ob, struct batch *b)
         d->d_count = d->d_bytes = d->d_dropped = d->d_expired = 0;
         d->touched = d->inserted = false;
     }
+    if (ok && b->n_ap)
+        ob->committed_seq = b->next_seq - 1;
     ob->count += b->d_count;
     ob->bytes += b->d_bytes;
     ob->dropped += b->d_dropped;
@@ -1244,9 +1248,20 @@ static int load(struct outbox *ob)
         return err;
     rc = sqlite3_step(st);
     ob->next_seq = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 1;
+    ob->committed_seq = ob->next_seq - 1;
     sqlite3_finalize(st);
     if (rc != SQLITE_ROW)
         return db_err(ob->rdb, rc);
+
+    /* The identity is made once, when the store is new (or older than identities). */
+    if ((err = db_exec(ob->wdb, "INSERT OR IGNORE INTO meta(key, value) VALUES ('identity', "
+                                "(random() & 9223372036854775807) | 1)")) < 0)
+        log_errno(LOG_WARNING, err, "%s: cannot record the store's identity", ob->path);
+    if ((err = db_prepare(ob->rdb, "SELECT value FROM meta WHERE key = 'identity'", &st)) < 0)
+        return err;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        ob->identity = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
     return 0;
 }
 
@@ -1567,4 +1582,14 @@ void outbox_health(struct outbox *ob, struct outbox_health *h)
     h->errors = ob->errors;
     h->damaged = ob->damaged;
     h->last_error = ob->last_error;
+}
+
+int64_t outbox_identity(struct outbox *ob)
+{
+    return ob->identity;
+}
+
+int64_t outbox_committed_seq(struct outbox *ob)
+{
+    return ob->committed_seq;
 }

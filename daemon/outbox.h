@@ -148,4 +148,12 @@ struct outbox_health {
 };
 void outbox_health(struct outbox *ob, struct outbox_health *h);
 
+/*
+ * The store's identity: a random number made when the file was created and kept in it, so that
+ * a recreated (deleted, emptied) store is told from the original. 0 if it could not be recorded.
+ */
+int64_t outbox_identity(struct outbox *ob);
+/* Every message with a seq up to this one was committed (seqs only grow, across restarts). */
+int64_t outbox_committed_seq(struct outbox *ob);
+
 #endif

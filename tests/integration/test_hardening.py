@@ -116,6 +116,60 @@ class Hardening(T.TestCase):
         self.assertEqual(chk.returncode, 0, chk.stdout + chk.stderr)
         self.assertEqual(chk.stdout.count(": ok"), 2, chk.stdout)
 
+    # ---- 2. a missing or emptied outbox is not an empty queue ----
+
+    def start_expecting_refusal(self, cfg, code=4):
+        dm = T.Daemon(self.tmp, cfg)
+        dm.start(wait_ready=False)
+        self.later(dm.stop)
+        rc = dm.proc.wait(20)
+        log = dm.log()
+        self.assertEqual(rc, code, log[-3000:])
+        self.assertIn(cfg["store"]["path"], log)
+        self.assertIn("--accept-store-loss", log)
+        dm.stop()
+        return log
+
+    def test_deleted_outbox_refuses_start_until_accepted(self):
+        hub, rows, keys = self.setup_hub()
+        cfg = self.populate(hub, rows, keys, n=200, pad=10)
+        path = cfg["store"]["path"]
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+        self.assertIn("is missing", self.start_expecting_refusal(cfg))
+        self.assertFalse(os.path.exists(path), "the refusal created a new outbox")
+        # the operator accepts the loss once; from then on the new store is the one remembered
+        dm = T.Daemon(self.tmp, cfg).start(extra_args=("--accept-store-loss",))
+        self.assertEqual(dm.call("status")["result"]["queue"]["queued"], 0)
+        self.assertIn("--accept-store-loss", dm.log())
+        self.assertEqual(publish_n(dm, keys[0], 5), 5)
+        self.assertEqual(dm.stop(), 0)
+        dm = T.Daemon(self.tmp, cfg).start()
+        self.assertEqual(dm.call("status")["result"]["queue"]["queued"], 5)
+        self.assertEqual(dm.stop(), 0)
+
+    def test_emptied_outbox_refuses_start(self):
+        hub, rows, keys = self.setup_hub()
+        cfg = self.populate(hub, rows, keys, n=200, pad=10)
+        open(cfg["store"]["path"], "wb").close()
+        self.assertIn("is empty", self.start_expecting_refusal(cfg))
+        self.assertEqual(os.path.getsize(cfg["store"]["path"]), 0)
+
+    def test_deleted_wal_after_kill9_refuses_start(self):
+        hub, rows, keys = self.setup_hub()
+        cfg = self.populate(hub, rows, keys, n=50, pad=10)  # a clean stop: all in the file
+        dm = T.Daemon(self.tmp, cfg).start()
+        self.assertEqual(publish_n(dm, keys[0], 200, pad=100, start=50), 200)
+        time.sleep(1.5)  # the state database's record follows the outbox within a second
+        dm.kill9()
+        path = cfg["store"]["path"]
+        self.assertGreater(os.path.getsize(path + "-wal"), 0, "the recent messages live in the WAL")
+        os.unlink(path + "-wal")
+        os.unlink(path + "-shm")
+        log = self.start_expecting_refusal(cfg)
+        self.assertIn("-wal file was probably deleted", log)
+
 
 if __name__ == "__main__":
     T.main()
