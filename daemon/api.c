@@ -458,9 +458,20 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
 {
     switch (req->op) {
     case IPC_OP_PUBLISH:
-        if (need_device(r, req))
-            append_for(r, req, req->u.publish.topic, req->u.publish.payload,
-                       req->u.publish.payload_len, req->u.publish.qos, 0, false);
+        if (!need_device(r, req))
+            break;
+        if (!alink_topic_owned(req->dev.pk, req->dev.dn, req->u.publish.topic, ALINK_PUBLISH)) {
+            ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                            "topic: %s is not a topic device %s may publish on (/%s/%s/user/..., "
+                            "/sys/%s/%s/..., /ota/device/<kind>/%s/%s, /shadow/<kind>/%s/%s, "
+                            "/ext/<kind>/%s/%s/...)",
+                            req->u.publish.topic, req->dev.key, req->dev.pk, req->dev.dn,
+                            req->dev.pk, req->dev.dn, req->dev.pk, req->dev.dn, req->dev.pk,
+                            req->dev.dn, req->dev.pk, req->dev.dn);
+            break;
+        }
+        append_for(r, req, req->u.publish.topic, req->u.publish.payload, req->u.publish.payload_len,
+                   req->u.publish.qos, 0, false);
         break;
     case IPC_OP_POST_PROPERTIES:
     case IPC_OP_POST_EVENT:

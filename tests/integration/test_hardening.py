@@ -170,6 +170,37 @@ class Hardening(T.TestCase):
         log = self.start_expecting_refusal(cfg)
         self.assertIn("-wal file was probably deleted", log)
 
+    # ---- 5. a device publishes only its own topics ----
+
+    def test_api_publish_checks_the_topic_grammar(self):
+        hub, rows, keys = self.setup_hub(2)
+        dm = self.daemon(self.config(hub, rows, offline=True))
+        me, other = keys
+        pk, dn = me.split("/")
+        _, odn = other.split("/")
+        api = dm.api()
+        self.later(api.close)
+
+        def pub(topic, device=me):
+            return api.call("publish", device=device, topic=topic, payload="{}")
+
+        for bad in ("/%s/%s/user/update/%s/%s" % (pk, odn, pk, dn),  # the three
+                    "/evil/%s/%s" % (pk, dn),
+                    "/sys/%s/%s/thing/event/%s/%s" % (pk, odn, pk, dn),
+                    "/%s/%s/other/x" % (pk, dn), "/%s/%s/user" % (pk, dn)):
+            r = pub(bad)
+            self.assertFalse(r["ok"], bad)
+            self.assertEqual(r["error"]["code"], "bad_request", r)
+            self.assertIn("topic", r["error"]["message"])
+        for good in ("/%s/%s/user/update" % (pk, dn), "/sys/%s/%s/thing/event/property/post" % (pk, dn),
+                     "/ota/device/inform/%s/%s" % (pk, dn), "/ext/ntp/%s/%s/request" % (pk, dn)):
+            self.assertTrue(pub(good)["ok"], good)
+        # an unknown device is said to be unknown, whatever the topic
+        r = pub("/%s/nodev/user/update" % pk, device="%s/nodev" % pk)
+        self.assertEqual(r["error"]["code"], "no_device", r)
+        r = pub("/%s/%s/user/update" % (pk, dn), device="%s/nodev" % pk)
+        self.assertEqual(r["error"]["code"], "no_device", r)
+
 
 if __name__ == "__main__":
     T.main()
