@@ -101,9 +101,17 @@ struct pend {
     char data[]; /* topic, NUL, payload */
 };
 
+/* A message set aside as refused by the platform (outbox_dead_letter). */
+struct deadl {
+    int64_t seq, at_ms;
+    char reason[160];
+};
+
 struct batch {
     struct pend **ap;
     size_t n_ap, cap_ap;
+    struct deadl *dead;
+    size_t n_dead, cap_dead;
     int64_t *acks;
     size_t n_acks, cap_acks;
     int64_t expire_before_ms; /* 0 = no expiry in this batch */
@@ -135,9 +143,10 @@ enum {
     ST_ROLLBACK,
     ST_FREELIST,
     ST_PAGE_COUNT,
+    ST_INS_DEAD,
     ST_W_N
 };
-enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_MAX_BELOW, RT_N };
+enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_MAX_BELOW, RT_DEAD_COUNT, RT_DEAD_LAST, RT_N };
 
 static const char *const wsql[ST_W_N] = {
     [ST_INS_MSG] = "INSERT INTO message(seq, device_id, created_ms, qos, size, topic, payload) "
@@ -155,6 +164,9 @@ static const char *const wsql[ST_W_N] = {
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_FREELIST] = "PRAGMA freelist_count",
     [ST_PAGE_COUNT] = "PRAGMA page_count",
+    [ST_INS_DEAD] = "INSERT OR IGNORE INTO dead_letter(seq, device_id, created_ms, qos, topic, "
+                    "payload, reason, dead_ms) SELECT seq, device_id, created_ms, qos, topic, "
+                    "payload, ?2, ?3 FROM message WHERE seq = ?1",
 };
 static const char *const rsql[RT_N] = {
     [RT_PEEK] = "SELECT seq, topic, payload, qos, created_ms FROM message "
@@ -162,6 +174,9 @@ static const char *const rsql[RT_N] = {
     [RT_OLDEST_DEV] = "SELECT created_ms FROM message WHERE device_id = ?1 ORDER BY seq LIMIT 1",
     [RT_OLDEST_ALL] = "SELECT created_ms FROM message ORDER BY seq LIMIT 1",
     [RT_MAX_BELOW] = "SELECT max(seq) FROM message WHERE device_id = ?1 AND seq < ?2",
+    [RT_DEAD_COUNT] = "SELECT count(*) FROM dead_letter WHERE device_id = ?1",
+    [RT_DEAD_LAST] = "SELECT seq, topic, reason, dead_ms FROM dead_letter WHERE device_id = ?1 "
+                     "ORDER BY seq DESC LIMIT 1",
 };
 
 struct outbox {
@@ -538,6 +553,14 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
         for (size_t i = 0; i < b->n_ap; i++)
             if ((err = insert_append(ob, b, b->ap[i])) < 0)
                 goto fail;
+    for (size_t i = 0; i < b->n_dead; i++) {
+        sqlite3_stmt *st = ob->w[ST_INS_DEAD];
+        sqlite3_bind_int64(st, 1, b->dead[i].seq);
+        sqlite3_bind_text(st, 2, b->dead[i].reason, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, b->dead[i].at_ms);
+        if ((err = step_done(ob, st)) < 0 || (err = delete_msg(ob, b, b->dead[i].seq, DEL_ACK)) < 0)
+            goto fail;
+    }
     for (size_t i = 0; i < b->n_acks; i++)
         if ((err = delete_msg(ob, b, b->acks[i], DEL_ACK)) < 0)
             goto fail;
@@ -753,7 +776,7 @@ static void try_restore(struct outbox *ob, struct batch *b)
 
 static void run_batch(struct outbox *ob, struct batch *b)
 {
-    bool appends = b->n_ap > 0, dels = b->n_acks > 0 || b->expire_before_ms > 0;
+    bool appends = b->n_ap > 0, dels = b->n_acks > 0 || b->n_dead > 0 || b->expire_before_ms > 0;
     int64_t avail = 0;
 
     b->append_status = b->ack_status = 0;
@@ -762,7 +785,7 @@ static void run_batch(struct outbox *ob, struct batch *b)
     ob->ckpt_err = 0;
     if (b->damaged) {
         b->append_status = b->n_ap ? ALIGW_ECORRUPT : 0;
-        b->ack_status = b->n_acks ? ALIGW_ECORRUPT : 0;
+        b->ack_status = b->n_acks || b->n_dead ? ALIGW_ECORRUPT : 0;
         return;
     }
     if (ob->rt_full && (b->try_restore || dels)) {
@@ -827,7 +850,21 @@ static void retry_cb(uv_timer_t *t);
 
 static bool batch_empty(struct outbox *ob, const struct batch *b)
 {
-    return b->n_ap == 0 && b->n_acks == 0 && !ob->expire_due && !ob->restore_due;
+    return b->n_ap == 0 && b->n_acks == 0 && b->n_dead == 0 && !ob->expire_due && !ob->restore_due;
+}
+
+static int push_dead(struct batch *b, const struct deadl *x)
+{
+    if (b->n_dead == b->cap_dead) {
+        size_t n = b->cap_dead ? b->cap_dead * 2 : 16;
+        struct deadl *v = realloc(b->dead, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        b->dead = v;
+        b->cap_dead = n;
+    }
+    b->dead[b->n_dead++] = *x;
+    return 0;
 }
 
 static int push_ack(struct batch *b, int64_t seq)
@@ -920,7 +957,7 @@ static void complete(struct outbox *ob, struct batch *b)
 
     if (!b->damaged && b->append_status < 0 && b->n_ap && b->append_status != ALIGW_ESTOREFULL)
         note_error(ob, b->append_status, "committing new messages", b->errmsg);
-    if (!b->damaged && b->ack_status < 0 && b->n_acks)
+    if (!b->damaged && b->ack_status < 0 && (b->n_acks || b->n_dead))
         note_error(ob, b->ack_status, "deleting delivered messages", b->errmsg);
     if (b->went_full || b->came_back || b->released)
         log_full(ob, b);
@@ -936,7 +973,7 @@ static void complete(struct outbox *ob, struct batch *b)
             ob->fail_log_ms = now;
         }
     }
-    if (b->ack_status < 0 && b->n_acks && !ob->damaged) {
+    if (b->ack_status < 0 && (b->n_acks || b->n_dead) && !ob->damaged) {
         if (now - ob->ack_log_ms >= LOG_EVERY_MS || ob->ack_log_ms == 0) {
             log_errno(LOG_WARNING, b->ack_status,
                       "%s: could not delete %zu delivered message(s) yet, retrying every %d ms",
@@ -946,6 +983,9 @@ static void complete(struct outbox *ob, struct batch *b)
         for (size_t i = 0; i < b->n_acks && !ob->closing; i++)
             if (push_ack(ob->cur, b->acks[i]) < 0)
                 break;
+        for (size_t i = 0; i < b->n_dead && !ob->closing; i++)
+            if (push_dead(ob->cur, &b->dead[i]) < 0)
+                break;
         if (!ob->closing)
             uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0);
     } else if (ob->full && !ob->closing && !uv_is_active((uv_handle_t *)&ob->retry_timer)) {
@@ -953,6 +993,7 @@ static void complete(struct outbox *ob, struct batch *b)
     }
     bool settled = b->ack_status == 0 && b->n_acks > 0;
     b->n_acks = 0;
+    b->n_dead = 0;
     b->try_restore = false;
     b->expire_before_ms = 0;
     if (settled && ob->settled)
@@ -1178,6 +1219,7 @@ static void free_ob(struct outbox *ob)
             free(ob->b[i].ap[j]);
         free(ob->b[i].ap);
         free(ob->b[i].acks);
+        free(ob->b[i].dead);
         free(ob->b[i].touched);
     }
     if (ob->res_fd >= 0)
@@ -1592,4 +1634,53 @@ int64_t outbox_identity(struct outbox *ob)
 int64_t outbox_committed_seq(struct outbox *ob)
 {
     return ob->committed_seq;
+}
+
+int outbox_dead_letter(struct outbox *ob, int64_t seq, const char *reason)
+{
+    struct deadl x = {.seq = seq, .at_ms = wall_ms()};
+    int err;
+
+    if (ob->closing)
+        return -ESHUTDOWN;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
+    snprintf(x.reason, sizeof(x.reason), "%s", reason ? reason : "refused");
+    if ((err = push_dead(ob->cur, &x)) < 0)
+        return err;
+    schedule(ob);
+    return 0;
+}
+
+int outbox_dead_letters(struct outbox *ob, const char *device_key, struct outbox_dead *out)
+{
+    struct odev *d = dev_find(ob, device_key);
+    sqlite3_stmt *st;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (!d || !d->in_db || ob->damaged)
+        return 0;
+    st = ob->r[RT_DEAD_COUNT];
+    sqlite3_bind_int64(st, 1, d->id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        out->count = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        return db_err(ob->rdb, rc);
+    if (out->count == 0)
+        return 0;
+    st = ob->r[RT_DEAD_LAST];
+    sqlite3_bind_int64(st, 1, d->id);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        out->last_seq = sqlite3_column_int64(st, 0);
+        snprintf(out->last_topic, sizeof(out->last_topic), "%s",
+                 (const char *)sqlite3_column_text(st, 1));
+        snprintf(out->last_reason, sizeof(out->last_reason), "%s",
+                 (const char *)sqlite3_column_text(st, 2));
+        out->last_ms = sqlite3_column_int64(st, 3);
+    }
+    sqlite3_reset(st);
+    return 0;
 }

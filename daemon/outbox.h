@@ -116,6 +116,21 @@ typedef void (*outbox_settled_cb)(void *arg, int64_t ticket);
  * acked messages. A delete that cannot commit (a full disk) is retried and settles later. */
 void outbox_on_settled(struct outbox *ob, outbox_settled_cb cb, void *arg);
 
+/*
+ * Sets message seq aside as refused by the platform: in the next batch it moves, with reason
+ * (copied), from the queue to the dead_letter table, is no longer counted as queued and is never
+ * peeked again. Returns 0, -ENOMEM, -ESHUTDOWN, ALIGW_ECORRUPT.
+ */
+int outbox_dead_letter(struct outbox *ob, int64_t seq, const char *reason);
+
+struct outbox_dead {
+    int64_t count; /* dead letters of the device, all time */
+    int64_t last_seq, last_ms;
+    char last_topic[256], last_reason[160];
+};
+/* The dead letters of a device (zeros when none). Returns 0 or a db_err() code. */
+int outbox_dead_letters(struct outbox *ob, const char *device_key, struct outbox_dead *out);
+
 struct outbox_stats {
     uint64_t count, bytes;     /* committed and still queued */
     uint64_t dropped, expired; /* since the store was created */

@@ -10,6 +10,7 @@ import time
 
 import aligwtest as T
 import hubctl
+from test_store import SilentBroker
 
 PK = "a1HardTst"
 
@@ -45,6 +46,63 @@ def damage_pages(path, first_frac, last_frac, seed=13):
             f.seek(p * page)
             f.write(bytes(rnd.getrandbits(8) for _ in range(page)))
     return lo, hi, pages
+
+
+class RefusingBroker(SilentBroker):
+    """An MQTT server that acknowledges every PUBLISH except those whose topic contains `refuse`:
+    on those it closes the connection, as the Aliyun platform does on a topic or payload it does
+    not accept (MQTT 3.1.1 has no negative PUBACK). Records the payloads it acknowledged."""
+
+    def __init__(self, refuse):
+        self.refuse = refuse.encode()
+        self.acked = []
+        self.refusals = 0
+        super().__init__()
+
+    def _serve(self, c):
+        try:
+            while not self.stopped:
+                head = self._read(c, 1)[0]
+                length, shift = 0, 0
+                while True:
+                    byte = self._read(c, 1)[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = self._read(c, length)
+                kind = head >> 4
+                if kind == 1:
+                    self.connects += 1
+                    c.sendall(b"\x20\x02\x00\x00")
+                elif kind == 8:
+                    pos, granted = 2, b""
+                    while pos < len(body):
+                        tl = int.from_bytes(body[pos:pos + 2], "big")
+                        pos += 2 + tl + 1
+                        granted += b"\x01"
+                    c.sendall(bytes([0x90, 2 + len(granted)]) + body[:2] + granted)
+                elif kind == 12:
+                    c.sendall(b"\xd0\x00")
+                elif kind == 3:
+                    tl = int.from_bytes(body[:2], "big")
+                    topic = body[2:2 + tl]
+                    qos = (head >> 1) & 3
+                    if self.refuse in topic:
+                        self.refusals += 1
+                        break  # closes the connection
+                    if qos:
+                        pid = body[2 + tl:4 + tl]
+                        self.acked.append(body[4 + tl:])
+                        c.sendall(b"\x40\x02" + pid)
+                    else:
+                        self.acked.append(body[2 + tl:])
+                elif kind == 14:
+                    break
+        except (EOFError, OSError):
+            pass
+        finally:
+            c.close()
 
 
 class Hardening(T.TestCase):
@@ -200,6 +258,59 @@ class Hardening(T.TestCase):
         self.assertEqual(r["error"]["code"], "no_device", r)
         r = pub("/%s/%s/user/update" % (pk, dn), device="%s/nodev" % pk)
         self.assertEqual(r["error"]["code"], "no_device", r)
+
+    def test_refused_message_is_dead_lettered_not_blocking(self):
+        # The platform closes the session on message 1 every time; before, the device's queue
+        # stopped at it for ever. Now it goes out alone three times, is set aside with a reason
+        # visible in status, and the rest is delivered.
+        broker = RefusingBroker("/user/forbidden")
+        self.later(broker.stop)
+        cfg = T.base_config(self.tmp)
+        cfg["cloud"].update(backoff_min_ms=100, backoff_max_ms=300)
+        key = PK + "/dev0"
+        cfg["devices"] = [{"product_key": PK, "device_name": "dev0", "device_secret": "s" * 32,
+                           "host": "127.0.0.1", "port": 1, "tls": False, "rate": 0}]
+        dm = self.daemon(cfg)
+        api = dm.api()
+        self.later(api.close)
+        for i in range(10):
+            topic = "/%s/dev0/user/%s" % (PK, "forbidden" if i == 1 else "update")
+            r = api.call("publish", device=key, topic=topic, payload=json.dumps({"n": i}))
+            self.assertTrue(r["ok"], r)
+        cfg["devices"][0]["port"] = broker.port
+        dm.write_config(cfg)
+        dm.signal(__import__("signal").SIGHUP)
+        T.wait_for(lambda: dm.device(key)["queued"] == 0, 30, what="the queue to drain")
+        st = dm.device(key)
+        self.assertEqual(st["dead_letters"], 1, st)
+        self.assertEqual(st["last_dead_letter"]["topic"], "/%s/dev0/user/forbidden" % PK)
+        self.assertIn("closed the session", st["last_dead_letter"]["reason"])
+        self.assertEqual(st["counters"]["dead_letters"], 1)
+        got = sorted({json.loads(p)["n"] for p in broker.acked})
+        self.assertEqual(got, [0, 2, 3, 4, 5, 6, 7, 8, 9])
+        # with the window (up to 2: once after message 0's PUBACK, once as the head), then alone 3x
+        self.assertGreaterEqual(broker.refusals, 3)
+        self.assertLessEqual(broker.refusals, 5)
+        self.assertIn("dead letter", dm.log())
+
+    def test_queued_foreign_topic_is_dead_lettered(self):
+        # A message an older aligwd accepted on another device's topic (it checked only for the
+        # /pk/dn levels anywhere) is set aside when its turn comes instead of being sent.
+        hub, rows, keys = self.setup_hub()
+        cfg = self.populate(hub, rows, keys, n=3, pad=0)
+        import sqlite3
+        pk, dn = keys[0].split("/")
+        db = sqlite3.connect(cfg["store"]["path"])
+        db.execute("UPDATE message SET topic = ? WHERE seq = 2", ("/evil/%s/%s" % (pk, dn),))
+        db.commit()
+        db.close()
+        cfg["devices"][0]["port"] = hub.info["mqtt_port"]
+        dm = self.daemon(cfg)
+        T.wait_for(lambda: dm.device(keys[0])["queued"] == 0, 30, what="the queue to drain")
+        st = dm.device(keys[0])
+        self.assertEqual(st["dead_letters"], 1, st)
+        self.assertIn("topic grammar", st["last_dead_letter"]["reason"])
+        T.wait_for(lambda: len(hub.messages("/+/+/user/update")) == 2, 10, what="2 delivered")
 
 
 if __name__ == "__main__":
