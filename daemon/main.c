@@ -9,7 +9,9 @@
  * keeps systemd from restarting into the same refusal): 0 stopped on request, 1 could not start
  * (config, sockets, other errors), 2 bad command line, 3 a damaged database (at start or found
  * while running; the file is left as it is), 4 the outbox is missing, emptied, another one or
- * older than what the state database recorded (--accept-store-loss to go on with it).
+ * older than what the state database recorded (--accept-store-loss to go on with it), 5 the
+ * state_dir is in use by another aligwd (an exclusive flock on state_dir/aligwd.lock, held for
+ * the daemon's life, so two daemons never number messages in one outbox).
  *
  * The outbox record: state.db keeps the outbox's identity and a seq it is known to have committed
  * (refreshed at most once a second while messages come in, and at a clean stop), so a deleted or
@@ -33,6 +35,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -42,6 +46,7 @@ enum {
     EXIT_USAGE = 2,
     EXIT_DAMAGED = 3,
     EXIT_STORE_LOST = 4,
+    EXIT_IN_USE = 5,
 };
 
 #define RECORD_EVERY_MS 1000
@@ -52,8 +57,8 @@ static struct {
     uv_timer_t record_timer;
     bool record_timer_on;
     struct statedb_outbox rec; /* what state.db holds about the outbox */
-    struct config *cfg;  /* in force */
-    struct config *boot; /* loaded at start: its restart-only keys are the ones in force */
+    struct config *cfg;        /* in force */
+    struct config *boot;       /* loaded at start: its restart-only keys are the ones in force */
     struct outbox *ob;
     struct statedb *db;
     int exit_code;
@@ -76,7 +81,7 @@ static void usage(FILE *f)
                "  -h, --help          this text\n\n"
                "Signals: SIGTERM/SIGINT stop, SIGHUP reloads the configuration.\n"
                "Exit codes: 0 stopped, 1 cannot start, 2 usage, 3 damaged database,\n"
-               "4 outbox lost (see --accept-store-loss).\n"
+               "4 outbox lost (see --accept-store-loss), 5 state_dir in use by another aligwd.\n"
                "Documentation: /usr/share/doc/aligw, aligwctl --help.\n");
 }
 
@@ -204,6 +209,43 @@ static int reload(char *restart, size_t len)
     config_errors_free(&warns);
     notify_ready();
     return rc;
+}
+
+/*
+ * One state_dir, one daemon: an exclusive lock on state_dir/aligwd.lock, which then holds our
+ * pid. The descriptor stays open (and locked) until the process ends. Returns 0, EXIT_IN_USE or
+ * EXIT_START, logged.
+ */
+static int lock_state_dir(const char *dir)
+{
+    char path[4096], pid[32] = "";
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/aligwd.lock", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        log_errno(LOG_ERR, -errno, "cannot open the lock file %s", path);
+        return EXIT_START;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        ssize_t n = e == EWOULDBLOCK ? pread(fd, pid, sizeof(pid) - 1, 0) : -1;
+        close(fd);
+        if (e != EWOULDBLOCK) {
+            log_errno(LOG_ERR, -e, "cannot lock %s", path);
+            return EXIT_START;
+        }
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        log_error("state_dir %s is in use by pid %s (another aligwd holds %s); one state_dir "
+                  "serves one daemon: stop the other one or give this one its own state_dir",
+                  dir, pid[0] ? pid : "?", path);
+        return EXIT_IN_USE;
+    }
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        log_warn("cannot write our pid into %s", path);
+    return 0; /* fd is kept open on purpose: the lock lives as long as the process */
 }
 
 /* Records what the outbox has committed in state.db, when it moved on. */
@@ -433,6 +475,8 @@ int main(int argc, char **argv)
         log_errno(LOG_ERR, rc, "cannot create %s or %s", M.cfg->state_dir, M.cfg->runtime_dir);
         return 1;
     }
+    if ((rc = lock_state_dir(M.cfg->state_dir)) != 0)
+        return rc;
     char dbpath[4096];
     snprintf(dbpath, sizeof(dbpath), "%s/state.db", M.cfg->state_dir);
     rc = statedb_open(dbpath, &M.db);

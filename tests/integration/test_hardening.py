@@ -312,6 +312,26 @@ class Hardening(T.TestCase):
         self.assertIn("topic grammar", st["last_dead_letter"]["reason"])
         T.wait_for(lambda: len(hub.messages("/+/+/user/update")) == 2, 10, what="2 delivered")
 
+    # ---- 3. one state_dir, one daemon ----
+
+    def test_second_daemon_on_the_same_state_dir_exits(self):
+        cfg = T.base_config(self.tmp)
+        first = self.daemon(cfg)
+        cfg2 = json.loads(json.dumps(cfg))
+        cfg2["api"]["socket"] = os.path.join(self.tmp, "run", "second.sock")
+        second = T.Daemon(self.tmp, cfg2, name="second.json")
+        second.log_path = os.path.join(self.tmp, "second.log")
+        second.start(wait_ready=False)
+        self.later(second.stop)
+        rc = second.proc.wait(15)
+        self.assertEqual(rc, 5, second.log())
+        self.assertIn("is in use by pid %d" % first.proc.pid, second.log())
+        self.assertTrue(first.call("status")["ok"])  # the first one is untouched
+        self.assertEqual(first.stop(), 0)
+        # and once it is gone the state_dir is free again
+        second.start()
+        self.assertEqual(second.stop(), 0)
+
 
 if __name__ == "__main__":
     T.main()
