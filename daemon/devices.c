@@ -768,6 +768,7 @@ static void on_lost(struct device *d, const char *cause)
                 d->suspect_seq = 0;
             }
         } else {
+            strike = true; /* not a kick either: the message is the suspect */
             d->probe = true;
             d->suspect_seq = d->conn_first_seq;
             d->strikes = 0;
