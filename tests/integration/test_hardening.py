@@ -4,7 +4,7 @@ an operator (or a disk) would, then starts the real aligwd against the hub."""
 import json
 import os
 import random
-import shutil
+import socket
 import subprocess
 import time
 
@@ -331,6 +331,56 @@ class Hardening(T.TestCase):
         # and once it is gone the state_dir is free again
         second.start()
         self.assertEqual(second.stop(), 0)
+
+    # ---- 4. a client that does not read cannot exhaust memory ----
+
+    def test_non_reading_clients_cannot_exhaust_memory(self):
+        n_dev, n_clients = 1000, 100
+        cfg = T.base_config(self.tmp)
+        cfg["cloud"].update(backoff_min_ms=20000, backoff_max_ms=60000)
+        cfg["devices"] = [{"product_key": PK, "device_name": "d%04d" % i, "device_secret": "s" * 32,
+                           "host": "127.0.0.1", "port": 1, "tls": False}
+                          for i in range(n_dev)]
+        dm = self.daemon(cfg)
+
+        def rss_kb():
+            with open("/proc/%d/status" % dm.proc.pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+
+        good = dm.api()
+        self.later(good.close)
+        self.assertEqual(len(good.call("devices")["result"]["devices"]), n_dev)
+        before = rss_kb()
+        hogs = []
+        for i in range(n_clients):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(dm.socket_path)
+            s.settimeout(5)
+            op = "devices" if i % 2 else "status"
+            line = (json.dumps({"id": 1, "op": op}) + "\n").encode()
+            try:
+                s.sendall(line * (65536 // len(line)))  # 64 KiB of requests, answers never read
+            except socket.timeout:
+                pass
+            hogs.append(s)
+        self.later(lambda: [h.close() for h in hogs])
+        worst = 0.0
+        for _ in range(5):  # the well-behaved client is served all along
+            t0 = time.monotonic()
+            self.assertTrue(good.call("status")["ok"])
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.5)
+        peak = max(rss_kb() for _ in range(3))
+        grown = (peak - before) / 1024.0
+        print("RSS %.1f MB before, %.1f MB with %d non-reading clients (+%.1f MB); status answered "
+              "in at most %.2f s" % (before / 1024.0, peak / 1024.0, n_clients, grown, worst))
+        self.assertLess(grown, 32, "API output memory is not bounded")
+        self.assertLess(worst, 5)
+        for h in hogs:
+            h.close()
+        self.assertTrue(good.call("status")["ok"])
 
 
 if __name__ == "__main__":
