@@ -356,6 +356,12 @@ static void do_status(struct ipc_reply *r, bool stats)
                   (json_int_t)((uv_now(A.loop) - A.started_ms) / 1000), "devices",
                   (json_int_t)devices_count(), "online", (json_int_t)devices_online(), "states",
                   state_counts(&c), "queue", queue_json());
+    unsigned long long fd_limit;
+    size_t sessions = devices_session_limit(&fd_limit);
+    if (sessions)
+        json_object_set_new(o, "fds",
+                            json_pack("{s:I,s:I}", "limit", (json_int_t)fd_limit,
+                                      "devices_servable", (json_int_t)sessions));
     if (stats) {
         struct ipc_stats is;
         struct plugins_stats ps = {0};

@@ -151,6 +151,10 @@ static struct {
     struct ackq acking; /* acks waiting for their deletes to commit */
     uint64_t serials;   /* the last device serial given */
     bool ready;
+    /* Descriptors: each session holds a socket. max_sessions (0 = no limit) is what the
+     * open-file limit leaves after the daemon's own files and the API's reserve (main.c). */
+    size_t n_sessions, max_sessions;
+    unsigned long long fd_limit;
 } R;
 
 static void session_event(void *arg, const struct session_event *ev);
@@ -412,6 +416,7 @@ static void close_session(struct device *d)
     if (d->session_open) {
         session_close(sid_of(d));
         d->session_open = false;
+        R.n_sessions--;
     }
     inflight_add(d, -d->inflight);
     d->reg_session = false;
@@ -432,12 +437,34 @@ static void fill_params(const struct device *d, struct session_params *p, struct
     p->clean_session = d->conf.clean_session;
 }
 
+/*
+ * Whether one more session fits in the open-file limit. When not, the device says so (its
+ * last_error is "too many open files", not the connect failure it would otherwise end in) and
+ * tries again after the longest back-off: a session that ends frees a place.
+ */
+static bool fd_room(struct device *d)
+{
+    if (!R.max_sessions || d->session_open || R.n_sessions < R.max_sessions)
+        return true;
+    d->last_error = -EMFILE;
+    set_reason(d,
+               "too many open files: the open-file limit (%llu) serves %zu device sessions and "
+               "all are in use; raise LimitNOFILE (systemd) or ulimit -n",
+               R.fd_limit, R.max_sessions);
+    log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    backoff(d, DEV_BACKOFF, R.backoff_max_ms, R.backoff_max_ms);
+    return false;
+}
+
 static void do_connect(struct device *d)
 {
     struct session_params p;
     struct sign_creds c;
     char ts[24];
     int rc;
+
+    if (!fd_room(d))
+        return;
 
     if (d->session_open) {
         rc = session_connect(sid_of(d));
@@ -465,6 +492,7 @@ static void do_connect(struct device *d)
             R.gens[d->slot] = d->gen;
             rc = session_open(sid_of(d), &p);
             d->session_open = rc == 0;
+            R.n_sessions += rc == 0;
         }
         memset(&c, 0, sizeof(c));
     }
@@ -551,6 +579,8 @@ static void start_mqtt_registration(struct device *d)
     char random[17];
     int rc;
 
+    if (!fd_room(d))
+        return;
     dynreg_random(random);
     rc = sign_mqtt_register(d->conf.product_key, d->conf.device_name, d->conf.product_secret,
                             d->conf.reg == REG_MQTT ? "register" : "regnwl", random,
@@ -564,6 +594,7 @@ static void start_mqtt_registration(struct device *d)
         rc = session_open(sid_of(d), &p);
         d->session_open = rc == 0;
         d->reg_session = rc == 0;
+        R.n_sessions += rc == 0;
     }
     memset(&c, 0, sizeof(c));
     if (rc < 0) {
@@ -1407,6 +1438,19 @@ struct device *devices_find2(const char *pk, const char *dn)
 size_t devices_count(void)
 {
     return R.count;
+}
+
+void devices_set_session_limit(size_t max_sessions, unsigned long long fd_limit)
+{
+    R.max_sessions = max_sessions;
+    R.fd_limit = fd_limit;
+}
+
+size_t devices_session_limit(unsigned long long *fd_limit)
+{
+    if (fd_limit)
+        *fd_limit = R.fd_limit;
+    return R.max_sessions;
 }
 
 size_t devices_online(void)

@@ -29,6 +29,7 @@
 #include "plugins.h"
 #include "statedb.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -118,25 +119,56 @@ static int ensure_dir(const char *dir)
     return 0;
 }
 
-/*
- * One socket per device session, plus the databases and API clients: raise the soft limit on
- * open files to the hard one (systemd's LimitNOFILE sets both), and say so when even that is
- * too small for the configured devices.
- */
-static void raise_fd_limit(size_t n_devices)
+/* One socket per device session, plus the databases and API clients: raise the soft limit on
+ * open files to the hard one (systemd's LimitNOFILE sets both). */
+static void raise_fd_limit(void)
 {
     struct rlimit rl;
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        return;
-    if (rl.rlim_cur < rl.rlim_max) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            log_errno(LOG_WARNING, -errno, "cannot raise the open-file limit to %llu",
+                      (unsigned long long)rl.rlim_max);
     }
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < n_devices + 256)
-        log_warn("the open-file limit (%llu) is too small for %zu devices: raise LimitNOFILE or "
-                 "ulimit -n to at least %zu",
-                 (unsigned long long)rl.rlim_cur, n_devices, n_devices + 256);
+}
+
+#define FD_API_RESERVE 64 /* descriptors kept for API clients, plugins and SQLite's own files */
+
+/*
+ * After start-up opened the databases and the API socket: how many device sessions the open-file
+ * limit leaves room for, keeping FD_API_RESERVE for the API so the operator can always look.
+ * Said at start (and in status); devices beyond wait with "too many open files".
+ */
+static void plan_fds(size_t n_devices)
+{
+    struct rlimit rl;
+    size_t open_now = 0;
+    DIR *dir;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        return;
+    if ((dir = opendir("/proc/self/fd")) != NULL) {
+        struct dirent *e;
+        while ((e = readdir(dir)) != NULL)
+            open_now += e->d_name[0] != '.';
+        closedir(dir);
+    } else {
+        open_now = 32;
+    }
+    size_t used = open_now + FD_API_RESERVE;
+    size_t room = rl.rlim_cur > used ? (size_t)rl.rlim_cur - used : 0;
+    devices_set_session_limit(room ? room : 1, (unsigned long long)rl.rlim_cur);
+    if (room < n_devices)
+        log_warn("the open-file limit (%llu) serves %zu of the %zu configured devices (%zu "
+                 "descriptors are the daemon's own, %d kept for the API): the others wait with "
+                 "\"too many open files\". Raise LimitNOFILE (systemd) or ulimit -n to at least "
+                 "%zu",
+                 (unsigned long long)rl.rlim_cur, room, n_devices, open_now, FD_API_RESERVE,
+                 n_devices + used);
+    else
+        log_info("the open-file limit (%llu) serves up to %zu devices (%zu configured)",
+                 (unsigned long long)rl.rlim_cur, room, n_devices);
 }
 
 static void status_line(char *buf, size_t size)
@@ -468,7 +500,7 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     umask(0027);
-    raise_fd_limit(M.cfg->n_devices);
+    raise_fd_limit();
     M.loop = uv_default_loop();
 
     if ((rc = ensure_dir(M.cfg->state_dir)) < 0 || (rc = ensure_dir(M.cfg->runtime_dir)) < 0) {
@@ -529,6 +561,7 @@ int main(int argc, char **argv)
         M.exit_code = 1;
         shutdown_all();
     } else {
+        plan_fds(devices_count());
         outbox_foreach_pending(M.ob, on_outbox_ready, NULL); /* what was queued before */
         log_notice("aligwd %s started: %zu devices, outbox %s", ALIGW_VERSION, devices_count(),
                    M.cfg->store.path);

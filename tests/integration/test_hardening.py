@@ -382,6 +382,47 @@ class Hardening(T.TestCase):
             h.close()
         self.assertTrue(good.call("status")["ok"])
 
+    # ---- 6. out of descriptors is an error that says so, and the API survives it ----
+
+    def test_low_descriptor_limit(self):
+        n_dev = 300
+        hub, rows, keys = self.setup_hub(n_dev)
+        cfg = self.config(hub, rows)
+        wrapper = os.path.join(self.tmp, "aligwd-ulimit")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nulimit -n 256 || exit 99\nexec %s \"$@\"\n" % T.ALIGWD)
+        os.chmod(wrapper, 0o755)
+        real = T.ALIGWD
+        T.ALIGWD = wrapper
+        try:
+            dm = self.daemon(cfg)
+        finally:
+            T.ALIGWD = real
+        st = dm.call("status")["result"]
+        servable = st["fds"]["devices_servable"]
+        self.assertEqual(st["fds"]["limit"], 256)
+        self.assertGreater(servable, 100)
+        self.assertLess(servable, 256 - 64)
+        self.assertIn("serves %d of the %d configured devices" % (servable, n_dev), dm.log())
+        T.wait_for(lambda: dm.call("status")["result"]["online"] == servable, 60,
+                   what="%d devices online" % servable)
+        devs = dm.call("devices")["result"]["devices"]
+        waiting = [d for d in devs if d["state"] != "online"]
+        self.assertEqual(len(waiting), n_dev - servable)
+        for d in waiting:
+            self.assertIn("too many open files", d.get("last_error", ""), d)
+        # the operator can always look, many times over
+        for _ in range(20):
+            r = subprocess.run([T.ALIGWCTL, "-s", dm.socket_path, "status"], capture_output=True,
+                               text=True, timeout=10)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        apis = [dm.api() for _ in range(30)]
+        for a in apis:
+            self.assertTrue(a.call("status")["ok"])
+            a.close()
+        print("ulimit -n 256, %d devices: %d served, %d waiting with 'too many open files'; "
+              "API answered throughout" % (n_dev, servable, len(waiting)))
+
 
 if __name__ == "__main__":
     T.main()
