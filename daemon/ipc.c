@@ -227,9 +227,10 @@ static void peer_rights(const struct access *a, struct ipc_peer *p, bool *allowe
     *allowed =
         self || (a->n_allow_uids == 0 && a->n_allow_gids == 0) ||
         peer_listed(p->uid, p->gid, a->allow_uids, a->n_allow_uids, a->allow_gids, a->n_allow_gids);
-    p->admin =
-        self || (a->n_admin_uids == 0 && a->n_admin_gids == 0) ||
-        peer_listed(p->uid, p->gid, a->admin_uids, a->n_admin_uids, a->admin_gids, a->n_admin_gids);
+    /* Managing devices (add, remove, reload) is for root and the daemon's own user unless the
+     * admin lists name more: an empty list widens nothing. */
+    p->admin = self || peer_listed(p->uid, p->gid, a->admin_uids, a->n_admin_uids, a->admin_gids,
+                                   a->n_admin_gids);
 }
 
 /* ---- connections ---- */
@@ -704,7 +705,6 @@ bool ipc_reply_connected(const struct ipc_reply *r)
 {
     return !r->conn->closing;
 }
-
 
 /* ---- events ---- */
 
