@@ -3,6 +3,8 @@ queue, one state_dir serves one daemon. Each test builds the bad situation on re
 an operator (or a disk) would, then starts the real aligwd against the hub."""
 import json
 import os
+import pwd
+import shutil
 import random
 import socket
 import subprocess
@@ -422,6 +424,53 @@ class Hardening(T.TestCase):
             a.close()
         print("ulimit -n 256, %d devices: %d served, %d waiting with 'too many open files'; "
               "API answered throughout" % (n_dev, servable, len(waiting)))
+
+    # ---- 7. who may manage devices; 8. aligwctl's answer to a refused peer ----
+
+    def as_nobody(self, argv):
+        nobody = pwd.getpwnam("nobody")
+        setpriv = shutil.which("setpriv")
+        if os.getuid() != 0 or not setpriv:
+            self.skipTest("needs root and setpriv to connect as another uid")
+        return subprocess.run([setpriv, "--reuid=%d" % nobody.pw_uid, "--regid=%d" % nobody.pw_gid,
+                               "--clear-groups"] + argv, capture_output=True, text=True, timeout=15)
+
+    def open_socket(self, dm):
+        os.chmod(self.tmp, 0o755)
+        os.chmod(os.path.dirname(dm.socket_path), 0o755)
+        os.chmod(dm.socket_path, 0o666)
+
+    def test_admin_defaults_to_root_and_the_daemon_user(self):
+        cfg = T.base_config(self.tmp, api={"allow_users": ["nobody"]})  # no admin lists
+        dm = self.daemon(cfg)
+        self.open_socket(dm)
+        code = ("import json,socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+                "f=s.makefile('rw')\n"
+                "for op in ('hello','status','reload'):\n"
+                "    f.write(json.dumps({'id':op,'op':op})+'\\n');f.flush();print(f.readline().strip())")
+        r = self.as_nobody(["/usr/bin/python3", "-c", code, dm.socket_path])
+        lines = [json.loads(l) for l in r.stdout.splitlines()]
+        self.assertEqual(len(lines), 3, r.stdout + r.stderr)
+        self.assertFalse(lines[0]["result"]["admin"])
+        self.assertTrue(lines[1]["ok"])
+        self.assertEqual(lines[2]["error"]["code"], "forbidden")
+        self.assertTrue(dm.call("hello")["result"]["admin"])  # root is
+        # and the lists widen it
+        cfg["api"]["admin_users"] = ["nobody"]
+        dm.write_config(cfg)
+        self.assertTrue(dm.call("reload")["ok"])
+        r = self.as_nobody(["/usr/bin/python3", "-c", code, dm.socket_path])
+        self.assertTrue(json.loads(r.stdout.splitlines()[2])["ok"], r.stdout)
+
+    def test_aligwctl_reports_a_refused_peer_as_forbidden(self):
+        cfg = T.base_config(self.tmp, api={"allow_users": ["root"]})
+        dm = self.daemon(cfg)
+        self.open_socket(dm)
+        for extra in ([], ["--json"]):
+            r = self.as_nobody([T.ALIGWCTL, "-s", dm.socket_path] + extra + ["status"])
+            self.assertEqual(r.returncode, 4, r.stdout + r.stderr)
+            self.assertIn("forbidden", r.stdout + r.stderr)
+            self.assertNotIn("lost the connection", r.stdout + r.stderr)
 
 
 if __name__ == "__main__":
