@@ -1235,6 +1235,7 @@ static int device_new(const struct device_conf *dc, struct device **out)
     d->timer.data = d->fwd_timer.data = d;
     d->open_handles = 2;
     strmap_put(&R.by_key, d->key, d);
+    outbox_set_device_cap(R.ob, d->key, d->conf.max_bytes); /* its share of the outbox */
     R.count++;
     *out = d;
     return 0;
@@ -1357,6 +1358,7 @@ int devices_apply(const struct config *c)
         } else {
             d->conf.rate = dc->rate; /* applied without a restart */
             d->conf.max_bytes = dc->max_bytes;
+            outbox_set_device_cap(R.ob, d->key, d->conf.max_bytes);
         }
         if (d)
             strmap_put(&keep, d->key, d);

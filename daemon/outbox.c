@@ -75,6 +75,9 @@ struct odev {
     bool in_db;
     /* Appended but not yet committed (loop). */
     int64_t pending_bytes;
+    /* Byte cap of this device (0: the store's max_device_bytes): cap_next is the loop's, set by
+     * outbox_set_device_cap; cap is the runner's copy, taken at each hand-over. */
+    int64_t cap_next, cap;
     /* The running batch's deltas and flags (batch runner; merged and reset in complete()). */
     int64_t d_count, d_bytes, d_dropped, d_expired;
     bool touched, inserted, got_append;
@@ -567,11 +570,12 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
     if (b->expire_before_ms > 0 && (err = expire(ob, b)) < 0)
         goto fail;
     if (with_appends && b->n_ap && ob->o.policy == STORE_DROP_OLDEST) {
-        if (ob->o.max_device_bytes > 0)
-            for (size_t i = 0; i < b->n_touched; i++)
-                if (b->touched[i]->got_append &&
-                    (err = enforce_cap(ob, b, b->touched[i], ob->o.max_device_bytes)) < 0)
-                    goto fail;
+        for (size_t i = 0; i < b->n_touched; i++) {
+            struct odev *d = b->touched[i];
+            int64_t cap = d->cap > 0 ? d->cap : ob->o.max_device_bytes;
+            if (cap > 0 && d->got_append && (err = enforce_cap(ob, b, d, cap)) < 0)
+                goto fail;
+        }
         if (ob->o.max_bytes > 0 && (err = enforce_cap(ob, b, NULL, ob->o.max_bytes)) < 0)
             goto fail;
     }
@@ -1074,6 +1078,8 @@ static void dispatch(struct outbox *ob)
     }
     b->try_restore = ob->restore_due;
     b->damaged = ob->damaged;
+    for (size_t i = 0; i < b->n_ap; i++)
+        b->ap[i]->dev->cap = b->ap[i]->dev->cap_next;
     ob->restore_due = false;
     ob->inflight = true;
     if (ob->o.durability == DURABILITY_FULL) {
@@ -1398,19 +1404,19 @@ int outbox_append(struct outbox *ob, const char *device_key, const char *topic, 
         return -EINVAL;
     tlen = strlen(topic);
     size = tlen + len;
+    d = dev_find(ob, device_key);
+    int64_t dcap = d && d->cap_next > 0 ? d->cap_next : ob->o.max_device_bytes;
     if (len > INT32_MAX || (ob->o.max_bytes > 0 && (int64_t)size > ob->o.max_bytes) ||
-        (ob->o.max_device_bytes > 0 && (int64_t)size > ob->o.max_device_bytes))
+        (dcap > 0 && (int64_t)size > dcap))
         return -EMSGSIZE;
     if (ob->full) {
         ob->full_refused++;
         return ALIGW_ESTOREFULL;
     }
-    d = dev_find(ob, device_key);
     if (ob->o.policy == STORE_REJECT_NEW) {
         if (ob->o.max_bytes > 0 && ob->bytes + ob->pending_bytes + (int64_t)size > ob->o.max_bytes)
             return ALIGW_ESTOREFULL;
-        if (d && ob->o.max_device_bytes > 0 &&
-            d->bytes + d->pending_bytes + (int64_t)size > ob->o.max_device_bytes)
+        if (d && dcap > 0 && d->bytes + d->pending_bytes + (int64_t)size > dcap)
             return ALIGW_ESTOREFULL;
     }
     if (!d && !(d = dev_add(ob, ob->next_dev_id, device_key)))
@@ -1682,5 +1688,18 @@ int outbox_dead_letters(struct outbox *ob, const char *device_key, struct outbox
         out->last_ms = sqlite3_column_int64(st, 3);
     }
     sqlite3_reset(st);
+    return 0;
+}
+
+int outbox_set_device_cap(struct outbox *ob, const char *device_key, int64_t max_bytes)
+{
+    struct odev *d = dev_find(ob, device_key);
+    if (max_bytes < 0)
+        return -EINVAL;
+    if (!d && max_bytes == 0)
+        return 0;
+    if (!d && !(d = dev_add(ob, ob->next_dev_id, device_key)))
+        return -ENOMEM;
+    d->cap_next = max_bytes;
     return 0;
 }

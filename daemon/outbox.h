@@ -79,6 +79,13 @@ typedef void (*outbox_append_cb)(void *arg, int status, int64_t seq);
 int outbox_append(struct outbox *ob, const char *device_key, const char *topic, const void *payload,
                   size_t len, int qos, outbox_append_cb cb, void *arg);
 
+/*
+ * Sets the byte cap of one device (0: the store's max_device_bytes), enforced like that one from
+ * the next append on (store.policy decides between dropping the device's oldest and refusing).
+ * Returns 0, -EINVAL, -ENOMEM.
+ */
+int outbox_set_device_cap(struct outbox *ob, const char *device_key, int64_t max_bytes);
+
 /* A message read back; free with outbox_msg_free (the struct itself is the caller's). */
 struct outbox_msg {
     int64_t seq;

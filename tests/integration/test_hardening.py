@@ -472,6 +472,32 @@ class Hardening(T.TestCase):
             self.assertIn("forbidden", r.stdout + r.stderr)
             self.assertNotIn("lost the connection", r.stdout + r.stderr)
 
+    # ---- 8. per-device store.max_bytes ----
+
+    def test_chatty_device_cannot_evict_another(self):
+        hub, rows, keys = self.setup_hub(2)
+        cfg = self.config(hub, rows, offline=True, max_bytes=3 * 65536, policy="drop-oldest")
+        cfg["devices"][0]["max_bytes"] = 65536  # the chatty one
+        dm = self.daemon(cfg)
+        chatty, quiet = keys
+        self.assertEqual(publish_n(dm, quiet, 20, pad=1000), 20)
+        self.assertEqual(publish_n(dm, chatty, 400, pad=1000), 400)
+        a, b = dm.device(chatty), dm.device(quiet)
+        self.assertLessEqual(a["queued_bytes"], 65536, a)
+        self.assertGreater(a["dropped"], 300, a)
+        self.assertEqual((b["queued"], b["dropped"]), (20, 0), b)
+        # reject-new refuses the chatty device's new messages, and only its own
+        cfg["store"]["policy"] = "reject-new"
+        dm.stop()
+        dm = self.daemon(cfg)
+        api = dm.api()
+        self.later(api.close)
+        pk, dn = chatty.split("/")
+        r = api.call("publish", device=chatty, topic="/%s/%s/user/update" % (pk, dn),
+                     payload="x" * 2000)
+        self.assertEqual(r["error"]["code"], "store_full", r)
+        self.assertEqual(publish_n(dm, quiet, 1, pad=10), 1)
+
 
 if __name__ == "__main__":
     T.main()
