@@ -222,8 +222,8 @@ static int reload(char *restart, size_t len)
     print_errors(&warns, LOG_WARNING, "", false);
     if (rc < 0) {
         print_errors(&errs, LOG_ERR, "", false);
-        log_error("reload refused: %zu error(s) in %s; the running configuration is kept", errs.n,
-                  M.cfg->path);
+        log_error("reload refused: %zu error(s) in %s; the running configuration is kept",
+                  config_errors_count(&errs), M.cfg->path);
     } else {
         log_level = nc->log_level;
         config_restart_keys(M.boot, nc, restart, len);
@@ -447,7 +447,7 @@ int main(int argc, char **argv)
 
     rc = config_load(path, &M.cfg, &errs, &warns);
     if (check) {
-        size_t n_errors = errs.n;
+        size_t n_errors = config_errors_count(&errs);
         print_errors(&warns, 0, "warning: ", true);
         print_errors(&errs, 0, "", true);
         /* Each plugin is loaded and checks its own config (then unloaded). */
@@ -472,7 +472,8 @@ int main(int argc, char **argv)
     if (check_store) {
         if (rc < 0) {
             print_errors(&errs, 0, "", true);
-            printf("cannot check the store: %zu error(s) in %s\n", errs.n, path);
+            printf("cannot check the store: %zu error(s) in %s\n", config_errors_count(&errs),
+                   path);
             rc = EXIT_START;
         } else {
             rc = check_stores(M.cfg);
@@ -486,7 +487,7 @@ int main(int argc, char **argv)
     print_errors(&warns, LOG_WARNING, "", false);
     if (rc < 0) {
         print_errors(&errs, LOG_ERR, "", false);
-        log_error("%zu error(s) in %s; not starting", errs.n, path);
+        log_error("%zu error(s) in %s; not starting", config_errors_count(&errs), path);
         config_errors_free(&errs);
         config_errors_free(&warns);
         return 1;

@@ -498,6 +498,42 @@ class Hardening(T.TestCase):
         self.assertEqual(r["error"]["code"], "store_full", r)
         self.assertEqual(publish_n(dm, quiet, 1, pad=10), 1)
 
+    # ---- 8. the devices file: NUL bytes, CR-only lines, the error count ----
+
+    def check_config_with_devices(self, data):
+        path = os.path.join(self.tmp, "devices.csv")
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o600)
+        cfg = T.base_config(self.tmp, devices_file=path)
+        cfg["cloud"]["host"] = "127.0.0.1"
+        d = T.Daemon(self.tmp, cfg)
+        return subprocess.run([T.ALIGWD, "--check-config", "-c", d.config_path],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_devices_file_nul_and_cr_only(self):
+        head = b"product_key,device_name,device_secret\n"
+        r = self.check_config_with_devices(head + b"a1Pk,dev0001,abc\x00def\n")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("NUL byte", r.stdout)
+        self.assertIn("devices.csv:2:", r.stdout)
+        r = self.check_config_with_devices(
+            b"product_key,device_name,device_secret\ra1Pk,dev0001,abc\ra1Pk,dev0002,abd\r")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("carriage return without a line feed", r.stdout)
+        self.assertEqual(r.stdout.count("devices.csv:"), 1, r.stdout)  # one clear error
+        # CRLF stays fine
+        r = self.check_config_with_devices(head.replace(b"\n", b"\r\n") +
+                                           b"a1Pk,dev0001,abc\r\n")
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_error_count_counts_every_error(self):
+        rows = b"".join(b"a1Pk,dev0001,s%d\n" % i for i in range(50000))
+        r = self.check_config_with_devices(b"product_key,device_name,device_secret\n" + rows)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("49999 error(s) in the configuration", r.stdout)
+        self.assertIn("more errors", r.stdout)
+
 
 if __name__ == "__main__":
     T.main()
