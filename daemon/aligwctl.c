@@ -114,7 +114,11 @@ static int connect_daemon(void)
             struct stat st;
             struct group *g = stat(sock_path, &st) == 0 ? getgrgid(st.st_gid) : NULL;
             fprintf(stderr, "aligwctl: permission denied on %s", sock_path);
-            if (g)
+            if (g && g->gr_gid == 0)
+                fprintf(stderr,
+                        ": run as root, or have the daemon give the socket a group for API "
+                        "users (api.group in its configuration, e.g. \"aligw\") and join it");
+            else if (g)
                 fprintf(stderr,
                         ": run as root or join the group '%s' (usermod -aG %s $USER, "
                         "then log in again)",
@@ -189,19 +193,17 @@ static int send_req(json_t *req)
 static json_t *call(json_t *req, int *code)
 {
     json_object_set_new(req, "id", json_integer(1));
-    if (send_req(req) < 0) {
-        json_decref(req);
-        fprintf(stderr, "aligwctl: lost the connection to aligwd\n");
-        *code = EXIT_FAILED;
-        return NULL;
-    }
+    /* A refused peer gets one "forbidden" line and the connection is closed, possibly before
+     * the request is written: the answer is read either way. */
+    bool sent = send_req(req) == 0;
     json_decref(req);
     for (;;) {
         char *raw = NULL;
         json_t *j = read_msg(&raw);
         if (!j) {
             free(raw);
-            fprintf(stderr, "aligwctl: aligwd closed the connection\n");
+            fprintf(stderr, "aligwctl: %s\n",
+                    sent ? "aligwd closed the connection" : "lost the connection to aligwd");
             *code = EXIT_FAILED;
             return NULL;
         }

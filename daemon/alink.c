@@ -515,3 +515,87 @@ void alink_topics_free(char **topics)
         free(*p);
     free(topics);
 }
+
+/* ---- topic ownership --------------------------------------------------------------------- */
+
+/* Whether the level [s, s+n) equals w. */
+static bool level_is(const char *s, size_t n, const char *w)
+{
+    return strlen(w) == n && memcmp(s, w, n) == 0;
+}
+
+/*
+ * Splits topic (after its leading '/') into levels; returns how many (up to max), or -1 when a
+ * level is empty or there are more than max. lv[i]/ln[i] point into topic.
+ */
+static int split_levels(const char *topic, const char **lv, size_t *ln, int max)
+{
+    int n = 0;
+    const char *p = topic + 1;
+
+    for (;;) {
+        const char *e = strchr(p, '/');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == 0 || n == max)
+            return -1;
+        lv[n] = p;
+        ln[n++] = len;
+        if (!e)
+            return n;
+        p = e + 1;
+    }
+}
+
+/* Wildcards: none for publishing; whole levels from `from` on for subscribing, '#' last. */
+static bool wildcards_ok(const char **lv, const size_t *ln, int n, int from, enum alink_use use)
+{
+    for (int i = 0; i < n; i++) {
+        bool plus = memchr(lv[i], '+', ln[i]) != NULL, hash = memchr(lv[i], '#', ln[i]) != NULL;
+        if (!plus && !hash)
+            continue;
+        if (use == ALINK_PUBLISH || i < from || ln[i] != 1 || (hash && i != n - 1))
+            return false;
+    }
+    return true;
+}
+
+#define TOPIC_MAX_LEVELS 32
+
+static bool owned_levels(const char *pk, const char *dn, const char **lv, const size_t *ln, int n,
+                         enum alink_use use, int depth)
+{
+    if (n >= 3 && level_is(lv[0], ln[0], pk) && level_is(lv[1], ln[1], dn) &&
+        level_is(lv[2], ln[2], "user"))
+        return n >= 4 && wildcards_ok(lv, ln, n, 3, use);
+    if (n >= 1 && level_is(lv[0], ln[0], "sys"))
+        return n >= 4 && level_is(lv[1], ln[1], pk) && level_is(lv[2], ln[2], dn) &&
+               wildcards_ok(lv, ln, n, 3, use);
+    if (n >= 1 && level_is(lv[0], ln[0], "ota"))
+        return n == 5 && level_is(lv[1], ln[1], "device") && level_is(lv[3], ln[3], pk) &&
+               level_is(lv[4], ln[4], dn) && wildcards_ok(lv, ln, n, 5, use);
+    if (n >= 1 && level_is(lv[0], ln[0], "shadow"))
+        return n == 4 && level_is(lv[2], ln[2], pk) && level_is(lv[3], ln[3], dn) &&
+               wildcards_ok(lv, ln, n, 4, use);
+    if (n >= 1 && level_is(lv[0], ln[0], "ext")) {
+        if (n >= 3 && level_is(lv[1], ln[1], "rrpc"))
+            return depth == 0 && wildcards_ok(lv, ln, 3, 3, ALINK_PUBLISH) &&
+                   owned_levels(pk, dn, lv + 3, ln + 3, n - 3, use, depth + 1);
+        return n >= 4 && level_is(lv[2], ln[2], pk) && level_is(lv[3], ln[3], dn) &&
+               wildcards_ok(lv, ln, n, 4, use);
+    }
+    if (use == ALINK_SUBSCRIBE && n >= 3 && level_is(lv[0], ln[0], "broadcast"))
+        return level_is(lv[1], ln[1], pk) && wildcards_ok(lv, ln, n, 2, use);
+    return false;
+}
+
+bool alink_topic_owned(const char *pk, const char *dn, const char *topic, enum alink_use use)
+{
+    const char *lv[TOPIC_MAX_LEVELS];
+    size_t ln[TOPIC_MAX_LEVELS];
+    int n;
+
+    if (!pk || !dn || !topic || topic[0] != '/' || !*pk || !*dn)
+        return false;
+    n = split_levels(topic, lv, ln, TOPIC_MAX_LEVELS);
+    return n > 0 && owned_levels(pk, dn, lv, ln, n, use, 0);
+}

@@ -139,6 +139,24 @@ void alink_payload_free(struct alink_payload *p);
 int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n);
 void alink_topics_free(char **topics);
 
+/* What a topic is checked for: a topic to publish on, or a filter to subscribe with. */
+enum alink_use { ALINK_PUBLISH, ALINK_SUBSCRIBE };
+
+/*
+ * True when the device pk/dn may use topic on the platform: the platform's topic grammar with pk
+ * and dn at their fixed positions, every level non-empty:
+ *   /pk/dn/user/...                 custom topics
+ *   /sys/pk/dn/...                  thing model, RRPC
+ *   /ota/device/<word>/pk/dn        OTA inform, progress, request
+ *   /shadow/<word>/pk/dn            device shadow
+ *   /ext/rrpc/<id>/<owned topic>    RRPC replies on the request's own topic
+ *   /ext/<word>/pk/dn[/...]         ntp, session, error and the other extensions
+ *   /broadcast/pk/...               (subscribe only) product broadcasts
+ * For ALINK_PUBLISH no '+' or '#' may appear; for ALINK_SUBSCRIBE they may stand as whole levels
+ * after pk and dn ('#' last). This one function is what the API and the plugin host check.
+ */
+bool alink_topic_owned(const char *pk, const char *dn, const char *topic, enum alink_use use);
+
 /* True if s is a valid thing-model identifier (letters, digits, '_', '-', ≤ ALINK_MAX_IDENT). */
 bool alink_ident_ok(const char *s);
 

@@ -303,10 +303,16 @@ static json_t *state_counts(struct list_ctx *c)
 static json_t *queue_json(void)
 {
     struct outbox_stats st;
+    struct outbox_health h;
     outbox_total_stats(A.ob, &st);
-    return json_pack("{s:I,s:I,s:I,s:I,s:I}", "queued", (json_int_t)st.count, "bytes",
-                     (json_int_t)st.bytes, "dropped", (json_int_t)st.dropped, "expired",
-                     (json_int_t)st.expired, "oldest_ms", (json_int_t)st.oldest_ms);
+    outbox_health(A.ob, &h);
+    json_t *o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:b}", "queued", (json_int_t)st.count, "bytes",
+                          (json_int_t)st.bytes, "dropped", (json_int_t)st.dropped, "expired",
+                          (json_int_t)st.expired, "oldest_ms", (json_int_t)st.oldest_ms, "errors",
+                          (json_int_t)h.errors, "damaged", h.damaged);
+    if (o && h.last_error[0])
+        json_object_set_new(o, "last_error", json_string(h.last_error));
+    return o;
 }
 
 static void do_devices(struct ipc_reply *r, const struct ipc_request *req)
@@ -350,6 +356,12 @@ static void do_status(struct ipc_reply *r, bool stats)
                   (json_int_t)((uv_now(A.loop) - A.started_ms) / 1000), "devices",
                   (json_int_t)devices_count(), "online", (json_int_t)devices_online(), "states",
                   state_counts(&c), "queue", queue_json());
+    unsigned long long fd_limit;
+    size_t sessions = devices_session_limit(&fd_limit);
+    if (sessions)
+        json_object_set_new(o, "fds",
+                            json_pack("{s:I,s:I}", "limit", (json_int_t)fd_limit,
+                                      "devices_servable", (json_int_t)sessions));
     if (stats) {
         struct ipc_stats is;
         struct plugins_stats ps = {0};
@@ -452,9 +464,20 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
 {
     switch (req->op) {
     case IPC_OP_PUBLISH:
-        if (need_device(r, req))
-            append_for(r, req, req->u.publish.topic, req->u.publish.payload,
-                       req->u.publish.payload_len, req->u.publish.qos, 0, false);
+        if (!need_device(r, req))
+            break;
+        if (!alink_topic_owned(req->dev.pk, req->dev.dn, req->u.publish.topic, ALINK_PUBLISH)) {
+            ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                            "topic: %s is not a topic device %s may publish on (/%s/%s/user/..., "
+                            "/sys/%s/%s/..., /ota/device/<kind>/%s/%s, /shadow/<kind>/%s/%s, "
+                            "/ext/<kind>/%s/%s/...)",
+                            req->u.publish.topic, req->dev.key, req->dev.pk, req->dev.dn,
+                            req->dev.pk, req->dev.dn, req->dev.pk, req->dev.dn, req->dev.pk,
+                            req->dev.dn, req->dev.pk, req->dev.dn);
+            break;
+        }
+        append_for(r, req, req->u.publish.topic, req->u.publish.payload, req->u.publish.payload_len,
+                   req->u.publish.qos, 0, false);
         break;
     case IPC_OP_POST_PROPERTIES:
     case IPC_OP_POST_EVENT:

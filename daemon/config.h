@@ -122,7 +122,14 @@ struct config_error {
 struct config_errors {
     struct config_error *v;
     size_t n;
+    size_t more; /* errors found past the listed ones (v then ends with "... and N more") */
 };
+
+/* How many errors were found, listed or not. */
+static inline size_t config_errors_count(const struct config_errors *e)
+{
+    return e->more ? e->n - 1 + e->more : e->n;
+}
 
 /*
  * Loads and validates path. On success returns 0 and *out is a fresh config the caller frees

@@ -123,6 +123,7 @@ void cfg_elist_export(struct loader *L, struct elist *e, struct config_errors *o
             }
             if (more) {
                 out->v[out->n++].text = more;
+                out->more += e->more;
                 more = NULL;
             }
         } else {
@@ -145,6 +146,7 @@ void config_errors_free(struct config_errors *e)
     free(e->v);
     e->v = NULL;
     e->n = 0;
+    e->more = 0;
 }
 
 /* ---- small helpers -------------------------------------------------------------------------- */

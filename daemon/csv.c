@@ -72,6 +72,24 @@ static bool skip_blank(struct csv_reader *r)
     return false;
 }
 
+/*
+ * Bytes no devices file holds: a NUL (a secret would silently end there) and a carriage return
+ * that does not end a line (a file saved with old Mac line ends reads as one long line). The
+ * second makes the rest of the text unreadable: fatal.
+ */
+static void check_byte(struct csv_reader *r, struct csv_row *row)
+{
+    if (*r->p == '\0')
+        row_error(row, "a NUL byte in the field (the file is binary or damaged)", r->line, r->col);
+    else if (*r->p == '\r' && !at_eol(r, r->p) && !row->error) {
+        row_error(row,
+                  "a carriage return without a line feed: lines must end with LF or CRLF (save "
+                  "the file with Unix or Windows line ends)",
+                  r->line, r->col);
+        row->fatal = true;
+    }
+}
+
 int csv_next(struct csv_reader *r, struct csv_row *row)
 {
     memset(row, 0, sizeof(*row));
@@ -114,6 +132,7 @@ int csv_next(struct csv_reader *r, struct csv_row *row)
                     adv(r);
                     break;
                 }
+                check_byte(r, row);
                 *r->w++ = *r->p;
                 adv(r);
             }
@@ -127,6 +146,7 @@ int csv_next(struct csv_reader *r, struct csv_row *row)
                 if (*r->p == '"')
                     row_error(row, "a quote inside an unquoted field (quote the whole field)",
                               r->line, r->col);
+                check_byte(r, row);
                 *r->w++ = *r->p;
                 adv(r);
             }

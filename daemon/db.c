@@ -234,3 +234,49 @@ out:
     sqlite3_close(db);
     return err;
 }
+
+int db_check(const char *path, FILE *out)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc, err = 0, shown = 0;
+
+    rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "PRAGMA integrity_check(100)", -1, &st, NULL);
+    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+            break;
+        const char *res = (const char *)sqlite3_column_text(st, 0);
+        if (res && strcmp(res, "ok") == 0 && shown == 0)
+            continue;
+        if (shown == 0)
+            fprintf(out,
+                    "%s: DAMAGED (integrity_check found problems; the file was not "
+                    "changed)\n",
+                    path);
+        if (shown++ < 20)
+            fprintf(out, "  %s\n", res ? res : "?");
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_err(db, rc);
+        if (err == 0)
+            err = -EIO;
+        if (err == ALIGW_ECORRUPT)
+            fprintf(out, "%s: DAMAGED (%s; the file was not changed)\n", path,
+                    db ? sqlite3_errmsg(db) : "?");
+        else
+            fprintf(out, "%s: cannot check: %s (%s)\n", path, aligw_strerror(err),
+                    db ? sqlite3_errmsg(db) : "?");
+    } else if (shown) {
+        if (shown > 20)
+            fprintf(out, "  ... %d more\n", shown - 20);
+        err = ALIGW_ECORRUPT;
+    } else {
+        fprintf(out, "%s: ok\n", path);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return err;
+}

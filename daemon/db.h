@@ -10,6 +10,7 @@
 #define ALIGW_DB_H
 
 #include <sqlite3.h>
+#include <stdio.h>
 
 #include "db_sql.h"
 
@@ -26,6 +27,13 @@ enum {
  * Every failure is logged with the path. path is borrowed for the call.
  */
 int db_open(const char *path, const struct db_schema *schema, unsigned flags, sqlite3 **out);
+
+/*
+ * A full PRAGMA integrity_check of path (which must exist; it is not created or migrated), for
+ * aligwd --check-store. Prints "path: ok" or "path: DAMAGED" with the first findings to out.
+ * Returns 0, ALIGW_ECORRUPT, or -ENOENT and other db_err() codes (printed too).
+ */
+int db_check(const char *path, FILE *out);
 
 /* Closes db (NULL is fine). Finalize every statement first. */
 void db_close(sqlite3 *db);

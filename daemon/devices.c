@@ -40,7 +40,10 @@
 #define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 #define FWD_BATCH 64
-#define WINDOW_STRETCH 4 /* a device's window may grow to this many times store.inflight */
+#define WINDOW_STRETCH 4    /* a device's window may grow to this many times store.inflight */
+#define DEAD_STRIKES 3      /* sessions lost with one message alone unacknowledged: it is refused */
+#define STORE_RETRY_MS 1000 /* a failed outbox read is tried again after this */
+#define STORE_LOG_MS 10000  /* and logged at most this often per device */
 
 struct device {
     struct device_conf conf;
@@ -55,7 +58,17 @@ struct device {
     struct {
         uint64_t connects, disconnects, msgs_in, msgs_out, auth_failures, kicks, sub_refused;
         uint64_t ack_timeouts;
+        uint64_t store_errors; /* failed outbox reads on the delivery path */
+        uint64_t dead_letters; /* messages set aside as refused by the platform */
     } n;
+    /* Refused-message detection: the first seq sent on this connection and whether a PUBACK
+     * came; in probe mode the oldest message goes out alone, and strikes counts the sessions
+     * lost with it alone in flight and unacknowledged. */
+    int64_t conn_first_seq;
+    bool conn_acked, probe;
+    int64_t suspect_seq;
+    int strikes;
+    uint64_t store_err_log_ms; /* last logged store error (loop clock) */
 
     char *secret;                         /* device secret (conf or registration); wiped */
     char *nwl_client_id, *nwl_token;      /* registration-free login */
@@ -138,11 +151,16 @@ static struct {
     struct ackq acking; /* acks waiting for their deletes to commit */
     uint64_t serials;   /* the last device serial given */
     bool ready;
+    /* Descriptors: each session holds a socket. max_sessions (0 = no limit) is what the
+     * open-file limit leaves after the daemon's own files and the API's reserve (main.c). */
+    size_t n_sessions, max_sessions;
+    unsigned long long fd_limit;
 } R;
 
 static void session_event(void *arg, const struct session_event *ev);
 static void forward(struct device *d);
 static void close_session(struct device *d);
+static void dead_letter(struct device *d, int64_t seq, const char *topic, const char *reason);
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -383,6 +401,8 @@ static void inflight_add(struct device *d, int delta)
  * short. After a crash a device may see up to this many messages twice. */
 static int window_of(const struct device *d)
 {
+    if (d->probe)
+        return 1; /* finding out whether the oldest message is what the platform refuses */
     int busy = R.busy + (d->inflight == 0);
     int share = R.inflight_total / (busy > 0 ? busy : 1);
     int max = R.window * WINDOW_STRETCH;
@@ -396,6 +416,7 @@ static void close_session(struct device *d)
     if (d->session_open) {
         session_close(sid_of(d));
         d->session_open = false;
+        R.n_sessions--;
     }
     inflight_add(d, -d->inflight);
     d->reg_session = false;
@@ -416,12 +437,34 @@ static void fill_params(const struct device *d, struct session_params *p, struct
     p->clean_session = d->conf.clean_session;
 }
 
+/*
+ * Whether one more session fits in the open-file limit. When not, the device says so (its
+ * last_error is "too many open files", not the connect failure it would otherwise end in) and
+ * tries again after the longest back-off: a session that ends frees a place.
+ */
+static bool fd_room(struct device *d)
+{
+    if (!R.max_sessions || d->session_open || R.n_sessions < R.max_sessions)
+        return true;
+    d->last_error = -EMFILE;
+    set_reason(d,
+               "too many open files: the open-file limit (%llu) serves %zu device sessions and "
+               "all are in use; raise LimitNOFILE (systemd) or ulimit -n",
+               R.fd_limit, R.max_sessions);
+    log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    backoff(d, DEV_BACKOFF, R.backoff_max_ms, R.backoff_max_ms);
+    return false;
+}
+
 static void do_connect(struct device *d)
 {
     struct session_params p;
     struct sign_creds c;
     char ts[24];
     int rc;
+
+    if (!fd_room(d))
+        return;
 
     if (d->session_open) {
         rc = session_connect(sid_of(d));
@@ -449,6 +492,7 @@ static void do_connect(struct device *d)
             R.gens[d->slot] = d->gen;
             rc = session_open(sid_of(d), &p);
             d->session_open = rc == 0;
+            R.n_sessions += rc == 0;
         }
         memset(&c, 0, sizeof(c));
     }
@@ -535,6 +579,8 @@ static void start_mqtt_registration(struct device *d)
     char random[17];
     int rc;
 
+    if (!fd_room(d))
+        return;
     dynreg_random(random);
     rc = sign_mqtt_register(d->conf.product_key, d->conf.device_name, d->conf.product_secret,
                             d->conf.reg == REG_MQTT ? "register" : "regnwl", random,
@@ -548,6 +594,7 @@ static void start_mqtt_registration(struct device *d)
         rc = session_open(sid_of(d), &p);
         d->session_open = rc == 0;
         d->reg_session = rc == 0;
+        R.n_sessions += rc == 0;
     }
     memset(&c, 0, sizeof(c));
     if (rc < 0) {
@@ -624,6 +671,8 @@ static void on_connected(struct device *d)
     }
     d->epoch++;
     d->sent_upto = 0;
+    d->conn_first_seq = 0;
+    d->conn_acked = false;
     inflight_add(d, -d->inflight);
     forward(d);
 }
@@ -690,6 +739,7 @@ static void on_lost(struct device *d, const char *cause)
         return;
     }
     d->n.disconnects++;
+    int inflight = d->inflight;
     /*
      * The next login gets a new Paho client. Reusing this one is not safe with clean_session
      * off: Paho keeps the lost connection's publishes awaiting PUBACK, drops their messages when
@@ -721,7 +771,41 @@ static void on_lost(struct device *d, const char *cause)
         d->quick_losses = 0;
         d->first_loss_ms = now;
     }
-    if (!mass)
+    /*
+     * A message the platform refuses shows as the session closed right after it (MQTT 3.1.1 has
+     * no negative PUBACK): a session lost with messages in flight and none acknowledged puts the
+     * device in probe mode, where the oldest message goes out alone; DEAD_STRIKES sessions lost
+     * with it alone unacknowledged and it is set aside, so it cannot block the queue for ever.
+     * A kick or a network fault lands with one message in flight for a few milliseconds at most,
+     * so it rarely strikes, and any PUBACK clears the count.
+     */
+    bool strike = false;
+    if (!mass && inflight > 0 && !d->conn_acked && d->conn_first_seq > 0) {
+        if (d->probe && d->suspect_seq == d->conn_first_seq) {
+            strike = true;
+            if (++d->strikes >= DEAD_STRIKES) {
+                char topic[128] = "?";
+                struct outbox_msg m;
+                size_t n = 0;
+                if (outbox_peek(R.ob, d->key, d->suspect_seq - 1, &m, 1, &n) == 0 && n == 1) {
+                    snprintf(topic, sizeof(topic), "%s", m.topic);
+                    outbox_msg_free(&m);
+                }
+                dead_letter(d, d->suspect_seq, topic,
+                            "the platform closed the session right after it, 3 times with it "
+                            "alone in flight (a topic or payload it refuses)");
+                d->probe = false;
+                d->strikes = 0;
+                d->suspect_seq = 0;
+            }
+        } else {
+            strike = true; /* not a kick either: the message is the suspect */
+            d->probe = true;
+            d->suspect_seq = d->conn_first_seq;
+            d->strikes = 0;
+        }
+    }
+    if (!mass && !strike)
         d->quick_losses++;
     if (d->quick_losses >= 2) {
         d->n.kicks++;
@@ -794,6 +878,9 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     inflight_add(d, -1);
     if (ok) {
         d->ack_progress_ms = uv_now(R.loop);
+        d->conn_acked = true;
+        d->probe = false;
+        d->strikes = 0;
     } else {
         /* Not delivered on a live connection: start again from the oldest unacked message. */
         d->epoch++;
@@ -932,6 +1019,45 @@ static bool take_token(struct device *d)
     return true;
 }
 
+/*
+ * An outbox read failed: never a silent stall. Counted, shown as the device's last error, logged
+ * (at most every STORE_LOG_MS per device) and tried again shortly. A damaged outbox stops the
+ * daemon through the outbox's damage callback (main.c); nothing is retried then.
+ */
+static void store_failed(struct device *d, int rc)
+{
+    struct outbox_health h;
+    uint64_t now = uv_now(R.loop);
+
+    outbox_health(R.ob, &h);
+    d->n.store_errors++;
+    d->last_error = rc;
+    set_reason(d, "cannot read queued messages from the outbox: %s",
+               h.last_error[0] ? h.last_error : aligw_strerror(rc));
+    if (d->n.store_errors == 1 || now - d->store_err_log_ms >= STORE_LOG_MS) {
+        log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name, "%s (%llu time(s))",
+                d->last_reason, (unsigned long long)d->n.store_errors);
+        d->store_err_log_ms = now;
+    }
+    if (!h.damaged)
+        uv_timer_start(&d->fwd_timer, on_fwd_timer, STORE_RETRY_MS, 0);
+}
+
+/* Sets message seq aside (the outbox keeps it with the reason; status shows it) and goes on. */
+static void dead_letter(struct device *d, int64_t seq, const char *topic, const char *reason)
+{
+    int rc = outbox_dead_letter(R.ob, seq, reason);
+    if (rc < 0) {
+        log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name,
+                "cannot set message %lld aside: %s", (long long)seq, aligw_strerror(rc));
+        return;
+    }
+    d->n.dead_letters++;
+    set_reason(d, "message %lld on %.80s set aside as a dead letter: %s", (long long)seq, topic,
+               reason);
+    log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+}
+
 static void forward(struct device *d)
 {
     struct outbox_msg m[FWD_BATCH];
@@ -953,9 +1079,22 @@ static void forward(struct device *d)
         if (want > FWD_BATCH)
             want = FWD_BATCH;
         rc = outbox_peek(R.ob, d->key, d->sent_upto, m, want, &n);
-        if (rc < 0 || n == 0)
+        if (rc < 0) {
+            store_failed(d, rc);
+            return;
+        }
+        if (n == 0)
             return;
         for (i = 0; i < n; i++) {
+            if (!alink_topic_owned(d->conf.product_key, d->conf.device_name, m[i].topic,
+                                   ALINK_PUBLISH)) {
+                /* Queued before the topic check existed, or by a path that skipped it: the
+                 * platform would close the session on it, every time. */
+                dead_letter(d, m[i].seq, m[i].topic,
+                            "not a topic this device may publish on (platform topic grammar)");
+                d->sent_upto = m[i].seq;
+                continue;
+            }
             if (d->state != DEV_ONLINE || !take_token(d))
                 break;
             uint64_t ref = (uint64_t)d->epoch << 48 | (uint64_t)m[i].seq;
@@ -966,6 +1105,8 @@ static void forward(struct device *d)
                 break;
             }
             d->sent_upto = m[i].seq;
+            if (!d->conn_first_seq)
+                d->conn_first_seq = m[i].seq;
             inflight_add(d, 1);
         }
         bool stopped = i < n;
@@ -1094,6 +1235,7 @@ static int device_new(const struct device_conf *dc, struct device **out)
     d->timer.data = d->fwd_timer.data = d;
     d->open_handles = 2;
     strmap_put(&R.by_key, d->key, d);
+    outbox_set_device_cap(R.ob, d->key, d->conf.max_bytes); /* its share of the outbox */
     R.count++;
     *out = d;
     return 0;
@@ -1216,6 +1358,7 @@ int devices_apply(const struct config *c)
         } else {
             d->conf.rate = dc->rate; /* applied without a restart */
             d->conf.max_bytes = dc->max_bytes;
+            outbox_set_device_cap(R.ob, d->key, d->conf.max_bytes);
         }
         if (d)
             strmap_put(&keep, d->key, d);
@@ -1301,6 +1444,19 @@ size_t devices_count(void)
     return R.count;
 }
 
+void devices_set_session_limit(size_t max_sessions, unsigned long long fd_limit)
+{
+    R.max_sessions = max_sessions;
+    R.fd_limit = fd_limit;
+}
+
+size_t devices_session_limit(unsigned long long *fd_limit)
+{
+    if (fd_limit)
+        *fd_limit = R.fd_limit;
+    return R.max_sessions;
+}
+
 size_t devices_online(void)
 {
     return R.online;
@@ -1354,6 +1510,15 @@ json_t *device_status_json(const struct device *d, bool full)
             json_object_set_new(o, "expired", json_integer((json_int_t)st.expired));
         }
     }
+    struct outbox_dead dl;
+    if (outbox_dead_letters(R.ob, d->key, &dl) == 0 && dl.count > 0) {
+        json_object_set_new(o, "dead_letters", json_integer((json_int_t)dl.count));
+        if (full)
+            json_object_set_new(o, "last_dead_letter",
+                                json_pack("{s:I,s:s,s:s,s:I}", "seq", (json_int_t)dl.last_seq,
+                                          "topic", dl.last_topic, "reason", dl.last_reason, "at_ms",
+                                          (json_int_t)dl.last_ms));
+    }
     if (d->field_error[0])
         json_object_set_new(o, "field_error", json_string(d->field_error));
     if (d->last_reason[0])
@@ -1370,12 +1535,14 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "inflight", json_integer(d->inflight));
         json_object_set_new(
             o, "counters",
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects", (json_int_t)d->n.connects,
-                      "disconnects", (json_int_t)d->n.disconnects, "messages_in",
-                      (json_int_t)d->n.msgs_in, "messages_out", (json_int_t)d->n.msgs_out,
-                      "auth_failures", (json_int_t)d->n.auth_failures, "kicks",
-                      (json_int_t)d->n.kicks, "subscriptions_refused", (json_int_t)d->n.sub_refused,
-                      "ack_timeouts", (json_int_t)d->n.ack_timeouts));
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects",
+                      (json_int_t)d->n.connects, "disconnects", (json_int_t)d->n.disconnects,
+                      "messages_in", (json_int_t)d->n.msgs_in, "messages_out",
+                      (json_int_t)d->n.msgs_out, "auth_failures", (json_int_t)d->n.auth_failures,
+                      "kicks", (json_int_t)d->n.kicks, "subscriptions_refused",
+                      (json_int_t)d->n.sub_refused, "ack_timeouts", (json_int_t)d->n.ack_timeouts,
+                      "store_errors", (json_int_t)d->n.store_errors, "dead_letters",
+                      (json_int_t)d->n.dead_letters));
         if (d->conf.reg != REG_NONE)
             json_object_set_new(o, "registration",
                                 json_string(d->secret || d->nwl_token ? "stored" : "pending"));

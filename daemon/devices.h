@@ -65,6 +65,13 @@ struct device *devices_find(const char *key); /* key "pk/dn" */
 struct device *devices_find2(const char *pk, const char *dn);
 size_t devices_count(void);
 size_t devices_online(void);
+/*
+ * At most max_sessions sessions at once (0 = no limit): what the open-file limit fd_limit leaves
+ * for device sockets. A device beyond waits in back-off with last_error "too many open files".
+ */
+void devices_set_session_limit(size_t max_sessions, unsigned long long fd_limit);
+/* The limit set above (0 = none); *fd_limit (may be NULL) gets the open-file limit. */
+size_t devices_session_limit(unsigned long long *fd_limit);
 /* Calls fn for every device, in configuration order. */
 void devices_foreach(void (*fn)(struct device *d, void *arg), void *arg);
 

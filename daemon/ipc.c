@@ -1,9 +1,15 @@
 /*
  * ipc: the Unix-socket server of the local API (see ipc.h). Shape: one listener, a list of
  * connections, each with a line framer, a count of bytes queued for writing and of requests
- * still being handled. Bounds: a connection stops being read while it has more than
- * IPC_CONN_QUEUE_MAX bytes queued or IPC_CONN_INFLIGHT_MAX requests in the handler, and resumes
- * when it drains; a watcher's events are dropped (and counted) above the watch limit instead.
+ * still being handled. Bounds, checked before every request line (not once per read, so a client
+ * that pipelines a whole read of requests and never reads the answers gets at most one answer
+ * past them): a connection's requests are served while it has at most IPC_CONN_QUEUE_MAX bytes
+ * of answers unsent and fewer than IPC_CONN_INFLIGHT_MAX requests in the handler, and, while
+ * all connections together hold more than IPC_TOTAL_QUEUE_MAX unsent bytes, only while its own
+ * queue is empty (so a client that reads is always served). Lines not served yet are kept (at
+ * most one read, IPC_READ_CHUNK) and the socket is not read until they are; serving resumes as
+ * the client reads. A watcher's events are dropped (and counted) above the watch limit or the
+ * total bound instead.
  * Replies hold a reference on their connection, so a reply completed after the client left (or
  * after the server closed) is dropped without touching freed memory. Event lines are serialized
  * once and shared between watchers through a reference-counted buffer.
@@ -32,7 +38,8 @@
 #endif
 
 #define IPC_READ_CHUNK 65536
-#define IPC_CONN_QUEUE_MAX (4u << 20)
+#define IPC_CONN_QUEUE_MAX (1u << 20)
+#define IPC_TOTAL_QUEUE_MAX (8u << 20)
 #define IPC_CONN_INFLIGHT_MAX 1024
 #define IPC_MAX_CONNS 1024
 #define IPC_DEFAULT_WATCH_LIMIT (1u << 20)
@@ -53,6 +60,9 @@ struct ipc_conn {
     struct ipc_framer fr;
     size_t wq_bytes;
     unsigned inflight;
+    char *held;   /* read but not served yet (over a bound), held_len bytes from held_off */
+    bool feeding; /* in conn_feed: replies completed meanwhile must not feed again */
+    size_t held_off, held_len;
     struct ipc_watch_filter watch;
     uint64_t dropped;
 };
@@ -88,6 +98,7 @@ struct ipc_server {
     void *data;
     struct ipc_conn *conns;
     struct ipc_stats st;
+    size_t wq_total;  /* unsent bytes of every connection */
     unsigned handles; /* connection handles not yet closed, plus the listener's */
     void (*close_cb)(void *data);
     void *close_data;
@@ -216,9 +227,10 @@ static void peer_rights(const struct access *a, struct ipc_peer *p, bool *allowe
     *allowed =
         self || (a->n_allow_uids == 0 && a->n_allow_gids == 0) ||
         peer_listed(p->uid, p->gid, a->allow_uids, a->n_allow_uids, a->allow_gids, a->n_allow_gids);
-    p->admin =
-        self || (a->n_admin_uids == 0 && a->n_admin_gids == 0) ||
-        peer_listed(p->uid, p->gid, a->admin_uids, a->n_admin_uids, a->admin_gids, a->n_admin_gids);
+    /* Managing devices (add, remove, reload) is for root and the daemon's own user unless the
+     * admin lists name more: an empty list widens nothing. */
+    p->admin = self || peer_listed(p->uid, p->gid, a->admin_uids, a->n_admin_uids, a->admin_gids,
+                                   a->n_admin_gids);
 }
 
 /* ---- connections ---- */
@@ -227,6 +239,7 @@ static void conn_unref(struct ipc_conn *c)
 {
     if (--c->refs == 0) {
         ipc_framer_free(&c->fr);
+        free(c->held);
         free(c);
     }
 }
@@ -304,6 +317,8 @@ static void on_write(uv_write_t *req, int status)
     struct wreq *w = (struct wreq *)req;
     struct ipc_conn *c = w->conn;
     c->wq_bytes -= w->len;
+    if (c->srv)
+        c->srv->wq_total -= w->len;
     if (w->sb && --w->sb->refs == 0)
         free(w->sb);
     free(w->own);
@@ -340,9 +355,11 @@ static int conn_send(struct ipc_conn *c, char *own, struct shared_buf *sb, size_
         sb->refs++;
     uv_buf_t b = uv_buf_init(own ? own : sb->data, (unsigned)len);
     c->wq_bytes += len;
+    c->srv->wq_total += len;
     int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
     if (rc < 0) {
         c->wq_bytes -= len;
+        c->srv->wq_total -= len;
         if (sb)
             sb->refs--;
         free(own);
@@ -459,6 +476,30 @@ static void on_line(void *ctx, const char *line, size_t len, bool too_long)
         ipc_reply_error(r, IPC_ERR_UNAVAILABLE, "no handler for %s", ipc_op_name(req.op));
 }
 
+/* Whether the connection's next request may be served now (see the file comment). */
+static bool conn_may_serve(const struct ipc_conn *c)
+{
+    if (c->wq_bytes > IPC_CONN_QUEUE_MAX || c->inflight >= IPC_CONN_INFLIGHT_MAX)
+        return false;
+    return c->wq_bytes == 0 || c->srv->wq_total <= IPC_TOTAL_QUEUE_MAX;
+}
+
+/* Serves data line by line while the bounds allow; returns the bytes used. The caller holds a
+ * reference (a handler may close the connection). */
+static size_t conn_feed(struct ipc_conn *c, const char *data, size_t n)
+{
+    size_t off = 0;
+    c->feeding = true;
+    while (off < n && !c->closing && c->srv && conn_may_serve(c)) {
+        const char *nl = memchr(data + off, '\n', n - off);
+        size_t seg = nl ? (size_t)(nl - (data + off)) + 1 : n - off;
+        ipc_framer_feed(&c->fr, data + off, seg, on_line, c);
+        off += seg;
+    }
+    c->feeding = false;
+    return off;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct ipc_conn *c = s->data;
@@ -469,18 +510,48 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     c->refs++; /* a handler may close the connection under us */
-    ipc_framer_feed(&c->fr, buf->base, (size_t)nread, on_line, c);
+    size_t used = conn_feed(c, buf->base, (size_t)nread);
+    if (!c->closing && used < (size_t)nread) {
+        /* Over a bound: keep the rest (the read buffer is shared) and stop reading. */
+        size_t rest = (size_t)nread - used;
+        char *h = malloc(rest);
+        if (!h) {
+            conn_close(c);
+        } else {
+            memcpy(h, buf->base + used, rest);
+            free(c->held);
+            c->held = h;
+            c->held_off = 0;
+            c->held_len = rest;
+        }
+    }
     if (!c->closing)
         conn_update_reading(c);
     conn_unref(c);
 }
 
-/* Reads while the connection is under its bounds; pauses otherwise. */
+/* Serves held lines when the bounds allow; reads while nothing is held and the connection is
+ * under its bounds; pauses otherwise. */
 static void conn_update_reading(struct ipc_conn *c)
 {
-    if (c->closing || c->close_after_write)
+    if (c->closing || c->close_after_write || c->feeding)
         return;
-    bool over = c->wq_bytes > IPC_CONN_QUEUE_MAX || c->inflight >= IPC_CONN_INFLIGHT_MAX;
+    if (c->held && conn_may_serve(c)) {
+        c->refs++;
+        size_t used = conn_feed(c, c->held + c->held_off, c->held_len);
+        c->held_off += used;
+        c->held_len -= used;
+        if (c->held_len == 0) {
+            free(c->held);
+            c->held = NULL;
+            c->held_off = 0;
+        }
+        bool gone = c->closing;
+        conn_unref(c);
+        if (gone)
+            return;
+    }
+    bool over = c->held != NULL || !conn_may_serve(c);
     if (over && c->reading) {
         uv_read_stop((uv_stream_t *)&c->pipe);
         c->reading = false;
@@ -635,7 +706,6 @@ bool ipc_reply_connected(const struct ipc_reply *r)
     return !r->conn->closing;
 }
 
-
 /* ---- events ---- */
 
 int ipc_broadcast(struct ipc_server *srv, enum ipc_event_kind kind, const char *device_key,
@@ -649,7 +719,8 @@ int ipc_broadcast(struct ipc_server *srv, enum ipc_event_kind kind, const char *
         if (!c->watching || c->closing ||
             !ipc_watch_matches(&c->watch, (unsigned)kind, device_key, topic))
             continue;
-        if (c->wq_bytes > srv->watch_limit) {
+        if (c->wq_bytes > srv->watch_limit ||
+            (c->wq_bytes > 0 && srv->wq_total > IPC_TOTAL_QUEUE_MAX)) {
             c->dropped++;
             srv->st.events_dropped++;
             continue;

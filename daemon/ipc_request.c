@@ -690,19 +690,6 @@ static const struct field *const op_fields[IPC_OP_COUNT_] = {
     [IPC_OP_STATUS] = fl_none,
 };
 
-/* True when the topic has the device's productKey and deviceName as two consecutive levels. */
-static bool topic_names_device(const char *topic, const struct ipc_device_key *k)
-{
-    size_t pl = strlen(k->pk), dl = strlen(k->dn);
-    for (const char *p = topic; (p = strchr(p, '/')) != NULL; p++) {
-        if (strncmp(p + 1, k->pk, pl) == 0 && p[1 + pl] == '/' &&
-            strncmp(p + 2 + pl, k->dn, dl) == 0 &&
-            (p[2 + pl + dl] == '/' || p[2 + pl + dl] == '\0'))
-            return true;
-    }
-    return false;
-}
-
 static int check_whole(struct pctx *c)
 {
     struct ipc_request *r = c->req;
@@ -712,10 +699,8 @@ static int check_whole(struct pctx *c)
                         "give either payload or payload_b64, not both");
         if (!c->seen_payload && !c->seen_b64)
             return fail(c, IPC_ERR_BAD_REQUEST, "payload", "missing (or payload_b64)");
-        if (!topic_names_device(r->u.publish.topic, &r->dev))
-            return fail(c, IPC_ERR_BAD_REQUEST, "topic",
-                        "must belong to device %s (contain the levels /%s/%s)", r->dev.key,
-                        r->dev.pk, r->dev.dn);
+        /* Whether the topic is the device's is checked by api.c (alink_topic_owned), after
+         * whether the device exists. */
     }
     return 0;
 }

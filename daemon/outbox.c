@@ -75,6 +75,9 @@ struct odev {
     bool in_db;
     /* Appended but not yet committed (loop). */
     int64_t pending_bytes;
+    /* Byte cap of this device (0: the store's max_device_bytes): cap_next is the loop's, set by
+     * outbox_set_device_cap; cap is the runner's copy, taken at each hand-over. */
+    int64_t cap_next, cap;
     /* The running batch's deltas and flags (batch runner; merged and reset in complete()). */
     int64_t d_count, d_bytes, d_dropped, d_expired;
     bool touched, inserted, got_append;
@@ -101,9 +104,17 @@ struct pend {
     char data[]; /* topic, NUL, payload */
 };
 
+/* A message set aside as refused by the platform (outbox_dead_letter). */
+struct deadl {
+    int64_t seq, at_ms;
+    char reason[160];
+};
+
 struct batch {
     struct pend **ap;
     size_t n_ap, cap_ap;
+    struct deadl *dead;
+    size_t n_dead, cap_dead;
     int64_t *acks;
     size_t n_acks, cap_acks;
     int64_t expire_before_ms; /* 0 = no expiry in this batch */
@@ -117,6 +128,8 @@ struct batch {
     bool try_restore; /* the store is full: look for room again */
     bool went_full, came_back; /* set by the runner, logged by complete() */
     bool released;             /* the runner freed the reserve in this batch */
+    bool damaged;              /* copied at hand-over: the store is damaged, touch nothing */
+    char errmsg[200];          /* SQLite's message for a failed transaction (runner) */
     int64_t avail;             /* free bytes seen by the runner at a transition */
 };
 
@@ -133,9 +146,10 @@ enum {
     ST_ROLLBACK,
     ST_FREELIST,
     ST_PAGE_COUNT,
+    ST_INS_DEAD,
     ST_W_N
 };
-enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_MAX_BELOW, RT_N };
+enum { RT_PEEK, RT_OLDEST_DEV, RT_OLDEST_ALL, RT_MAX_BELOW, RT_DEAD_COUNT, RT_DEAD_LAST, RT_N };
 
 static const char *const wsql[ST_W_N] = {
     [ST_INS_MSG] = "INSERT INTO message(seq, device_id, created_ms, qos, size, topic, payload) "
@@ -153,6 +167,9 @@ static const char *const wsql[ST_W_N] = {
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_FREELIST] = "PRAGMA freelist_count",
     [ST_PAGE_COUNT] = "PRAGMA page_count",
+    [ST_INS_DEAD] = "INSERT OR IGNORE INTO dead_letter(seq, device_id, created_ms, qos, topic, "
+                    "payload, reason, dead_ms) SELECT seq, device_id, created_ms, qos, topic, "
+                    "payload, ?2, ?3 FROM message WHERE seq = ?1",
 };
 static const char *const rsql[RT_N] = {
     [RT_PEEK] = "SELECT seq, topic, payload, qos, created_ms FROM message "
@@ -160,6 +177,9 @@ static const char *const rsql[RT_N] = {
     [RT_OLDEST_DEV] = "SELECT created_ms FROM message WHERE device_id = ?1 ORDER BY seq LIMIT 1",
     [RT_OLDEST_ALL] = "SELECT created_ms FROM message ORDER BY seq LIMIT 1",
     [RT_MAX_BELOW] = "SELECT max(seq) FROM message WHERE device_id = ?1 AND seq < ?2",
+    [RT_DEAD_COUNT] = "SELECT count(*) FROM dead_letter WHERE device_id = ?1",
+    [RT_DEAD_LAST] = "SELECT seq, topic, reason, dead_ms FROM dead_letter WHERE device_id = ?1 "
+                     "ORDER BY seq DESC LIMIT 1",
 };
 
 struct outbox {
@@ -185,6 +205,8 @@ struct outbox {
     int64_t count, bytes, dropped, expired; /* committed totals */
     int64_t pending_bytes;
     int64_t next_seq;
+    int64_t committed_seq; /* every seq up to this one was committed (loop) */
+    int64_t identity;      /* random, kept in meta: tells this store from a recreated one */
 
     struct batch b[2];
     struct batch *cur, *fly;
@@ -209,6 +231,13 @@ struct outbox {
     int64_t want_room;   /* what the last refused batch needed (capped) */
     /* The loop's view. */
     bool full, restore_due;
+    /* Errors (loop): every failed read or commit is counted and its SQLite message kept; a
+     * damaged file (SQLITE_CORRUPT/NOTADB) makes the store refuse everything from then on. */
+    uint64_t errors;
+    char last_error[256];
+    bool damaged;
+    outbox_damaged_cb damaged_cb;
+    void *damaged_arg;
     uint64_t full_refused; /* appends refused while full, for the log line */
 
     struct endturn endturn; /* the group commit */
@@ -224,6 +253,27 @@ static int64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Records a failed read or commit (loop): counted, its text kept for status, and a damaged file
+ * (ALIGW_ECORRUPT) reported once through the damage callback; the store then touches the file
+ * no more. sqlmsg may be NULL.
+ */
+static void note_error(struct outbox *ob, int err, const char *what, const char *sqlmsg)
+{
+    ob->errors++;
+    snprintf(ob->last_error, sizeof(ob->last_error), "%s: %s%s%s", what, aligw_strerror(err),
+             sqlmsg && *sqlmsg ? " (SQLite: " : "", sqlmsg && *sqlmsg ? sqlmsg : "");
+    if (sqlmsg && *sqlmsg)
+        strncat(ob->last_error, ")", sizeof(ob->last_error) - strlen(ob->last_error) - 1);
+    if (err == ALIGW_ECORRUPT && !ob->damaged) {
+        ob->damaged = true;
+        log_error("%s: the outbox is damaged (%s); it is no longer read or written", ob->path,
+                  ob->last_error);
+        if (ob->damaged_cb)
+            ob->damaged_cb(ob->damaged_arg, ob->last_error);
+    }
 }
 
 /* Devices: key hash and id index. */
@@ -506,17 +556,26 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
         for (size_t i = 0; i < b->n_ap; i++)
             if ((err = insert_append(ob, b, b->ap[i])) < 0)
                 goto fail;
+    for (size_t i = 0; i < b->n_dead; i++) {
+        sqlite3_stmt *st = ob->w[ST_INS_DEAD];
+        sqlite3_bind_int64(st, 1, b->dead[i].seq);
+        sqlite3_bind_text(st, 2, b->dead[i].reason, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, b->dead[i].at_ms);
+        if ((err = step_done(ob, st)) < 0 || (err = delete_msg(ob, b, b->dead[i].seq, DEL_ACK)) < 0)
+            goto fail;
+    }
     for (size_t i = 0; i < b->n_acks; i++)
         if ((err = delete_msg(ob, b, b->acks[i], DEL_ACK)) < 0)
             goto fail;
     if (b->expire_before_ms > 0 && (err = expire(ob, b)) < 0)
         goto fail;
     if (with_appends && b->n_ap && ob->o.policy == STORE_DROP_OLDEST) {
-        if (ob->o.max_device_bytes > 0)
-            for (size_t i = 0; i < b->n_touched; i++)
-                if (b->touched[i]->got_append &&
-                    (err = enforce_cap(ob, b, b->touched[i], ob->o.max_device_bytes)) < 0)
-                    goto fail;
+        for (size_t i = 0; i < b->n_touched; i++) {
+            struct odev *d = b->touched[i];
+            int64_t cap = d->cap > 0 ? d->cap : ob->o.max_device_bytes;
+            if (cap > 0 && d->got_append && (err = enforce_cap(ob, b, d, cap)) < 0)
+                goto fail;
+        }
         if (ob->o.max_bytes > 0 && (err = enforce_cap(ob, b, NULL, ob->o.max_bytes)) < 0)
             goto fail;
     }
@@ -543,6 +602,7 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
     maybe_checkpoint(ob);
     return 0;
 fail:
+    snprintf(b->errmsg, sizeof(b->errmsg), "%s", sqlite3_errmsg(ob->wdb));
     if (!sqlite3_get_autocommit(ob->wdb))
         step_done(ob, ob->w[ST_ROLLBACK]);
     undo_deltas(b);
@@ -720,12 +780,18 @@ static void try_restore(struct outbox *ob, struct batch *b)
 
 static void run_batch(struct outbox *ob, struct batch *b)
 {
-    bool appends = b->n_ap > 0, dels = b->n_acks > 0 || b->expire_before_ms > 0;
+    bool appends = b->n_ap > 0, dels = b->n_acks > 0 || b->n_dead > 0 || b->expire_before_ms > 0;
     int64_t avail = 0;
 
     b->append_status = b->ack_status = 0;
     b->expire_more = b->went_full = b->came_back = b->released = false;
+    b->errmsg[0] = '\0';
     ob->ckpt_err = 0;
+    if (b->damaged) {
+        b->append_status = b->n_ap ? ALIGW_ECORRUPT : 0;
+        b->ack_status = b->n_acks || b->n_dead ? ALIGW_ECORRUPT : 0;
+        return;
+    }
     if (ob->rt_full && (b->try_restore || dels)) {
         /* Deletes first: what they free may be the room that was missing. Appends that were
          * already queued when the store became full are refused rather than run in a second
@@ -788,7 +854,21 @@ static void retry_cb(uv_timer_t *t);
 
 static bool batch_empty(struct outbox *ob, const struct batch *b)
 {
-    return b->n_ap == 0 && b->n_acks == 0 && !ob->expire_due && !ob->restore_due;
+    return b->n_ap == 0 && b->n_acks == 0 && b->n_dead == 0 && !ob->expire_due && !ob->restore_due;
+}
+
+static int push_dead(struct batch *b, const struct deadl *x)
+{
+    if (b->n_dead == b->cap_dead) {
+        size_t n = b->cap_dead ? b->cap_dead * 2 : 16;
+        struct deadl *v = realloc(b->dead, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        b->dead = v;
+        b->cap_dead = n;
+    }
+    b->dead[b->n_dead++] = *x;
+    return 0;
 }
 
 static int push_ack(struct batch *b, int64_t seq)
@@ -869,6 +949,8 @@ static void complete(struct outbox *ob, struct batch *b)
         d->d_count = d->d_bytes = d->d_dropped = d->d_expired = 0;
         d->touched = d->inserted = false;
     }
+    if (ok && b->n_ap)
+        ob->committed_seq = b->next_seq - 1;
     ob->count += b->d_count;
     ob->bytes += b->d_bytes;
     ob->dropped += b->d_dropped;
@@ -877,6 +959,10 @@ static void complete(struct outbox *ob, struct batch *b)
     if (b->expire_more && !ob->closing)
         ob->expire_due = true;
 
+    if (!b->damaged && b->append_status < 0 && b->n_ap && b->append_status != ALIGW_ESTOREFULL)
+        note_error(ob, b->append_status, "committing new messages", b->errmsg);
+    if (!b->damaged && b->ack_status < 0 && (b->n_acks || b->n_dead))
+        note_error(ob, b->ack_status, "deleting delivered messages", b->errmsg);
     if (b->went_full || b->came_back || b->released)
         log_full(ob, b);
     if (!ok && b->n_ap && b->append_status == ALIGW_ESTOREFULL && ob->rt_full) {
@@ -891,7 +977,7 @@ static void complete(struct outbox *ob, struct batch *b)
             ob->fail_log_ms = now;
         }
     }
-    if (b->ack_status < 0 && b->n_acks) {
+    if (b->ack_status < 0 && (b->n_acks || b->n_dead) && !ob->damaged) {
         if (now - ob->ack_log_ms >= LOG_EVERY_MS || ob->ack_log_ms == 0) {
             log_errno(LOG_WARNING, b->ack_status,
                       "%s: could not delete %zu delivered message(s) yet, retrying every %d ms",
@@ -901,6 +987,9 @@ static void complete(struct outbox *ob, struct batch *b)
         for (size_t i = 0; i < b->n_acks && !ob->closing; i++)
             if (push_ack(ob->cur, b->acks[i]) < 0)
                 break;
+        for (size_t i = 0; i < b->n_dead && !ob->closing; i++)
+            if (push_dead(ob->cur, &b->dead[i]) < 0)
+                break;
         if (!ob->closing)
             uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0);
     } else if (ob->full && !ob->closing && !uv_is_active((uv_handle_t *)&ob->retry_timer)) {
@@ -908,6 +997,7 @@ static void complete(struct outbox *ob, struct batch *b)
     }
     bool settled = b->ack_status == 0 && b->n_acks > 0;
     b->n_acks = 0;
+    b->n_dead = 0;
     b->try_restore = false;
     b->expire_before_ms = 0;
     if (settled && ob->settled)
@@ -987,6 +1077,9 @@ static void dispatch(struct outbox *ob)
         ob->expire_due = false;
     }
     b->try_restore = ob->restore_due;
+    b->damaged = ob->damaged;
+    for (size_t i = 0; i < b->n_ap; i++)
+        b->ap[i]->dev->cap = b->ap[i]->dev->cap_next;
     ob->restore_due = false;
     ob->inflight = true;
     if (ob->o.durability == DURABILITY_FULL) {
@@ -1132,6 +1225,7 @@ static void free_ob(struct outbox *ob)
             free(ob->b[i].ap[j]);
         free(ob->b[i].ap);
         free(ob->b[i].acks);
+        free(ob->b[i].dead);
         free(ob->b[i].touched);
     }
     if (ob->res_fd >= 0)
@@ -1202,9 +1296,20 @@ static int load(struct outbox *ob)
         return err;
     rc = sqlite3_step(st);
     ob->next_seq = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 1;
+    ob->committed_seq = ob->next_seq - 1;
     sqlite3_finalize(st);
     if (rc != SQLITE_ROW)
         return db_err(ob->rdb, rc);
+
+    /* The identity is made once, when the store is new (or older than identities). */
+    if ((err = db_exec(ob->wdb, "INSERT OR IGNORE INTO meta(key, value) VALUES ('identity', "
+                                "(random() & 9223372036854775807) | 1)")) < 0)
+        log_errno(LOG_WARNING, err, "%s: cannot record the store's identity", ob->path);
+    if ((err = db_prepare(ob->rdb, "SELECT value FROM meta WHERE key = 'identity'", &st)) < 0)
+        return err;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        ob->identity = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
     return 0;
 }
 
@@ -1292,24 +1397,26 @@ int outbox_append(struct outbox *ob, const char *device_key, const char *topic, 
 
     if (ob->closing)
         return -ESHUTDOWN;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
     if (!device_key || !*device_key || !topic || !*topic || (qos != 0 && qos != 1) ||
         (len && !payload))
         return -EINVAL;
     tlen = strlen(topic);
     size = tlen + len;
+    d = dev_find(ob, device_key);
+    int64_t dcap = d && d->cap_next > 0 ? d->cap_next : ob->o.max_device_bytes;
     if (len > INT32_MAX || (ob->o.max_bytes > 0 && (int64_t)size > ob->o.max_bytes) ||
-        (ob->o.max_device_bytes > 0 && (int64_t)size > ob->o.max_device_bytes))
+        (dcap > 0 && (int64_t)size > dcap))
         return -EMSGSIZE;
     if (ob->full) {
         ob->full_refused++;
         return ALIGW_ESTOREFULL;
     }
-    d = dev_find(ob, device_key);
     if (ob->o.policy == STORE_REJECT_NEW) {
         if (ob->o.max_bytes > 0 && ob->bytes + ob->pending_bytes + (int64_t)size > ob->o.max_bytes)
             return ALIGW_ESTOREFULL;
-        if (d && ob->o.max_device_bytes > 0 &&
-            d->bytes + d->pending_bytes + (int64_t)size > ob->o.max_device_bytes)
+        if (d && dcap > 0 && d->bytes + d->pending_bytes + (int64_t)size > dcap)
             return ALIGW_ESTOREFULL;
     }
     if (!d && !(d = dev_add(ob, ob->next_dev_id, device_key)))
@@ -1347,6 +1454,8 @@ int64_t outbox_ack(struct outbox *ob, int64_t seq)
     int err;
     if (ob->closing)
         return -ESHUTDOWN;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
     if ((err = push_ack(ob->cur, seq)) < 0)
         return err;
     schedule(ob);
@@ -1418,6 +1527,8 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
     int rc, err = 0;
 
     *n = 0;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
     if (!d || !d->in_db || max == 0)
         return 0;
     if (peek_batch(ob, d, after_seq, out, max, n))
@@ -1447,6 +1558,11 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
     }
     if (!err && rc != SQLITE_DONE)
         err = db_err(ob->rdb, rc);
+    if (err < 0 && err != -ENOMEM) {
+        char what[160];
+        snprintf(what, sizeof(what), "reading the messages of %s", device_key);
+        note_error(ob, err, what, sqlite3_errmsg(ob->rdb));
+    }
     sqlite3_reset(st);
     if (err < 0) {
         for (size_t i = 0; i < *n; i++)
@@ -1501,4 +1617,89 @@ void outbox_foreach_pending(struct outbox *ob, void (*fn)(void *arg, const char 
         for (struct odev *d = ob->buckets[i]; d; d = d->hnext)
             if (d->count > 0)
                 fn(arg, d->key);
+}
+
+void outbox_set_damaged_cb(struct outbox *ob, outbox_damaged_cb cb, void *arg)
+{
+    ob->damaged_cb = cb;
+    ob->damaged_arg = arg;
+}
+
+void outbox_health(struct outbox *ob, struct outbox_health *h)
+{
+    h->errors = ob->errors;
+    h->damaged = ob->damaged;
+    h->last_error = ob->last_error;
+}
+
+int64_t outbox_identity(struct outbox *ob)
+{
+    return ob->identity;
+}
+
+int64_t outbox_committed_seq(struct outbox *ob)
+{
+    return ob->committed_seq;
+}
+
+int outbox_dead_letter(struct outbox *ob, int64_t seq, const char *reason)
+{
+    struct deadl x = {.seq = seq, .at_ms = wall_ms()};
+    int err;
+
+    if (ob->closing)
+        return -ESHUTDOWN;
+    if (ob->damaged)
+        return ALIGW_ECORRUPT;
+    snprintf(x.reason, sizeof(x.reason), "%s", reason ? reason : "refused");
+    if ((err = push_dead(ob->cur, &x)) < 0)
+        return err;
+    schedule(ob);
+    return 0;
+}
+
+int outbox_dead_letters(struct outbox *ob, const char *device_key, struct outbox_dead *out)
+{
+    struct odev *d = dev_find(ob, device_key);
+    sqlite3_stmt *st;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (!d || !d->in_db || ob->damaged)
+        return 0;
+    st = ob->r[RT_DEAD_COUNT];
+    sqlite3_bind_int64(st, 1, d->id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        out->count = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        return db_err(ob->rdb, rc);
+    if (out->count == 0)
+        return 0;
+    st = ob->r[RT_DEAD_LAST];
+    sqlite3_bind_int64(st, 1, d->id);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        out->last_seq = sqlite3_column_int64(st, 0);
+        snprintf(out->last_topic, sizeof(out->last_topic), "%s",
+                 (const char *)sqlite3_column_text(st, 1));
+        snprintf(out->last_reason, sizeof(out->last_reason), "%s",
+                 (const char *)sqlite3_column_text(st, 2));
+        out->last_ms = sqlite3_column_int64(st, 3);
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+int outbox_set_device_cap(struct outbox *ob, const char *device_key, int64_t max_bytes)
+{
+    struct odev *d = dev_find(ob, device_key);
+    if (max_bytes < 0)
+        return -EINVAL;
+    if (!d && max_bytes == 0)
+        return 0;
+    if (!d && !(d = dev_add(ob, ob->next_dev_id, device_key)))
+        return -ENOMEM;
+    d->cap_next = max_bytes;
+    return 0;
 }

@@ -79,6 +79,13 @@ typedef void (*outbox_append_cb)(void *arg, int status, int64_t seq);
 int outbox_append(struct outbox *ob, const char *device_key, const char *topic, const void *payload,
                   size_t len, int qos, outbox_append_cb cb, void *arg);
 
+/*
+ * Sets the byte cap of one device (0: the store's max_device_bytes), enforced like that one from
+ * the next append on (store.policy decides between dropping the device's oldest and refusing).
+ * Returns 0, -EINVAL, -ENOMEM.
+ */
+int outbox_set_device_cap(struct outbox *ob, const char *device_key, int64_t max_bytes);
+
 /* A message read back; free with outbox_msg_free (the struct itself is the caller's). */
 struct outbox_msg {
     int64_t seq;
@@ -116,6 +123,21 @@ typedef void (*outbox_settled_cb)(void *arg, int64_t ticket);
  * acked messages. A delete that cannot commit (a full disk) is retried and settles later. */
 void outbox_on_settled(struct outbox *ob, outbox_settled_cb cb, void *arg);
 
+/*
+ * Sets message seq aside as refused by the platform: in the next batch it moves, with reason
+ * (copied), from the queue to the dead_letter table, is no longer counted as queued and is never
+ * peeked again. Returns 0, -ENOMEM, -ESHUTDOWN, ALIGW_ECORRUPT.
+ */
+int outbox_dead_letter(struct outbox *ob, int64_t seq, const char *reason);
+
+struct outbox_dead {
+    int64_t count; /* dead letters of the device, all time */
+    int64_t last_seq, last_ms;
+    char last_topic[256], last_reason[160];
+};
+/* The dead letters of a device (zeros when none). Returns 0 or a db_err() code. */
+int outbox_dead_letters(struct outbox *ob, const char *device_key, struct outbox_dead *out);
+
 struct outbox_stats {
     uint64_t count, bytes;     /* committed and still queued */
     uint64_t dropped, expired; /* since the store was created */
@@ -130,5 +152,30 @@ void outbox_total_stats(struct outbox *ob, struct outbox_stats *st);
 /* Calls fn for every device that has queued messages (e.g. to start forwarding after open). */
 void outbox_foreach_pending(struct outbox *ob, void (*fn)(void *arg, const char *device_key),
                             void *arg);
+
+/*
+ * Errors. Every failed read (peek) or commit is counted and its text kept ("what: error (SQLite:
+ * message)"). A damaged file (SQLITE_CORRUPT or SQLITE_NOTADB while running) is reported once
+ * through cb (loop thread; text borrowed for the call); from then on the store reads and writes
+ * nothing: appends, acks and peeks fail with ALIGW_ECORRUPT and appends waiting for their commit
+ * get ALIGW_ECORRUPT. cb may be NULL.
+ */
+typedef void (*outbox_damaged_cb)(void *arg, const char *what);
+void outbox_set_damaged_cb(struct outbox *ob, outbox_damaged_cb cb, void *arg);
+
+struct outbox_health {
+    uint64_t errors;        /* failed reads and commits since open */
+    bool damaged;           /* a damaged file was found */
+    const char *last_error; /* "" if none; valid until the next outbox call */
+};
+void outbox_health(struct outbox *ob, struct outbox_health *h);
+
+/*
+ * The store's identity: a random number made when the file was created and kept in it, so that
+ * a recreated (deleted, emptied) store is told from the original. 0 if it could not be recorded.
+ */
+int64_t outbox_identity(struct outbox *ob);
+/* Every message with a seq up to this one was committed (seqs only grow, across restarts). */
+int64_t outbox_committed_seq(struct outbox *ob);
 
 #endif

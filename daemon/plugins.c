@@ -347,19 +347,6 @@ static int h_reply(const struct aligw_host *h, const struct aligw_device *dev,
     return rc < 0 ? rc : queue_msg(p, dev, &m, e.rrpc[0] ? 0 : 1);
 }
 
-/* topic must contain "/pk/dn" followed by '/' or its end. */
-static bool topic_of(const struct aligw_device *dev, const char *topic)
-{
-    size_t lp = strlen(dev->product_key), ld = strlen(dev->device_name);
-    for (const char *s = strchr(topic, '/'); s; s = strchr(s + 1, '/')) {
-        if (strncmp(s + 1, dev->product_key, lp) == 0 && s[1 + lp] == '/' &&
-            strncmp(s + 2 + lp, dev->device_name, ld) == 0 &&
-            (s[2 + lp + ld] == '/' || s[2 + lp + ld] == '\0'))
-            return true;
-    }
-    return false;
-}
-
 static int h_publish_raw(const struct aligw_host *h, const struct aligw_device *dev,
                          const char *topic, const void *payload, size_t len, int qos)
 {
@@ -368,8 +355,8 @@ static int h_publish_raw(const struct aligw_host *h, const struct aligw_device *
 
     if (!dev_ok(p, dev))
         return -ENODEV;
-    if (!topic || strpbrk(topic, "+#") || !topic_of(dev, topic) || (qos != 0 && qos != 1) ||
-        (len && !payload) || strlen(topic) > 512)
+    if (!topic || !alink_topic_owned(dev->product_key, dev->device_name, topic, ALINK_PUBLISH) ||
+        (qos != 0 && qos != 1) || (len && !payload) || strlen(topic) > 512)
         return -EINVAL;
     if (len > MAX_PAYLOAD)
         return -E2BIG;
@@ -434,7 +421,8 @@ static int h_subscribe(const struct aligw_host *h, const struct aligw_device *de
 
     if (!dev_ok(p, dev))
         return -ENODEV;
-    if (!filter || !*filter || strlen(filter) > 512 || !topic_of(dev, filter))
+    if (!filter || strlen(filter) > 512 ||
+        !alink_topic_owned(dev->product_key, dev->device_name, filter, ALINK_SUBSCRIBE))
         return -EINVAL;
     if (!p->ps->sink.subscribe)
         return -ENOTSUP;

@@ -256,3 +256,42 @@ int statedb_device_list(struct statedb *s, struct statedb_device **out, size_t *
     *out = v;
     return 0;
 }
+
+int statedb_outbox_get(struct statedb *s, struct statedb_outbox *out)
+{
+    sqlite3_stmt *st;
+    int rc, err;
+
+    memset(out, 0, sizeof(*out));
+    if ((err = db_prepare(s->db,
+                          "SELECT key, value FROM meta WHERE key IN ('outbox_identity', "
+                          "'outbox_seq')",
+                          &st)) < 0)
+        return err;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        int64_t v = sqlite3_column_int64(st, 1);
+        if (k && strcmp(k, "outbox_identity") == 0)
+            out->identity = v;
+        else if (k)
+            out->committed_seq = v;
+    }
+    err = rc == SQLITE_DONE ? 0 : db_err(s->db, rc);
+    sqlite3_finalize(st);
+    return err;
+}
+
+int statedb_outbox_put(struct statedb *s, const struct statedb_outbox *r)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if ((err = db_prepare(s->db,
+                          "INSERT OR REPLACE INTO meta(key, value) VALUES ('outbox_identity', "
+                          "?1), ('outbox_seq', ?2)",
+                          &st)) < 0)
+        return err;
+    sqlite3_bind_int64(st, 1, r->identity);
+    sqlite3_bind_int64(st, 2, r->committed_seq);
+    return run_write(s, st, "recording the outbox", false);
+}

@@ -55,4 +55,14 @@ int statedb_device_remove(struct statedb *s, const char *pk, const char *dn);
 int statedb_device_list(struct statedb *s, struct statedb_device **out, size_t *n);
 void statedb_device_list_free(struct statedb_device *v, size_t n);
 
+/* What the state database knows about the outbox (see db/state/0002_meta.sql). */
+struct statedb_outbox {
+    int64_t identity;      /* 0 = nothing recorded yet */
+    int64_t committed_seq; /* the outbox committed at least this seq */
+};
+/* Fills *out (zeros when nothing is recorded). Returns 0 or a db_err() code. */
+int statedb_outbox_get(struct statedb *s, struct statedb_outbox *out);
+/* Records r; durable on return. Returns 0 or a db_err() code (logged). */
+int statedb_outbox_put(struct statedb *s, const struct statedb_outbox *r);
+
 #endif

@@ -124,8 +124,10 @@ struct aligw_host {
     int (*reply)(const struct aligw_host *host, const struct aligw_device *dev,
                  const char *request_id, int code, const char *data_json);
 
-    /* Publishes raw bytes on a topic of dev (the topic must contain "/pk/dn" of dev as whole
-     * segments, e.g. /pk/dn/user/update). qos 0 or 1. Errors as post_properties. */
+    /* Publishes raw bytes on a topic of dev: one the platform lets dev publish on, with its pk
+     * and dn at their fixed places (/pk/dn/user/..., /sys/pk/dn/..., /ota/device/<kind>/pk/dn,
+     * /shadow/<kind>/pk/dn, /ext/<kind>/pk/dn/...; -EINVAL otherwise). qos 0 or 1. Errors as
+     * post_properties. */
     int (*publish_raw)(const struct aligw_host *host, const struct aligw_device *dev,
                        const char *topic, const void *payload, size_t len, int qos);
 

@@ -242,8 +242,69 @@ static void topics(void)
     CHECK_INT(alink_system_topics("p+k", "dn", &t, &n), -EINVAL);
 }
 
+/* Issue 13: the PK/DN pair counts only at its fixed position in the platform's grammar. */
+static void ownership(void)
+{
+    const char *pk = "a1Acl", *dn = "dev0001";
+    static const char *const yes[] = {
+        "/a1Acl/dev0001/user/update",
+        "/a1Acl/dev0001/user/a/b/c",
+        "/sys/a1Acl/dev0001/thing/event/property/post",
+        "/sys/a1Acl/dev0001/rrpc/response/123",
+        "/ota/device/inform/a1Acl/dev0001",
+        "/ota/device/progress/a1Acl/dev0001",
+        "/shadow/update/a1Acl/dev0001",
+        "/ext/ntp/a1Acl/dev0001/request",
+        "/ext/rrpc/99/sys/a1Acl/dev0001/thing/service/Reboot",
+        "/ext/rrpc/99/a1Acl/dev0001/user/x",
+    };
+    static const char *const no[] = {
+        /* what the adversarial test got answered "ok" */
+        "/a1Acl/dev0002/user/update/a1Acl/dev0001",
+        "/evil/a1Acl/dev0001",
+        "/sys/a1Acl/dev0002/thing/event/a1Acl/dev0001",
+        /* and more */
+        "/a1Acl/dev0001",
+        "/a1Acl/dev0001/user",
+        "/a1Acl/dev0001/user/",
+        "/a1Acl/dev0001//user/x",
+        "/a1Acl/dev0001/other/x",
+        "/sys/a1Acl/dev0001",
+        "/sys/a1Acl/dev00011/thing/x",
+        "/ota/device/inform/a1Acl/dev0001/x",
+        "/ota/x/inform/a1Acl/dev0001",
+        "/shadow/update/a1Acl/dev0002",
+        "/ext/rrpc/99/evil/a1Acl/dev0001",
+        "/ext/rrpc/1/ext/rrpc/2/sys/a1Acl/dev0001/x",
+        "/broadcast/a1Acl/x",
+        "/a1Acl/dev0001/user/+",
+        "/a1Acl/dev0001/user/#",
+        "a1Acl/dev0001/user/x",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        if (!alink_topic_owned(pk, dn, yes[i], ALINK_PUBLISH))
+            fprintf(stderr, "should be owned: %s\n", yes[i]);
+        CHECK(alink_topic_owned(pk, dn, yes[i], ALINK_PUBLISH));
+    }
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        if (alink_topic_owned(pk, dn, no[i], ALINK_PUBLISH))
+            fprintf(stderr, "should not be owned: %s\n", no[i]);
+        CHECK(!alink_topic_owned(pk, dn, no[i], ALINK_PUBLISH));
+    }
+    CHECK(alink_topic_owned(pk, dn, "/a1Acl/dev0001/user/#", ALINK_SUBSCRIBE));
+    CHECK(alink_topic_owned(pk, dn, "/sys/a1Acl/dev0001/thing/service/+", ALINK_SUBSCRIBE));
+    CHECK(alink_topic_owned(pk, dn, "/broadcast/a1Acl/x", ALINK_SUBSCRIBE));
+    CHECK(!alink_topic_owned(pk, dn, "/+/dev0001/user/#", ALINK_SUBSCRIBE));
+    CHECK(!alink_topic_owned(pk, dn, "/a1Acl/dev0001/user/#/x", ALINK_SUBSCRIBE));
+    CHECK(!alink_topic_owned(pk, dn, "/a1Acl/dev0001/user/a+", ALINK_SUBSCRIBE));
+    CHECK(!alink_topic_owned(pk, dn, "#", ALINK_SUBSCRIBE));
+    CHECK(!alink_topic_owned(NULL, dn, "/a1Acl/dev0001/user/x", ALINK_PUBLISH));
+}
+
 int main(void)
 {
+    ownership();
     property_post();
     event_and_replies();
     classify();

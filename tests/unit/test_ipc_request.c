@@ -172,8 +172,6 @@ static void test_invalid(void)
         "topic: must start with '/'");
     bad(PUB("\"topic\":\"/pk/dn/user/#\",\"payload\":\"x\""), IPC_ERR_BAD_REQUEST,
         "topic: wildcards");
-    bad(PUB("\"topic\":\"/other/dev/user/x\",\"payload\":\"x\""), IPC_ERR_BAD_REQUEST,
-        "topic: must belong to device pk/dn");
     bad(PUB("\"topic\":\"/pk/dn/user/x\",\"payload\":\"x\",\"payload_b64\":\"eA==\""),
         IPC_ERR_BAD_REQUEST, "payload: give either");
     bad(PUB("\"topic\":\"/pk/dn/user/x\",\"payload_b64\":\"e!==\""), IPC_ERR_BAD_REQUEST,
