@@ -190,19 +190,17 @@ static int send_req(json_t *req)
 static json_t *call(json_t *req, int *code)
 {
     json_object_set_new(req, "id", json_integer(1));
-    if (send_req(req) < 0) {
-        json_decref(req);
-        fprintf(stderr, "aligwctl: lost the connection to aligwd\n");
-        *code = EXIT_FAILED;
-        return NULL;
-    }
+    /* Even when the request cannot be sent, read what the daemon said: a peer it refuses gets
+     * one "forbidden" line and the connection closed, maybe before the request went out. */
+    bool sent = send_req(req) == 0;
     json_decref(req);
     for (;;) {
         char *raw = NULL;
         json_t *j = read_msg(&raw);
         if (!j) {
             free(raw);
-            fprintf(stderr, "aligwctl: aligwd closed the connection\n");
+            fprintf(stderr, sent ? "aligwctl: aligwd closed the connection\n"
+                                 : "aligwctl: lost the connection to aligwd\n");
             *code = EXIT_FAILED;
             return NULL;
         }
