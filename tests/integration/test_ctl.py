@@ -1,6 +1,7 @@
 """aligwctl, every command, against the real daemon and the hub, with its exit codes: 0 ok, 1 the
 request failed, 2 usage, 3 aligwd is not running, 4 access refused (daemon/aligwctl.c)."""
 import base64
+import concurrent.futures
 import json
 import os
 import pwd
@@ -74,20 +75,22 @@ class Ctl(T.TestCase):
         for cmd in ("status", "devices", "device", "post", "event", "publish", "reply", "watch",
                     "add", "remove", "reload", "stats", "hello"):
             self.assertIn("  %s" % cmd, out)
-        for args in [(), ("frobnicate",), ("--bogus", "status"), ("-s",), ("status", "--bogus"),
-                     ("device",), ("remove",), ("post", "pk/dn"), ("post", "pk/dn", "novalue"),
-                     ("post", "pk/dn", "=1"), ("event", "pk/dn"), ("publish", "pk/dn", "/t"),
-                     ("publish", "pk/dn", "/t", "x", "--qos", "2"),
-                     ("publish", "pk/dn", "/t", "x", "--qos", "one"),
-                     ("publish", "pk/dn", "/t", "x", "--qos"),
-                     ("post", "pk/dn", "a=1", "--time", "soon"),
-                     ("post", "pk/dn", "--params", "[1]"), ("post", "pk/dn", "--params", "{"),
-                     ("reply", "pk/dn", "7"), ("reply", "pk/dn", "7", "ok"),
-                     ("watch", "--kind"), ("add",), ("add", "--pk", "p"),
-                     ("add", "--json", "not json"), ("add", "--json", "@/nonexistent.json"),
-                     ("add", "--pk", "p", "--dn", "d", "--secret-file", "/nonexistent")]:
-            _, err = self.ctl(*args, code=2)
-            self.assertIn("aligwctl: ", err)
+        bad = [(), ("frobnicate",), ("--bogus", "status"), ("-s",), ("status", "--bogus"),
+               ("device",), ("remove",), ("post", "pk/dn"), ("post", "pk/dn", "novalue"),
+               ("post", "pk/dn", "=1"), ("event", "pk/dn"), ("publish", "pk/dn", "/t"),
+               ("publish", "pk/dn", "/t", "x", "--qos", "2"),
+               ("publish", "pk/dn", "/t", "x", "--qos", "one"),
+               ("publish", "pk/dn", "/t", "x", "--qos"),
+               ("post", "pk/dn", "a=1", "--time", "soon"),
+               ("post", "pk/dn", "--params", "[1]"), ("post", "pk/dn", "--params", "{"),
+               ("reply", "pk/dn", "7"), ("reply", "pk/dn", "7", "ok"),
+               ("watch", "--kind"), ("add",), ("add", "--pk", "p"),
+               ("add", "--json", "not json"), ("add", "--json", "@/nonexistent.json"),
+               ("add", "--pk", "p", "--dn", "d", "--secret-file", "/nonexistent")]
+        # a few at a time: each run is short, but slow to start and end under ASan
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for _, err in pool.map(lambda a: self.ctl(*a, code=2), bad):
+                self.assertIn("aligwctl: ", err)
         # the hint to --help comes with the plain usage mistakes
         _, err = self.ctl("frobnicate", code=2)
         self.assertIn("unknown command 'frobnicate'", err)

@@ -2,7 +2,6 @@
 values (client id, keepalive, clean session) in the CONNECT packet the broker saw,
 auto_reconnect off staying offline after a kick and after a broker restart, and drop-oldest at
 the outbox cap while the cloud is away."""
-import json
 import time
 
 import aligwtest as T
