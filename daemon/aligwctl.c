@@ -79,6 +79,7 @@ static bool opt_json;
 static int sock_fd = -1;
 static char *rbuf;
 static size_t rlen, rcap;
+static volatile sig_atomic_t stop; /* SIGINT/SIGTERM while watching */
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -159,8 +160,8 @@ static json_t *read_msg(char **raw)
             rcap = rcap ? rcap * 2 : 65536;
         }
         ssize_t r = read(sock_fd, rbuf + rlen, rcap - rlen);
-        if (r < 0 && errno == EINTR)
-            continue;
+        if (r < 0 && errno == EINTR && !stop)
+            continue; /* a signal that does not stop us; Ctrl-C while watching does */
         if (r <= 0)
             return NULL;
         rlen += (size_t)r;
@@ -500,7 +501,6 @@ static json_t *json_arg(const char *opt, const char *s)
     return j;
 }
 
-static sig_atomic_t stop;
 static void on_sig(int s)
 {
     stop = 1;
@@ -819,6 +819,7 @@ static int follow_events(void)
     sigaction(SIGTERM, &sa, NULL);
     if (!opt_json)
         fprintf(stderr, "watching; Ctrl-C to stop\n");
+    fflush(stdout); /* with --json the watch's answer: a reader knows the watch is in place */
     while (!stop) {
         char *raw = NULL;
         json_t *e = read_msg(&raw);

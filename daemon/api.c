@@ -317,7 +317,20 @@ static json_t *queue_json(void)
 
 static void do_devices(struct ipc_reply *r, const struct ipc_request *req)
 {
-    struct list_ctx c = {.arr = json_array(), .state = req->u.devices.state};
+    const char *want = req->u.devices.state;
+    if (want) { /* a misspelt state would list nothing, as if no device were in it */
+        int s = 0;
+        while (s < 8 && strcmp(want, device_state_name((enum device_state)s)) != 0)
+            s++;
+        if (s == 8) {
+            ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                            "state: '%s' is not one of offline, registering, connecting, "
+                            "online, backoff, auth-refused, kicked, needs-reset",
+                            want);
+            return;
+        }
+    }
+    struct list_ctx c = {.arr = json_array(), .state = want};
     devices_foreach(list_one, &c);
     ipc_reply_ok(r, json_pack("{s:o,s:I,s:I,s:o}", "devices", c.arr, "total",
                               (json_int_t)devices_count(), "online", (json_int_t)devices_online(),

@@ -74,6 +74,13 @@ struct dev {
     double tokens;
     double last;
     unsigned long long messages, refused_pub, refused_sub, rate_limited, connects, kicked;
+    struct {                  /* what the last accepted CONNECT carried (for tests) */
+        char *client_id;      /* the full MQTT client id, "id|k=v,...|" */
+        int keepalive;        /* seconds */
+        int clean_session;    /* 0 or 1 */
+        int protocol_version; /* 3, 4 (3.1.1) or 5 */
+        int tls;              /* which listener */
+    } seen;
 };
 
 struct inst {
@@ -540,6 +547,12 @@ static int cb_basic_auth(int event, void *event_data, void *userdata)
     d->client_id = strdup(cidstr);
     d->client = ed->client;
     d->connects++;
+    free(d->seen.client_id);
+    d->seen.client_id = strdup(cidstr);
+    d->seen.keepalive = ka;
+    d->seen.clean_session = mosquitto_client_clean_session(ed->client) ? 1 : 0;
+    d->seen.protocol_version = mosquitto_client_protocol_version(ed->client);
+    d->seen.tls = in->tls;
     g.connects++;
     if (!r.active)
         db_exec("UPDATE devices SET active=1 WHERE pk=?1 AND dn=?2 AND active=0", pk, dn, NULL,
@@ -746,13 +759,19 @@ static json_t *counters_json(int with_devices)
                 continue;
             char key[256];
             snprintf(key, sizeof(key), "%s/%s", d->pk, d->dn);
-            json_object_set_new(
-                devs, key,
+            json_t *dj =
                 json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:b}", "messages", (json_int_t)d->messages,
                           "refused_publishes", (json_int_t)d->refused_pub, "refused_subscribes",
                           (json_int_t)d->refused_sub, "rate_limited", (json_int_t)d->rate_limited,
                           "connects", (json_int_t)d->connects, "kicked", (json_int_t)d->kicked,
-                          "online", d->client_id != NULL));
+                          "online", d->client_id != NULL);
+            if (dj && d->seen.client_id)
+                json_object_set_new(
+                    dj, "last_connect",
+                    json_pack("{s:s,s:i,s:b,s:i,s:b}", "client_id", d->seen.client_id, "keepalive",
+                              d->seen.keepalive, "clean_session", d->seen.clean_session,
+                              "protocol_version", d->seen.protocol_version, "tls", d->seen.tls));
+            json_object_set_new(devs, key, dj);
         }
     }
     return json_pack("{s:I,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I},s:I,s:o}", "connects",
@@ -987,6 +1006,7 @@ HUB_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *op
             free(d->pk);
             free(d->dn);
             free(d->client_id);
+            free(d->seen.client_id);
             free(d);
             d = next;
         }

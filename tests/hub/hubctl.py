@@ -658,6 +658,13 @@ class Hub:
             raise TimeoutError("no counters reply from the hub")
         return m.json()
 
+    def last_connect(self, pk, dn):
+        """What the device's last accepted CONNECT carried, as the broker saw it: a dict with
+        client_id (the full MQTT client id), keepalive, clean_session, protocol_version and tls;
+        None if the device never logged in since the broker started."""
+        d = self.counters().get("devices", {}).get("%s/%s" % (pk, dn))
+        return d.get("last_connect") if d else None
+
     def kick(self, pk, dn):
         """Disconnects a device's session as the platform would (counted as a kick)."""
         self.publish("hub/ctl/kick", {"productKey": pk, "deviceName": dn}, qos=0)

@@ -25,7 +25,7 @@ PK, PKR, PKN = "pkA1", "pkReg1", "pkNo1"
 
 
 def table():
-    rows = hubctl.gen_devices(8, PK, prefix="d")
+    rows = hubctl.gen_devices(9, PK, prefix="d")
     rows[7]["hub_topics"] = "update:pub;get:sub;data:all"
     reg = hubctl.gen_devices(6, PKR, dynreg="both", register="https", prefix="r")
     reg[5]["hub_active"] = "1"
@@ -36,7 +36,7 @@ def table():
 class Dev:
     """One device-side MQTT connection."""
 
-    def __init__(self, hub, cid, user, pw, tls=False, keepalive=300):
+    def __init__(self, hub, cid, user, pw, tls=False, keepalive=300, clean_session=True):
         self.hub = hub
         self.rc = None
         self.connected = threading.Event()
@@ -44,7 +44,7 @@ class Dev:
         self.msgs = []
         self.cond = threading.Condition()
         self.suback = {}
-        self.c = mqtt.Client(client_id=cid, clean_session=True, protocol=mqtt.MQTTv311)
+        self.c = mqtt.Client(client_id=cid, clean_session=clean_session, protocol=mqtt.MQTTv311)
         self.c.username_pw_set(user, pw)
         if tls:
             self.c.tls_set(ca_certs=hub.ca_file, cert_reqs=ssl.CERT_REQUIRED)
@@ -97,12 +97,13 @@ class Dev:
 
 
 def login(hub, row, method="hmacsha256", timestamp="2524608000000", tls=False, keepalive=300,
-          secret=None, client_id=None, username=None, securemode=None):
+          secret=None, client_id=None, username=None, securemode=None, clean_session=True):
     sm = securemode if securemode is not None else (2 if tls else 3)
     cid, user, pw = hubctl.login_creds(row["product_key"], row["device_name"],
                                        secret or row["device_secret"], method, timestamp, sm,
                                        client_id)
-    return Dev(hub, cid, username or user, pw, tls=tls, keepalive=keepalive)
+    return Dev(hub, cid, username or user, pw, tls=tls, keepalive=keepalive,
+               clean_session=clean_session)
 
 
 class HubTest(unittest.TestCase):
@@ -189,6 +190,33 @@ class HubTest(unittest.TestCase):
         since = self.hub.mark()
         second.publish("/%s/%s/user/update" % (PK, r["device_name"]), "still here")
         self.assertIsNotNone(self.hub.wait_message("/%s/+/user/update" % PK, 3, since))
+
+    def test_connect_fields_recorded(self):
+        # The hub keeps what each device's last accepted CONNECT carried, so daemon tests can
+        # check client id, keepalive and clean session on the wire.
+        r = self.row(PK, 8)
+        self.assertIsNone(self.hub.last_connect(PK, "no-such-device"))
+        d = self.dev(r, client_id="rec-1", keepalive=45, clean_session=False)
+        self.assertEqual(d.rc, 0)
+        seen = self.hub.last_connect(PK, r["device_name"])
+        self.assertEqual(seen["keepalive"], 45)
+        self.assertIs(seen["clean_session"], False)
+        self.assertEqual(seen["protocol_version"], 4)
+        self.assertIs(seen["tls"], False)
+        self.assertTrue(seen["client_id"].startswith("rec-1|securemode=3,"), seen)
+        d.close()
+        d = self.dev(r, client_id="rec-2", keepalive=90, clean_session=True, tls=True)
+        self.assertEqual(d.rc, 0)
+        seen = self.hub.last_connect(PK, r["device_name"])
+        self.assertEqual(seen["keepalive"], 90)
+        self.assertIs(seen["clean_session"], True)
+        self.assertIs(seen["tls"], True)
+        self.assertTrue(seen["client_id"].startswith("rec-2|securemode=2,"), seen)
+        # a refused login does not overwrite it
+        bad = self.dev(r, client_id="rec-3", secret="wrong")
+        self.assertEqual(bad.rc, 5)
+        self.assertTrue(self.hub.last_connect(PK, r["device_name"])["client_id"]
+                        .startswith("rec-2|"))
 
     # -- topic permissions --
 

@@ -242,6 +242,41 @@ class Daemon:
             self.notify = None
 
 
+def stop_broker(hub):
+    """Stops the hub's mosquitto (the cloud goes away); the hub's counters go with it."""
+    p = hub._procs[0]
+    p.terminate()
+    p.wait(10)
+
+
+def start_broker(hub, freeze=None, timeout=30):
+    """Starts the hub's mosquitto again on the same ports and waits until the hub's cloud-side
+    recorder is subscribed again (a probe of its own comes back), so nothing a device publishes
+    from then on is missed. freeze: a Daemon kept stopped (SIGSTOP) until then, so that it
+    cannot deliver before the recorder is back."""
+    if freeze is not None:
+        os.kill(freeze.proc.pid, signal.SIGSTOP)
+    try:
+        log = os.path.join(hub.dir, "mosquitto.log")
+        with open(log, "ab") as lf:
+            hub._procs[0] = subprocess.Popen(
+                ["mosquitto", "-c", os.path.join(hub.dir, "mosquitto.conf")], stdout=lf,
+                stderr=lf, stdin=subprocess.DEVNULL, start_new_session=True)
+        import hubctl
+        hubctl.wait_port(hub.info["mqtt_port"], hub._procs[0], log)
+        deadline = time.monotonic() + timeout
+        while True:
+            mark = hub.mark()
+            hub.cloud.publish("aligw-test/probe", "x", qos=0)
+            if hub.wait_message("aligw-test/probe", 0.3, since=mark):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("the hub's recorder did not come back")
+    finally:
+        if freeze is not None:
+            os.kill(freeze.proc.pid, signal.SIGCONT)
+
+
 def hub_device_config(hub, dev, tls=False, **extra):
     """A device entry pointing at the hub (plain TCP by default, or its TLS listener)."""
     d = {

@@ -252,7 +252,6 @@ class StoreFaults(T.TestCase):
         for k in keys:
             dm.wait_state(k, "online")
         # take the broker away and queue while it is gone
-        from test_sessions import restart_broker
         p = Producer(dm.socket_path, keys)
         broker = hub._procs[0]
         broker.terminate()
@@ -263,12 +262,10 @@ class StoreFaults(T.TestCase):
         st = dm.call("status")["result"]["queue"]
         self.assertEqual(st["queued"], 600)
         self.assertGreater(st["oldest_ms"], 0)
-        # back: everything goes out
-        with open(os.path.join(hub.dir, "mosquitto.log"), "ab") as lf:
-            hub._procs[0] = subprocess.Popen(["mosquitto", "-c",
-                                              os.path.join(hub.dir, "mosquitto.conf")],
-                                             stdout=lf, stderr=lf, stdin=subprocess.DEVNULL,
-                                             start_new_session=True)
+        # back: everything goes out. The daemon is held (SIGSTOP) until the hub's recorder is
+        # subscribed again: a daemon reconnecting first delivered into a recorder not yet
+        # listening, and the test saw fewer than 600 (a fresh-clone scripts/test.sh run, ASan).
+        T.start_broker(hub, freeze=dm)
         self.wait_drained(dm, 60)
         T.wait_for(lambda: sum(len(v) for v in received(hub).values()) >= 600, 10,
                    what="the cloud to see all 600")
