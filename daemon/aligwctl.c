@@ -58,6 +58,7 @@ static const char usage_text[] =
     "  reload                      reload the configuration file\n"
     "  stats                       counters of the daemon and its API\n"
     "  hello                       protocol and daemon version\n"
+    "  time                        the platform's time: the system clock's offset from it\n"
     "\n"
     "Options:\n"
     "  -s, --socket PATH   the daemon's socket (default $ALIGW_SOCKET or " DEFAULT_SOCKET ")\n"
@@ -680,6 +681,24 @@ static int build_add(json_t *req, struct args *a)
     return 0;
 }
 
+/* The platform's time as the gateway last learnt it (the "time" part of status). */
+static void print_time(json_t *r, const struct args *a)
+{
+    json_t *t = json_object_get(r, "time");
+    if (!json_is_true(json_object_get(t, "synced"))) {
+        printf("not synced yet (%lld request(s) sent)\n", (long long)geti(t, "requests"));
+        return;
+    }
+    char age[16];
+    fmt_age(age, sizeof(age), (now_ms() - (double)geti(t, "synced_at_ms")) / 1000);
+    json_int_t off = geti(t, "offset_ms");
+    printf(
+        "platform time: system clock %s by %lld ms (round trip %lld ms), learnt %s ago via %s%s\n",
+        off > 0 ? "behind" : "ahead", (long long)(off < 0 ? -off : off),
+        (long long)geti(t, "rtt_ms"), age, json_string_value(json_object_get(t, "via")) ?: "-",
+        json_is_true(json_object_get(t, "skewed")) ? " (beyond cloud.max_clock_skew_ms)" : "");
+}
+
 static void print_devices_cmd(json_t *r, const struct args *a)
 {
     print_devices(r, a->all || a->state);
@@ -719,6 +738,7 @@ static const struct command commands[] = {
     {"stats", "stats", 0, NULL, build_plain, print_result, false},
     {"reload", "reload", 0, NULL, build_plain, print_result, false},
     {"hello", "hello", 0, NULL, build_plain, print_result, false},
+    {"time", "status", 0, NULL, build_plain, print_time, false},
     {"devices", "devices", 0, NULL, build_devices, print_devices_cmd, false},
     {"device", "device", 1, "which device? (PK/DN)", build_device, print_result, false},
     {"remove", "remove_device", 1, "which device? (PK/DN)", build_device, print_result, false},

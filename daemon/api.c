@@ -17,6 +17,7 @@
 #include "errors.h"
 #include "ipc.h"
 #include "loopstat.h"
+#include "timesync.h"
 #include "log.h"
 #include "notify.h"
 #include "outbox.h"
@@ -365,10 +366,10 @@ static void do_status(struct ipc_reply *r, bool stats)
     json_t *o;
 
     devices_foreach(list_one, &c);
-    o = json_pack("{s:s,s:I,s:I,s:I,s:o,s:o}", "version", ALIGW_VERSION, "uptime_s",
+    o = json_pack("{s:s,s:I,s:I,s:I,s:o,s:o,s:o}", "version", ALIGW_VERSION, "uptime_s",
                   (json_int_t)((uv_now(A.loop) - A.started_ms) / 1000), "devices",
                   (json_int_t)devices_count(), "online", (json_int_t)devices_online(), "states",
-                  state_counts(&c), "queue", queue_json());
+                  state_counts(&c), "queue", queue_json(), "time", timesync_status());
     unsigned long long fd_limit;
     size_t sessions = devices_session_limit(&fd_limit);
     if (sessions)
@@ -650,6 +651,9 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
         break;
     case ALINK_RRPC_REQUEST:
         break;
+    case ALINK_NTP_RESPONSE:
+        timesync_response(dc->product_key, dc->device_name, payload, len);
+        return;
     default:
         return;
     }
@@ -693,6 +697,11 @@ static void on_state_changed(void *ctx, struct device *d, enum device_state old)
     json_decref(ev);
     if (device_state(d) == DEV_ONLINE || old == DEV_ONLINE)
         notify_status();
+    const struct device_conf *dc = device_conf(d);
+    if (device_state(d) == DEV_ONLINE)
+        timesync_online(dc->product_key, dc->device_name);
+    else if (old == DEV_ONLINE)
+        timesync_offline(dc->product_key, dc->device_name);
 }
 
 static void on_device_removed(void *ctx, struct device *d)
@@ -766,6 +775,14 @@ static void add_runtime_devices(void)
     statedb_device_list_free(v, n);
 }
 
+/* timesync's way out: a QoS 0 publish on the device's session now, not through the outbox. */
+static int send_now(void *ctx, const char *pk, const char *dn, const char *topic,
+                    const char *payload)
+{
+    struct device *d = devices_find2(pk, dn);
+    return d ? devices_publish_now(d, topic, payload) : ALIGW_ENODEVICE;
+}
+
 int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, struct statedb *db,
               api_reload_fn reload)
 {
@@ -791,6 +808,11 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
         rc = ipc_server_start(A.ipc);
     if (rc < 0)
         return rc;
+    struct timesync_opts to = {.interval_s = cfg->cloud.time_sync_s,
+                               .max_skew_ms = cfg->cloud.max_clock_skew_ms,
+                               .send = send_now};
+    if ((rc = timesync_start(loop, &to)) < 0)
+        return rc;
     rc = devices_init(loop, cfg, ob, db, &hooks);
     if (rc < 0)
         return rc;
@@ -807,6 +829,7 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
 void api_apply_config(const struct config *cfg)
 {
     A.cfg = cfg;
+    timesync_apply(cfg->cloud.time_sync_s, cfg->cloud.max_clock_skew_ms);
     if (A.ipc)
         ipc_server_set_access(A.ipc, cfg);
 }
@@ -816,6 +839,7 @@ void api_close(void)
     if (!A.running)
         return;
     A.running = false;
+    timesync_stop();
     if (A.plugins) {
         plugins_stop(A.plugins);
         plugins_close(A.plugins);

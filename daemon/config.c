@@ -73,6 +73,8 @@ static const struct key cloud_keys[] = {
     {"auth_backoff_ms", K_INT, CF(cloud.auth_backoff_ms), .lo = 1000, .hi = 86400000},
     {"kick_backoff_ms", K_INT, CF(cloud.kick_backoff_ms), .lo = 1000, .hi = 86400000},
     {"ack_timeout_ms", K_INT, CF(cloud.ack_timeout_ms), .lo = 0, .hi = 3600000},
+    {"time_sync_s", K_INT, CF(cloud.time_sync_s), .lo = 0, .hi = 604800},
+    {"max_clock_skew_ms", K_INT, CF(cloud.max_clock_skew_ms), .lo = 100, .hi = 86400000},
     {0},
 };
 
@@ -282,6 +284,8 @@ static void config_defaults(struct config *c)
     c->cloud.auth_backoff_ms = 300000;
     c->cloud.kick_backoff_ms = 60000;
     c->cloud.ack_timeout_ms = 30000;
+    c->cloud.time_sync_s = 3600;
+    c->cloud.max_clock_skew_ms = 5000;
     c->store.durability = DURABILITY_NORMAL;
     c->store.max_bytes = (int64_t)1 << 30;
     c->store.policy = STORE_DROP_OLDEST;

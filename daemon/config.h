@@ -72,9 +72,11 @@ struct config {
         double connect_rate; /* sessions started per second, gateway-wide */
         int connect_burst;
         int backoff_min_ms, backoff_max_ms;
-        int auth_backoff_ms; /* first back-off after an authentication refusal */
-        int kick_backoff_ms; /* first back-off after being kicked */
-        int ack_timeout_ms;  /* in flight with no PUBACK for this long: reconnect (0 = never) */
+        int auth_backoff_ms;   /* first back-off after an authentication refusal */
+        int kick_backoff_ms;   /* first back-off after being kicked */
+        int ack_timeout_ms;    /* in flight with no PUBACK for this long: reconnect (0 = never) */
+        int time_sync_s;       /* ask the platform's time this often (0 = never) */
+        int max_clock_skew_ms; /* warn when the system clock is further off than this */
         /*
          * The per-device keys given in "cloud", applied to devices that don't override them
          * (also to devices added at runtime). Identity fields are NULL; host NULL, port 0 and

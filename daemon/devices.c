@@ -40,7 +40,8 @@
 #define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
 #define FWD_BATCH 64
-#define WINDOW_STRETCH 4    /* a device's window may grow to this many times store.inflight */
+#define WINDOW_STRETCH 4          /* a device's window may grow to this many times store.inflight */
+#define REF_NOT_STORED UINT64_MAX /* the ref of a publish that is not from the outbox */
 #define DEAD_STRIKES 3      /* sessions lost with one message alone unacknowledged: it is refused */
 #define STORE_RETRY_MS 1000 /* a failed outbox read is tried again after this */
 #define STORE_LOG_MS 10000  /* and logged at most this often per device */
@@ -862,6 +863,8 @@ static void wake_room_waiters(void)
 
 static void on_published(struct device *d, uint64_t ref, bool ok)
 {
+    if (ref == REF_NOT_STORED)
+        return; /* devices_publish_now: nothing to acknowledge */
     int64_t seq = (int64_t)(ref & 0xffffffffffffULL);
     bool current = (uint16_t)(ref >> 48) == d->epoch;
 
@@ -1115,6 +1118,13 @@ static void forward(struct device *d)
         if (stopped)
             return;
     }
+}
+
+int devices_publish_now(struct device *d, const char *topic, const char *payload)
+{
+    if (d->state != DEV_ONLINE)
+        return -ENOTCONN;
+    return session_publish(sid_of(d), topic, payload, strlen(payload), 0, REF_NOT_STORED);
 }
 
 void devices_outbox_ready(const char *key)

@@ -85,6 +85,13 @@ json_t *device_status_json(const struct device *d, bool full);
 /* Marks an error reported by the device's southbound plugin (NULL reason clears it). */
 void device_set_field_error(struct device *d, const char *reason);
 
+/*
+ * Publishes payload (a string) on topic at QoS 0 on d's session now, bypassing the outbox: for
+ * what is worthless once late (a time request). 0, -ENOTCONN when d is not online, or a
+ * session_publish error.
+ */
+int devices_publish_now(struct device *d, const char *topic, const char *payload);
+
 /* The outbox has committed messages for key: wake its forwarder. */
 void devices_outbox_ready(const char *key);
 

@@ -97,6 +97,7 @@ static struct {
     int reply_direct;
     int dynreg_plain;
     int min_keepalive;
+    long long ntp_skew_ms; /* added to the times of NTP answers (hub/ctl/ntp_skew) */
     struct dev **tab;
     size_t tabsize, ndev;
     unsigned long long connects, fails[F_COUNT], kicks, refused_pub, refused_sub, rate_limited,
@@ -783,7 +784,8 @@ static json_t *counters_json(int with_devices)
                      (json_int_t)g.reg_nwl, "online", (json_int_t)online, "devices", devs);
 }
 
-/* Control topics for the cloud user: hub/ctl/counters, hub/ctl/kick, hub/ctl/reset. */
+/* Control topics for the cloud user: hub/ctl/counters, hub/ctl/kick, hub/ctl/ntp_skew,
+ * hub/ctl/reset. */
 static void cloud_control(struct mosquitto_evt_message *ed)
 {
     json_t *req = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
@@ -811,6 +813,9 @@ static void cloud_control(struct mosquitto_evt_message *ed)
             mosquitto_kick_client_by_clientid(old, false);
             free(old);
         }
+    } else if (!strcmp(ed->topic, "hub/ctl/ntp_skew")) {
+        /* The platform's clock this far ahead of ours (ms; negative: behind) in NTP answers. */
+        g.ntp_skew_ms = json_integer_value(json_object_get(req, "ms"));
     } else if (!strcmp(ed->topic, "hub/ctl/reset")) {
         g.connects = g.kicks = g.refused_pub = g.refused_sub = g.rate_limited = g.messages = 0;
         g.reg_mqtt = g.reg_nwl = 0;
@@ -868,12 +873,12 @@ static int cb_message(int event, void *event_data, void *userdata)
     }
     snprintf(pfx, sizeof(pfx), "/ext/ntp/%s/%s/request", d->pk, d->dn);
     if (!strcmp(ed->topic, pfx)) {
-        long long recv = now_ms();
+        long long recv = now_ms() + g.ntp_skew_ms;
         json_t *req = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
         json_t *dst = json_object_get(req, "deviceSendTime");
         char rt[32], st[32], topic[300];
         snprintf(rt, sizeof(rt), "%lld", recv);
-        snprintf(st, sizeof(st), "%lld", now_ms());
+        snprintf(st, sizeof(st), "%lld", now_ms() + g.ntp_skew_ms);
         json_t *r = json_pack("{s:O?,s:s,s:s}", "deviceSendTime", dst, "serverRecvTime", rt,
                               "serverSendTime", st);
         char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
