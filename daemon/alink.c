@@ -226,6 +226,8 @@ const char *alink_kind_name(enum alink_kind k)
         return "ota_upgrade";
     case ALINK_NTP_RESPONSE:
         return "ntp_response";
+    case ALINK_EXT_ERROR:
+        return "ext_error";
     case ALINK_CONFIG_PUSH:
         return "config_push";
     case ALINK_CUSTOM:
@@ -294,14 +296,12 @@ static int classify_sys(const char *rest, struct alink_topic *out)
         out->kind = ALINK_RRPC_REQUEST;
         return copy_name(out->rrpc_id, sizeof out->rrpc_id, p, strlen(p));
     }
+    /* thing/event/${name}/post_reply; the batch and history posts' replies (two levels in
+     * between) are replies like any other, below. */
     if (strncmp(rest, "thing/event/", 12) == 0 && ends_with(rest, "/post_reply", &stem) &&
-        stem > 12) {
-        p = rest + 12;
-        size_t n = stem - 12;
-        if (memchr(p, '/', n))
-            return 0;
+        stem > 12 && !memchr(rest + 12, '/', stem - 12)) {
         out->kind = ALINK_POST_REPLY;
-        return copy_name(out->name, sizeof out->name, p, n);
+        return copy_name(out->name, sizeof out->name, rest + 12, stem - 12);
     }
     if (ends_with(rest, "_reply", &stem) && stem > 0 && rest[stem - 1] != '/' &&
         !strstr(rest, "//")) {
@@ -357,6 +357,10 @@ int alink_classify(const char *pk, const char *dn, const char *topic, struct ali
         rest = after_pk_dn(topic + 9, pk, dn);
         if (rest)
             out->kind = strcmp(rest, "response") == 0 ? ALINK_NTP_RESPONSE : ALINK_OTHER;
+    } else if (strncmp(topic, "/ext/error/", 11) == 0) {
+        rest = after_pk_dn(topic + 11, pk, dn);
+        if (rest && *rest == '\0')
+            out->kind = ALINK_EXT_ERROR;
     } else if (topic[0] == '/' && (rest = after_pk_dn(topic + 1, pk, dn))) {
         out->kind = ALINK_OTHER;
         if (strncmp(rest, "user/", 5) == 0 && rest[5]) {
@@ -466,17 +470,19 @@ void alink_payload_free(struct alink_payload *p)
 
 int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n)
 {
-    /* The "/sys/pk/dn/" ones by suffix; then two outside /sys. */
+    /* The "/sys/pk/dn/" ones by suffix; then three outside /sys. */
     static const char *const sys[] = {
         "thing/service/property/set",
         "thing/service/+",
         "thing/event/+/post_reply",
+        "thing/event/property/batch/post_reply", /* '+' matches one level only */
+        "thing/event/property/history/post_reply",
         "rrpc/request/+",
         "thing/config/push",
         "thing/config/get_reply",
         "thing/ota/firmware/get_reply",
     };
-    size_t ns = sizeof sys / sizeof sys[0], k = ns + 2;
+    size_t ns = sizeof sys / sizeof sys[0], k = ns + 3;
     char **v;
     int rc = 0;
 
@@ -492,6 +498,7 @@ int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n)
         v[i] = xasprintf("/sys/%s/%s/%s", pk, dn, sys[i]);
     v[ns] = xasprintf("/ota/device/upgrade/%s/%s", pk, dn);
     v[ns + 1] = xasprintf("/ext/ntp/%s/%s/response", pk, dn);
+    v[ns + 2] = xasprintf("/ext/error/%s/%s", pk, dn);
     for (size_t i = 0; i < k; i++)
         if (!v[i])
             rc = -ENOMEM;

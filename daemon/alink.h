@@ -88,6 +88,7 @@ enum alink_kind {
     ALINK_OTA_UPGRADE,  /* /ota/device/upgrade/pk/dn */
     ALINK_NTP_RESPONSE, /* /ext/ntp/pk/dn/response */
     ALINK_CONFIG_PUSH,  /* /sys/pk/dn/thing/config/push */
+    ALINK_EXT_ERROR,    /* /ext/error/pk/dn: the platform reports a problem with this device */
     ALINK_CUSTOM,       /* /pk/dn/user/${name}; name = what follows user/ */
     ALINK_NOT_MINE,     /* not a topic of this device */
 };
@@ -133,7 +134,8 @@ void alink_payload_free(struct alink_payload *p);
 
 /*
  * The system topics a device subscribes to after connecting (property set, service calls, post
- * replies, RRPC, OTA upgrade, NTP response, config push), expanded for pk/dn. *out is a
+ * replies incl. batch and history posts, RRPC, OTA upgrade, NTP response, config push, the
+ * platform's error notices), expanded for pk/dn. *out is a
  * NULL-terminated array of strings; free it with alink_topics_free(). Returns 0 or -ENOMEM.
  */
 int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n);

@@ -611,6 +611,39 @@ static void downlink_call(struct device *d, const struct device_conf *dc, const 
     }
 }
 
+/*
+ * A notice on /ext/error: the platform says something is wrong with this device (its payload is
+ * untrusted and its shape not documented: a JSON object's "code" and "message" when it has
+ * them, else the text with anything unprintable replaced). Shown in the device's status and
+ * logged as a warning when it changes.
+ */
+static void platform_error(struct device *d, const struct device_conf *dc, const void *payload,
+                           size_t len)
+{
+    char text[160];
+    json_t *o = json_loadb(payload, len, 0, NULL);
+    const char *msg = json_string_value(json_object_get(o, "message"));
+    json_t *code = json_object_get(o, "code");
+    if (json_is_object(o) && (msg || code)) {
+        char c[32] = "";
+        if (json_is_integer(code))
+            snprintf(c, sizeof(c), "%lld", (long long)json_integer_value(code));
+        else if (json_is_string(code))
+            snprintf(c, sizeof(c), "%.31s", json_string_value(code));
+        snprintf(text, sizeof(text), "%s%s%s", c, c[0] && msg ? ": " : "", msg ? msg : "");
+    } else {
+        size_t n = len < sizeof(text) - 1 ? len : sizeof(text) - 1;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char ch = ((const unsigned char *)payload)[i];
+            text[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+        }
+        text[n] = '\0';
+    }
+    json_decref(o);
+    if (device_set_platform_error(d, text))
+        log_dev(LOG_WARNING, dc->product_key, dc->device_name, "the platform reports: %s", text);
+}
+
 static void on_downlink(void *ctx, struct device *d, const char *topic, const void *payload,
                         size_t len)
 {
@@ -653,6 +686,9 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
         break;
     case ALINK_NTP_RESPONSE:
         timesync_response(dc->product_key, dc->device_name, payload, len);
+        return;
+    case ALINK_EXT_ERROR:
+        platform_error(d, dc, payload, len);
         return;
     default:
         return;

@@ -56,6 +56,7 @@ struct device {
     int last_error;
     char last_reason[192];
     char field_error[160];
+    char platform_error[160]; /* the last notice on /ext/error */
     struct {
         uint64_t connects, disconnects, msgs_in, msgs_out, auth_failures, kicks, sub_refused;
         uint64_t ack_timeouts;
@@ -1499,6 +1500,14 @@ uint32_t device_next_alink_id(struct device *d)
     return ++d->alink_id;
 }
 
+bool device_set_platform_error(struct device *d, const char *text)
+{
+    if (strncmp(d->platform_error, text, sizeof(d->platform_error) - 1) == 0)
+        return false;
+    snprintf(d->platform_error, sizeof(d->platform_error), "%s", text);
+    return true;
+}
+
 void device_set_field_error(struct device *d, const char *reason)
 {
     snprintf(d->field_error, sizeof(d->field_error), "%s", reason ? reason : "");
@@ -1531,6 +1540,8 @@ json_t *device_status_json(const struct device *d, bool full)
     }
     if (d->field_error[0])
         json_object_set_new(o, "field_error", json_string(d->field_error));
+    if (d->platform_error[0])
+        json_object_set_new(o, "platform_error", json_string(d->platform_error));
     if (d->last_reason[0])
         json_object_set_new(o, "last_error", json_string(d->last_reason));
     if (full) {

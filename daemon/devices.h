@@ -82,6 +82,9 @@ enum device_state device_state(const struct device *d);
 uint32_t device_next_alink_id(struct device *d);
 /* The status object the API returns (never contains a secret). full adds counters and errors. */
 json_t *device_status_json(const struct device *d, bool full);
+/* Records the platform's last error notice about d (/ext/error), shown in its status; true
+ * when it differs from the one before. */
+bool device_set_platform_error(struct device *d, const char *text);
 /* Marks an error reported by the device's southbound plugin (NULL reason clears it). */
 void device_set_field_error(struct device *d, const char *reason);
 

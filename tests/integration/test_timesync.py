@@ -78,5 +78,38 @@ class TimeSync(T.TestCase):
         self.assertIsNone(dm.proc.poll())
 
 
+class PlatformErrors(T.TestCase):
+    def test_ext_error_notices_reach_the_status_and_the_log(self):
+        """/ext/error is subscribed; what the platform reports there shows in the device's status
+        and is logged once per distinct notice; a batch post's reply (a topic '+' does not
+        reach) gets to the watchers."""
+        rows = hubctl.gen_devices(1, PK)
+        hub = hubctl.Hub(rows).start()
+        self.later(hub.stop)
+        cfg = T.base_config(self.tmp, cloud={"time_sync_s": 0})
+        cfg["devices"] = [T.hub_device_config(hub, r) for r in rows]
+        dm = self.daemon(cfg)
+        key = "%s/%s" % (PK, rows[0]["device_name"])
+        dm.wait_state(key, "online")
+        w = dm.api()
+        self.assertTrue(w.call("watch", kinds=["reply"])["ok"])
+        # Sent again until seen: the first may come before the subscription is in place.
+        def until_seen(payload, want):
+            T.wait_for(lambda: (hub.publish("/ext/error/%s" % key, payload),
+                                dm.device(key).get("platform_error") == want)[1], 10,
+                       interval=0.3, what="%r in the device's status" % want)
+
+        until_seen({"code": 6204, "message": "device disabled"}, "6204: device disabled")
+        hub.publish("/ext/error/%s" % key, {"code": 6204, "message": "device disabled"})
+        until_seen(b"\x01raw\xfftext", "?raw?text")
+        self.assertEqual(dm.log().count("the platform reports: 6204: device disabled"), 1)
+        hub.publish("/sys/%s/thing/event/property/batch/post_reply" % key,
+                    {"id": "77", "code": 200, "data": {}})
+        ev = w.next_event(10)
+        self.assertEqual(ev["event"], "reply", ev)
+        self.assertEqual(ev["msg_id"], "77")
+        self.assertIsNone(dm.proc.poll())
+
+
 if __name__ == "__main__":
     T.main()

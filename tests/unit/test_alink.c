@@ -127,6 +127,14 @@ static void classify(void)
     CHECK_INT(t.kind, ALINK_OTA_UPGRADE);
     CHECK_INT(alink_classify("pk", "dn", "/ext/ntp/pk/dn/response", &t), 0);
     CHECK_INT(t.kind, ALINK_NTP_RESPONSE);
+    CHECK_INT(alink_classify("pk", "dn", "/sys/pk/dn/thing/event/property/batch/post_reply", &t),
+              0);
+    CHECK_INT(t.kind, ALINK_REPLY);
+    CHECK_STR(t.name, "thing/event/property/batch/post");
+    CHECK_INT(alink_classify("pk", "dn", "/ext/error/pk/dn", &t), 0);
+    CHECK_INT(t.kind, ALINK_EXT_ERROR);
+    CHECK_INT(alink_classify("pk", "dn", "/ext/error/pk/other", &t), 0);
+    CHECK(t.kind != ALINK_EXT_ERROR);
     CHECK_INT(alink_classify("pk", "dn", "/sys/pk/dn/thing/config/push", &t), 0);
     CHECK_INT(t.kind, ALINK_CONFIG_PUSH);
     CHECK_INT(alink_classify("pk", "dn", "/pk/dn/user/get/x", &t), 0);
@@ -233,10 +241,12 @@ static void topics(void)
             strcmp(t[i], "/sys/pk/dn/thing/event/+/post_reply") == 0 ||
             strcmp(t[i], "/sys/pk/dn/rrpc/request/+") == 0 ||
             strcmp(t[i], "/ota/device/upgrade/pk/dn") == 0 ||
-            strcmp(t[i], "/ext/ntp/pk/dn/response") == 0)
+            strcmp(t[i], "/ext/ntp/pk/dn/response") == 0 || strcmp(t[i], "/ext/error/pk/dn") == 0 ||
+            strcmp(t[i], "/sys/pk/dn/thing/event/property/batch/post_reply") == 0 ||
+            strcmp(t[i], "/sys/pk/dn/thing/event/property/history/post_reply") == 0)
             seen++;
     }
-    CHECK_INT(seen, 5);
+    CHECK_INT(seen, 8);
     CHECK(t[n] == NULL);
     alink_topics_free(t);
     CHECK_INT(alink_system_topics("p+k", "dn", &t, &n), -EINVAL);
