@@ -118,7 +118,7 @@ class Sessions(T.TestCase):
         self.assertEqual(dm.device(key)["state"], "kicked")
 
     def test_broker_restart_brings_all_back_paced(self):
-        n = 20
+        n = 30
         rows = hubctl.gen_devices(n, PK)
         hub = self.hub(rows)
         cfg = T.base_config(self.tmp, cloud={"connect_rate": 10, "connect_burst": 2,
@@ -131,7 +131,9 @@ class Sessions(T.TestCase):
         T.wait_for(lambda: dm.call("devices")["result"]["online"] == n, 30,
                    what="all back online")
         since = [dm.device(k)["since_ms"] for k in keys]
-        # 20 devices at 10 connects/s with a burst of 2 cannot all be back within 1.5 s
+        # 30 devices at 10 connects/s with a burst of 2 are paced over 2.8 s; the times measured
+        # are when each came online, which the TCP and MQTT round trips on a loaded machine move
+        # by up to a second: they cannot all be back within 1.5 s
         self.assertGreaterEqual((max(since) - min(since)) / 1000.0, 1.5)
         for k in keys:
             self.assertGreaterEqual(dm.device(k)["counters"]["connects"], 2)
