@@ -32,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #define REG_TIMEOUT_MS 30000
 #define KICK_WINDOW_MS 60000 /* two losses right after logins within this window = kicked */
@@ -150,6 +152,7 @@ static struct {
     struct sidq room;   /* devices waiting for in-flight room */
     struct ackq acking; /* acks waiting for their deletes to commit */
     uint64_t serials;   /* the last device serial given */
+    uint64_t rng;       /* back-off jitter: per-process state seeded from the kernel */
     bool ready;
     /* Descriptors: each session holds a socket. max_sessions (0 = no limit) is what the
      * open-file limit leaves after the daemon's own files and the API's reserve (main.c). */
@@ -334,6 +337,33 @@ static void set_connect_rate(double per_second, int burst)
 
 /* ---- back-off ---------------------------------------------------------------------------- */
 
+/*
+ * Jitter only spreads a fleet if every process draws a different sequence: rand() unseeded gave
+ * every aligwd the same delays, so gateways restarted together by a power cut retried in
+ * lock-step. The state is seeded from getrandom() (pid and clock if that fails) and stepped with
+ * splitmix64; it is not for secrets.
+ */
+static void jitter_seed(void)
+{
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed = (uint64_t)getpid() << 32 ^ (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 20;
+    }
+    R.rng = seed;
+}
+
+/* A uniform double in [0, 1). */
+static double jitter_next(void)
+{
+    uint64_t z = (R.rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) / (double)(1ULL << 53);
+}
+
 static void begin(struct device *d);
 
 static void on_backoff_timer(uv_timer_t *t)
@@ -372,10 +402,10 @@ static void backoff(struct device *d, enum device_state s, int base_ms, int cap_
         delay = (uint64_t)cap_ms;
     d->attempt++;
     /* "Equal jitter": half fixed, half random, so a fleet spreads out but never retries early. */
-    delay = delay / 2 + (uint64_t)(((double)rand() / RAND_MAX) * (double)(delay / 2));
+    delay = delay / 2 + (uint64_t)(jitter_next() * (double)(delay / 2));
     set_state(d, s, 0, NULL);
     uv_timer_start(&d->timer, on_backoff_timer, delay, 0);
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s, next attempt in %.1f s",
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s, next attempt in %.3f s",
             device_state_name(s), (double)delay / 1000.0);
 }
 
@@ -1285,6 +1315,7 @@ int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, str
     R.db = db;
     R.hooks = *hooks;
     strmap_init(&R.by_key);
+    jitter_seed();
     uv_timer_init(loop, &R.pace_timer);
     uv_timer_init(loop, &R.ack_timer);
     rc = session_layer_init(loop, session_event, NULL);

@@ -1,6 +1,7 @@
 """Device sessions against the local hub: logins, subscriptions, refusals, kicks, a broker
 restart with the connect pacer, and one-product-one-secret registration (HTTPS and MQTT)."""
 import os
+import re
 import signal
 import subprocess
 import time
@@ -153,6 +154,35 @@ class Sessions(T.TestCase):
         T.wait_for(lambda: dm.device(key)["counters"]["messages_in"] >= 1, 5,
                    what="the permitted topic still delivers")
 
+
+    def test_jitter_differs_between_processes(self):
+        """Two aligwd started with the same config retry a dead endpoint with different delays
+        (unseeded rand() gave every process the same sequence)."""
+        port = hubctl.free_port()  # nothing listens: every connect is refused
+        dev = {"product_key": PK, "device_name": "jitter01", "device_secret": "x" * 32,
+               "host": "127.0.0.1", "port": port, "tls": False}
+        daemons = []
+        for name in ("a", "b"):
+            wd = os.path.join(self.tmp, name)
+            os.makedirs(wd)
+            cfg = T.base_config(wd, cloud={"backoff_min_ms": 400, "backoff_max_ms": 6400},
+                                devices=[dev])
+            d = T.Daemon(wd, cfg)
+            self.later(d.stop)
+            daemons.append(d.start())
+
+        def delays(d):
+            return [float(x) for x in re.findall(r"next attempt in ([0-9.]+) s", d.log())]
+
+        for d in daemons:
+            T.wait_for(lambda: len(delays(d)) >= 4, 20, what="four back-off delays")
+        a, b = delays(daemons[0])[:4], delays(daemons[1])[:4]
+        # each delay is "equal jitter" within [base/2, base] of the doubling base
+        for seq in (a, b):
+            for i, v in enumerate(seq):
+                base = 0.4 * 2 ** i
+                self.assertTrue(base / 2 - 0.001 <= v <= base + 0.001, (seq, i))
+        self.assertNotEqual(a, b, "two processes drew the same jitter: %s" % a)
 
     def test_reload_adds_and_removes_without_touching_others(self):
         rows = hubctl.gen_devices(3, PK)
