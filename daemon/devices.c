@@ -41,6 +41,7 @@
 #define MASS_LOSS_MS 2000    /* this many sessions lost within this time: the endpoint went away */
 #define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
+#define TAKEOVER_RING 64 /* takeover times kept for the "in the last hour" count */
 #define FWD_BATCH 64
 #define WINDOW_STRETCH 4    /* a device's window may grow to this many times store.inflight */
 #define DEAD_STRIKES 3      /* sessions lost with one message alone unacknowledged: it is refused */
@@ -72,12 +73,16 @@ struct device {
     int strikes;
     uint64_t store_err_log_ms; /* last logged store error (loop clock) */
 
-    char *secret;                         /* device secret (conf or registration); wiped */
-    char *nwl_client_id, *nwl_token;      /* registration-free login */
-    bool session_open, reg_session;       /* a session exists; it is a registration session */
-    int attempt;                          /* consecutive failures, for the back-off */
-    enum device_state backoff_kind;       /* of those failures (backoff, auth-refused, ...) */
-    int quick_losses;                     /* losses within KICK_WINDOW_MS */
+    char *secret;                    /* device secret (conf or registration); wiped */
+    char *nwl_client_id, *nwl_token; /* registration-free login */
+    bool session_open, reg_session;  /* a session exists; it is a registration session */
+    int attempt;                     /* consecutive failures, for the back-off */
+    enum device_state backoff_kind;  /* of those failures (backoff, auth-refused, ...) */
+    int quick_losses;                /* losses within KICK_WINDOW_MS */
+    int kick_level; /* kick back-off doublings; 0 once a session outlived KICK_WINDOW_MS */
+    uint64_t takeovers[TAKEOVER_RING];    /* loop clock of recent takeovers (ring) */
+    unsigned n_takeovers;                 /* takeovers recorded since start */
+    unsigned takeovers_added;             /* by the last kick verdict (taken back if forgiven) */
     uint64_t first_loss_ms, online_at_ms; /* loop clock */
     uint64_t ack_progress_ms;             /* last PUBACK, or when the window became non-empty */
 
@@ -375,17 +380,13 @@ static void on_backoff_timer(uv_timer_t *t)
         pace_enqueue(d);
 }
 
-/* Schedules the next attempt: base doubles per consecutive failure of the same kind (s) up to
- * cap, with jitter. A failure of another kind starts its own doubling: a refused login after
- * network trouble waits auth_backoff_ms, not auth_backoff_ms times the network's count. */
-static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
+/*
+ * Schedules the next attempt after base doubled n times, at most cap, with jitter. Returns the
+ * delay in ms, or 0 when the device stays down (auto_reconnect off).
+ */
+static uint64_t backoff_n(struct device *d, enum device_state s, int base_ms, int cap_ms, int n)
 {
     uint64_t delay = (uint64_t)base_ms;
-
-    if (s != d->backoff_kind) {
-        d->backoff_kind = s;
-        d->attempt = 0;
-    }
 
     if (!d->conf.auto_reconnect && d->n.connects > 0) {
         /* Like setMqtt(reconn=False): after a session existed, stay down until restarted. */
@@ -393,20 +394,39 @@ static void backoff(struct device *d, enum device_state s, int base_ms, int cap_
         set_state(d, DEV_OFFLINE, 0, NULL);
         log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
                 "auto_reconnect is off: staying offline (%s)", d->last_reason);
-        return;
+        return 0;
     }
 
-    for (int i = 0; i < d->attempt && delay < (uint64_t)cap_ms; i++)
+    for (int i = 0; i < n && delay < (uint64_t)cap_ms; i++)
         delay *= 2;
     if (delay > (uint64_t)cap_ms)
         delay = (uint64_t)cap_ms;
-    d->attempt++;
     /* "Equal jitter": half fixed, half random, so a fleet spreads out but never retries early. */
     delay = delay / 2 + (uint64_t)(jitter_next() * (double)(delay / 2));
     set_state(d, s, 0, NULL);
     uv_timer_start(&d->timer, on_backoff_timer, delay, 0);
     log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s, next attempt in %.3f s",
             device_state_name(s), (double)delay / 1000.0);
+    return delay;
+}
+
+/* The doubling count of a failure of kind s: consecutive failures of one kind double; a failure
+ * of another kind starts its own doubling (a refused login after network trouble waits
+ * auth_backoff_ms, not auth_backoff_ms times the network's count). */
+static int next_attempt(struct device *d, enum device_state s)
+{
+    if (s != d->backoff_kind) {
+        d->backoff_kind = s;
+        d->attempt = 0;
+    }
+    return d->attempt++;
+}
+
+/* Schedules the next attempt: base doubles per consecutive failure of the same kind (s) up to
+ * cap, with jitter. */
+static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
+{
+    backoff_n(d, s, base_ms, cap_ms, next_attempt(d, s));
 }
 
 /* ---- sessions ---------------------------------------------------------------------------- */
@@ -678,6 +698,35 @@ static void begin(struct device *d)
 
 /* ---- session events ---------------------------------------------------------------------- */
 
+/* Takeovers of d's session by another login within the last hour. */
+static unsigned takeovers_last_hour(const struct device *d)
+{
+    uint64_t now = uv_now(R.loop);
+    unsigned n = 0, kept = d->n_takeovers < TAKEOVER_RING ? d->n_takeovers : TAKEOVER_RING;
+    for (unsigned i = 0; i < kept; i++)
+        if (now - d->takeovers[i] < 3600 * 1000)
+            n++;
+    return n;
+}
+
+static void record_takeover(struct device *d, uint64_t at)
+{
+    d->takeovers[d->n_takeovers++ % TAKEOVER_RING] = at;
+    d->takeovers_added++;
+}
+
+/* A session that stays up for the kick window ends the kick back-off's escalation. */
+static void on_kick_calm(uv_timer_t *t)
+{
+    struct device *d = t->data;
+    if (d->state != DEV_ONLINE || !d->kick_level)
+        return;
+    log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
+            "session up for %d s: no other login took it; kick back-off reset",
+            KICK_WINDOW_MS / 1000);
+    d->kick_level = 0;
+}
+
 static void on_connected(struct device *d)
 {
     int rc;
@@ -691,6 +740,8 @@ static void on_connected(struct device *d)
     d->last_reason[0] = '\0';
     set_state(d, DEV_ONLINE, 0, NULL);
     log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "online");
+    if (d->kick_level) /* the back-off timer is idle while online */
+        uv_timer_start(&d->timer, on_kick_calm, KICK_WINDOW_MS, 0);
     memset(d->sub_refused, 0, d->n_subs * sizeof(*d->sub_refused));
     for (size_t i = 0; i < d->n_subs; i += 64) {
         size_t n = d->n_subs - i < 64 ? d->n_subs - i : 64;
@@ -749,6 +800,11 @@ static void forgive_first_losses(void)
         d->quick_losses = 0;
         if (d->state == DEV_KICKED) {
             d->n.kicks--;
+            if (d->kick_level)
+                d->kick_level--;
+            d->n_takeovers -=
+                d->takeovers_added < d->n_takeovers ? d->takeovers_added : d->n_takeovers;
+            d->takeovers_added = 0;
             d->last_error = -ECONNRESET;
             set_reason(d, "connection lost (with other devices at the same time)");
             uv_timer_stop(&d->timer);
@@ -797,6 +853,10 @@ static void on_lost(struct device *d, const char *cause)
     } else if (R.losses == MASS_LOSS_DEVICES) {
         forgive_first_losses();
     }
+    uint64_t up_ms = now - d->online_at_ms;
+    uv_timer_stop(&d->timer); /* the kick-calm timer, if it was running */
+    if (d->kick_level && (mass || up_ms >= KICK_WINDOW_MS))
+        d->kick_level = 0; /* the last session outlived the window: not kicked any more */
     if (mass || !d->quick_losses || now - d->first_loss_ms > KICK_WINDOW_MS) {
         d->quick_losses = 0;
         d->first_loss_ms = now;
@@ -837,16 +897,31 @@ static void on_lost(struct device *d, const char *cause)
     }
     if (!mass && !strike)
         d->quick_losses++;
-    if (d->quick_losses >= 2) {
+    /*
+     * Kicked: two quick losses, or, once kicked, any session that did not outlive the window.
+     * The back-off keeps doubling from kick_backoff_ms (to an hour) until one does; resetting it
+     * at every login, as before, let a rival that logs in again after each loss hold aligwd to a
+     * fixed rate of takeovers for ever.
+     */
+    if (d->quick_losses >= 2 || (d->kick_level && !mass && !strike)) {
+        d->takeovers_added = 0;
+        if (!d->kick_level)
+            record_takeover(d, d->first_loss_ms);
+        record_takeover(d, now);
         d->n.kicks++;
         d->last_error = ALIGW_EKICKED;
         set_reason(d,
-                   "session closed by the platform twice within %d s after successful logins: "
+                   "session taken over %u time(s) in the last hour, the last after %.1f s online: "
                    "another client is probably logged in as this device",
-                   KICK_WINDOW_MS / 1000);
-        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+                   takeovers_last_hour(d), (double)up_ms / 1000.0);
         d->quick_losses = 0;
-        backoff(d, DEV_KICKED, R.kick_backoff_ms, AUTH_BACKOFF_CAP_MS);
+        d->backoff_kind = DEV_KICKED;
+        d->attempt = 0;
+        uint64_t delay =
+            backoff_n(d, DEV_KICKED, R.kick_backoff_ms, AUTH_BACKOFF_CAP_MS, d->kick_level++);
+        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name,
+                "%s; kick back-off %d: next login in %.1f s", d->last_reason, d->kick_level,
+                (double)delay / 1000.0);
         return;
     }
     d->last_error = -ECONNRESET;
@@ -1554,6 +1629,9 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "field_error", json_string(d->field_error));
     if (d->last_reason[0])
         json_object_set_new(o, "last_error", json_string(d->last_reason));
+    unsigned takeovers = takeovers_last_hour(d);
+    if (takeovers || full)
+        json_object_set_new(o, "takeovers_last_hour", json_integer(takeovers));
     if (full) {
         json_t *refused = json_array();
         for (size_t i = 0; i < d->n_subs; i++)

@@ -118,6 +118,47 @@ class Sessions(T.TestCase):
         self.assertEqual(hub.counters()["kicks"], kicks)
         self.assertEqual(dm.device(key)["state"], "kicked")
 
+    def test_kick_backoff_grows_against_a_persistent_rival(self):
+        """A rival that logs in again 1 s after each loss: aligwd's logins fall off
+        geometrically instead of trading the session at a fixed rate for ever."""
+        import paho.mqtt.client as mqtt
+        rows = hubctl.gen_devices(1, PK)
+        hub = self.hub(rows)
+        r = rows[0]
+        cfg = T.base_config(self.tmp, devices=[T.hub_device_config(hub, r)],
+                            cloud={"kick_backoff_ms": 1000, "backoff_min_ms": 200})
+        dm = self.daemon(cfg)
+        key = "%s/%s" % (PK, r["device_name"])
+        dm.wait_state(key, "online")
+        cid, user, pw = hubctl.login_creds(PK, r["device_name"], r["device_secret"],
+                                           client_id="rival")
+        rival = mqtt.Client(client_id=cid, protocol=mqtt.MQTTv311)
+        rival.username_pw_set(user, pw)
+        rival.reconnect_delay_set(min_delay=1, max_delay=1)
+        rival.connect("127.0.0.1", hub.info["mqtt_port"], keepalive=60)
+        rival.loop_start()
+        self.later(rival.loop_stop)
+        self.later(rival.disconnect)
+        window = 26
+        time.sleep(window)
+        st = dm.device(key)
+        logins = st["counters"]["connects"]
+        # With a 1 s kick back-off doubling per takeover (equal jitter: 0.5-1, 1-2, 2-4, 4-8,
+        # 8-16 s) plus a 1 s session each, 26 s hold at most 7 logins after the first; reset at
+        # every login (the old behaviour) they came every ~1.8 s: 15 or more.
+        self.assertLessEqual(logins, 8, st)
+        self.assertGreaterEqual(logins, 4, st)
+        self.assertEqual(st["state"], "kicked", st)
+        self.assertGreaterEqual(st["takeovers_last_hour"], 3, st)
+        self.assertLessEqual(st["takeovers_last_hour"], logins, st)
+        self.assertIn("taken over", st["last_error"])
+        esc = re.findall(r"kick back-off (\d+): next login in ([0-9.]+) s", dm.log())
+        self.assertGreaterEqual(len(esc), 3, dm.log()[-3000:])
+        levels = [int(a) for a, _ in esc]
+        self.assertEqual(levels, list(range(1, len(levels) + 1)))  # one line per escalation
+        waits = [float(b) for _, b in esc]
+        self.assertGreater(waits[-1], 2 * waits[0], waits)  # growing, not reset
+
     def test_broker_restart_brings_all_back_paced(self):
         n = 20
         rows = hubctl.gen_devices(n, PK)
