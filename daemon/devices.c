@@ -24,6 +24,7 @@
 #include "sign.h"
 #include "statedb.h"
 #include "strmap.h"
+#include "tlsprobe.h"
 #include "alink.h"
 
 #include <errno.h>
@@ -56,7 +57,7 @@ struct device {
     enum device_state state;
     int64_t since_ms; /* wall clock of the last state change */
     int last_error;
-    char last_reason[192];
+    char last_reason[320];
     char field_error[160];
     struct {
         uint64_t connects, disconnects, msgs_in, msgs_out, auth_failures, kicks, sub_refused;
@@ -266,8 +267,9 @@ static void set_reason(struct device *d, const char *fmt, ...)
 
 const char *device_state_name(enum device_state s)
 {
-    static const char *const names[] = {"offline", "registering",  "connecting", "online",
-                                        "backoff", "auth-refused", "kicked",     "needs-reset"};
+    static const char *const names[] = {"offline", "registering", "connecting",
+                                        "online",  "backoff",     "auth-refused",
+                                        "kicked",  "needs-reset", "tls-failed"};
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
 
@@ -758,6 +760,81 @@ static void on_connected(struct device *d)
     forward(d);
 }
 
+/* A connect that failed before any CONNACK, on the network: the usual short back-off. */
+static void connect_failed_network(struct device *d, int code, const char *msg)
+{
+    d->last_error = code;
+    set_reason(d, "connect failed: %s%s%s",
+               code == -EAGAIN ? "server unavailable" : aligw_strerror(code), msg ? ": " : "",
+               msg ? msg : "");
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+}
+
+/*
+ * What tlsprobe found for a TLS device whose connect failed before CONNACK. A certificate or
+ * handshake failure does not fix itself in a second (a wrong CA file or host name, a proxy or
+ * captive portal in the path): it is logged as a warning and backs off from where network
+ * failures stop (backoff_max_ms), doubling to an hour, in state tls-failed.
+ */
+static void tls_verdict(struct device *d, int code, const char *msg,
+                        const struct tlsprobe_result *r)
+{
+    if (r->status == ALIGW_ETLS) {
+        d->last_error = ALIGW_ETLS;
+        set_reason(d, "TLS: %s", r->reason);
+        uint64_t delay = backoff_n(d, DEV_TLS_FAILED, R.backoff_max_ms, AUTH_BACKOFF_CAP_MS,
+                                   next_attempt(d, DEV_TLS_FAILED));
+        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s; next attempt in %.1f s",
+                d->last_reason, (double)delay / 1000.0);
+    } else if (r->status < 0) {
+        connect_failed_network(d, r->status, r->reason);
+    } else {
+        connect_failed_network(d, code, msg); /* TLS is fine: Paho's own words */
+    }
+}
+
+struct tls_wait {
+    uint64_t sid;
+    int code;
+    char msg[200];
+};
+
+static void tls_probed(void *arg, const struct tlsprobe_result *r)
+{
+    struct tls_wait *w = arg;
+    struct device *d = by_sid(w->sid);
+    if (d && d->state == DEV_CONNECTING) /* not removed or restarted meanwhile */
+        tls_verdict(d, w->code, w->msg[0] ? w->msg : NULL, r);
+    free(w);
+}
+
+static void diagnose_tls(struct device *d, int code, const char *msg)
+{
+    struct tlsprobe_target t = {.host = d->conf.host,
+                                .port = d->conf.port,
+                                .ca_file = d->conf.ca_file,
+                                .verify_hostname = d->conf.verify_hostname,
+                                .timeout_ms = 5000};
+    struct tlsprobe_result r;
+    struct tls_wait *w;
+
+    if (tlsprobe_cached(R.loop, &t, &r)) {
+        tls_verdict(d, code, msg, &r);
+        return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (w) {
+        w->sid = sid_of(d);
+        w->code = code;
+        snprintf(w->msg, sizeof(w->msg), "%s", msg ? msg : "");
+        if (tlsprobe_start(R.loop, &t, tls_probed, w) == 0)
+            return; /* stays "connecting" until the probe answers (at most ~10 s) */
+        free(w);
+    }
+    connect_failed_network(d, code, msg);
+}
+
 static void on_connect_failed(struct device *d, int code, const char *msg)
 {
     uv_timer_stop(&d->timer);
@@ -776,13 +853,12 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
         backoff(d, DEV_AUTH_REFUSED, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
         return;
     }
-    d->last_error = code;
     d->quick_losses = 0; /* the endpoint was away: the last loss was not a kick */
-    set_reason(d, "connect failed: %s%s%s",
-               code == -EAGAIN ? "server unavailable" : aligw_strerror(code), msg ? ": " : "",
-               msg ? msg : "");
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
-    backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+    if (d->conf.tls && (code == -ECONNREFUSED || code == ALIGW_ETLS)) {
+        diagnose_tls(d, code, msg);
+        return;
+    }
+    connect_failed_network(d, code, msg);
 }
 
 /*
@@ -1511,6 +1587,7 @@ void devices_close(void)
             device_stop(R.slots[i]);
     session_layer_close();
     outbox_on_settled(R.ob, NULL, NULL); /* the outbox commits once more while it closes */
+    tlsprobe_close();
     uv_close((uv_handle_t *)&R.pace_timer, NULL);
     uv_close((uv_handle_t *)&R.ack_timer, NULL);
     strmap_free(&R.by_key);

@@ -27,6 +27,7 @@
 struct cbctx {
     uint64_t id;
     uint32_t gen;
+    char tls_error[160]; /* OpenSSL's reason for the current connect attempt (under L.mu) */
 };
 
 struct sess {
@@ -255,14 +256,49 @@ static void on_connect_ok(void *context, MQTTAsync_successData *r)
         push(e);
 }
 
+/*
+ * Paho's ssl_error_cb: OpenSSL's error queue, one line per error, when a TLS call fails (not
+ * when its own host name check after the handshake fails). Keeps the first reason of the attempt,
+ * "certificate verify failed" out of "error:0A000086:SSL routines:<func>:certificate verify
+ * failed:<file>:<line>:".
+ */
+static int on_ssl_error(const char *str, size_t len, void *u)
+{
+    struct cbctx *c = u;
+    char line[256];
+    const char *reason = line;
+
+    snprintf(line, sizeof(line), "%.*s", (int)(len < sizeof(line) ? len : sizeof(line) - 1), str);
+    line[strcspn(line, "\r\n")] = '\0';
+    if (strncmp(line, "error:", 6) == 0) { /* error:<code>:<lib>:<func>:<reason>[:file:line:] */
+        const char *p = line;
+        for (int i = 0; i < 4 && p; i++)
+            p = strchr(p + 1, ':');
+        if (p && p[1])
+            reason = p + 1;
+    }
+    pthread_mutex_lock(&L.mu);
+    if (!c->tls_error[0]) {
+        size_t n = strcspn(reason, ":");
+        snprintf(c->tls_error, sizeof(c->tls_error), "%.*s", (int)n, reason);
+    }
+    pthread_mutex_unlock(&L.mu);
+    return 1;
+}
+
 static void on_connect_fail(void *context, MQTTAsync_failureData *r)
 {
     struct cbctx *c = context;
     struct qev *e = new_ev(SESSION_CONNECT_FAILED, c->id, c->gen);
+    char tls[sizeof(c->tls_error)];
     if (!e)
         return;
+    pthread_mutex_lock(&L.mu);
+    memcpy(tls, c->tls_error, sizeof(tls));
+    pthread_mutex_unlock(&L.mu);
     /* Paho reports a refused CONNACK by its return code (1..5), other failures as negatives:
-     * translated here, where they enter, with the detail as text. */
+     * translated here, where they enter, with the detail as text. One that OpenSSL explained
+     * is a TLS failure. */
     static const char *const connack[] = {NULL,
                                           "CONNACK 1: unacceptable protocol version",
                                           "CONNACK 2: identifier rejected",
@@ -278,11 +314,16 @@ static void on_connect_fail(void *context, MQTTAsync_failureData *r)
     else if (rc == 1)
         e->ev.code = ALIGW_EPROTO;
     else
-        e->ev.code = -ECONNREFUSED;
+        e->ev.code = tls[0] ? ALIGW_ETLS : -ECONNREFUSED;
     if (rc >= 1 && rc <= 5)
         text = connack[rc];
-    if (text)
+    if (e->ev.code == ALIGW_ETLS) {
+        if (asprintf(&e->ev.message, "%s (OpenSSL: %s)", text ? text : "TLS connect failure", tls) <
+            0)
+            e->ev.message = NULL;
+    } else if (text) {
         e->ev.message = strdup(text);
+    }
     push(e);
 }
 
@@ -588,7 +629,7 @@ int session_open(uint64_t id, const struct session_params *p)
     s->client_id = strdup(p->client_id);
     s->username = strdup(p->username);
     s->password = strdup(p->password);
-    s->ctx = malloc(sizeof(*s->ctx));
+    s->ctx = calloc(1, sizeof(*s->ctx));
     if (!s->host || !s->client_id || !s->username || !s->password || !s->ctx ||
         (p->ca_file && !s->ca_file)) {
         sess_free(s);
@@ -652,6 +693,11 @@ int session_connect(uint64_t id)
     o.onFailure = on_connect_fail;
     o.context = s->ctx;
     if (s->p.tls) {
+        pthread_mutex_lock(&L.mu);
+        s->ctx->tls_error[0] = '\0'; /* a new attempt */
+        pthread_mutex_unlock(&L.mu);
+        ssl.ssl_error_cb = on_ssl_error;
+        ssl.ssl_error_context = s->ctx;
         ssl.trustStore = s->p.ca_file;
         ssl.enableServerCertAuth = 1;
         ssl.verify = s->p.verify_hostname ? 1 : 0;

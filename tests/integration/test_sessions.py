@@ -3,7 +3,10 @@ restart with the connect pacer, and one-product-one-secret registration (HTTPS a
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
+import threading
 import time
 
 import aligwtest as T
@@ -244,6 +247,121 @@ class Sessions(T.TestCase):
         why = "the unchanged device was reconnected: %s\n%s" % (st, dm.log()[-3000:])
         self.assertEqual(st["counters"]["connects"], 1, why)
         self.assertEqual(st["counters"]["disconnects"], 0, why)
+
+
+def make_ca(d, name):
+    """A throwaway CA in d: returns (cert path, key path)."""
+    crt, key = os.path.join(d, name + ".crt"), os.path.join(d, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt, "-days", "30",
+                    "-subj", "/CN=%s" % name], check=True, capture_output=True)
+    return crt, key
+
+
+def make_server_cert(d, name, ca, host):
+    """A server certificate for host (CN and SAN) signed by ca: returns (cert, key) paths."""
+    crt, key, csr = (os.path.join(d, name + x) for x in (".crt", ".key", ".csr"))
+    ext = os.path.join(d, name + ".ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n" % host)
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=%s" % host],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
+                    "-CAcreateserial", "-out", crt, "-days", "30", "-extfile", ext],
+                   check=True, capture_output=True)
+    return crt, key
+
+
+class TlsServer:
+    """A TLS listener that records handshakes and every byte a client sends after one (an MQTT
+    CONNECT would start with 0x10). It never answers."""
+
+    def __init__(self, cert):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(*cert)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.received = b""
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(3)
+        try:
+            t = self.ctx.wrap_socket(c, server_side=True)
+            while True:
+                b = t.recv(1024)
+                if not b:
+                    break
+                self.received += b
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class TlsFailures(T.TestCase):
+    """A server certificate for the wrong host, or from a CA the device does not trust: the
+    device says why, backs off as tls-failed, and no MQTT CONNECT reaches the server."""
+
+    def test_wrong_host_and_unknown_ca_are_named(self):
+        trusted = make_ca(self.tmp, "trusted-ca")
+        other = make_ca(self.tmp, "other-ca")
+        servers = {
+            "wronghost": TlsServer(make_server_cert(self.tmp, "wrong", trusted, "wrong.example")),
+            "otherca": TlsServer(make_server_cert(self.tmp, "other", other, "localhost")),
+        }
+        for srv in servers.values():
+            self.later(srv.close)
+        closed = hubctl.free_port()
+        devs = [{"product_key": PK, "device_name": name, "device_secret": "x" * 32,
+                 "host": "localhost", "port": srv.port, "tls": True, "ca_file": trusted[0]}
+                for name, srv in servers.items()]
+        devs.append({"product_key": PK, "device_name": "closedport", "device_secret": "x" * 32,
+                     "host": "localhost", "port": closed, "tls": True, "ca_file": trusted[0]})
+        cfg = T.base_config(self.tmp, devices=devs,
+                            cloud={"backoff_min_ms": 200, "backoff_max_ms": 4000})
+        dm = self.daemon(cfg)
+        st = dm.wait_state(PK + "/wronghost", "tls-failed")
+        self.assertIn("TLS: certificate verify failed: hostname mismatch", st["last_error"])
+        self.assertIn("server presented CN=wrong.example", st["last_error"])
+        st = dm.wait_state(PK + "/otherca", "tls-failed")
+        self.assertIn("unable to get local issuer certificate", st["last_error"])
+        self.assertIn("ca_file", st["last_error"])
+        self.assertIn("issued by CN=other-ca", st["last_error"])
+        # a closed port stays a network failure: short back-off, no TLS verdict
+        st = dm.wait_state(PK + "/closedport", "backoff")
+        self.assertNotIn("TLS", st["last_error"])
+        self.assertIn("connect failed", st["last_error"])
+        log = dm.log()
+        self.assertRegex(log, r"<4>.*%s/wronghost.*TLS: certificate verify failed" % PK)
+        # certificate failures back off from backoff_max_ms (4 s, jitter 2-4 s), not 0.1-0.2 s
+        waits = [float(x) for x in re.findall(
+            r"%s/otherca: tls-failed, next attempt in ([0-9.]+) s" % PK, log)]
+        self.assertTrue(waits and min(waits) >= 2.0, (waits, log[-2000:]))
+        time.sleep(1)
+        for name, srv in servers.items():
+            self.assertGreaterEqual(srv.accepted, 1, name)
+            self.assertEqual(srv.received, b"", "%s: bytes after the handshake: %r"
+                             % (name, srv.received[:40]))
 
 
 class Registration(T.TestCase):
