@@ -301,6 +301,7 @@ class TlsServer:
 
     def _serve(self, c):
         c.settimeout(3)
+        t = None
         try:
             t = self.ctx.wrap_socket(c, server_side=True)
             while True:
@@ -311,7 +312,7 @@ class TlsServer:
         except (OSError, ssl.SSLError):
             pass
         finally:
-            c.close()
+            (t or c).close()
 
     def close(self):
         self._stop = True
