@@ -42,7 +42,9 @@
 #define MASS_LOSS_MS 2000    /* this many sessions lost within this time: the endpoint went away */
 #define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
-#define TAKEOVER_RING 64 /* takeover times kept for the "in the last hour" count */
+#define TAKEOVER_RING 64     /* takeover times kept for the "in the last hour" count */
+#define RATE_CUT_GAP_MS 1000 /* at most one rate cut per second: a burst's 429s come together */
+#define RATE_RECOVER_MS 5000 /* +1 msg/s per this long without a 429, up to the configured rate */
 #define FWD_BATCH 64
 #define WINDOW_STRETCH 4    /* a device's window may grow to this many times store.inflight */
 #define DEAD_STRIKES 3      /* sessions lost with one message alone unacknowledged: it is refused */
@@ -64,6 +66,7 @@ struct device {
         uint64_t ack_timeouts;
         uint64_t store_errors; /* failed outbox reads on the delivery path */
         uint64_t dead_letters; /* messages set aside as refused by the platform */
+        uint64_t throttled;    /* 429 replies received */
     } n;
     /* Refused-message detection: the first seq sent on this connection and whether a PUBACK
      * came; in probe mode the oldest message goes out alone, and strikes counts the sessions
@@ -101,6 +104,8 @@ struct device {
     int acking;   /* acknowledged, delete not yet committed (counts in the window too) */
     double tokens;
     uint64_t tokens_at_ms;
+    double rate_now;                          /* learnt from 429s: <= conf.rate; 0 = not yet set */
+    uint64_t rate_cut_at_ms, rate_step_at_ms; /* last decrease; last additive step */
     bool waiting_room;
     uint32_t alink_id;
 };
@@ -168,6 +173,8 @@ static struct {
 
 static void session_event(void *arg, const struct session_event *ev);
 static void forward(struct device *d);
+static bool is_throttle_reply(const char *topic, const void *payload, size_t len);
+static void throttled(struct device *d);
 static void close_session(struct device *d);
 static void dead_letter(struct device *d, int64_t seq, const char *topic, const char *reason);
 
@@ -1023,6 +1030,8 @@ static void on_message(struct device *d, const char *topic, const void *payload,
         return;
     }
     d->n.msgs_in++;
+    if (is_throttle_reply(topic, payload, len))
+        throttled(d);
     if (R.hooks.downlink)
         R.hooks.downlink(R.hooks.ctx, d, topic, payload, len);
 }
@@ -1179,6 +1188,40 @@ static void on_fwd_timer(uv_timer_t *t)
     forward(t->data);
 }
 
+/*
+ * The device's uplink rate now: the configured rate, or less after the platform answered 429
+ * (throttled()), growing back by 1 msg/s per RATE_RECOVER_MS without another 429.
+ */
+static double rate_view(const struct device *d, uint64_t now)
+{
+    double conf = d->conf.rate, r = d->rate_now;
+    if (r <= 0 || r >= conf) /* first use, the config changed, or never throttled */
+        return conf;
+    r += (double)((now - d->rate_step_at_ms) / RATE_RECOVER_MS);
+    return r > conf ? conf : r;
+}
+
+static double current_rate(struct device *d, uint64_t now)
+{
+    double r = rate_view(d, now);
+    if (r != d->rate_now) {
+        d->rate_step_at_ms += (now - d->rate_step_at_ms) / RATE_RECOVER_MS * RATE_RECOVER_MS;
+        d->rate_now = r;
+    }
+    return r;
+}
+
+/*
+ * The bucket holds half a second of messages. The platform's bucket holds a second's (30), so
+ * sending at its rate with a burst of its size left no room for network jitter: a message that
+ * overtook the pace by a few milliseconds arrived at an empty bucket and was refused (429).
+ * Half a second of burst leaves half a second of jitter.
+ */
+static double burst_of(double rate)
+{
+    return rate / 2 > 1 ? rate / 2 : 1;
+}
+
 /* Refills the token bucket; returns true when a message may go now. */
 static bool take_token(struct device *d)
 {
@@ -1187,12 +1230,13 @@ static bool take_token(struct device *d)
     if (d->conf.rate <= 0)
         return true;
     now = uv_now(R.loop);
-    d->tokens += (double)(now - d->tokens_at_ms) * d->conf.rate / 1000.0;
+    double rate = current_rate(d, now);
+    d->tokens += (double)(now - d->tokens_at_ms) * rate / 1000.0;
     d->tokens_at_ms = now;
-    if (d->tokens > (d->conf.rate > 1 ? d->conf.rate : 1))
-        d->tokens = d->conf.rate > 1 ? d->conf.rate : 1;
+    if (d->tokens > burst_of(rate))
+        d->tokens = burst_of(rate);
     if (d->tokens < 1.0) {
-        uint64_t wait = (uint64_t)((1.0 - d->tokens) * 1000.0 / d->conf.rate) + 1;
+        uint64_t wait = (uint64_t)((1.0 - d->tokens) * 1000.0 / rate) + 1;
         uv_timer_start(&d->fwd_timer, on_fwd_timer, wait, 0);
         return false;
     }
@@ -1237,6 +1281,45 @@ static void dead_letter(struct device *d, int64_t seq, const char *topic, const 
     set_reason(d, "message %lld on %.80s set aside as a dead letter: %s", (long long)seq, topic,
                reason);
     log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+}
+
+/*
+ * The platform refused an uplink with code 429 (over its per-device limit): halve the device's
+ * rate (at most once per RATE_CUT_GAP_MS), so a limit lower than configured is learnt. The
+ * refused message itself is gone: the platform acknowledged it before refusing it.
+ */
+static void throttled(struct device *d)
+{
+    uint64_t now = uv_now(R.loop);
+    d->n.throttled++;
+    if (d->conf.rate <= 0)
+        return; /* unlimited by configuration: count only */
+    double old = current_rate(d, now);
+    if (d->rate_cut_at_ms && now - d->rate_cut_at_ms < RATE_CUT_GAP_MS)
+        return;
+    d->rate_now = old / 2 > 1 ? old / 2 : 1;
+    d->rate_cut_at_ms = d->rate_step_at_ms = now;
+    if (d->tokens > burst_of(d->rate_now))
+        d->tokens = burst_of(d->rate_now);
+    log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
+            "the platform throttled this device (code 429): uplink rate %.1f -> %.1f msg/s "
+            "(configured %.1f; +1 msg/s every %d s without a 429)",
+            old, d->rate_now, d->conf.rate, RATE_RECOVER_MS / 1000);
+}
+
+/* Whether a downlink is a /sys/…_reply with code 429 (parsed only when it may be one). */
+static bool is_throttle_reply(const char *topic, const void *payload, size_t len)
+{
+    size_t tl = strlen(topic);
+    if (strncmp(topic, "/sys/", 5) != 0 || tl < 6 || strcmp(topic + tl - 6, "_reply") != 0 ||
+        !memmem(payload, len, "429", 3))
+        return false;
+    json_t *root = json_loadb(payload, len, 0, NULL);
+    json_t *code = json_object_get(root, "code");
+    bool yes = (json_is_integer(code) && json_integer_value(code) == 429) ||
+               (json_is_string(code) && strcmp(json_string_value(code), "429") == 0);
+    json_decref(root);
+    return yes;
 }
 
 static void forward(struct device *d)
@@ -1408,7 +1491,7 @@ static int device_new(const struct device_conf *dc, struct device **out)
         device_free(d);
         return rc;
     }
-    d->tokens = d->conf.rate > 1 ? d->conf.rate : 1;
+    d->tokens = burst_of(d->conf.rate);
     d->tokens_at_ms = uv_now(R.loop);
     d->since_ms = wall_ms();
     uv_timer_init(R.loop, &d->timer);
@@ -1719,16 +1802,20 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "port", json_integer(d->conf.port));
         json_object_set_new(o, "tls", json_boolean(d->conf.tls));
         json_object_set_new(o, "inflight", json_integer(d->inflight));
+        /* the uplink rate now (msg/s; lower than configured after 429s), 0 = unlimited */
+        json_object_set_new(o, "rate",
+                            json_real(d->conf.rate > 0 ? rate_view(d, uv_now(R.loop)) : 0));
+        json_object_set_new(o, "rate_configured", json_real(d->conf.rate));
         json_object_set_new(
             o, "counters",
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects",
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects",
                       (json_int_t)d->n.connects, "disconnects", (json_int_t)d->n.disconnects,
                       "messages_in", (json_int_t)d->n.msgs_in, "messages_out",
                       (json_int_t)d->n.msgs_out, "auth_failures", (json_int_t)d->n.auth_failures,
                       "kicks", (json_int_t)d->n.kicks, "subscriptions_refused",
                       (json_int_t)d->n.sub_refused, "ack_timeouts", (json_int_t)d->n.ack_timeouts,
                       "store_errors", (json_int_t)d->n.store_errors, "dead_letters",
-                      (json_int_t)d->n.dead_letters));
+                      (json_int_t)d->n.dead_letters, "throttled", (json_int_t)d->n.throttled));
         if (d->conf.reg != REG_NONE)
             json_object_set_new(o, "registration",
                                 json_string(d->secret || d->nwl_token ? "stored" : "pending"));
