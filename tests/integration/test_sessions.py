@@ -319,6 +319,70 @@ class TlsServer:
         self.sock.close()
 
 
+class ConnackServer:
+    """A plain MQTT listener that accepts every CONNECT with CONNACK 0 and records, per
+    connection, when the TCP connection was accepted and when its first byte (the CONNECT)
+    arrived."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []  # [accepted_at, first_byte_at or None]
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            rec = [time.monotonic(), None]
+            self.conns.append(rec)
+            threading.Thread(target=self._serve, args=(c, rec), daemon=True).start()
+
+    def _serve(self, c, rec):
+        c.settimeout(5)
+        try:
+            if c.recv(4096):
+                rec[1] = time.monotonic()
+                c.sendall(b"\x20\x02\x00\x00")
+                while c.recv(4096):
+                    pass
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class ConnectLatency(T.TestCase):
+    def test_connect_follows_the_tcp_connect_at_once(self):
+        """Paho's receive thread notices a finished TCP connect only in a zero-timeout POLLOUT
+        poll at the start of a round and then waits up to 1 s for POLLIN before acting on it,
+        so a session started while it was idle sent its CONNECT 1-2.1 s after the TCP connect.
+        aligwd rings a doorbell while sessions connect."""
+        srv = ConnackServer()
+        self.later(srv.close)
+        n = 4
+        devs = [{"product_key": PK, "device_name": "latency%02d" % i, "device_secret": "x" * 32,
+                 "host": "127.0.0.1", "port": srv.port, "tls": False} for i in range(n)]
+        # one session every 0.6 s: each starts while Paho's receive thread is idle
+        cfg = T.base_config(self.tmp, devices=devs, cloud={"connect_rate": 1.6,
+                                                           "connect_burst": 1})
+        dm = self.daemon(cfg)
+        T.wait_for(lambda: dm.call("devices")["result"]["online"] == n, 20, what="all online")
+        gaps = [round(b - a, 3) for a, b in srv.conns[:n]]
+        self.assertEqual(len(gaps), n)
+        self.assertLess(max(gaps), 0.3, "CONNECT after the TCP accept (s): %s" % gaps)
+
+
 class TlsFailures(T.TestCase):
     """A server certificate for the wrong host, or from a CA the device does not trust: the
     device says why, backs off as tls-failed, and no MQTT CONNECT reaches the server."""
