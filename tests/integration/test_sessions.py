@@ -146,6 +146,8 @@ class Sessions(T.TestCase):
         time.sleep(window)
         st = dm.device(key)
         logins = st["counters"]["connects"]
+        print("in %d s: %d aligwd logins, %d takeovers in the last hour" %
+              (window, logins, st["takeovers_last_hour"]))
         # With a 1 s kick back-off doubling per takeover (equal jitter: 0.5-1, 1-2, 2-4, 4-8,
         # 8-16 s) plus a 1 s session each, 26 s hold at most 7 logins after the first; reset at
         # every login (the old behaviour) they came every ~1.8 s: 15 or more.
