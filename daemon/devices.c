@@ -20,6 +20,7 @@
 #include "errors.h"
 #include "log.h"
 #include "outbox.h"
+#include "ratelimit.h"
 #include "session.h"
 #include "sign.h"
 #include "statedb.h"
@@ -42,9 +43,7 @@
 #define MASS_LOSS_MS 2000    /* this many sessions lost within this time: the endpoint went away */
 #define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
-#define TAKEOVER_RING 64     /* takeover times kept for the "in the last hour" count */
-#define RATE_CUT_GAP_MS 1000 /* at most one rate cut per second: a burst's 429s come together */
-#define RATE_RECOVER_MS 5000 /* +1 msg/s per this long without a 429, up to the configured rate */
+#define TAKEOVER_RING 64 /* takeover times kept for the "in the last hour" count */
 #define FWD_BATCH 64
 #define WINDOW_STRETCH 4    /* a device's window may grow to this many times store.inflight */
 #define DEAD_STRIKES 3      /* sessions lost with one message alone unacknowledged: it is refused */
@@ -100,12 +99,9 @@ struct device {
 
     uint16_t epoch;
     int64_t sent_upto;
-    int inflight; /* published on this connection, no PUBACK yet */
-    int acking;   /* acknowledged, delete not yet committed (counts in the window too) */
-    double tokens;
-    uint64_t tokens_at_ms;
-    double rate_now;                          /* learnt from 429s: <= conf.rate; 0 = not yet set */
-    uint64_t rate_cut_at_ms, rate_step_at_ms; /* last decrease; last additive step */
+    int inflight;        /* published on this connection, no PUBACK yet */
+    int acking;          /* acknowledged, delete not yet committed (counts in the window too) */
+    struct ratelimit rl; /* uplink bucket, rate learnt from 429s */
     bool waiting_room;
     uint32_t alink_id;
 };
@@ -1188,60 +1184,13 @@ static void on_fwd_timer(uv_timer_t *t)
     forward(t->data);
 }
 
-/*
- * The device's uplink rate now: the configured rate, or less after the platform answered 429
- * (throttled()), growing back by 1 msg/s per RATE_RECOVER_MS without another 429.
- */
-static double rate_view(const struct device *d, uint64_t now)
-{
-    double conf = d->conf.rate, r = d->rate_now;
-    if (r <= 0 || r >= conf) /* first use, the config changed, or never throttled */
-        return conf;
-    r += (double)((now - d->rate_step_at_ms) / RATE_RECOVER_MS);
-    return r > conf ? conf : r;
-}
-
-static double current_rate(struct device *d, uint64_t now)
-{
-    double r = rate_view(d, now);
-    if (r != d->rate_now) {
-        d->rate_step_at_ms += (now - d->rate_step_at_ms) / RATE_RECOVER_MS * RATE_RECOVER_MS;
-        d->rate_now = r;
-    }
-    return r;
-}
-
-/*
- * The bucket holds half a second of messages. The platform's bucket holds a second's (30), so
- * sending at its rate with a burst of its size left no room for network jitter: a message that
- * overtook the pace by a few milliseconds arrived at an empty bucket and was refused (429).
- * Half a second of burst leaves half a second of jitter.
- */
-static double burst_of(double rate)
-{
-    return rate / 2 > 1 ? rate / 2 : 1;
-}
-
-/* Refills the token bucket; returns true when a message may go now. */
+/* Takes a token of the device's bucket; false (and a timer to try again) when it must wait. */
 static bool take_token(struct device *d)
 {
-    uint64_t now;
-
-    if (d->conf.rate <= 0)
-        return true;
-    now = uv_now(R.loop);
-    double rate = current_rate(d, now);
-    d->tokens += (double)(now - d->tokens_at_ms) * rate / 1000.0;
-    d->tokens_at_ms = now;
-    if (d->tokens > burst_of(rate))
-        d->tokens = burst_of(rate);
-    if (d->tokens < 1.0) {
-        uint64_t wait = (uint64_t)((1.0 - d->tokens) * 1000.0 / rate) + 1;
+    uint64_t wait = ratelimit_take(&d->rl, d->conf.rate, uv_now(R.loop));
+    if (wait)
         uv_timer_start(&d->fwd_timer, on_fwd_timer, wait, 0);
-        return false;
-    }
-    d->tokens -= 1.0;
-    return true;
+    return wait == 0;
 }
 
 /*
@@ -1285,26 +1234,18 @@ static void dead_letter(struct device *d, int64_t seq, const char *topic, const 
 
 /*
  * The platform refused an uplink with code 429 (over its per-device limit): halve the device's
- * rate (at most once per RATE_CUT_GAP_MS), so a limit lower than configured is learnt. The
+ * rate (ratelimit.h), so a limit lower than configured is learnt. The
  * refused message itself is gone: the platform acknowledged it before refusing it.
  */
 static void throttled(struct device *d)
 {
-    uint64_t now = uv_now(R.loop);
+    double before, after;
     d->n.throttled++;
-    if (d->conf.rate <= 0)
-        return; /* unlimited by configuration: count only */
-    double old = current_rate(d, now);
-    if (d->rate_cut_at_ms && now - d->rate_cut_at_ms < RATE_CUT_GAP_MS)
-        return;
-    d->rate_now = old / 2 > 1 ? old / 2 : 1;
-    d->rate_cut_at_ms = d->rate_step_at_ms = now;
-    if (d->tokens > burst_of(d->rate_now))
-        d->tokens = burst_of(d->rate_now);
-    log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
-            "the platform throttled this device (code 429): uplink rate %.1f -> %.1f msg/s "
-            "(configured %.1f; +1 msg/s every %d s without a 429)",
-            old, d->rate_now, d->conf.rate, RATE_RECOVER_MS / 1000);
+    if (ratelimit_throttled(&d->rl, d->conf.rate, uv_now(R.loop), &before, &after))
+        log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
+                "the platform throttled this device (code 429): uplink rate %.1f -> %.1f msg/s "
+                "(configured %.1f; +1 msg/s every %d s without a 429)",
+                before, after, d->conf.rate, RATELIMIT_RECOVER_MS / 1000);
 }
 
 /* Whether a downlink is a /sys/…_reply with code 429 (parsed only when it may be one). */
@@ -1364,7 +1305,7 @@ static void forward(struct device *d)
             uint64_t ref = (uint64_t)d->epoch << 48 | (uint64_t)m[i].seq;
             rc = session_publish(sid_of(d), m[i].topic, m[i].payload, m[i].len, m[i].qos, ref);
             if (rc < 0) { /* not queued (out of memory): try again shortly */
-                d->tokens += 1.0;
+                ratelimit_untake(&d->rl);
                 uv_timer_start(&d->fwd_timer, on_fwd_timer, 100, 0);
                 break;
             }
@@ -1491,8 +1432,7 @@ static int device_new(const struct device_conf *dc, struct device **out)
         device_free(d);
         return rc;
     }
-    d->tokens = burst_of(d->conf.rate);
-    d->tokens_at_ms = uv_now(R.loop);
+    ratelimit_init(&d->rl, d->conf.rate, uv_now(R.loop));
     d->since_ms = wall_ms();
     uv_timer_init(R.loop, &d->timer);
     uv_timer_init(R.loop, &d->fwd_timer);
@@ -1804,7 +1744,7 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "inflight", json_integer(d->inflight));
         /* the uplink rate now (msg/s; lower than configured after 429s), 0 = unlimited */
         json_object_set_new(o, "rate",
-                            json_real(d->conf.rate > 0 ? rate_view(d, uv_now(R.loop)) : 0));
+                            json_real(ratelimit_rate(&d->rl, d->conf.rate, uv_now(R.loop))));
         json_object_set_new(o, "rate_configured", json_real(d->conf.rate));
         json_object_set_new(
             o, "counters",
