@@ -330,12 +330,12 @@ static void print_queue(json_t *q)
 
 static int state_rank(const char *s)
 {
-    static const char *order[] = {"needs-reset", "auth-refused", "kicked",     "backoff",
+    static const char *order[] = {"needs-reset", "auth-refused", "tls-failed", "kicked", "backoff",
                                   "offline",     "registering",  "connecting", "online"};
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < (int)(sizeof(order) / sizeof(order[0])); i++)
         if (s && strcmp(s, order[i]) == 0)
             return i;
-    return 3;
+    return 4;
 }
 
 static int cmp_dev(const void *a, const void *b)

@@ -278,14 +278,14 @@ static void do_reply(struct ipc_reply *r, const struct ipc_request *req)
 struct list_ctx {
     json_t *arr;
     const char *state;
-    size_t by_state[8];
+    size_t by_state[DEV_STATE_COUNT];
 };
 
 static void list_one(struct device *d, void *arg)
 {
     struct list_ctx *c = arg;
     enum device_state s = device_state(d);
-    if (s < 8)
+    if (s < DEV_STATE_COUNT)
         c->by_state[s]++;
     if (c->arr && (!c->state || strcmp(c->state, device_state_name(s)) == 0))
         json_array_append_new(c->arr, device_status_json(d, false));
@@ -294,7 +294,7 @@ static void list_one(struct device *d, void *arg)
 static json_t *state_counts(struct list_ctx *c)
 {
     json_t *o = json_object();
-    for (int s = 0; s < 8; s++)
+    for (int s = 0; s < DEV_STATE_COUNT; s++)
         if (c->by_state[s])
             json_object_set_new(o, device_state_name((enum device_state)s),
                                 json_integer((json_int_t)c->by_state[s]));

@@ -26,6 +26,7 @@
 
 #include "jsonpos.h"
 #include "log.h"
+#include "paths.h"
 
 #ifndef ALIGW_PLUGIN_DIR
 #error "ALIGW_PLUGIN_DIR must be defined by the build"
@@ -132,8 +133,9 @@ static void parse_api(struct loader *L, void *ctx, json_t *o, const char *path)
 
 /*
  * Where a plugin given by a bare name lives: the first directory of $ALIGW_PLUGIN_PATH (a
- * colon-separated list, like PATH) that holds <name>.so, else the installed plugin directory
- * ALIGW_PLUGIN_DIR. The one place this rule is applied: the config carries the resolved path.
+ * colon-separated list, like PATH) that holds <name>.so, else paths_plugin_dir() (the installed
+ * plugin directory, or the build's when aligwd runs from its build tree). The one place this
+ * rule is applied: the config carries the resolved path.
  */
 static char *plugin_file(struct loader *L, const char *name)
 {
@@ -148,7 +150,7 @@ static char *plugin_file(struct loader *L, const char *name)
         }
         env += n + (env[n] == ':');
     }
-    return cfg_lfmt(L, "%s/%s.so", ALIGW_PLUGIN_DIR, name);
+    return cfg_lfmt(L, "%s/%s.so", paths_plugin_dir(), name);
 }
 
 /* One entry of "plugins" being read (the ctx of its key handlers). */

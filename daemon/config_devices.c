@@ -25,11 +25,9 @@
 
 #include "csv.h"
 #include "jsonpos.h"
+#include "paths.h"
 
-#ifndef ALIGW_DATA_DIR
-#error "ALIGW_DATA_DIR must be defined by the build"
-#endif
-#define DEFAULT_CA_FILE ALIGW_DATA_DIR "/aliyun-ca-bundle.pem"
+#define DEFAULT_CA_FILE paths_ca_file() /* the shipped bundle, installed or in the source tree */
 
 static const struct choice cfg_register_choices[] = {
     {"https", REG_HTTPS},

@@ -20,10 +20,12 @@
 #include "errors.h"
 #include "log.h"
 #include "outbox.h"
+#include "ratelimit.h"
 #include "session.h"
 #include "sign.h"
 #include "statedb.h"
 #include "strmap.h"
+#include "tlsprobe.h"
 #include "alink.h"
 
 #include <errno.h>
@@ -32,13 +34,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #define REG_TIMEOUT_MS 30000
 #define KICK_WINDOW_MS 60000 /* two losses right after logins within this window = kicked */
 #define MASS_LOSS_MS 2000    /* this many sessions lost within this time: the endpoint went away */
 #define MASS_LOSS_DEVICES 3
 #define AUTH_BACKOFF_CAP_MS (3600 * 1000)
+#define TAKEOVER_RING 64 /* takeover times kept for the "in the last hour" count */
 #define FWD_BATCH 64
 #define WINDOW_STRETCH 4          /* a device's window may grow to this many times store.inflight */
 #define REF_NOT_STORED UINT64_MAX /* the ref of a publish that is not from the outbox */
@@ -54,7 +59,7 @@ struct device {
     enum device_state state;
     int64_t since_ms; /* wall clock of the last state change */
     int last_error;
-    char last_reason[192];
+    char last_reason[320];
     char field_error[160];
     char platform_error[160]; /* the last notice on /ext/error */
     struct {
@@ -62,6 +67,7 @@ struct device {
         uint64_t ack_timeouts;
         uint64_t store_errors; /* failed outbox reads on the delivery path */
         uint64_t dead_letters; /* messages set aside as refused by the platform */
+        uint64_t throttled;    /* 429 replies received */
     } n;
     /* Refused-message detection: the first seq sent on this connection and whether a PUBACK
      * came; in probe mode the oldest message goes out alone, and strikes counts the sessions
@@ -72,12 +78,16 @@ struct device {
     int strikes;
     uint64_t store_err_log_ms; /* last logged store error (loop clock) */
 
-    char *secret;                         /* device secret (conf or registration); wiped */
-    char *nwl_client_id, *nwl_token;      /* registration-free login */
-    bool session_open, reg_session;       /* a session exists; it is a registration session */
-    int attempt;                          /* consecutive failures, for the back-off */
-    enum device_state backoff_kind;       /* of those failures (backoff, auth-refused, ...) */
-    int quick_losses;                     /* losses within KICK_WINDOW_MS */
+    char *secret;                    /* device secret (conf or registration); wiped */
+    char *nwl_client_id, *nwl_token; /* registration-free login */
+    bool session_open, reg_session;  /* a session exists; it is a registration session */
+    int attempt;                     /* consecutive failures, for the back-off */
+    enum device_state backoff_kind;  /* of those failures (backoff, auth-refused, ...) */
+    int quick_losses;                /* losses within KICK_WINDOW_MS */
+    int kick_level; /* kick back-off doublings; 0 once a session outlived KICK_WINDOW_MS */
+    uint64_t takeovers[TAKEOVER_RING];    /* loop clock of recent takeovers (ring) */
+    unsigned n_takeovers;                 /* takeovers recorded since start */
+    unsigned takeovers_added;             /* by the last kick verdict (taken back if forgiven) */
     uint64_t first_loss_ms, online_at_ms; /* loop clock */
     uint64_t ack_progress_ms;             /* last PUBACK, or when the window became non-empty */
 
@@ -91,10 +101,9 @@ struct device {
 
     uint16_t epoch;
     int64_t sent_upto;
-    int inflight; /* published on this connection, no PUBACK yet */
-    int acking;   /* acknowledged, delete not yet committed (counts in the window too) */
-    double tokens;
-    uint64_t tokens_at_ms;
+    int inflight;        /* published on this connection, no PUBACK yet */
+    int acking;          /* acknowledged, delete not yet committed (counts in the window too) */
+    struct ratelimit rl; /* uplink bucket, rate learnt from 429s */
     bool waiting_room;
     uint32_t alink_id;
 };
@@ -152,6 +161,7 @@ static struct {
     struct sidq room;   /* devices waiting for in-flight room */
     struct ackq acking; /* acks waiting for their deletes to commit */
     uint64_t serials;   /* the last device serial given */
+    uint64_t rng;       /* back-off jitter: per-process state seeded from the kernel */
     bool ready;
     /* Descriptors: each session holds a socket. max_sessions (0 = no limit) is what the
      * open-file limit leaves after the daemon's own files and the API's reserve (main.c). */
@@ -161,6 +171,8 @@ static struct {
 
 static void session_event(void *arg, const struct session_event *ev);
 static void forward(struct device *d);
+static bool is_throttle_reply(const char *topic, const void *payload, size_t len);
+static void throttled(struct device *d);
 static void close_session(struct device *d);
 static void dead_letter(struct device *d, int64_t seq, const char *topic, const char *reason);
 
@@ -260,8 +272,9 @@ static void set_reason(struct device *d, const char *fmt, ...)
 
 const char *device_state_name(enum device_state s)
 {
-    static const char *const names[] = {"offline", "registering",  "connecting", "online",
-                                        "backoff", "auth-refused", "kicked",     "needs-reset"};
+    static const char *const names[] = {"offline", "registering", "connecting",
+                                        "online",  "backoff",     "auth-refused",
+                                        "kicked",  "needs-reset", "tls-failed"};
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
 
@@ -336,6 +349,33 @@ static void set_connect_rate(double per_second, int burst)
 
 /* ---- back-off ---------------------------------------------------------------------------- */
 
+/*
+ * Jitter only spreads a fleet if every process draws a different sequence: rand() unseeded gave
+ * every aligwd the same delays, so gateways restarted together by a power cut retried in
+ * lock-step. The state is seeded from getrandom() (pid and clock if that fails) and stepped with
+ * splitmix64; it is not for secrets.
+ */
+static void jitter_seed(void)
+{
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed = (uint64_t)getpid() << 32 ^ (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 20;
+    }
+    R.rng = seed;
+}
+
+/* A uniform double in [0, 1). */
+static double jitter_next(void)
+{
+    uint64_t z = (R.rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) / (double)(1ULL << 53);
+}
+
 static void begin(struct device *d);
 
 static void on_backoff_timer(uv_timer_t *t)
@@ -347,17 +387,13 @@ static void on_backoff_timer(uv_timer_t *t)
         pace_enqueue(d);
 }
 
-/* Schedules the next attempt: base doubles per consecutive failure of the same kind (s) up to
- * cap, with jitter. A failure of another kind starts its own doubling: a refused login after
- * network trouble waits auth_backoff_ms, not auth_backoff_ms times the network's count. */
-static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
+/*
+ * Schedules the next attempt after base doubled n times, at most cap, with jitter. Returns the
+ * delay in ms, or 0 when the device stays down (auto_reconnect off).
+ */
+static uint64_t backoff_n(struct device *d, enum device_state s, int base_ms, int cap_ms, int n)
 {
     uint64_t delay = (uint64_t)base_ms;
-
-    if (s != d->backoff_kind) {
-        d->backoff_kind = s;
-        d->attempt = 0;
-    }
 
     if (!d->conf.auto_reconnect && d->n.connects > 0) {
         /* Like setMqtt(reconn=False): after a session existed, stay down until restarted. */
@@ -365,20 +401,39 @@ static void backoff(struct device *d, enum device_state s, int base_ms, int cap_
         set_state(d, DEV_OFFLINE, 0, NULL);
         log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
                 "auto_reconnect is off: staying offline (%s)", d->last_reason);
-        return;
+        return 0;
     }
 
-    for (int i = 0; i < d->attempt && delay < (uint64_t)cap_ms; i++)
+    for (int i = 0; i < n && delay < (uint64_t)cap_ms; i++)
         delay *= 2;
     if (delay > (uint64_t)cap_ms)
         delay = (uint64_t)cap_ms;
-    d->attempt++;
     /* "Equal jitter": half fixed, half random, so a fleet spreads out but never retries early. */
-    delay = delay / 2 + (uint64_t)(((double)rand() / RAND_MAX) * (double)(delay / 2));
+    delay = delay / 2 + (uint64_t)(jitter_next() * (double)(delay / 2));
     set_state(d, s, 0, NULL);
     uv_timer_start(&d->timer, on_backoff_timer, delay, 0);
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s, next attempt in %.1f s",
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s, next attempt in %.3f s",
             device_state_name(s), (double)delay / 1000.0);
+    return delay;
+}
+
+/* The doubling count of a failure of kind s: consecutive failures of one kind double; a failure
+ * of another kind starts its own doubling (a refused login after network trouble waits
+ * auth_backoff_ms, not auth_backoff_ms times the network's count). */
+static int next_attempt(struct device *d, enum device_state s)
+{
+    if (s != d->backoff_kind) {
+        d->backoff_kind = s;
+        d->attempt = 0;
+    }
+    return d->attempt++;
+}
+
+/* Schedules the next attempt: base doubles per consecutive failure of the same kind (s) up to
+ * cap, with jitter. */
+static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
+{
+    backoff_n(d, s, base_ms, cap_ms, next_attempt(d, s));
 }
 
 /* ---- sessions ---------------------------------------------------------------------------- */
@@ -650,6 +705,35 @@ static void begin(struct device *d)
 
 /* ---- session events ---------------------------------------------------------------------- */
 
+/* Takeovers of d's session by another login within the last hour. */
+static unsigned takeovers_last_hour(const struct device *d)
+{
+    uint64_t now = uv_now(R.loop);
+    unsigned n = 0, kept = d->n_takeovers < TAKEOVER_RING ? d->n_takeovers : TAKEOVER_RING;
+    for (unsigned i = 0; i < kept; i++)
+        if (now - d->takeovers[i] < 3600 * 1000)
+            n++;
+    return n;
+}
+
+static void record_takeover(struct device *d, uint64_t at)
+{
+    d->takeovers[d->n_takeovers++ % TAKEOVER_RING] = at;
+    d->takeovers_added++;
+}
+
+/* A session that stays up for the kick window ends the kick back-off's escalation. */
+static void on_kick_calm(uv_timer_t *t)
+{
+    struct device *d = t->data;
+    if (d->state != DEV_ONLINE || !d->kick_level)
+        return;
+    log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
+            "session up for %d s: no other login took it; kick back-off reset",
+            KICK_WINDOW_MS / 1000);
+    d->kick_level = 0;
+}
+
 static void on_connected(struct device *d)
 {
     int rc;
@@ -663,6 +747,8 @@ static void on_connected(struct device *d)
     d->last_reason[0] = '\0';
     set_state(d, DEV_ONLINE, 0, NULL);
     log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "online");
+    if (d->kick_level) /* the back-off timer is idle while online */
+        uv_timer_start(&d->timer, on_kick_calm, KICK_WINDOW_MS, 0);
     memset(d->sub_refused, 0, d->n_subs * sizeof(*d->sub_refused));
     for (size_t i = 0; i < d->n_subs; i += 64) {
         size_t n = d->n_subs - i < 64 ? d->n_subs - i : 64;
@@ -677,6 +763,81 @@ static void on_connected(struct device *d)
     d->conn_acked = false;
     inflight_add(d, -d->inflight);
     forward(d);
+}
+
+/* A connect that failed before any CONNACK, on the network: the usual short back-off. */
+static void connect_failed_network(struct device *d, int code, const char *msg)
+{
+    d->last_error = code;
+    set_reason(d, "connect failed: %s%s%s",
+               code == -EAGAIN ? "server unavailable" : aligw_strerror(code), msg ? ": " : "",
+               msg ? msg : "");
+    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+}
+
+/*
+ * What tlsprobe found for a TLS device whose connect failed before CONNACK. A certificate or
+ * handshake failure does not fix itself in a second (a wrong CA file or host name, a proxy or
+ * captive portal in the path): it is logged as a warning and backs off from where network
+ * failures stop (backoff_max_ms), doubling to an hour, in state tls-failed.
+ */
+static void tls_verdict(struct device *d, int code, const char *msg,
+                        const struct tlsprobe_result *r)
+{
+    if (r->status == ALIGW_ETLS) {
+        d->last_error = ALIGW_ETLS;
+        set_reason(d, "TLS: %s", r->reason);
+        uint64_t delay = backoff_n(d, DEV_TLS_FAILED, R.backoff_max_ms, AUTH_BACKOFF_CAP_MS,
+                                   next_attempt(d, DEV_TLS_FAILED));
+        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s; next attempt in %.1f s",
+                d->last_reason, (double)delay / 1000.0);
+    } else if (r->status < 0) {
+        connect_failed_network(d, r->status, r->reason);
+    } else {
+        connect_failed_network(d, code, msg); /* TLS is fine: Paho's own words */
+    }
+}
+
+struct tls_wait {
+    uint64_t sid;
+    int code;
+    char msg[200];
+};
+
+static void tls_probed(void *arg, const struct tlsprobe_result *r)
+{
+    struct tls_wait *w = arg;
+    struct device *d = by_sid(w->sid);
+    if (d && d->state == DEV_CONNECTING) /* not removed or restarted meanwhile */
+        tls_verdict(d, w->code, w->msg[0] ? w->msg : NULL, r);
+    free(w);
+}
+
+static void diagnose_tls(struct device *d, int code, const char *msg)
+{
+    struct tlsprobe_target t = {.host = d->conf.host,
+                                .port = d->conf.port,
+                                .ca_file = d->conf.ca_file,
+                                .verify_hostname = d->conf.verify_hostname,
+                                .timeout_ms = 5000};
+    struct tlsprobe_result r;
+    struct tls_wait *w;
+
+    if (tlsprobe_cached(R.loop, &t, &r)) {
+        tls_verdict(d, code, msg, &r);
+        return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (w) {
+        w->sid = sid_of(d);
+        w->code = code;
+        snprintf(w->msg, sizeof(w->msg), "%s", msg ? msg : "");
+        if (tlsprobe_start(R.loop, &t, tls_probed, w) == 0)
+            return; /* stays "connecting" until the probe answers (at most ~10 s) */
+        free(w);
+    }
+    connect_failed_network(d, code, msg);
 }
 
 static void on_connect_failed(struct device *d, int code, const char *msg)
@@ -697,13 +858,12 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
         backoff(d, DEV_AUTH_REFUSED, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
         return;
     }
-    d->last_error = code;
     d->quick_losses = 0; /* the endpoint was away: the last loss was not a kick */
-    set_reason(d, "connect failed: %s%s%s",
-               code == -EAGAIN ? "server unavailable" : aligw_strerror(code), msg ? ": " : "",
-               msg ? msg : "");
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
-    backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
+    if (d->conf.tls && (code == -ECONNREFUSED || code == ALIGW_ETLS)) {
+        diagnose_tls(d, code, msg);
+        return;
+    }
+    connect_failed_network(d, code, msg);
 }
 
 /*
@@ -721,6 +881,11 @@ static void forgive_first_losses(void)
         d->quick_losses = 0;
         if (d->state == DEV_KICKED) {
             d->n.kicks--;
+            if (d->kick_level)
+                d->kick_level--;
+            d->n_takeovers -=
+                d->takeovers_added < d->n_takeovers ? d->takeovers_added : d->n_takeovers;
+            d->takeovers_added = 0;
             d->last_error = -ECONNRESET;
             set_reason(d, "connection lost (with other devices at the same time)");
             uv_timer_stop(&d->timer);
@@ -769,6 +934,10 @@ static void on_lost(struct device *d, const char *cause)
     } else if (R.losses == MASS_LOSS_DEVICES) {
         forgive_first_losses();
     }
+    uint64_t up_ms = now - d->online_at_ms;
+    uv_timer_stop(&d->timer); /* the kick-calm timer, if it was running */
+    if (d->kick_level && (mass || up_ms >= KICK_WINDOW_MS))
+        d->kick_level = 0; /* the last session outlived the window: not kicked any more */
     if (mass || !d->quick_losses || now - d->first_loss_ms > KICK_WINDOW_MS) {
         d->quick_losses = 0;
         d->first_loss_ms = now;
@@ -809,16 +978,31 @@ static void on_lost(struct device *d, const char *cause)
     }
     if (!mass && !strike)
         d->quick_losses++;
-    if (d->quick_losses >= 2) {
+    /*
+     * Kicked: two quick losses, or, once kicked, any session that did not outlive the window.
+     * The back-off keeps doubling from kick_backoff_ms (to an hour) until one does; resetting it
+     * at every login, as before, let a rival that logs in again after each loss hold aligwd to a
+     * fixed rate of takeovers for ever.
+     */
+    if (d->quick_losses >= 2 || (d->kick_level && !mass && !strike)) {
+        d->takeovers_added = 0;
+        if (!d->kick_level)
+            record_takeover(d, d->first_loss_ms);
+        record_takeover(d, now);
         d->n.kicks++;
         d->last_error = ALIGW_EKICKED;
         set_reason(d,
-                   "session closed by the platform twice within %d s after successful logins: "
+                   "session taken over %u time(s) in the last hour, the last after %.1f s online: "
                    "another client is probably logged in as this device",
-                   KICK_WINDOW_MS / 1000);
-        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+                   takeovers_last_hour(d), (double)up_ms / 1000.0);
         d->quick_losses = 0;
-        backoff(d, DEV_KICKED, R.kick_backoff_ms, AUTH_BACKOFF_CAP_MS);
+        d->backoff_kind = DEV_KICKED;
+        d->attempt = 0;
+        uint64_t delay =
+            backoff_n(d, DEV_KICKED, R.kick_backoff_ms, AUTH_BACKOFF_CAP_MS, d->kick_level++);
+        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name,
+                "%s; kick back-off %d: next login in %.1f s", d->last_reason, d->kick_level,
+                (double)delay / 1000.0);
         return;
     }
     d->last_error = -ECONNRESET;
@@ -844,6 +1028,8 @@ static void on_message(struct device *d, const char *topic, const void *payload,
         return;
     }
     d->n.msgs_in++;
+    if (is_throttle_reply(topic, payload, len))
+        throttled(d);
     if (R.hooks.downlink)
         R.hooks.downlink(R.hooks.ctx, d, topic, payload, len);
 }
@@ -1002,25 +1188,13 @@ static void on_fwd_timer(uv_timer_t *t)
     forward(t->data);
 }
 
-/* Refills the token bucket; returns true when a message may go now. */
+/* Takes a token of the device's bucket; false (and a timer to try again) when it must wait. */
 static bool take_token(struct device *d)
 {
-    uint64_t now;
-
-    if (d->conf.rate <= 0)
-        return true;
-    now = uv_now(R.loop);
-    d->tokens += (double)(now - d->tokens_at_ms) * d->conf.rate / 1000.0;
-    d->tokens_at_ms = now;
-    if (d->tokens > (d->conf.rate > 1 ? d->conf.rate : 1))
-        d->tokens = d->conf.rate > 1 ? d->conf.rate : 1;
-    if (d->tokens < 1.0) {
-        uint64_t wait = (uint64_t)((1.0 - d->tokens) * 1000.0 / d->conf.rate) + 1;
+    uint64_t wait = ratelimit_take(&d->rl, d->conf.rate, uv_now(R.loop));
+    if (wait)
         uv_timer_start(&d->fwd_timer, on_fwd_timer, wait, 0);
-        return false;
-    }
-    d->tokens -= 1.0;
-    return true;
+    return wait == 0;
 }
 
 /*
@@ -1060,6 +1234,37 @@ static void dead_letter(struct device *d, int64_t seq, const char *topic, const 
     set_reason(d, "message %lld on %.80s set aside as a dead letter: %s", (long long)seq, topic,
                reason);
     log_dev(LOG_ERR, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+}
+
+/*
+ * The platform refused an uplink with code 429 (over its per-device limit): halve the device's
+ * rate (ratelimit.h), so a limit lower than configured is learnt. The
+ * refused message itself is gone: the platform acknowledged it before refusing it.
+ */
+static void throttled(struct device *d)
+{
+    double before, after;
+    d->n.throttled++;
+    if (ratelimit_throttled(&d->rl, d->conf.rate, uv_now(R.loop), &before, &after))
+        log_dev(LOG_NOTICE, d->conf.product_key, d->conf.device_name,
+                "the platform throttled this device (code 429): uplink rate %.1f -> %.1f msg/s "
+                "(configured %.1f; +1 msg/s every %d s without a 429)",
+                before, after, d->conf.rate, RATELIMIT_RECOVER_MS / 1000);
+}
+
+/* Whether a downlink is a /sys/…_reply with code 429 (parsed only when it may be one). */
+static bool is_throttle_reply(const char *topic, const void *payload, size_t len)
+{
+    size_t tl = strlen(topic);
+    if (strncmp(topic, "/sys/", 5) != 0 || tl < 6 || strcmp(topic + tl - 6, "_reply") != 0 ||
+        !memmem(payload, len, "429", 3))
+        return false;
+    json_t *root = json_loadb(payload, len, 0, NULL);
+    json_t *code = json_object_get(root, "code");
+    bool yes = (json_is_integer(code) && json_integer_value(code) == 429) ||
+               (json_is_string(code) && strcmp(json_string_value(code), "429") == 0);
+    json_decref(root);
+    return yes;
 }
 
 static void forward(struct device *d)
@@ -1104,7 +1309,7 @@ static void forward(struct device *d)
             uint64_t ref = (uint64_t)d->epoch << 48 | (uint64_t)m[i].seq;
             rc = session_publish(sid_of(d), m[i].topic, m[i].payload, m[i].len, m[i].qos, ref);
             if (rc < 0) { /* not queued (out of memory): try again shortly */
-                d->tokens += 1.0;
+                ratelimit_untake(&d->rl);
                 uv_timer_start(&d->fwd_timer, on_fwd_timer, 100, 0);
                 break;
             }
@@ -1238,8 +1443,7 @@ static int device_new(const struct device_conf *dc, struct device **out)
         device_free(d);
         return rc;
     }
-    d->tokens = d->conf.rate > 1 ? d->conf.rate : 1;
-    d->tokens_at_ms = uv_now(R.loop);
+    ratelimit_init(&d->rl, d->conf.rate, uv_now(R.loop));
     d->since_ms = wall_ms();
     uv_timer_init(R.loop, &d->timer);
     uv_timer_init(R.loop, &d->fwd_timer);
@@ -1296,6 +1500,7 @@ int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, str
     R.db = db;
     R.hooks = *hooks;
     strmap_init(&R.by_key);
+    jitter_seed();
     uv_timer_init(loop, &R.pace_timer);
     uv_timer_init(loop, &R.ack_timer);
     rc = session_layer_init(loop, session_event, NULL);
@@ -1416,6 +1621,7 @@ void devices_close(void)
             device_stop(R.slots[i]);
     session_layer_close();
     outbox_on_settled(R.ob, NULL, NULL); /* the outbox commits once more while it closes */
+    tlsprobe_close();
     uv_close((uv_handle_t *)&R.pace_timer, NULL);
     uv_close((uv_handle_t *)&R.ack_timer, NULL);
     strmap_free(&R.by_key);
@@ -1544,6 +1750,9 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "platform_error", json_string(d->platform_error));
     if (d->last_reason[0])
         json_object_set_new(o, "last_error", json_string(d->last_reason));
+    unsigned takeovers = takeovers_last_hour(d);
+    if (takeovers || full)
+        json_object_set_new(o, "takeovers_last_hour", json_integer(takeovers));
     if (full) {
         json_t *refused = json_array();
         for (size_t i = 0; i < d->n_subs; i++)
@@ -1554,16 +1763,20 @@ json_t *device_status_json(const struct device *d, bool full)
         json_object_set_new(o, "port", json_integer(d->conf.port));
         json_object_set_new(o, "tls", json_boolean(d->conf.tls));
         json_object_set_new(o, "inflight", json_integer(d->inflight));
+        /* the uplink rate now (msg/s; lower than configured after 429s), 0 = unlimited */
+        json_object_set_new(o, "rate",
+                            json_real(ratelimit_rate(&d->rl, d->conf.rate, uv_now(R.loop))));
+        json_object_set_new(o, "rate_configured", json_real(d->conf.rate));
         json_object_set_new(
             o, "counters",
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects",
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connects",
                       (json_int_t)d->n.connects, "disconnects", (json_int_t)d->n.disconnects,
                       "messages_in", (json_int_t)d->n.msgs_in, "messages_out",
                       (json_int_t)d->n.msgs_out, "auth_failures", (json_int_t)d->n.auth_failures,
                       "kicks", (json_int_t)d->n.kicks, "subscriptions_refused",
                       (json_int_t)d->n.sub_refused, "ack_timeouts", (json_int_t)d->n.ack_timeouts,
                       "store_errors", (json_int_t)d->n.store_errors, "dead_letters",
-                      (json_int_t)d->n.dead_letters));
+                      (json_int_t)d->n.dead_letters, "throttled", (json_int_t)d->n.throttled));
         if (d->conf.reg != REG_NONE)
             json_object_set_new(o, "registration",
                                 json_string(d->secret || d->nwl_token ? "stored" : "pending"));

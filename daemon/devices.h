@@ -31,6 +31,8 @@ enum device_state {
     DEV_AUTH_REFUSED, /* the platform refused the credentials; long back-off */
     DEV_KICKED,       /* another login of the same device took the session; long back-off */
     DEV_NEEDS_RESET,  /* registration refused: device already active on the platform */
+    DEV_TLS_FAILED,   /* the TLS handshake or the server's certificate failed; long back-off */
+    DEV_STATE_COUNT
 };
 
 const char *device_state_name(enum device_state s);

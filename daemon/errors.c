@@ -30,6 +30,8 @@ const char *aligw_strerror(int err)
         return "no such device";
     case ALIGW_EPLUGIN:
         return "plugin error";
+    case ALIGW_ETLS:
+        return "TLS handshake or server certificate check failed";
     default:
         return err < 0 && err > -4000 ? strerror(-err) : "unknown error";
     }

@@ -18,6 +18,7 @@ enum {
     ALIGW_EPAHO = -4009,   /* Paho returned an error we have no better name for */
     ALIGW_ENODEVICE = -4010, /* no such device */
     ALIGW_EPLUGIN = -4011,   /* a plugin could not be loaded or refused */
+    ALIGW_ETLS = -4012,      /* TLS handshake or server certificate check failed */
 };
 
 /* A message for 0, a negative errno or an ALIGW_E* code. Never NULL. */

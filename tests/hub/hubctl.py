@@ -274,6 +274,9 @@ def serve_https(dirpath, port):
 
     httpd = http.server.ThreadingHTTPServer((HOST, port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # OpenSSL's DEFAULT, not Python's ECDHE-only list: stock LinkSDK builds offer only RSA key
+    # exchange (AES128-GCM-SHA256 and friends), as the platform accepts.
+    ctx.set_ciphers("DEFAULT")
     ctx.load_cert_chain(os.path.join(dirpath, "server.crt"), os.path.join(dirpath, "server.key"))
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=httpd.shutdown).start())
@@ -312,7 +315,16 @@ def raise_nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def make_certs(d):
+KEY_TYPES = {"rsa": ["-newkey", "rsa:2048"],
+             "ec": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]}
+
+
+def make_certs(d, key_type="rsa"):
+    """A test CA and a server certificate for localhost/127.0.0.1 in d; returns the CA's path.
+
+    RSA-2048 by default, as the platform serves: stock LinkSDK 4.1.0 (mbedtls with RSA key
+    exchange only) cannot use an ECDSA server key. key_type "ec" gives P-256 keys instead."""
+    newkey = KEY_TYPES[key_type]
     ca_key, ca_crt = os.path.join(d, "ca.key"), os.path.join(d, "ca.crt")
     key, csr, crt = (os.path.join(d, n) for n in ("server.key", "server.csr", "server.crt"))
     ext = os.path.join(d, "server.ext")
@@ -321,10 +333,9 @@ def make_certs(d):
                 "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
     run = lambda *a: subprocess.run(["openssl"] + list(a), check=True, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", ca_key, "-out", ca_crt, "-days", "3650", "-subj", "/CN=aligw-hub test CA")
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
-        "-out", csr, "-subj", "/CN=localhost")
+    run("req", "-x509", *newkey, "-nodes", "-keyout", ca_key, "-out", ca_crt, "-days", "3650",
+        "-subj", "/CN=aligw-hub test CA")
+    run("req", *newkey, "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
     run("x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
         "-out", crt, "-days", "3650", "-extfile", ext)
     return ca_crt
@@ -345,7 +356,7 @@ def wait_port(port, proc, logpath, timeout=10):
 
 
 def start(devices, dirpath, rate=30, rate_mode="reply", reply_delivery="subscribed",
-          dynreg_plain=False, plugin=None, min_keepalive=30):
+          dynreg_plain=False, plugin=None, min_keepalive=30, key_type="rsa"):
     """Starts the hub; returns (info dict, [Popen]). Raises DeviceTableError on a bad table."""
     os.makedirs(dirpath, exist_ok=True)
     dirpath = os.path.abspath(dirpath)
@@ -359,7 +370,7 @@ def start(devices, dirpath, rate=30, rate_mode="reply", reply_delivery="subscrib
     plugin = os.path.abspath(plugin or find_plugin())
     dbpath = os.path.join(dirpath, "hub.db")
     init_db(dbpath, rows)
-    ca = make_certs(dirpath)
+    ca = make_certs(dirpath, key_type)
     nofile = raise_nofile()
     cloud_user, cloud_pass = "cloud-" + random_secret(8), random_secret(24)
     ports = {"mqtt_port": free_port(), "mqtts_port": free_port(), "https_port": free_port()}
@@ -403,7 +414,7 @@ def start(devices, dirpath, rate=30, rate_mode="reply", reply_delivery="subscrib
     info = dict(ports, host=HOST, ca_file=ca, cloud_username=cloud_user, cloud_password=cloud_pass,
                 mosquitto_pid=procs[0].pid, https_pid=procs[1].pid, dir=dirpath, db=dbpath,
                 plugin=plugin, nofile=nofile, rate=rate, rate_mode=rate_mode,
-                reply_delivery=reply_delivery)
+                reply_delivery=reply_delivery, key_type=key_type)
     tmp = os.path.join(dirpath, "hub.json.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f, indent=2)
@@ -494,11 +505,11 @@ class Hub:
     """
 
     def __init__(self, devices, dir=None, rate=30, rate_mode="reply", reply_delivery="subscribed",
-                 dynreg_plain=False, plugin=None, cloud=True):
+                 dynreg_plain=False, plugin=None, cloud=True, key_type="rsa"):
         self._devices = devices
         self._dir = dir
         self._opts = dict(rate=rate, rate_mode=rate_mode, reply_delivery=reply_delivery,
-                          dynreg_plain=dynreg_plain, plugin=plugin)
+                          dynreg_plain=dynreg_plain, plugin=plugin, key_type=key_type)
         self._want_cloud = cloud
         self._tmp = None
         self._procs = []
@@ -686,12 +697,14 @@ def _add_start_args(p):
                    help="allow MQTT dynamic registration on the plain listener too")
     p.add_argument("--min-keepalive", type=int, default=30)
     p.add_argument("--plugin", help="path of aligw_hub.so (default: $ALIGW_HUB_PLUGIN or build*/)")
+    p.add_argument("--key-type", choices=sorted(KEY_TYPES), default="rsa",
+                   help="TLS keys of the test CA and server certificate (default rsa: RSA-2048)")
 
 
 def _start_from_args(a):
     return start(a.devices, a.dir, rate=a.rate, rate_mode=a.rate_mode,
                  reply_delivery=a.reply_delivery, dynreg_plain=a.dynreg_plain, plugin=a.plugin,
-                 min_keepalive=a.min_keepalive)
+                 min_keepalive=a.min_keepalive, key_type=a.key_type)
 
 
 def main(argv=None):

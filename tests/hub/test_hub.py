@@ -430,6 +430,39 @@ class HubTest(unittest.TestCase):
         self.assertEqual(self._https_register(PKR, dn, ps)["code"], 6289)
 
 
+    # -- TLS that stock SDK devices can use --
+
+    def _s_client(self, port, cipher):
+        """openssl s_client offering only cipher over TLS 1.2, verifying against the hub's CA."""
+        p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
+                            "-servername", "localhost", "-tls1_2", "-cipher", cipher,
+                            "-CAfile", self.hub.ca_file, "-verify_return_error"],
+                           input="", capture_output=True, text=True, timeout=20)
+        return p.returncode, p.stdout + p.stderr
+
+    def test_rsa_server_and_rsa_key_exchange_suites(self):
+        # The default CA and server key are RSA-2048, as the platform serves.
+        x = subprocess.run(["openssl", "x509", "-in", self.hub.ca_file, "-noout", "-text"],
+                           check=True, capture_output=True, text=True).stdout
+        self.assertIn("rsaEncryption", x)
+        self.assertIn("2048 bit", x)
+        # LinkSDK 4.1.0's mbedtls offers RSA key exchange only: AES128-GCM-SHA256 must work on
+        # the MQTT TLS listener and on the HTTPS registration endpoint.
+        for port in (self.hub.mqtts_port, self.hub.https_port):
+            rc, out = self._s_client(port, "AES128-GCM-SHA256")
+            self.assertEqual(rc, 0, out[-1500:])
+            self.assertRegex(out, r"Cipher( is|\s*:) AES128-GCM-SHA256")
+            self.assertIn("Verify return code: 0 (ok)", out)
+            self.assertIn("Server public key is 2048 bit", out)
+
+    def test_ecdsa_keys_on_request(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ca = hubctl.make_certs(tmp, "ec")
+            x = subprocess.run(["openssl", "x509", "-in", ca, "-noout", "-text"],
+                               check=True, capture_output=True, text=True).stdout
+            self.assertIn("id-ecPublicKey", x)
+
+
 class RateDropTest(unittest.TestCase):
     def test_drop_mode_sends_no_reply(self):
         rows = hubctl.gen_devices(1, "pkD1")

@@ -125,12 +125,33 @@ class SocketActivation(T.TestCase):
 
 
 class CheckConfig(T.TestCase):
-    def run_check(self, path):
-        return subprocess.run([T.ALIGWD, "--check-config", "-c", path], capture_output=True,
-                              text=True, timeout=20)
+    def run_check(self, path, aligwd=None, env=None):
+        return subprocess.run([aligwd or T.ALIGWD, "--check-config", "-c", path],
+                              capture_output=True, text=True, timeout=20, env=env)
 
     def test_example_config_is_ok(self):
-        r = self.run_check(os.path.join(ROOT, "conf", "aligw.example.json"))
+        # As a user runs it from a build tree: no ALIGW_PLUGIN_PATH pointing at the plugins.
+        env = {k: v for k, v in os.environ.items() if k != "ALIGW_PLUGIN_PATH"}
+        r = self.run_check(os.path.join(ROOT, "conf", "aligw.example.json"), env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("configuration OK", r.stdout)
+
+    def test_example_config_is_ok_after_install(self):
+        build = os.environ.get("ALIGW_BUILD_DIR")
+        if not build or not shutil.which("cmake"):
+            self.skipTest("needs ALIGW_BUILD_DIR and cmake")
+        dest = os.path.join(self.tmp, "dest")
+        env = {k: v for k, v in os.environ.items() if k != "ALIGW_PLUGIN_PATH"}
+        r = subprocess.run(["cmake", "--install", build], env=dict(env, DESTDIR=dest),
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        found = [os.path.join(dp, "aligwd") for dp, _, files in os.walk(dest) if "aligwd" in files]
+        conf = [os.path.join(dp, "aligw.json") for dp, _, files in os.walk(dest)
+                if "aligw.json" in files]
+        self.assertEqual((len(found), len(conf)), (1, 1), (found, conf))
+        # The installed copy (/etc/aligw/aligw.json from the example) checks with the installed
+        # binary, which finds the installed simulator plugin and CA bundle.
+        r = self.run_check(conf[0], aligwd=found[0], env=env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("configuration OK", r.stdout)
 

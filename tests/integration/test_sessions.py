@@ -1,8 +1,12 @@
 """Device sessions against the local hub: logins, subscriptions, refusals, kicks, a broker
 restart with the connect pacer, and one-product-one-secret registration (HTTPS and MQTT)."""
 import os
+import re
 import signal
+import socket
+import ssl
 import subprocess
+import threading
 import time
 
 import aligwtest as T
@@ -117,6 +121,49 @@ class Sessions(T.TestCase):
         self.assertEqual(hub.counters()["kicks"], kicks)
         self.assertEqual(dm.device(key)["state"], "kicked")
 
+    def test_kick_backoff_grows_against_a_persistent_rival(self):
+        """A rival that logs in again 1 s after each loss: aligwd's logins fall off
+        geometrically instead of trading the session at a fixed rate for ever."""
+        import paho.mqtt.client as mqtt
+        rows = hubctl.gen_devices(1, PK)
+        hub = self.hub(rows)
+        r = rows[0]
+        cfg = T.base_config(self.tmp, devices=[T.hub_device_config(hub, r)],
+                            cloud={"kick_backoff_ms": 1000, "backoff_min_ms": 200})
+        dm = self.daemon(cfg)
+        key = "%s/%s" % (PK, r["device_name"])
+        dm.wait_state(key, "online")
+        cid, user, pw = hubctl.login_creds(PK, r["device_name"], r["device_secret"],
+                                           client_id="rival")
+        rival = mqtt.Client(client_id=cid, protocol=mqtt.MQTTv311)
+        rival.username_pw_set(user, pw)
+        rival.reconnect_delay_set(min_delay=1, max_delay=1)
+        rival.connect("127.0.0.1", hub.info["mqtt_port"], keepalive=60)
+        rival.loop_start()
+        self.later(rival.loop_stop)
+        self.later(rival.disconnect)
+        window = 26
+        time.sleep(window)
+        st = dm.device(key)
+        logins = st["counters"]["connects"]
+        print("in %d s: %d aligwd logins, %d takeovers in the last hour" %
+              (window, logins, st["takeovers_last_hour"]))
+        # With a 1 s kick back-off doubling per takeover (equal jitter: 0.5-1, 1-2, 2-4, 4-8,
+        # 8-16 s) plus a 1 s session each, 26 s hold at most 7 logins after the first; reset at
+        # every login (the old behaviour) they came every ~1.8 s: 15 or more.
+        self.assertLessEqual(logins, 8, st)
+        self.assertGreaterEqual(logins, 4, st)
+        self.assertEqual(st["state"], "kicked", st)
+        self.assertGreaterEqual(st["takeovers_last_hour"], 3, st)
+        self.assertLessEqual(st["takeovers_last_hour"], logins, st)
+        self.assertIn("taken over", st["last_error"])
+        esc = re.findall(r"kick back-off (\d+): next login in ([0-9.]+) s", dm.log())
+        self.assertGreaterEqual(len(esc), 3, dm.log()[-3000:])
+        levels = [int(a) for a, _ in esc]
+        self.assertEqual(levels, list(range(1, len(levels) + 1)))  # one line per escalation
+        waits = [float(b) for _, b in esc]
+        self.assertGreater(waits[-1], 2 * waits[0], waits)  # growing, not reset
+
     def test_broker_restart_brings_all_back_paced(self):
         n = 30
         rows = hubctl.gen_devices(n, PK)
@@ -156,6 +203,35 @@ class Sessions(T.TestCase):
                    what="the permitted topic still delivers")
 
 
+    def test_jitter_differs_between_processes(self):
+        """Two aligwd started with the same config retry a dead endpoint with different delays
+        (unseeded rand() gave every process the same sequence)."""
+        port = hubctl.free_port()  # nothing listens: every connect is refused
+        dev = {"product_key": PK, "device_name": "jitter01", "device_secret": "x" * 32,
+               "host": "127.0.0.1", "port": port, "tls": False}
+        daemons = []
+        for name in ("a", "b"):
+            wd = os.path.join(self.tmp, name)
+            os.makedirs(wd)
+            cfg = T.base_config(wd, cloud={"backoff_min_ms": 400, "backoff_max_ms": 6400},
+                                devices=[dev])
+            d = T.Daemon(wd, cfg)
+            self.later(d.stop)
+            daemons.append(d.start())
+
+        def delays(d):
+            return [float(x) for x in re.findall(r"next attempt in ([0-9.]+) s", d.log())]
+
+        for d in daemons:
+            T.wait_for(lambda: len(delays(d)) >= 4, 20, what="four back-off delays")
+        a, b = delays(daemons[0])[:4], delays(daemons[1])[:4]
+        # each delay is "equal jitter" within [base/2, base] of the doubling base
+        for seq in (a, b):
+            for i, v in enumerate(seq):
+                base = 0.4 * 2 ** i
+                self.assertTrue(base / 2 - 0.001 <= v <= base + 0.001, (seq, i))
+        self.assertNotEqual(a, b, "two processes drew the same jitter: %s" % a)
+
     def test_reload_adds_and_removes_without_touching_others(self):
         rows = hubctl.gen_devices(3, PK)
         hub = self.hub(rows)
@@ -175,6 +251,186 @@ class Sessions(T.TestCase):
         why = "the unchanged device was reconnected: %s\n%s" % (st, dm.log()[-3000:])
         self.assertEqual(st["counters"]["connects"], 1, why)
         self.assertEqual(st["counters"]["disconnects"], 0, why)
+
+
+def make_ca(d, name):
+    """A throwaway CA in d: returns (cert path, key path)."""
+    crt, key = os.path.join(d, name + ".crt"), os.path.join(d, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt, "-days", "30",
+                    "-subj", "/CN=%s" % name], check=True, capture_output=True)
+    return crt, key
+
+
+def make_server_cert(d, name, ca, host):
+    """A server certificate for host (CN and SAN) signed by ca: returns (cert, key) paths."""
+    crt, key, csr = (os.path.join(d, name + x) for x in (".crt", ".key", ".csr"))
+    ext = os.path.join(d, name + ".ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n" % host)
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=%s" % host],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
+                    "-CAcreateserial", "-out", crt, "-days", "30", "-extfile", ext],
+                   check=True, capture_output=True)
+    return crt, key
+
+
+class TlsServer:
+    """A TLS listener that records handshakes and every byte a client sends after one (an MQTT
+    CONNECT would start with 0x10). It never answers."""
+
+    def __init__(self, cert):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(*cert)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.received = b""
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(3)
+        t = None
+        try:
+            t = self.ctx.wrap_socket(c, server_side=True)
+            while True:
+                b = t.recv(1024)
+                if not b:
+                    break
+                self.received += b
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            (t or c).close()
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class ConnackServer:
+    """A plain MQTT listener that accepts every CONNECT with CONNACK 0 and records, per
+    connection, when the TCP connection was accepted and when its first byte (the CONNECT)
+    arrived."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []  # [accepted_at, first_byte_at or None]
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            rec = [time.monotonic(), None]
+            self.conns.append(rec)
+            threading.Thread(target=self._serve, args=(c, rec), daemon=True).start()
+
+    def _serve(self, c, rec):
+        c.settimeout(5)
+        try:
+            if c.recv(4096):
+                rec[1] = time.monotonic()
+                c.sendall(b"\x20\x02\x00\x00")
+                while c.recv(4096):
+                    pass
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class ConnectLatency(T.TestCase):
+    def test_connect_follows_the_tcp_connect_at_once(self):
+        """Paho's receive thread notices a finished TCP connect only in a zero-timeout POLLOUT
+        poll at the start of a round and then waits up to 1 s for POLLIN before acting on it,
+        so a session started while it was idle sent its CONNECT 1-2.1 s after the TCP connect.
+        aligwd rings a doorbell while sessions connect."""
+        srv = ConnackServer()
+        self.later(srv.close)
+        n = 4
+        devs = [{"product_key": PK, "device_name": "latency%02d" % i, "device_secret": "x" * 32,
+                 "host": "127.0.0.1", "port": srv.port, "tls": False} for i in range(n)]
+        # one session every 0.6 s: each starts while Paho's receive thread is idle
+        cfg = T.base_config(self.tmp, devices=devs, cloud={"connect_rate": 1.6,
+                                                           "connect_burst": 1})
+        dm = self.daemon(cfg)
+        T.wait_for(lambda: dm.call("devices")["result"]["online"] == n, 20, what="all online")
+        gaps = [round(b - a, 3) for a, b in srv.conns[:n]]
+        self.assertEqual(len(gaps), n)
+        self.assertLess(max(gaps), 0.3, "CONNECT after the TCP accept (s): %s" % gaps)
+
+
+class TlsFailures(T.TestCase):
+    """A server certificate for the wrong host, or from a CA the device does not trust: the
+    device says why, backs off as tls-failed, and no MQTT CONNECT reaches the server."""
+
+    def test_wrong_host_and_unknown_ca_are_named(self):
+        trusted = make_ca(self.tmp, "trusted-ca")
+        other = make_ca(self.tmp, "other-ca")
+        servers = {
+            "wronghost": TlsServer(make_server_cert(self.tmp, "wrong", trusted, "wrong.example")),
+            "otherca": TlsServer(make_server_cert(self.tmp, "other", other, "localhost")),
+        }
+        for srv in servers.values():
+            self.later(srv.close)
+        closed = hubctl.free_port()
+        devs = [{"product_key": PK, "device_name": name, "device_secret": "x" * 32,
+                 "host": "localhost", "port": srv.port, "tls": True, "ca_file": trusted[0]}
+                for name, srv in servers.items()]
+        devs.append({"product_key": PK, "device_name": "closedport", "device_secret": "x" * 32,
+                     "host": "localhost", "port": closed, "tls": True, "ca_file": trusted[0]})
+        cfg = T.base_config(self.tmp, devices=devs,
+                            cloud={"backoff_min_ms": 200, "backoff_max_ms": 4000})
+        dm = self.daemon(cfg)
+        st = dm.wait_state(PK + "/wronghost", "tls-failed")
+        self.assertIn("TLS: certificate verify failed: hostname mismatch", st["last_error"])
+        self.assertIn("server presented CN=wrong.example", st["last_error"])
+        st = dm.wait_state(PK + "/otherca", "tls-failed")
+        self.assertIn("unable to get local issuer certificate", st["last_error"])
+        self.assertIn("ca_file", st["last_error"])
+        self.assertIn("issued by CN=other-ca", st["last_error"])
+        # a closed port stays a network failure: short back-off, no TLS verdict
+        st = dm.wait_state(PK + "/closedport", "backoff")
+        self.assertNotIn("TLS", st["last_error"])
+        self.assertIn("connect failed", st["last_error"])
+        log = dm.log()
+        self.assertRegex(log, r"<4>.*%s/wronghost.*TLS: certificate verify failed" % PK)
+        # certificate failures back off from backoff_max_ms (4 s, jitter 2-4 s), not 0.1-0.2 s
+        waits = [float(x) for x in re.findall(
+            r"%s/otherca: tls-failed, next attempt in ([0-9.]+) s" % PK, log)]
+        self.assertTrue(waits and min(waits) >= 2.0, (waits, log[-2000:]))
+        time.sleep(1)
+        for name, srv in servers.items():
+            self.assertGreaterEqual(srv.accepted, 1, name)
+            self.assertEqual(srv.received, b"", "%s: bytes after the handshake: %r"
+                             % (name, srv.received[:40]))
 
 
 class Registration(T.TestCase):
