@@ -15,7 +15,6 @@
 #include "errors.h"
 #include "log.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -41,7 +40,6 @@ struct sess {
     /* Publishes of this session queued for the caller thread or being handed to Paho by it;
      * closing waits for it to reach 0 (see sess_free). */
     atomic_uint queued;
-    bool connecting; /* counted in B.connecting until its connect result arrives */
 };
 
 struct pubctx {
@@ -72,7 +70,7 @@ static struct {
     struct sess **table; /* open addressing on id, NULL = empty, TOMB = deleted */
     size_t cap, used, count;
     uint32_t next_gen;
-    MQTTAsync keeper; /* keeps Paho's threads alive between sessions; the doorbell's client */
+    MQTTAsync keeper; /* never connected: keeps Paho's threads alive between sessions */
     bool ready;
 } L = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -114,27 +112,6 @@ static struct {
 
 static struct sess tomb_;
 #define TOMB (&tomb_)
-
-/*
- * The doorbell. Paho's receive thread sees that a non-blocking TCP connect has finished only in
- * the zero-timeout POLLOUT poll that starts each of its rounds, and even then waits for up to
- * 1 s in the round's POLLIN poll before it acts (Socket_getReadySocket in 1.3.12, unchanged in
- * 1.3.15). A session started while that thread was idle therefore sent its CONNECT, or its TLS
- * ClientHello, 1 to 2.1 s after its TCP connection was up: the "2.1 s before the 2nd to 5th
- * CONNECT". The keeper client is connected to a listener of ours on loopback, and while any
- * session is connecting the loop writes an MQTT PINGRESP to it every BELL_MS: that ends the
- * POLLIN wait, so a finished TCP connect is acted on within about two rings. Paho takes an
- * unsolicited PINGRESP as a no-op; the keeper has keepalive 0, so nothing else flows.
- */
-#define BELL_MS 20
-
-static struct {
-    uv_tcp_t server, conn;
-    uv_timer_t timer;
-    bool server_open, conn_open, connack_sent, timer_open, ringing;
-    int connecting; /* sessions between session_connect and their connect result */
-    char buf[64];
-} B;
 
 /* ---- id table ---------------------------------------------------------------------------- */
 
@@ -262,11 +239,6 @@ static void drain(uv_async_t *h)
     while (e) {
         struct qev *next = e->next;
         struct sess *s = table_get(e->ev.id);
-        if (s && s->gen == e->gen && s->connecting &&
-            (e->ev.kind == SESSION_CONNECTED || e->ev.kind == SESSION_CONNECT_FAILED)) {
-            s->connecting = false;
-            B.connecting--;
-        }
         if (s && s->gen == e->gen)
             L.cb(L.arg, &e->ev);
         free_ev(e);
@@ -549,10 +521,6 @@ static void caller_forget(struct sess *s)
 
 static void sess_free(struct sess *s)
 {
-    if (s->connecting) {
-        s->connecting = false;
-        B.connecting--;
-    }
     if (s->client) {
         caller_forget(s);
         MQTTAsync_destroy(&s->client);
@@ -569,132 +537,9 @@ static void sess_free(struct sess *s)
     free(s);
 }
 
-/* ---- the doorbell (see above) ------------------------------------------------------------ */
-
-static void bell_alloc(uv_handle_t *h, size_t want, uv_buf_t *buf)
-{
-    *buf = uv_buf_init(B.buf, sizeof(B.buf));
-}
-
-static void bell_conn_closed(uv_handle_t *h)
-{
-    if (h != (uv_handle_t *)&B.conn)
-        free(h);
-}
-
-/* The keeper's bytes: its CONNECT gets CONNACK 0; anything after it is ignored. */
-static void bell_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
-{
-    static const char connack[] = {0x20, 0x02, 0x00, 0x00};
-    if (n < 0) {
-        B.conn_open = false;
-        uv_close((uv_handle_t *)&B.conn, bell_conn_closed);
-        return;
-    }
-    if (n > 0 && !B.connack_sent && (unsigned char)buf->base[0] == 0x10) {
-        B.connack_sent = uv_try_write(st, &(uv_buf_t){.base = (char *)connack, .len = 4}, 1) == 4;
-    }
-}
-
-static void bell_connection(uv_stream_t *server, int status)
-{
-    uv_tcp_t *c;
-    if (status < 0)
-        return;
-    if (B.conn_open) { /* only the keeper may stay: anyone else is turned away */
-        c = malloc(sizeof(*c));
-        if (c && uv_tcp_init(L.loop, c) == 0) {
-            uv_accept(server, (uv_stream_t *)c);
-            uv_close((uv_handle_t *)c, bell_conn_closed);
-        } else {
-            free(c);
-        }
-        return;
-    }
-    if (uv_tcp_init(L.loop, &B.conn) < 0)
-        return;
-    B.conn_open = true;
-    if (uv_accept(server, (uv_stream_t *)&B.conn) < 0 ||
-        uv_read_start((uv_stream_t *)&B.conn, bell_alloc, bell_read) < 0) {
-        B.conn_open = false;
-        uv_close((uv_handle_t *)&B.conn, bell_conn_closed);
-    }
-}
-
-static void bell_tick(uv_timer_t *t)
-{
-    static const char pingresp[] = {(char)0xd0, 0x00};
-    if (B.connecting <= 0) {
-        uv_timer_stop(&B.timer);
-        B.ringing = false;
-        return;
-    }
-    if (B.conn_open && B.connack_sent)
-        uv_try_write((uv_stream_t *)&B.conn, &(uv_buf_t){.base = (char *)pingresp, .len = 2}, 1);
-}
-
-static void bell_ring(void)
-{
-    if (B.timer_open && !B.ringing) {
-        B.ringing = true;
-        uv_timer_start(&B.timer, bell_tick, BELL_MS, BELL_MS);
-    }
-}
-
-/* Listens on loopback; writes the keeper's URI (the listener, or a dead port without it). */
-static void bell_listen(char *uri, size_t len)
-{
-    struct sockaddr_in sa;
-    struct sockaddr_storage bound;
-    int blen = sizeof(bound);
-
-    memset(&B, 0, sizeof(B));
-    snprintf(uri, len, "tcp://127.0.0.1:1");
-    if (uv_timer_init(L.loop, &B.timer) == 0)
-        B.timer_open = true;
-    if (uv_tcp_init(L.loop, &B.server) < 0)
-        return;
-    B.server_open = true;
-    uv_ip4_addr("127.0.0.1", 0, &sa);
-    if (uv_tcp_bind(&B.server, (const struct sockaddr *)&sa, 0) < 0 ||
-        uv_listen((uv_stream_t *)&B.server, 4, bell_connection) < 0 ||
-        uv_tcp_getsockname(&B.server, (struct sockaddr *)&bound, &blen) < 0) {
-        log_debug("session: no doorbell listener; a CONNECT may wait up to 2 s for Paho");
-        return;
-    }
-    snprintf(uri, len, "tcp://127.0.0.1:%d", ntohs(((struct sockaddr_in *)&bound)->sin_port));
-}
-
-/* Connects the keeper to the doorbell. Failing only costs connect latency. */
-static void bell_connect_keeper(void)
-{
-    MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer;
-    o.keepAliveInterval = 0; /* no PINGREQ: only our PINGRESPs flow */
-    o.cleansession = 1;
-    o.MQTTVersion = MQTTVERSION_3_1_1;
-    o.connectTimeout = 10;
-    if (MQTTAsync_connect(L.keeper, &o) != MQTTASYNC_SUCCESS)
-        log_debug("session: the keeper did not connect to the doorbell");
-}
-
-static void bell_close(void)
-{
-    if (B.conn_open) {
-        uv_read_stop((uv_stream_t *)&B.conn);
-        uv_close((uv_handle_t *)&B.conn, bell_conn_closed);
-        B.conn_open = false;
-    }
-    if (B.server_open)
-        uv_close((uv_handle_t *)&B.server, NULL);
-    if (B.timer_open)
-        uv_close((uv_handle_t *)&B.timer, NULL);
-    B.server_open = B.timer_open = false;
-}
-
 int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg)
 {
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
-    char uri[64];
     int rc;
 
     L.loop = loop;
@@ -705,24 +550,19 @@ int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg)
         return rc;
     MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
     co.MQTTVersion = MQTTVERSION_3_1_1;
-    bell_listen(uri, sizeof(uri));
-    if (MQTTAsync_createWithOptions(&L.keeper, uri, "aligw-keeper", MQTTCLIENT_PERSISTENCE_NONE,
-                                    NULL, &co) != MQTTASYNC_SUCCESS) {
-        bell_close();
+    if (MQTTAsync_createWithOptions(&L.keeper, "tcp://127.0.0.1:1", "aligw-keeper",
+                                    MQTTCLIENT_PERSISTENCE_NONE, NULL, &co) != MQTTASYNC_SUCCESS) {
         uv_close((uv_handle_t *)&L.async, NULL);
         return ALIGW_EPAHO;
     }
     P.stop = false;
     if (pthread_create(&P.thread, NULL, caller_main, NULL) != 0) {
         MQTTAsync_destroy(&L.keeper);
-        bell_close();
         uv_close((uv_handle_t *)&L.async, NULL);
         return -EAGAIN;
     }
     P.running = true;
     L.ready = true;
-    if (B.server_open)
-        bell_connect_keeper();
     return 0;
 }
 
@@ -746,7 +586,6 @@ void session_layer_close(void)
         P.running = false;
     }
     MQTTAsync_destroy(&L.keeper); /* the last client: Paho stops its threads */
-    bell_close();
     struct qev *e = take_all();
     while (e) {
         struct qev *n = e->next;
@@ -865,14 +704,7 @@ int session_connect(uint64_t id)
         o.ssl = &ssl;
     }
     rc = MQTTAsync_connect(s->client, &o);
-    if (rc != MQTTASYNC_SUCCESS)
-        return ALIGW_EPAHO;
-    if (!s->connecting) {
-        s->connecting = true;
-        B.connecting++;
-    }
-    bell_ring();
-    return 0;
+    return rc == MQTTASYNC_SUCCESS ? 0 : ALIGW_EPAHO;
 }
 
 void session_close(uint64_t id)
