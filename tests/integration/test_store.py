@@ -380,7 +380,16 @@ class StoreFaults(T.TestCase):
         import signal
         os.kill(dm.proc.pid, signal.SIGSTOP)
         try:
-            time.sleep(0.3)
+            # The recorder takes what the broker already has: wait until it has been quiet for
+            # half a second (a fixed 0.3 s lost messages to the kill on a loaded machine).
+            deadline, last, quiet_since = time.monotonic() + 15, -1, time.monotonic()
+            while time.monotonic() < deadline:
+                n = hub.mark()
+                if n != last:
+                    last, quiet_since = n, time.monotonic()
+                elif time.monotonic() - quiet_since >= 0.5:
+                    break
+                time.sleep(0.05)
             broker = hub._procs[0]
             broker.kill()
             broker.wait(10)
