@@ -22,9 +22,8 @@
 
 #include <jansson.h>
 
+#include "aligwctl.h"
 #include "base64.h"
-
-enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_NOT_RUNNING = 3, EXIT_DENIED = 4 };
 
 #define DEFAULT_SOCKET "/run/aligw/aligw.sock"
 
@@ -57,6 +56,11 @@ static const char usage_text[] =
     "  remove PK/DN                remove a device added at runtime\n"
     "  reload                      reload the configuration file\n"
     "  stats                       counters of the daemon and its API\n"
+    "  top [--once] [--interval S] live view: devices by state, msg/s, queue, the busiest\n"
+    "                              and the troubled devices; q quits; --once: one frame\n"
+    "  health [--min-online SHARE] exit 0 when aligwd answers, its store is writable and at\n"
+    "                              least SHARE (default health.min_online) of the devices\n"
+    "                              are online, else 1 (for HEALTHCHECK and monitoring)\n"
     "  hello                       protocol and daemon version\n"
     "  time                        the platform's time: the system clock's offset from it\n"
     "\n"
@@ -76,7 +80,7 @@ static const char usage_text[] =
     "  aligwctl watch a1B2c3D4e5F/boiler-01 --kind service_call --json\n";
 
 static const char *sock_path;
-static bool opt_json;
+bool ctl_json;
 static int sock_fd = -1;
 static char *rbuf;
 static size_t rlen, rcap;
@@ -93,7 +97,7 @@ static int usage_error(const char *fmt, const char *arg)
     return EXIT_USAGE;
 }
 
-static int connect_daemon(void)
+int ctl_connect(void)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(sock_path) >= sizeof(sa.sun_path)) {
@@ -192,7 +196,7 @@ static int send_req(json_t *req)
 }
 
 /* Sends req (stolen) with id 1 and waits for its response. Returns the response or NULL. */
-static json_t *call(json_t *req, int *code)
+json_t *ctl_call(json_t *req, int *code)
 {
     json_object_set_new(req, "id", json_integer(1));
     /* A refused peer gets one "forbidden" line and the connection is closed, possibly before
@@ -215,7 +219,7 @@ static json_t *call(json_t *req, int *code)
             if (!json_is_true(ok)) {
                 json_t *e = json_object_get(j, "error");
                 const char *c = json_string_value(json_object_get(e, "code"));
-                if (opt_json)
+                if (ctl_json)
                     puts(raw);
                 else
                     fprintf(stderr, "aligwctl: %s: %s\n", c ? c : "error",
@@ -225,7 +229,7 @@ static json_t *call(json_t *req, int *code)
                 json_decref(j);
                 return NULL;
             }
-            if (opt_json)
+            if (ctl_json)
                 puts(raw);
             free(raw);
             *code = EXIT_OK;
@@ -238,12 +242,12 @@ static json_t *call(json_t *req, int *code)
 
 /* ---- formatting ---- */
 
-static json_int_t geti(json_t *o, const char *k)
+json_int_t ctl_geti(json_t *o, const char *k)
 {
     return json_integer_value(json_object_get(o, k));
 }
 
-static void fmt_bytes(char *out, size_t n, double b)
+void ctl_fmt_bytes(char *out, size_t n, double b)
 {
     const char *u[] = {"B", "kB", "MB", "GB", "TB"};
     int i = 0;
@@ -254,7 +258,7 @@ static void fmt_bytes(char *out, size_t n, double b)
     snprintf(out, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
 }
 
-static void fmt_age(char *out, size_t n, double s)
+void ctl_fmt_age(char *out, size_t n, double s)
 {
     if (s < 0)
         snprintf(out, n, "-");
@@ -268,7 +272,7 @@ static void fmt_age(char *out, size_t n, double s)
         snprintf(out, n, "%.1fd", s / 86400);
 }
 
-static double now_ms(void)
+double ctl_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -302,7 +306,7 @@ static void print_states(json_t *states, json_int_t total)
     const char *sep = ": ";
     /* online first, then the rest as the daemon lists them */
     if (json_object_get(states, "online")) {
-        printf("%s%lld online", sep, (long long)geti(states, "online"));
+        printf("%s%lld online", sep, (long long)ctl_geti(states, "online"));
         sep = ", ";
     }
     json_object_foreach(states, k, v)
@@ -320,12 +324,12 @@ static void print_queue(json_t *q)
     char b[32], a[32];
     if (!q)
         return;
-    fmt_bytes(b, sizeof(b), (double)geti(q, "bytes"));
-    json_int_t oldest = geti(q, "oldest_ms");
-    fmt_age(a, sizeof(a), oldest > 0 ? (now_ms() - (double)oldest) / 1000 : -1);
+    ctl_fmt_bytes(b, sizeof(b), (double)ctl_geti(q, "bytes"));
+    json_int_t oldest = ctl_geti(q, "oldest_ms");
+    ctl_fmt_age(a, sizeof(a), oldest > 0 ? (ctl_now_ms() - (double)oldest) / 1000 : -1);
     printf("queue: %lld messages, %s, oldest %s; dropped %lld, expired %lld\n",
-           (long long)geti(q, "queued"), b, a, (long long)geti(q, "dropped"),
-           (long long)geti(q, "expired"));
+           (long long)ctl_geti(q, "queued"), b, a, (long long)ctl_geti(q, "dropped"),
+           (long long)ctl_geti(q, "expired"));
 }
 
 static int state_rank(const char *s)
@@ -349,7 +353,7 @@ static int cmp_dev(const void *a, const void *b)
                   json_string_value(json_object_get(y, "device")));
 }
 
-static int term_rows(void)
+int ctl_term_rows(void)
 {
     struct winsize ws;
     if (!isatty(STDOUT_FILENO))
@@ -375,13 +379,13 @@ static void print_devices(json_t *res, bool all)
         w = 44;
     qsort(v, n, sizeof(*v), cmp_dev);
 
-    print_states(json_object_get(res, "states"), geti(res, "total"));
-    int rows = term_rows();
+    print_states(json_object_get(res, "states"), ctl_geti(res, "total"));
+    int rows = ctl_term_rows();
     size_t limit = all || rows == 0 ? n : (size_t)(rows > 8 ? rows - 5 : 3);
     size_t shown = 0, hidden_online = 0, hidden_other = 0;
     printf("%-*s  %-12s %6s %8s %9s %7s %7s  %s\n", (int)w, "DEVICE", "STATE", "SINCE", "QUEUED",
            "BYTES", "OLDEST", "DROPPED", "LAST ERROR");
-    double now = now_ms();
+    double now = ctl_now_ms();
     for (size_t i = 0; i < n; i++) {
         const char *st = json_string_value(json_object_get(v[i], "state"));
         if (shown >= limit) {
@@ -392,18 +396,18 @@ static void print_devices(json_t *res, bool all)
             continue;
         }
         char since[16], bytes[16], oldest[16];
-        json_int_t s = geti(v[i], "since_ms");
-        fmt_age(since, sizeof(since), s > 0 ? (now - (double)s) / 1000 : -1);
-        fmt_bytes(bytes, sizeof(bytes), (double)geti(v[i], "queued_bytes"));
-        json_int_t o = geti(v[i], "oldest_ms");
-        fmt_age(oldest, sizeof(oldest), o > 0 ? (now - (double)o) / 1000 : -1);
+        json_int_t s = ctl_geti(v[i], "since_ms");
+        ctl_fmt_age(since, sizeof(since), s > 0 ? (now - (double)s) / 1000 : -1);
+        ctl_fmt_bytes(bytes, sizeof(bytes), (double)ctl_geti(v[i], "queued_bytes"));
+        json_int_t o = ctl_geti(v[i], "oldest_ms");
+        ctl_fmt_age(oldest, sizeof(oldest), o > 0 ? (now - (double)o) / 1000 : -1);
         const char *err = json_string_value(json_object_get(v[i], "last_error"));
         if (!err)
             err = json_string_value(json_object_get(v[i], "field_error"));
         printf("%-*.*s  %-12.12s %6s %8lld %9s %7s %7lld  %.50s\n", (int)w, (int)w,
                json_string_value(json_object_get(v[i], "device")), st ? st : "?", since,
-               (long long)geti(v[i], "queued"), bytes, oldest,
-               (long long)(geti(v[i], "dropped") + geti(v[i], "expired")),
+               (long long)ctl_geti(v[i], "queued"), bytes, oldest,
+               (long long)(ctl_geti(v[i], "dropped") + ctl_geti(v[i], "expired")),
                err && st && strcmp(st, "online") ? err : "");
         shown++;
     }
@@ -416,9 +420,9 @@ static void print_devices(json_t *res, bool all)
 static void print_status(json_t *res)
 {
     char up[16];
-    fmt_age(up, sizeof(up), (double)geti(res, "uptime_s"));
+    ctl_fmt_age(up, sizeof(up), (double)ctl_geti(res, "uptime_s"));
     printf("aligwd %s, up %s\n", json_string_value(json_object_get(res, "version")) ?: "?", up);
-    print_states(json_object_get(res, "states"), geti(res, "devices"));
+    print_states(json_object_get(res, "states"), ctl_geti(res, "devices"));
     print_queue(json_object_get(res, "queue"));
     const char *k;
     json_t *v;
@@ -686,16 +690,16 @@ static void print_time(json_t *r, const struct args *a)
 {
     json_t *t = json_object_get(r, "time");
     if (!json_is_true(json_object_get(t, "synced"))) {
-        printf("not synced yet (%lld request(s) sent)\n", (long long)geti(t, "requests"));
+        printf("not synced yet (%lld request(s) sent)\n", (long long)ctl_geti(t, "requests"));
         return;
     }
     char age[16];
-    fmt_age(age, sizeof(age), (now_ms() - (double)geti(t, "synced_at_ms")) / 1000);
-    json_int_t off = geti(t, "offset_ms");
+    ctl_fmt_age(age, sizeof(age), (ctl_now_ms() - (double)ctl_geti(t, "synced_at_ms")) / 1000);
+    json_int_t off = ctl_geti(t, "offset_ms");
     printf(
         "platform time: system clock %s by %lld ms (round trip %lld ms), learnt %s ago via %s%s\n",
         off > 0 ? "behind" : "ahead", (long long)(off < 0 ? -off : off),
-        (long long)geti(t, "rtt_ms"), age, json_string_value(json_object_get(t, "via")) ?: "-",
+        (long long)ctl_geti(t, "rtt_ms"), age, json_string_value(json_object_get(t, "via")) ?: "-",
         json_is_true(json_object_get(t, "skewed")) ? " (beyond cloud.max_clock_skew_ms)" : "");
 }
 
@@ -791,7 +795,7 @@ static bool *flag_option(struct args *a, const char *name)
     if (!strcmp(name, "--secret-stdin"))
         return &a->secret_stdin;
     if (!strcmp(name, "--json"))
-        return &opt_json;
+        return &ctl_json;
     return NULL;
 }
 
@@ -837,7 +841,7 @@ static int follow_events(void)
     struct sigaction sa = {.sa_handler = on_sig};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    if (!opt_json)
+    if (!ctl_json)
         fprintf(stderr, "watching; Ctrl-C to stop\n");
     fflush(stdout); /* with --json the watch's answer: a reader knows the watch is in place */
     while (!stop) {
@@ -850,7 +854,7 @@ static int follow_events(void)
             fprintf(stderr, "aligwctl: aligwd closed the connection\n");
             return EXIT_FAILED;
         }
-        if (opt_json) {
+        if (ctl_json) {
             puts(raw);
             fflush(stdout);
         } else {
@@ -872,15 +876,15 @@ static int run(const struct command *cmd, struct args *a)
         return usage_error("%s", cmd->usage);
     }
     json_object_set_new(req, "op", json_string(cmd->op));
-    if ((code = cmd->build(req, a)) != 0 || (code = connect_daemon()) != EXIT_OK) {
+    if ((code = cmd->build(req, a)) != 0 || (code = ctl_connect()) != EXIT_OK) {
         json_decref(req);
         return code;
     }
-    if (!(res = call(req, &code))) /* steals req */
+    if (!(res = ctl_call(req, &code))) /* steals req */
         return code;
     if (cmd->stream)
         code = follow_events();
-    else if (!opt_json)
+    else if (!ctl_json)
         cmd->print(json_object_get(res, "result"), a);
     json_decref(res);
     return code;
@@ -904,7 +908,7 @@ int main(int argc, char **argv)
             fputs(usage_text, stdout);
             return EXIT_OK;
         } else if (!strcmp(argv[i], "--json")) {
-            opt_json = true;
+            ctl_json = true;
         } else if (!strcmp(argv[i], "-s") || !strcmp(argv[i], "--socket")) {
             if (++i >= argc)
                 return usage_error("%s needs a path", argv[i - 1]);
@@ -917,6 +921,12 @@ int main(int argc, char **argv)
     }
     if (!name)
         return usage_error("%s", "no command given");
+    if (!strcmp(name, "health") || !strcmp(name, "top")) {
+        code = name[0] == 'h' ? ctl_health(argc - i, argv + i) : ctl_top(argc - i, argv + i);
+        if (sock_fd >= 0)
+            close(sock_fd);
+        return code;
+    }
     for (cmd = commands; cmd->name && strcmp(cmd->name, name) != 0; cmd++)
         ;
     if (!cmd->name)

@@ -313,7 +313,21 @@ static json_t *queue_json(void)
                           (json_int_t)h.errors, "damaged", h.damaged);
     if (o && h.last_error[0])
         json_object_set_new(o, "last_error", json_string(h.last_error));
+    if (o)
+        json_object_set_new(o, "full", json_boolean(st.full));
     return o;
+}
+
+/* Message counters since the start (what aligwctl top turns into rates). */
+static json_t *messages_json(void)
+{
+    struct outbox_stats st;
+    struct device_totals t;
+    outbox_total_stats(A.ob, &st);
+    devices_get_totals(&t);
+    return json_pack("{s:I,s:I,s:I,s:I,s:I}", "accepted", (json_int_t)st.accepted, "forwarded",
+                     (json_int_t)t.c.msgs_sent, "acked", (json_int_t)t.c.msgs_out, "received",
+                     (json_int_t)t.c.msgs_in, "inflight", (json_int_t)t.inflight);
 }
 
 static void do_devices(struct ipc_reply *r, const struct ipc_request *req)
@@ -360,6 +374,16 @@ static void do_reload(struct ipc_reply *r)
     ipc_reply_ok(r, json_pack("{s:o}", "restart_needed", keys));
 }
 
+void api_get_stats(struct ipc_stats *is, struct plugins_stats *ps)
+{
+    memset(is, 0, sizeof(*is));
+    memset(ps, 0, sizeof(*ps));
+    if (A.ipc)
+        ipc_server_stats(A.ipc, is);
+    if (A.plugins)
+        plugins_get_stats(A.plugins, ps);
+}
+
 static void do_status(struct ipc_reply *r, bool stats)
 {
     struct list_ctx c = {0};
@@ -376,6 +400,9 @@ static void do_status(struct ipc_reply *r, bool stats)
         json_object_set_new(o, "fds",
                             json_pack("{s:I,s:I}", "limit", (json_int_t)fd_limit,
                                       "devices_servable", (json_int_t)sessions));
+    json_object_set_new(o, "messages", messages_json());
+    /* What aligwctl health checks against (health.min_online). */
+    json_object_set_new(o, "health", json_pack("{s:f}", "min_online", A.cfg->health.min_online));
     if (stats) {
         struct ipc_stats is;
         struct plugins_stats ps = {0};

@@ -30,4 +30,9 @@ void api_apply_config(const struct config *cfg);
 /* Stops plugins and closes the socket; pending requests are answered "unavailable". */
 void api_close(void);
 
+struct ipc_stats;
+struct plugins_stats;
+/* The local API's and the plugin host's counters (zeros before api_start). */
+void api_get_stats(struct ipc_stats *is, struct plugins_stats *ps);
+
 #endif

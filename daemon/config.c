@@ -153,6 +153,54 @@ static char *plugin_file(struct loader *L, const char *name)
     return cfg_lfmt(L, "%s/%s.so", paths_plugin_dir(), name);
 }
 
+/* "127.0.0.1:9469", "[::1]:9469", ":9469" (every address) or an absolute Unix socket path. */
+static bool listen_ok(const char *s)
+{
+    if (s[0] == '/')
+        return strlen(s) <= 107;
+    const char *colon = strrchr(s, ':');
+    if (!colon || (s[0] == '[' && (colon == s || colon[-1] != ']')))
+        return false;
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    return colon[1] && *end == '\0' && errno == 0 && port >= 1 && port <= 65535;
+}
+
+static void metrics_per_device(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    if (!json_is_boolean(v))
+        cfg_jerr(L, p, false, "must be true or false");
+    else
+        L->c->metrics.per_device = json_is_true(v);
+}
+
+static const struct key metrics_keys[] = {
+    {"listen", K_STR, CF(metrics.listen), .restart = true, .ok = listen_ok,
+     .why = "must be HOST:PORT (\"127.0.0.1:9469\", \"[::1]:9469\", \":9469\") or an absolute "
+            "Unix socket path of at most 107 bytes",
+     .quote = true},
+    {"per_device", K_FN, .fn = metrics_per_device},
+    {0},
+};
+
+static void parse_metrics(struct loader *L, void *ctx, json_t *o, const char *path)
+{
+    if (cfg_j_object(L, o, path))
+        cfg_walk(L, o, path, metrics_keys, NULL, NULL);
+}
+
+static const struct key health_keys[] = {
+    {"min_online", K_NUM, CF(health.min_online), .dlo = 0, .dhi = 1},
+    {0},
+};
+
+static void parse_health(struct loader *L, void *ctx, json_t *o, const char *path)
+{
+    if (cfg_j_object(L, o, path))
+        cfg_walk(L, o, path, health_keys, NULL, NULL);
+}
+
 /* One entry of "plugins" being read (the ctx of its key handlers). */
 struct plugin_walk {
     struct plugin_conf *pc;
@@ -297,6 +345,7 @@ static void config_defaults(struct config *c)
     c->api.max_line = 1 << 20;
     c->api.max_payload = 256 << 10;
     c->api.service_timeout_ms = 8000;
+    c->health.min_online = 0.5;
 }
 
 static void check_private(struct loader *L, const char *display, const struct stat *st)
@@ -379,6 +428,8 @@ static const struct key root_keys[] = {
     {"runtime_dir", K_PATH, CF(runtime_dir), .restart = true},
     {"store", K_FN, .fn = parse_store, .sub = store_keys},
     {"api", K_FN, .fn = parse_api, .sub = api_keys},
+    {"metrics", K_FN, .fn = parse_metrics, .sub = metrics_keys},
+    {"health", K_FN, .fn = parse_health, .sub = health_keys},
     {0},
 };
 
@@ -631,6 +682,7 @@ void config_free(struct config *c)
     config_device_conf_free(&c->cloud.defaults);
     free(c->store.path);
     free(c->api.socket);
+    free(c->metrics.listen);
     free(c->api.group);
     cfg_free_strv(c->api.allow_users, c->api.n_allow_users);
     cfg_free_strv(c->api.allow_groups, c->api.n_allow_groups);

@@ -106,6 +106,15 @@ struct config {
         int service_timeout_ms;
     } api;
 
+    struct {
+        char *listen;    /* NULL: off; "host:port", "[v6]:port" or a Unix socket path */
+        bool per_device; /* also one series per device and counter */
+    } metrics;
+
+    struct {
+        double min_online; /* share of the devices that must be online to be healthy */
+    } health;
+
     char *devices_file;
     struct device_conf *devices;
     size_t n_devices;

@@ -62,13 +62,7 @@ struct device {
     char last_reason[320];
     char field_error[160];
     char platform_error[160]; /* the last notice on /ext/error */
-    struct {
-        uint64_t connects, disconnects, msgs_in, msgs_out, auth_failures, kicks, sub_refused;
-        uint64_t ack_timeouts;
-        uint64_t store_errors; /* failed outbox reads on the delivery path */
-        uint64_t dead_letters; /* messages set aside as refused by the platform */
-        uint64_t throttled;    /* 429 replies received */
-    } n;
+    struct device_counters n;
     /* Refused-message detection: the first seq sent on this connection and whether a PUBACK
      * came; in probe mode the oldest message goes out alone, and strikes counts the sessions
      * lost with it alone in flight and unacknowledged. */
@@ -143,6 +137,7 @@ static struct {
     size_t n_slots, cap_slots;
     struct strmap by_key;
     size_t count, online;
+    struct device_counters gone; /* the counters of the devices removed since the start */
     int total_inflight;
     int busy;              /* devices with messages in flight */
     uint64_t losses_at_ms; /* start of the current MASS_LOSS_MS window of session losses */
@@ -1316,6 +1311,7 @@ static void forward(struct device *d)
             d->sent_upto = m[i].seq;
             if (!d->conn_first_seq)
                 d->conn_first_seq = m[i].seq;
+            d->n.msgs_sent++;
             inflight_add(d, 1);
         }
         bool stopped = i < n;
@@ -1456,10 +1452,27 @@ static int device_new(const struct device_conf *dc, struct device **out)
     return 0;
 }
 
+static void counters_add(struct device_counters *to, const struct device_counters *c)
+{
+    to->connects += c->connects;
+    to->disconnects += c->disconnects;
+    to->msgs_in += c->msgs_in;
+    to->msgs_sent += c->msgs_sent;
+    to->msgs_out += c->msgs_out;
+    to->auth_failures += c->auth_failures;
+    to->kicks += c->kicks;
+    to->sub_refused += c->sub_refused;
+    to->ack_timeouts += c->ack_timeouts;
+    to->store_errors += c->store_errors;
+    to->dead_letters += c->dead_letters;
+    to->throttled += c->throttled;
+}
+
 static void device_stop(struct device *d)
 {
     if (R.hooks.removed)
         R.hooks.removed(R.hooks.ctx, d);
+    counters_add(&R.gone, &d->n);
     close_session(d);
     if (d->state == DEV_ONLINE)
         R.online--;
@@ -1729,6 +1742,7 @@ json_t *device_status_json(const struct device *d, bool full)
     if (outbox_device_stats(R.ob, d->key, &st) == 0) {
         json_object_set_new(o, "queued", json_integer((json_int_t)st.count));
         json_object_set_new(o, "queued_bytes", json_integer((json_int_t)st.bytes));
+        json_object_set_new(o, "accepted", json_integer((json_int_t)st.accepted));
         if (full) {
             json_object_set_new(o, "oldest_ms", json_integer(st.oldest_ms));
             json_object_set_new(o, "dropped", json_integer((json_int_t)st.dropped));
@@ -1744,6 +1758,8 @@ json_t *device_status_json(const struct device *d, bool full)
                                           "topic", dl.last_topic, "reason", dl.last_reason, "at_ms",
                                           (json_int_t)dl.last_ms));
     }
+    json_object_set_new(o, "messages_out", json_integer((json_int_t)d->n.msgs_out));
+    json_object_set_new(o, "messages_in", json_integer((json_int_t)d->n.msgs_in));
     if (d->field_error[0])
         json_object_set_new(o, "field_error", json_string(d->field_error));
     if (d->platform_error[0])
@@ -1782,4 +1798,26 @@ json_t *device_status_json(const struct device *d, bool full)
                                 json_string(d->secret || d->nwl_token ? "stored" : "pending"));
     }
     return o;
+}
+
+void device_get_counters(const struct device *d, struct device_counters *out, int *inflight)
+{
+    *out = d->n;
+    if (inflight)
+        *inflight = d->inflight;
+}
+
+void devices_get_totals(struct device_totals *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->c = R.gone;
+    for (size_t i = 0; i < R.n_slots; i++) {
+        const struct device *d = R.slots[i];
+        if (!d)
+            continue;
+        counters_add(&t->c, &d->n);
+        t->inflight += d->inflight;
+        if (d->state < DEV_STATE_COUNT)
+            t->by_state[d->state]++;
+    }
 }

@@ -35,6 +35,26 @@ enum device_state {
     DEV_STATE_COUNT
 };
 
+/* A device's counters since it was started (the daemon's start, or its addition). */
+struct device_counters {
+    uint64_t connects, disconnects;
+    uint64_t msgs_in;   /* downlink messages received */
+    uint64_t msgs_sent; /* uplink messages handed to the session (resends count again) */
+    uint64_t msgs_out;  /* uplink messages the platform acknowledged (or QoS 0 sent) */
+    uint64_t auth_failures, kicks, sub_refused, ack_timeouts;
+    uint64_t store_errors; /* failed outbox reads on the delivery path */
+    uint64_t dead_letters; /* messages set aside as refused by the platform */
+    uint64_t throttled;    /* 429 replies received */
+};
+
+/* The gateway's sums: counters of every device since the start (removed ones included), the
+ * messages in flight now and the devices in each state now. */
+struct device_totals {
+    struct device_counters c;
+    uint64_t inflight;
+    size_t by_state[DEV_STATE_COUNT];
+};
+
 const char *device_state_name(enum device_state s);
 
 /* What the rest of the daemon hears from the registry (all on the loop thread). */
@@ -82,6 +102,8 @@ const struct device_conf *device_conf(const struct device *d);
 enum device_state device_state(const struct device *d);
 /* A new Alink message id for this device (string of a uint32). */
 uint32_t device_next_alink_id(struct device *d);
+void device_get_counters(const struct device *d, struct device_counters *out, int *inflight);
+void devices_get_totals(struct device_totals *t);
 /* The status object the API returns (never contains a secret). full adds counters and errors. */
 json_t *device_status_json(const struct device *d, bool full);
 /* Records the platform's last error notice about d (/ext/error), shown in its status; true

@@ -369,21 +369,30 @@ static int conn_send(struct ipc_conn *c, char *own, struct shared_buf *sb, size_
     return rc;
 }
 
-static void send_error(struct ipc_conn *c, json_t *id, enum ipc_err code, const char *msg)
+/* op: the request's, or IPC_OP_COUNT_ for a line that was not a valid request. */
+static void count_request(struct ipc_server *srv, int op, bool error)
+{
+    srv->st.requests++;
+    if (error)
+        srv->st.errors++;
+    if (op >= 0 && op <= IPC_OP_COUNT_)
+        srv->st.by_op[op][error]++;
+}
+
+static void send_error(struct ipc_conn *c, int op, json_t *id, enum ipc_err code, const char *msg)
 {
     size_t n;
     char *line = ipc_response_error(id, code, msg, &n);
-    c->srv->st.requests++;
-    c->srv->st.errors++;
+    count_request(c->srv, op, true);
     if (line)
         conn_send(c, line, NULL, n);
 }
 
-static void send_ok(struct ipc_conn *c, json_t *id, json_t *result)
+static void send_ok(struct ipc_conn *c, int op, json_t *id, json_t *result)
 {
     size_t n;
     char *line = ipc_response_ok(id, result, &n);
-    c->srv->st.requests++;
+    count_request(c->srv, op, false);
     if (line)
         conn_send(c, line, NULL, n);
 }
@@ -406,7 +415,7 @@ static void handle_watch(struct ipc_conn *c, struct ipc_request *req)
     for (unsigned k = 1; k < IPC_EV_ALL_; k <<= 1)
         if (c->watch.kinds & k)
             json_array_append_new(kinds, json_string(ipc_event_kind_name((enum ipc_event_kind)k)));
-    send_ok(c, req->id,
+    send_ok(c, IPC_OP_WATCH, req->id,
             json_pack("{s:b,s:o,s:I,s:I}", "watching", 1, "kinds", kinds, "devices",
                       (json_int_t)(c->watch.all_devices ? -1 : (json_int_t)c->watch.n_devices),
                       "topics", (json_int_t)c->watch.n_topics));
@@ -426,7 +435,7 @@ static void on_line(void *ctx, const char *line, size_t len, bool too_long)
         json_t *id = ipc_request_peek_id(line, len);
         snprintf(msg, sizeof(msg), "request line longer than %zu bytes (api.max_line)",
                  srv->max_line);
-        send_error(c, id, IPC_ERR_LINE_TOO_LONG, msg);
+        send_error(c, IPC_OP_COUNT_, id, IPC_ERR_LINE_TOO_LONG, msg);
         json_decref(id);
         return;
     }
@@ -435,19 +444,19 @@ static void on_line(void *ctx, const char *line, size_t len, bool too_long)
     clock_gettime(CLOCK_REALTIME, &ts);
     lim.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     if (ipc_request_parse(line, len, &lim, &req, &err) < 0) {
-        send_error(c, err.id, err.code, err.message);
+        send_error(c, IPC_OP_COUNT_, err.id, err.code, err.message);
         ipc_error_free(&err);
         return;
     }
     if (ipc_op_is_admin(req.op) && !c->peer.admin) {
         snprintf(msg, sizeof(msg), "%s needs admin rights (api.admin_users/admin_groups)",
                  ipc_op_name(req.op));
-        send_error(c, req.id, IPC_ERR_FORBIDDEN, msg);
+        send_error(c, (int)req.op, req.id, IPC_ERR_FORBIDDEN, msg);
         ipc_request_free(&req);
         return;
     }
     if (req.op == IPC_OP_HELLO) {
-        send_ok(c, req.id,
+        send_ok(c, IPC_OP_HELLO, req.id,
                 json_pack("{s:i,s:s,s:s,s:I,s:b,s:I,s:I}", "protocol", IPC_PROTOCOL_VERSION,
                           "server", "aligwd", "version", ALIGW_VERSION, "uid",
                           (json_int_t)c->peer.uid, "admin", c->peer.admin, "max_line",
@@ -462,7 +471,7 @@ static void on_line(void *ctx, const char *line, size_t len, bool too_long)
     }
     struct ipc_reply *r = malloc(sizeof(*r));
     if (!r) {
-        send_error(c, req.id, IPC_ERR_INTERNAL, "out of memory");
+        send_error(c, (int)req.op, req.id, IPC_ERR_INTERNAL, "out of memory");
         ipc_request_free(&req);
         return;
     }
@@ -563,7 +572,7 @@ static void conn_update_reading(struct ipc_conn *c)
 
 static void refuse(struct ipc_conn *c, enum ipc_err code, const char *msg)
 {
-    send_error(c, NULL, code, msg);
+    send_error(c, IPC_OP_COUNT_, NULL, code, msg);
     c->close_after_write = true;
     if (c->wq_bytes == 0)
         conn_close(c);
@@ -641,9 +650,7 @@ static void reply_finish(struct ipc_reply *r, char *line, size_t n, bool error)
     struct ipc_conn *c = r->conn;
     c->inflight--;
     if (!c->closing && c->srv) {
-        c->srv->st.requests++;
-        if (error)
-            c->srv->st.errors++;
+        count_request(c->srv, (int)r->req.op, error);
         if (line) {
             conn_send(c, line, NULL, n);
             line = NULL;

@@ -44,6 +44,8 @@ struct ipc_stats {
     unsigned connections, watchers;
     uint64_t accepted, refused; /* connections */
     uint64_t requests, errors;  /* lines answered, of which with an error */
+    /* The same by op ([IPC_OP_COUNT_]: lines that were no valid request) and [error]. */
+    uint64_t by_op[IPC_OP_COUNT_ + 1][2];
     uint64_t events_sent, events_dropped;
 };
 

@@ -24,6 +24,7 @@
 #include "errors.h"
 #include "log.h"
 #include "loopstat.h"
+#include "metrics.h"
 #include "notify.h"
 #include "outbox.h"
 #include "plugins.h"
@@ -232,6 +233,7 @@ static int reload(char *restart, size_t len)
                      restart);
         devices_apply(nc);
         api_apply_config(nc);
+        metrics_apply_config(nc);
         if (M.cfg != M.boot)
             config_free(M.cfg);
         M.cfg = nc;
@@ -358,6 +360,7 @@ static void shutdown_all(void)
     record_outbox();
     if (M.record_timer_on)
         uv_close((uv_handle_t *)&M.record_timer, NULL);
+    metrics_close();
     api_close();
     devices_close();
     if (M.ob)
@@ -557,8 +560,11 @@ int main(int argc, char **argv)
     notify_start(M.loop, status_line);
 
     rc = api_start(M.loop, M.cfg, M.ob, M.db, reload);
-    if (rc < 0) {
+    if (rc < 0)
         log_errno(LOG_ERR, rc, "cannot start the local API");
+    else if ((rc = metrics_start(M.loop, M.cfg, M.ob)) < 0)
+        log_errno(LOG_ERR, rc, "cannot start the metrics endpoint");
+    if (rc < 0) {
         M.exit_code = 1;
         shutdown_all();
     } else {

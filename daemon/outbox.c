@@ -81,6 +81,7 @@ struct odev {
     /* The running batch's deltas and flags (batch runner; merged and reset in complete()). */
     int64_t d_count, d_bytes, d_dropped, d_expired;
     bool touched, inserted, got_append;
+    uint64_t accepted; /* appends committed since open (loop) */
     /* Log rate limiting (loop). */
     uint64_t unlogged_dropped, unlogged_expired;
     int64_t drop_log_ms, exp_log_ms;
@@ -203,6 +204,7 @@ struct outbox {
     int64_t next_dev_id;
 
     int64_t count, bytes, dropped, expired; /* committed totals */
+    uint64_t accepted;                      /* appends committed since open */
     int64_t pending_bytes;
     int64_t next_seq;
     int64_t committed_seq; /* every seq up to this one was committed (loop) */
@@ -1013,6 +1015,8 @@ static void complete(struct outbox *ob, struct batch *b)
         d->pending_bytes -= (int64_t)size;
         ob->pending_bytes -= (int64_t)size;
         if (ok) {
+            d->accepted++;
+            ob->accepted++;
             p->dnext = NULL;
             if (!d->wt_head) {
                 d->wt_head = p;
@@ -1584,7 +1588,8 @@ static int64_t oldest_ms(struct outbox *ob, struct odev *d)
     return v;
 }
 
-int outbox_device_stats(struct outbox *ob, const char *device_key, struct outbox_stats *st)
+static int device_stats(struct outbox *ob, const char *device_key, struct outbox_stats *st,
+                        bool oldest)
 {
     struct odev *d = dev_find(ob, device_key);
     memset(st, 0, sizeof(*st));
@@ -1594,9 +1599,21 @@ int outbox_device_stats(struct outbox *ob, const char *device_key, struct outbox
     st->bytes = (uint64_t)d->bytes;
     st->dropped = (uint64_t)d->dropped;
     st->expired = (uint64_t)d->expired;
-    if (d->count > 0 && d->in_db)
+    st->accepted = d->accepted;
+    st->full = ob->full;
+    if (oldest && d->count > 0 && d->in_db)
         st->oldest_ms = oldest_ms(ob, d);
     return 0;
+}
+
+int outbox_device_stats(struct outbox *ob, const char *device_key, struct outbox_stats *st)
+{
+    return device_stats(ob, device_key, st, true);
+}
+
+int outbox_device_counts(struct outbox *ob, const char *device_key, struct outbox_stats *st)
+{
+    return device_stats(ob, device_key, st, false);
 }
 
 void outbox_total_stats(struct outbox *ob, struct outbox_stats *st)
@@ -1606,6 +1623,8 @@ void outbox_total_stats(struct outbox *ob, struct outbox_stats *st)
     st->bytes = (uint64_t)ob->bytes;
     st->dropped = (uint64_t)ob->dropped;
     st->expired = (uint64_t)ob->expired;
+    st->accepted = ob->accepted;
+    st->full = ob->full;
     if (ob->count > 0)
         st->oldest_ms = oldest_ms(ob, NULL);
 }

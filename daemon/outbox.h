@@ -142,10 +142,14 @@ struct outbox_stats {
     uint64_t count, bytes;     /* committed and still queued */
     uint64_t dropped, expired; /* since the store was created */
     int64_t oldest_ms;         /* created_ms of the oldest queued message, 0 if none */
+    uint64_t accepted;         /* appends committed since the store was opened */
+    bool full;                 /* the disk is full: appends are refused until there is room */
 };
 
 /* Counters of one device; all zero (and 0 returned) for an unknown device. */
 int outbox_device_stats(struct outbox *ob, const char *device_key, struct outbox_stats *st);
+/* The same without oldest_ms (which costs a query): memory only, for a scrape of every device. */
+int outbox_device_counts(struct outbox *ob, const char *device_key, struct outbox_stats *st);
 /* Counters of the whole store. */
 void outbox_total_stats(struct outbox *ob, struct outbox_stats *st);
 
