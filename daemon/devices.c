@@ -407,8 +407,8 @@ static uint64_t backoff_n(struct device *d, enum device_state s, int base_ms, in
     delay = delay / 2 + (uint64_t)(jitter_next() * (double)(delay / 2));
     set_state(d, s, 0, NULL);
     uv_timer_start(&d->timer, on_backoff_timer, delay, 0);
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s, next attempt in %.3f s",
-            device_state_name(s), (double)delay / 1000.0);
+    log_event(LOG_INFO, d->conf.product_key, d->conf.device_name, "retry",
+              "%s, next attempt in %.3f s", device_state_name(s), (double)delay / 1000.0);
     return delay;
 }
 
@@ -741,7 +741,7 @@ static void on_connected(struct device *d)
     d->last_error = 0;
     d->last_reason[0] = '\0';
     set_state(d, DEV_ONLINE, 0, NULL);
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "online");
+    log_event(LOG_INFO, d->conf.product_key, d->conf.device_name, "online", "online");
     if (d->kick_level) /* the back-off timer is idle while online */
         uv_timer_start(&d->timer, on_kick_calm, KICK_WINDOW_MS, 0);
     memset(d->sub_refused, 0, d->n_subs * sizeof(*d->sub_refused));
@@ -767,7 +767,8 @@ static void connect_failed_network(struct device *d, int code, const char *msg)
     set_reason(d, "connect failed: %s%s%s",
                code == -EAGAIN ? "server unavailable" : aligw_strerror(code), msg ? ": " : "",
                msg ? msg : "");
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    log_event(LOG_INFO, d->conf.product_key, d->conf.device_name, "connect_failed", "%s",
+              d->last_reason);
     backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
 }
 
@@ -847,7 +848,8 @@ static void on_connect_failed(struct device *d, int code, const char *msg)
         d->n.auth_failures++;
         d->last_error = ALIGW_EAUTH;
         set_reason(d, "login refused (%s); check the device secret", msg ? msg : "refused");
-        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+        log_event(LOG_WARNING, d->conf.product_key, d->conf.device_name, "auth_refused", "%s",
+                  d->last_reason);
         /* A fresh session next time: the clientId and password may change (timestamp). */
         close_session(d);
         backoff(d, DEV_AUTH_REFUSED, R.auth_backoff_ms, AUTH_BACKOFF_CAP_MS);
@@ -995,14 +997,14 @@ static void on_lost(struct device *d, const char *cause)
         d->attempt = 0;
         uint64_t delay =
             backoff_n(d, DEV_KICKED, R.kick_backoff_ms, AUTH_BACKOFF_CAP_MS, d->kick_level++);
-        log_dev(LOG_WARNING, d->conf.product_key, d->conf.device_name,
-                "%s; kick back-off %d: next login in %.1f s", d->last_reason, d->kick_level,
-                (double)delay / 1000.0);
+        log_event(LOG_WARNING, d->conf.product_key, d->conf.device_name, "kicked",
+                  "%s; kick back-off %d: next login in %.1f s", d->last_reason, d->kick_level,
+                  (double)delay / 1000.0);
         return;
     }
     d->last_error = -ECONNRESET;
     set_reason(d, "connection lost%s%s", cause ? ": " : "", cause ? cause : "");
-    log_dev(LOG_INFO, d->conf.product_key, d->conf.device_name, "%s", d->last_reason);
+    log_event(LOG_INFO, d->conf.product_key, d->conf.device_name, "lost", "%s", d->last_reason);
     backoff(d, DEV_BACKOFF, R.backoff_min_ms, R.backoff_max_ms);
 }
 

@@ -59,6 +59,7 @@ static struct {
     uv_timer_t record_timer;
     bool record_timer_on;
     struct statedb_outbox rec; /* what state.db holds about the outbox */
+    uv_timer_t log_timer;      /* reports the per-device log lines suppressed by the rate limit */
     struct config *cfg;        /* in force */
     struct config *boot;       /* loaded at start: its restart-only keys are the ones in force */
     struct outbox *ob;
@@ -370,6 +371,12 @@ static void shutdown_all(void)
     uv_close((uv_handle_t *)&M.sigterm, NULL);
     uv_close((uv_handle_t *)&M.sigint, NULL);
     uv_close((uv_handle_t *)&M.sighup, NULL);
+    uv_close((uv_handle_t *)&M.log_timer, NULL);
+}
+
+static void on_log_timer(uv_timer_t *t)
+{
+    log_flush_suppressed();
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -414,6 +421,7 @@ int main(int argc, char **argv)
     int verbose = 0, c, rc;
     struct config_errors errs = {0}, warns = {0};
 
+    log_init();
     while ((c = getopt_long(argc, argv, "c:vVh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
@@ -557,6 +565,8 @@ int main(int argc, char **argv)
     uv_signal_start(&M.sigterm, on_signal, SIGTERM);
     uv_signal_start(&M.sigint, on_signal, SIGINT);
     uv_signal_start(&M.sighup, on_signal, SIGHUP);
+    uv_timer_init(M.loop, &M.log_timer);
+    uv_timer_start(&M.log_timer, on_log_timer, LOG_WINDOW_MS / 2, LOG_WINDOW_MS / 2);
     notify_start(M.loop, status_line);
 
     rc = api_start(M.loop, M.cfg, M.ob, M.db, reload);
@@ -583,6 +593,7 @@ int main(int argc, char **argv)
     if (M.cfg != M.boot)
         config_free(M.boot);
     config_free(M.cfg);
+    log_flush_suppressed();
     log_info("stopped");
     return M.exit_code;
 }

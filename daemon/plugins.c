@@ -409,7 +409,7 @@ static void h_log(const struct aligw_host *h, int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    log_write(level, "plugin %s: %s", p->label, buf);
+    log_write_plugin(level, p->label, "%s", buf);
 }
 
 static int h_subscribe(const struct aligw_host *h, const struct aligw_device *dev,
