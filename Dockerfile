@@ -11,8 +11,8 @@
 # Volumes: /etc/aligw (aligw.json and the devices file, read-only is fine), /var/lib/aligw (the
 # outbox and state databases: keep it across restarts, or queued messages are lost),
 # /run/aligw (the API socket, to reach it from the host) and /usr/local/lib/aligw/plugins
-# (plugins of your own: name them by path in the config, "name": "/usr/local/lib/aligw/plugins/
-# x.so"). The config keeps the default state_dir and runtime_dir (/var/lib/aligw, /run/aligw).
+# (plugins of your own: a bare name is looked up there first, then among the built-in ones).
+# The config keeps the default state_dir and runtime_dir (/var/lib/aligw, /run/aligw).
 
 FROM debian:bookworm-slim AS build
 WORKDIR /src
@@ -35,6 +35,7 @@ RUN apt-get update -q \
  && install -d -o aligw -g aligw -m 0750 /var/lib/aligw /run/aligw \
  && install -d -m 0755 /etc/aligw /usr/local/lib/aligw/plugins
 COPY --from=build /out/ /
+ENV ALIGW_PLUGIN_PATH=/usr/local/lib/aligw/plugins
 USER aligw
 VOLUME ["/etc/aligw", "/var/lib/aligw", "/run/aligw", "/usr/local/lib/aligw/plugins"]
 # aligwd stops in order on SIGTERM (the last batch committed, sessions closed).
