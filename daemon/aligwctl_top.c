@@ -2,7 +2,8 @@
  * aligwctl health and aligwctl top. health asks aligwd for its status once and judges it: the
  * daemon answers, its store takes messages (the disk is not full) and at least health.min_online
  * of the devices are online; exit 0 healthy, 1 unhealthy, 3 not running, 4 access refused (the
- * container's HEALTHCHECK and systemd/monitoring checks use it). top is a live view in plain
+ * container's HEALTHCHECK and systemd/monitoring checks use it). A damaged outbox counts as
+ * not writable. top is a live view in plain
  * ANSI (no curses): every interval it asks for the status and the device list on one
  * connection and redraws devices by state, message rates from the counters' differences, the
  * queue, the busiest devices and the troubled ones; --once prints one frame (two samples one
@@ -64,7 +65,10 @@ int ctl_health(int argc, char **argv)
     if (min_online < 0)
         min_online = json_number_value(json_object_get(json_object_get(r, "health"), "min_online"));
     json_int_t total = ctl_geti(r, "devices"), online = ctl_geti(r, "online");
-    bool full = json_is_true(json_object_get(json_object_get(r, "queue"), "full"));
+    json_t *q = json_object_get(r, "queue");
+    /* full: the disk is; damaged: SQLite found the file damaged (the daemon is stopping) */
+    bool full =
+        json_is_true(json_object_get(q, "full")) || json_is_true(json_object_get(q, "damaged"));
     double share = total ? (double)online / (double)total : 1.0;
     bool ok = !full && share + 1e-9 >= min_online;
     if (ctl_json) {
