@@ -111,7 +111,10 @@ class Plugins(T.TestCase):
             {"name": "simulator", "devices": [keys[2]], "config": {"interval_ms": 200}},
         ]
         dm = self.daemon(cfg)
-        log = dm.log()
+        # out of process, the refusals come from the plugin hosts just after the start
+        log = T.wait_for(lambda: (lambda l: l if "testplug_failstart.so" in l and
+                                  "testplug_badabi.so" in l else None)(dm.log()), 10,
+                         what="both refusals logged")
         self.assertIn("testplug_badabi.so", log)
         self.assertRegex(log, r"testplug_badabi\.so.*ABI")
         self.assertIn("testplug_failstart.so", log)
