@@ -16,6 +16,12 @@ PLUGIN_DIR = os.environ.get("ALIGW_PLUGIN_PATH", "")
 TEST_PLUGINS = os.environ.get("ALIGW_TEST_PLUGIN_DIR", "")
 
 
+def crash_env():
+    """Under ASan (abort_on_error), a SIGSEGV would become an abort: let it stay a SIGSEGV."""
+    o = os.environ.get("ASAN_OPTIONS", "")
+    return {"ASAN_OPTIONS": (o + ":" if o else "") + "handle_segv=0"}
+
+
 def testplug():
     return os.path.join(TEST_PLUGINS, "testplug_ok.so")
 
@@ -51,7 +57,7 @@ class PluginHost(T.TestCase):
             dict(sup, name=testplug(), devices=[keys[3]], config={"crash": "hang"}),
             dict(name="simulator", devices=[keys[4]], config={"interval_ms": 100}),
         ]
-        dm = self.daemon(cfg)
+        dm = self.daemon(cfg, env=crash_env())
 
         def reason(key, pattern):
             def check():
@@ -97,7 +103,7 @@ class PluginHost(T.TestCase):
         cfg["devices"] = [offline]
         n = 300
         cfg["plugins"] = [{"name": testplug(), "devices": keys, "config": {"track": n}}]
-        dm = self.daemon(cfg)
+        dm = self.daemon(cfg, env=crash_env())
         stored = {}
 
         def all_stored():
