@@ -1544,7 +1544,7 @@ int plugins_start(struct plugins *ps, const struct plugin_conf *confs, size_t n)
             if (!err[0])
                 snprintf(err, sizeof err, "plugin %s: %s", p->label, aligw_strerror(rc));
             log_error("%s; its %zu device(s) are disabled", err, c->n_devices);
-            snprintf(p->last_error, sizeof p->last_error, "%s", err);
+            snprintf(p->last_error, sizeof p->last_error, "%.250s", err);
             p->state = P_FAILED;
             pthread_mutex_lock(&ps->lock);
             p->accepting = false;
