@@ -963,6 +963,34 @@ static void forget_requests(struct plugin *p)
     free(v);
 }
 
+static bool child_consume(struct child *ch);
+
+/* The host has exited: what it wrote before is all in the socket buffer; handle it now (its
+ * last posts, its W_FAILED reason) rather than lose it when the pipe closes. */
+static void child_drain_exited(struct child *ch)
+{
+    int fd;
+    if (!ch->p || ch->pipe_closing || uv_fileno((uv_handle_t *)&ch->pipe, &fd) != 0)
+        return;
+    for (;;) {
+        if (ch->in_cap - ch->in_len < 65536) {
+            char *n = realloc(ch->in, ch->in_len + 65536);
+            if (!n)
+                return;
+            ch->in = n;
+            ch->in_cap = ch->in_len + 65536;
+        }
+        ssize_t n = read(fd, ch->in + ch->in_len, ch->in_cap - ch->in_len);
+        if (n <= 0 && !(n < 0 && errno == EINTR))
+            return;
+        if (n > 0) {
+            ch->in_len += (size_t)n;
+            if (!child_consume(ch))
+                return;
+        }
+    }
+}
+
 static void on_child_exit(uv_process_t *proc, int64_t status, int sig)
 {
     struct child *ch = proc->data;
@@ -971,6 +999,7 @@ static void on_child_exit(uv_process_t *proc, int64_t status, int sig)
     long delay;
 
     ch->exited = true;
+    child_drain_exited(ch);
     if (!p) {
         child_release(ch);
         return;
