@@ -159,8 +159,22 @@ static void flush_and_close(void)
     pthread_mutex_unlock(&H.lock);
 }
 
-/* Each thread builds its frames in its own buffer. */
-static __thread struct wire_out tw;
+/* Each thread builds its frames in its own buffer (freed when a plugin thread exits). */
+static __thread struct wire_out tw_buf;
+static pthread_key_t tw_key;
+
+static void tw_free(void *w)
+{
+    wire_free(w);
+}
+
+static struct wire_out *tw_get(void)
+{
+    if (!tw_buf.cap)
+        pthread_setspecific(tw_key, &tw_buf);
+    return &tw_buf;
+}
+#define tw (*tw_get())
 
 /* ---- host functions (any plugin thread) ---- */
 
@@ -702,6 +716,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    pthread_key_create(&tw_key, tw_free);
     harden_early();
     H.tail = &H.head;
     if (!read_init(&forbid, &nf, &config))

@@ -48,7 +48,7 @@ class PluginHost(T.TestCase):
         hub, rows, keys = self.hub(5)
         cfg = T.base_config(self.tmp)
         cfg["devices"] = [T.hub_device_config(hub, r, rate=0) for r in rows]
-        sup = {"heartbeat_ms": 600, "restart_min_ms": 200, "restart_max_ms": 400,
+        sup = {"heartbeat_ms": 2000, "restart_min_ms": 200, "restart_max_ms": 400,
                "max_start_failures": 3}
         cfg["plugins"] = [
             dict(sup, name=testplug(), devices=[keys[0]], config={"crash": "segv"}),
@@ -59,17 +59,35 @@ class PluginHost(T.TestCase):
         ]
         dm = self.daemon(cfg, env=crash_env())
 
+        # every field-state change is an API "state" event: watch them all (polling the device
+        # could miss the moments between a crash and its restart)
+        w = dm.api()
+        self.later(w.close)
+        self.assertTrue(w.call("watch", devices=keys[:4], kinds=["state"])["ok"])
+        seen = []
+
+        def event(key, pattern):
+            def check():
+                for e in seen:
+                    if e.get("device") == key and re.search(pattern, e.get("field_error", "")):
+                        return e["field_error"]
+                try:
+                    seen.append(w.next_event(0.5))
+                except OSError:
+                    pass
+                return None
+            return T.wait_for(check, 20, 0, "%s showing %s" % (key, pattern))
+
         def reason(key, pattern):
             def check():
-                st = dm.device(key)
-                err = st.get("field_error", "")
+                err = dm.device(key).get("field_error", "")
                 return err if re.search(pattern, err) else None
-            return T.wait_for(check, 10, 0.02, "%s showing %s" % (key, pattern))
+            return T.wait_for(check, 20, 0.05, "%s showing %s" % (key, pattern))
 
         # segfault in the plugin's thread: down with the signal, then restarted (and posting)
-        self.assertIn("plugin-down", reason(keys[0], r"signal 11"))
+        self.assertIn("plugin-down", event(keys[0], r"signal 11"))
         # exit(7) from the plugin: down with the status
-        self.assertIn("plugin-down", reason(keys[1], r"exited with status 7"))
+        self.assertIn("plugin-down", event(keys[1], r"exited with status 7"))
         # crash in start(), 3 times in a row: parked, with a log line naming the plugin
         err = reason(keys[2], r"parked after 3 failed start")
         self.assertIn("signal 11", err)

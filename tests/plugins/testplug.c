@@ -41,7 +41,8 @@ struct inst {
     atomic_bool stop;
 };
 
-static int *volatile nowhere; /* a real NULL dereference, not raise() */
+/* A real invalid store, not raise(); not NULL, so that UBSan lets it reach the MMU. */
+static int *volatile nowhere = (int *)16;
 
 /* Reads "key": "value" or "key": number from the config (a test plugin: no JSON library). */
 static void cfg_str(const char *cfg, const char *key, char *out, size_t len)
