@@ -202,8 +202,8 @@ static void tell_done(struct pref *ref, uint32_t gen, size_t dev, uint64_t cooki
             p->desc.on_post_done(p->instance, &p->devs[dev], cookie, status, seq);
         return;
     }
-    if (!p->ch || !p->ch->started)
-        return;
+    if (!p->ch || p->ch->exited)
+        return; /* (a host may post before its start() returned: it reads W_DONE after) */
     struct wire_out w = {0};
     wire_begin(&w, W_DONE);
     wire_u64(&w, dev);

@@ -775,8 +775,17 @@ static int poll_dev(struct mb *m, struct bus *b, struct mdev *d)
     }
     set_state(m, d, true, "modbus slave answering");
     d->report_all = false;
-    if (json_object_size(params) > 0) {
-        char *text = json_dumps(params, JSON_COMPACT | JSON_REAL_PRECISION(16));
+    /* the platform takes at most 200 properties per post: a long register map goes in parts */
+    const char *key;
+    json_t *val, *part = json_object();
+    size_t left = json_object_size(params);
+    json_object_foreach(params, key, val)
+    {
+        json_object_set(part, key, val);
+        left--;
+        if (json_object_size(part) < 200 && left > 0)
+            continue;
+        char *text = json_dumps(part, JSON_COMPACT | JSON_REAL_PRECISION(16));
         if (text) {
             int prc = m->host->post_properties(m->host, d->dev, text, 0);
             if (prc < 0)
@@ -784,7 +793,9 @@ static int poll_dev(struct mb *m, struct bus *b, struct mdev *d)
                                strerror(-prc));
         }
         free(text);
+        json_object_clear(part);
     }
+    json_decref(part);
     json_decref(params);
     return 0;
 }
