@@ -1319,6 +1319,9 @@ static int child_spawn(struct plugin *p)
     o.stdio = stdio;
     o.stdio_count = 4;
     o.exit_cb = on_child_exit;
+    /* its own session: a terminal's ^C reaches aligwd, which stops the hosts in order (they
+     * still die with aligwd: PDEATHSIG, and under systemd the unit's cgroup) */
+    o.flags = UV_PROCESS_DETACHED;
     ch->proc.data = ch;
     ch->pipe.data = ch;
     rc = uv_spawn(ps->loop, &ch->proc, &o);
