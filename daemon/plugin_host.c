@@ -7,10 +7,11 @@
  * with FD one end of a socketpair, and supervises it (restarts, heartbeats). This program owns
  * the plugin's side of include/aligw/plugin.h: it loads the .so with the same checks as aligwd,
  * gives the plugin a host table whose functions validate what they can locally and turn each
- * call into a frame (plugin_wire.h) on a bounded queue, which one writer thread sends to aligwd;
- * the main thread reads aligwd's frames (downlinks, post completions, pings, stop) and calls the
- * plugin's entry points, so that a plugin blocking an entry point stops answering pings and is
- * seen as hung.
+ * call into a frame (plugin_wire.h) on a bounded queue (property and event posts are built into
+ * their Alink topic and payload here, so that JSON work stays off aligwd's loop), which one writer
+ * thread sends to aligwd; the main thread reads aligwd's frames (downlinks, post completions,
+ * pings, stop) and calls the plugin's entry points, so that a plugin blocking an entry point stops
+ * answering pings and is seen as hung.
  *
  * Before loading anything it drops what a plugin does not need: no new privileges, death with
  * aligwd (PDEATHSIG), no inherited descriptors but the socket and stdio, none of aligwd's
@@ -29,6 +30,7 @@
 #include <linux/landlock.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -37,8 +39,10 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "alink.h"
 #include "plugin_load.h"
 #include "plugin_wire.h"
 
@@ -195,49 +199,62 @@ static bool json_kind_ok(const char *text, bool object_only)
     return ok;
 }
 
-static bool ident_ok(const char *s)
+/* Property and event posts are built here (alink is pure) and sent as ready topic + payload:
+ * the JSON work stays in the plugin's process, off aligwd's loop. aligwd checks the topic is
+ * the device's, as for publish_raw: a plugin can publish any payload on its own device's
+ * topics anyway, so this trusts it with nothing new. */
+static _Atomic uint32_t next_msg_id;
+
+static int send_built(long i, struct alink_msg *m, bool tracked, uint64_t cookie)
 {
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > 128)
-        return false;
-    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == n;
+    int rc = -E2BIG;
+    if (m->len <= MAX_PAYLOAD) {
+        wire_begin(&tw, W_RAW);
+        wire_u64(&tw, (uint64_t)i);
+        wire_u64(&tw, tracked);
+        wire_u64(&tw, cookie);
+        wire_u64(&tw, 1);
+        wire_str(&tw, m->topic);
+        wire_bytes(&tw, m->payload, m->len);
+        rc = send_frame(&tw, false);
+    }
+    alink_msg_free(m);
+    return rc;
 }
 
 static int do_props(long i, const char *params, int64_t time_ms, bool tracked, uint64_t cookie)
 {
+    struct alink_msg m;
+    json_t *j;
+    int rc;
     if (!params)
         return -EINVAL;
     if (strlen(params) > MAX_PAYLOAD)
         return -E2BIG;
-    if (!json_kind_ok(params, true))
+    if (!(j = json_loads(params, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL)))
         return -EINVAL;
-    wire_begin(&tw, W_PROPS);
-    wire_u64(&tw, (uint64_t)i);
-    wire_u64(&tw, tracked);
-    wire_u64(&tw, cookie);
-    wire_i64(&tw, time_ms);
-    wire_str(&tw, params);
-    return send_frame(&tw, false);
+    rc = alink_property_post(H.devs[i].product_key, H.devs[i].device_name,
+                             atomic_fetch_add(&next_msg_id, 1), j, time_ms < 0 ? 0 : time_ms, true,
+                             &m);
+    json_decref(j);
+    return rc < 0 ? rc : send_built(i, &m, tracked, cookie);
 }
 
 static int do_event(long i, const char *event_id, const char *value, int64_t time_ms, bool tracked,
                     uint64_t cookie)
 {
-    if (!ident_ok(event_id))
-        return -EINVAL;
+    struct alink_msg m;
+    json_t *j = NULL;
+    int rc;
     if (value && strlen(value) > MAX_PAYLOAD)
         return -E2BIG;
-    if (value && !json_kind_ok(value, true))
+    if (value && !(j = json_loads(value, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL)))
         return -EINVAL;
-    wire_begin(&tw, W_EVENT);
-    wire_u64(&tw, (uint64_t)i);
-    wire_u64(&tw, tracked);
-    wire_u64(&tw, cookie);
-    wire_i64(&tw, time_ms);
-    wire_str(&tw, event_id);
-    wire_u64(&tw, value != NULL);
-    wire_str(&tw, value);
-    return send_frame(&tw, false);
+    rc = alink_event_post(H.devs[i].product_key, H.devs[i].device_name,
+                          atomic_fetch_add(&next_msg_id, 1), event_id, j, time_ms < 0 ? 0 : time_ms,
+                          true, &m);
+    json_decref(j);
+    return rc < 0 ? rc : send_built(i, &m, tracked, cookie);
 }
 
 static int do_raw(long i, const char *topic, const void *payload, size_t len, int qos, bool tracked,
@@ -719,6 +736,7 @@ int main(int argc, char **argv)
     pthread_key_create(&tw_key, tw_free);
     harden_early();
     H.tail = &H.head;
+    atomic_init(&next_msg_id, (uint32_t)time(NULL) * 1000u + (uint32_t)getpid());
     if (!read_init(&forbid, &nf, &config))
         return 2;
     if (pthread_create(&wt, NULL, writer, NULL) != 0)

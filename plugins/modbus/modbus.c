@@ -266,8 +266,8 @@ static int parse_regs(json_t *arr, struct mdev *d, const char *where, char *err,
     size_t i, n = json_array_size(arr);
     json_t *o;
     char w[300];
-    if (!json_is_array(arr) || n == 0 || n > 1000)
-        return plugin_fail(err, len, "%s: \"registers\" must be an array of 1..1000 registers",
+    if (!json_is_array(arr) || n == 0 || n > 4000)
+        return plugin_fail(err, len, "%s: \"registers\" must be an array of 1..4000 registers",
                            where);
     d->regs = calloc(n, sizeof *d->regs);
     if (!d->regs)

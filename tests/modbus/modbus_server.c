@@ -21,6 +21,7 @@
  *   set ADDR VALUE            holding register
  *   set input ADDR VALUE      input register
  *   set coil ADDR 0|1         coil (also "discrete")
+ *   count                     prints "requests N": requests answered so far
  *   silent on|off             RTU: read requests but answer none (a slave gone quiet)
  *   crc on|off                RTU: answer with a corrupted CRC
  *   quit                      (EOF on stdin quits too)
@@ -44,7 +45,8 @@
 #define MAX_CLIENTS 1000
 
 static modbus_mapping_t *map;
-static int silent, bad_crc; /* RTU faults, set from stdin */
+static int silent, bad_crc;       /* RTU faults, set from stdin */
+static unsigned long long served; /* requests answered, for "count" */
 
 static double now_s(int clock)
 {
@@ -108,6 +110,10 @@ static int command(char *line)
     long a, v;
     if (strncmp(line, "quit", 4) == 0)
         return 1;
+    if (strncmp(line, "count", 5) == 0) {
+        printf("requests %llu\n", served);
+        return 0;
+    }
     if (sscanf(line, "silent %15s", what) == 1 || sscanf(line, "crc %15s", what) == 1) {
         *(line[0] == 's' ? &silent : &bad_crc) = strcmp(what, "on") == 0;
         printf("ok\n");
@@ -367,6 +373,7 @@ int main(int argc, char **argv)
                 if (clock_addr >= 0)
                     put_time(clock_addr);
                 modbus_reply(ctx, query, n, map);
+                served++;
             } else if (n < 0) {
                 close(fd);
                 FD_CLR(fd, &all);
