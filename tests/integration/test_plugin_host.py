@@ -6,6 +6,7 @@ outbox."""
 import os
 import re
 import signal
+import subprocess
 import time
 
 import aligwtest as T
@@ -111,6 +112,11 @@ class PluginHost(T.TestCase):
                                               since))
         self.assertIsNone(dm.proc.poll())
         self.assertEqual(dm.device(keys[4]).get("state"), "online")
+        if os.path.exists(T.ALIGWCTL):  # the operator's view: aligwctl status lists the hosts
+            r = subprocess.run([T.ALIGWCTL, "status"], capture_output=True, text=True, timeout=20,
+                               env=dict(os.environ, ALIGW_SOCKET=dm.socket_path))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stdout, r"testplug_ok\.so\s+parked\s+process.*no heartbeat")
         self.assertEqual(dm.stop(), 0)
 
     def test_tracked_posts_survive_kill9_and_a_host_crash(self):
