@@ -203,12 +203,13 @@ struct aligw_host {
 
     /*
      * Asks for raw messages on topic_filter (MQTT filter, may use + and #) for dev; they arrive
-     * through on_message. The filter must be one of dev's topics (it contains "/pk/dn" of dev
-     * as whole segments). The device's MQTT session subscribes now if it is online, and again
-     * after every reconnection. Property sets and service calls are always delivered to their
-     * own entry points without subscribing. At most 64 filters per plugin. Returns 0, -EINVAL
-     * (not a topic of dev, empty, longer than 512), -ENODEV, -ENOSPC (64 filters already),
-     * -EAGAIN, -ESHUTDOWN. A subscription the platform refuses is logged by aligwd.
+     * through on_message. The filter must be one dev may subscribe to on the platform, with its
+     * pk and dn at their fixed positions ('+' and '#' only as whole levels after them). The
+     * device's MQTT session subscribes now if it is online, and again after every reconnection.
+     * Property sets and service calls are always delivered to their own entry points without
+     * subscribing. At most 64 filters per plugin. Returns 0, -EINVAL (not a topic of dev, empty,
+     * longer than 512), -ENODEV, -ENOSPC (64 filters already), -EAGAIN, -ESHUTDOWN. A subscription
+     * the platform refuses is logged by aligwd.
      */
     int (*subscribe)(const struct aligw_host *host, const struct aligw_device *dev,
                      const char *topic_filter);
