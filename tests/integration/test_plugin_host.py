@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+import time
 
 import aligwtest as T
 import hubctl
@@ -171,6 +172,48 @@ class PluginHost(T.TestCase):
             return hub.wait_message(echo, 1, since)
         m = T.wait_for(roundtrip, 10, 0, "an echo of user/cmd from on_message")
         self.assertEqual(m.payload, b"echo:hello")
+
+    def test_a_flood_meets_back_pressure_not_memory(self):
+        hub, rows, keys = self.hub(1)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, rows[0], rate=0)]
+        n = 30000
+        slow = "ASAN_OPTIONS" in os.environ  # a sanitized host floods ~10 times slower
+        # a long heartbeat: aligwd is stopped below, and must not take the silence for a hang
+        cfg["plugins"] = [{"name": testplug(), "devices": keys, "heartbeat_ms": 60000,
+                           "config": {"flood": n}}]
+        # under ASan, freed memory is held in a quarantine: keep it small so RSS means growth
+        o = os.environ.get("ASAN_OPTIONS", "")
+        dm = self.daemon(cfg, env={"ASAN_OPTIONS": (o + ":" if o else "") +
+                                   "quarantine_size_mb=1"})
+        dm.wait_state(keys[0], "online")
+        host = T.wait_for(lambda: (self.host(dm, testplug()) or {}).get("pid"), 5, what="host")
+        # aligwd stops reading (here: stopped outright) while the plugin floods 1.5 s after start
+        dm.signal(signal.SIGSTOP)
+        try:
+            time.sleep(15 if slow else 3.5)
+            with open("/proc/%d/status" % host) as f:
+                rss_kb = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        finally:
+            dm.signal(signal.SIGCONT)
+        # the host's queue is bounded (10,000 frames, 16 MiB): the rest was refused with -EAGAIN
+        self.assertLess(rss_kb, 64 * 1024, "the plugin host's memory grew with the flood")
+
+        def report():
+            since = hub.mark()
+            mid = hub.service_call(PK, rows[0]["device_name"], "report", {})
+            m = hub.wait_message("/sys/%s/thing/service/report_reply" % keys[0], 2, since,
+                                 lambda m: m.json().get("id") == mid)
+            d = m and m.json().get("data")
+            return d if d and d["accepted"] + d["rejected"] == n else None
+        counts = T.wait_for(report, 60, 0.2, "the flood's counts")
+        self.assertGreater(counts["rejected"], 0, counts)
+        self.assertGreater(counts["accepted"], 0, counts)
+        # every accepted post reached aligwd's store path (delivered to the outbox)
+        T.wait_for(lambda: dm.call("stats")["result"]["plugins"]["delivered"] >=
+                   counts["accepted"], 20, what="every accepted post delivered")
+        self.assertEqual(dm.call("stats")["result"]["plugins"]["sink_errors"], 0)
+        self.assertEqual(dm.stop(), 0)
 
     def test_host_cannot_open_the_outbox(self):
         hub, rows, keys = self.hub(1)

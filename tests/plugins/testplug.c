@@ -15,6 +15,8 @@
  *   {"subscribe": "user/cmd"}  subscribes device 0 to /pk/dn/user/cmd; every message on it is
  *                       published back on /pk/dn/user/echo as "echo:" + payload
  *   {"probe": "/some/path"}    start() opens the path and logs "probe PATH: ok" or the error
+ *   {"flood": N}        a thread waits 1.5 s, then posts N properties as fast as it can, each
+ *                       once, counting -EAGAIN (service "report" answers the counts)
  */
 #include <aligw/plugin.h>
 
@@ -33,9 +35,9 @@
 struct inst {
     const struct aligw_host *host;
     const struct aligw_device *devs;
-    int accepted, rejected;
+    atomic_int accepted, rejected;
     char crash[16], sub[128], probe[512];
-    long track;
+    long track, flood;
     pthread_t thread;
     bool has_thread;
     atomic_bool stop;
@@ -75,6 +77,19 @@ static void sleep_ms(long ms)
 __attribute__((unused)) static void *run(void *arg)
 {
     struct inst *t = arg;
+    if (t->flood) {
+        sleep_ms(1500);
+        for (long i = 0; i < t->flood && !t->stop; i++) {
+            char params[64];
+            snprintf(params, sizeof params, "{\"f\":%ld}", i);
+            int rc = t->host->post_properties(t->host, &t->devs[0], params, 0);
+            if (rc == 0)
+                t->accepted++;
+            else if (rc == -EAGAIN)
+                t->rejected++;
+        }
+        return NULL;
+    }
     if (t->track) {
         for (long i = 1; i <= t->track && !t->stop;) {
             char params[64];
@@ -119,6 +134,7 @@ static int tp_create(const struct aligw_host *host, const char *config_json,
     cfg_str(config_json, "subscribe", t->sub, sizeof t->sub);
     cfg_str(config_json, "probe", t->probe, sizeof t->probe);
     t->track = cfg_long(config_json, "track");
+    t->flood = cfg_long(config_json, "flood");
     host->log(host, ALIGW_LOG_INFO, "created with %zu device(s), config %s", n, config_json);
     *instance = t;
     return 0;
@@ -149,7 +165,7 @@ static int tp_start(void *inst)
         int rc = t->host->subscribe(t->host, &t->devs[0], topic);
         t->host->log(t->host, ALIGW_LOG_NOTICE, "subscribe %s: %d", topic, rc);
     }
-    if (t->crash[0] || t->track) {
+    if (t->crash[0] || t->track || t->flood) {
         if (pthread_create(&t->thread, NULL, run, t) != 0)
             return -EAGAIN;
         t->has_thread = true;
@@ -206,7 +222,8 @@ static int tp_service(void *inst, const struct aligw_device *dev, const char *re
         }
         return 0;
     }
-    snprintf(data, sizeof data, "{\"accepted\":%d,\"rejected\":%d}", t->accepted, t->rejected);
+    snprintf(data, sizeof data, "{\"accepted\":%d,\"rejected\":%d}", (int)t->accepted,
+             (int)t->rejected);
     return t->host->reply(t->host, dev, req_id, 200, data);
 }
 
