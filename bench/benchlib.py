@@ -78,6 +78,26 @@ def cpu_seconds(pid):
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
+def children(pid):
+    """Direct children of pid (aligwd's plugin hosts)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_seconds_tree(pid):
+    """cpu_seconds of pid plus its children (aligwd runs plugins in aligw-plugin-host)."""
+    total = cpu_seconds(pid)
+    for c in children(pid):
+        try:
+            total += cpu_seconds(c)
+        except OSError:
+            pass
+    return total
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None

@@ -433,6 +433,18 @@ static void print_status(json_t *res)
             print_kv(v, 2);
         }
     }
+    size_t i;
+    json_array_foreach(json_object_get(res, "plugin_hosts"), i, v)
+    {
+        const char *err = json_string_value(json_object_get(v, "last_error"));
+        if (i == 0)
+            printf("plugins:\n");
+        printf("  %-20s %-10s %-8s restarts %lld%s%s\n",
+               json_string_value(json_object_get(v, "name")) ?: "?",
+               json_string_value(json_object_get(v, "state")) ?: "?",
+               json_string_value(json_object_get(v, "isolation")) ?: "?",
+               (long long)geti(v, "restarts"), err ? "  last: " : "", err ? err : "");
+    }
 }
 
 static void print_event(json_t *e)

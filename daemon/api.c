@@ -427,6 +427,8 @@ static void do_status(struct ipc_reply *r, bool stats)
                                       (json_int_t)ps.rejected_full, "sink_errors",
                                       (json_int_t)ps.sink_errors));
     }
+    if (A.plugins)
+        json_object_set_new(o, "plugin_hosts", plugins_status(A.plugins));
     ipc_reply_ok(r, o);
 }
 
@@ -786,12 +788,18 @@ static void on_device_removed(void *ctx, struct device *d)
 /* ---- plugin sink ------------------------------------------------------------------------- */
 
 static int sink_uplink(void *ctx, const char *pk, const char *dn, const char *topic,
-                       const char *payload, size_t len, int qos)
+                       const char *payload, size_t len, int qos,
+                       void (*done)(void *arg, int status, int64_t seq), void *arg)
 {
     struct device *d = devices_find2(pk, dn);
     if (!d)
         return ALIGW_ENODEVICE;
-    return outbox_append(A.ob, device_key(d), topic, payload, len, qos, NULL, NULL);
+    return outbox_append(A.ob, device_key(d), topic, payload, len, qos, done, arg);
+}
+
+static int sink_subscribe(void *ctx, const char *pk, const char *dn, const char *filter)
+{
+    return devices_subscribe(pk, dn, filter);
 }
 
 static void sink_device_state(void *ctx, const char *pk, const char *dn, int ok, const char *reason)
@@ -851,8 +859,11 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
 {
     struct devices_hooks hooks = {
         .downlink = on_downlink, .state_changed = on_state_changed, .removed = on_device_removed};
-    struct plugins_sink sink = {.uplink = sink_uplink, .device_state = sink_device_state};
+    struct plugins_sink sink = {
+        .uplink = sink_uplink, .device_state = sink_device_state, .subscribe = sink_subscribe};
     struct plugins_opts popts = {0};
+    char store_dir[4096];
+    char *forbid[3];
     int rc;
 
     A.loop = loop;
@@ -881,6 +892,15 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
         return rc;
     add_runtime_devices();
     popts.ack = true;
+    /* Out-of-process plugins must not reach the databases or the API socket by path. */
+    snprintf(store_dir, sizeof(store_dir), "%s", cfg->store.path);
+    if (strrchr(store_dir, '/'))
+        *strrchr(store_dir, '/') = '\0';
+    forbid[0] = cfg->state_dir;
+    forbid[1] = store_dir[0] ? store_dir : cfg->state_dir;
+    forbid[2] = cfg->runtime_dir;
+    popts.forbid = forbid;
+    popts.n_forbid = 3;
     rc = plugins_init(&A.plugins, loop, &sink, &popts);
     if (rc < 0)
         return rc;

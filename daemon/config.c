@@ -286,10 +286,40 @@ static void plugin_devices(struct loader *L, void *ctx, json_t *v, const char *p
     }
 }
 
+static void plugin_isolation(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    static const struct choice modes[] = {{"process", 0}, {"none", 1}, {NULL, 0}};
+    struct plugin_walk *w = ctx;
+    int ch;
+    if (cfg_j_choice(L, v, p, modes, &ch))
+        w->pc->in_process = ch == 1;
+}
+
+/* The supervision numbers of an out-of-process plugin: key name → field and range. */
+static void plugin_number(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    struct plugin_walk *w = ctx;
+    const char *k = strrchr(p, '.') ? strrchr(p, '.') + 1 : p;
+    long long x;
+    int *dst = !strcmp(k, "heartbeat_ms")     ? &w->pc->heartbeat_ms
+               : !strcmp(k, "restart_min_ms") ? &w->pc->restart_min_ms
+               : !strcmp(k, "restart_max_ms") ? &w->pc->restart_max_ms
+                                              : &w->pc->max_start_failures;
+    long long lo = dst == &w->pc->max_start_failures ? 1 : (dst == &w->pc->heartbeat_ms ? 100 : 10);
+    long long hi = dst == &w->pc->max_start_failures ? 1000 : 86400000;
+    if (cfg_j_int(L, v, p, lo, hi, &x))
+        *dst = (int)x;
+}
+
 static const struct key plugin_keys[] = {
     {"name", K_FN, .fn = plugin_name},
     {"config", K_FN, .fn = plugin_config},
     {"devices", K_FN, .fn = plugin_devices},
+    {"isolation", K_FN, .fn = plugin_isolation},
+    {"heartbeat_ms", K_FN, .fn = plugin_number},
+    {"restart_min_ms", K_FN, .fn = plugin_number},
+    {"restart_max_ms", K_FN, .fn = plugin_number},
+    {"max_start_failures", K_FN, .fn = plugin_number},
     {0},
 };
 
@@ -315,7 +345,13 @@ static void parse_plugins(struct loader *L, json_t *arr)
         if (!cfg_j_object(L, o, path))
             continue;
         struct plugin_walk w = {.pc = &c->plugins[c->n_plugins++], .i = i};
+        w.pc->heartbeat_ms = 5000;
+        w.pc->restart_min_ms = 1000;
+        w.pc->restart_max_ms = 60000;
+        w.pc->max_start_failures = 5;
         cfg_walk(L, o, path, plugin_keys, NULL, &w);
+        if (w.pc->restart_max_ms < w.pc->restart_min_ms)
+            cfg_jerr(L, path, false, "restart_max_ms must not be below restart_min_ms");
         if (!w.named)
             cfg_jerr(L, path, false, "a plugin needs a \"name\"");
         if (!w.pc->config)
@@ -408,7 +444,10 @@ static bool plugins_same(const struct config *a, const struct config *b)
         const struct plugin_conf *x = &a->plugins[i], *y = &b->plugins[i];
         bool same_config =
             x->config == y->config || (x->config && y->config && json_equal(x->config, y->config));
-        if (strcmp(x->name, y->name) != 0 || x->n_devices != y->n_devices || !same_config)
+        if (strcmp(x->name, y->name) != 0 || x->n_devices != y->n_devices || !same_config ||
+            x->in_process != y->in_process || x->heartbeat_ms != y->heartbeat_ms ||
+            x->restart_min_ms != y->restart_min_ms || x->restart_max_ms != y->restart_max_ms ||
+            x->max_start_failures != y->max_start_failures)
             return false;
         for (size_t k = 0; k < x->n_devices; k++)
             if (strcmp(x->devices[k], y->devices[k]) != 0)

@@ -57,6 +57,11 @@ struct plugin_conf {
     json_t *config; /* the plugin's own JSON config (owned reference) */
     char **devices; /* "pk/dn" */
     size_t n_devices;
+    bool in_process;        /* "isolation": "none" (default "process": aligw-plugin-host) */
+    int heartbeat_ms;       /* a host silent this long is hung (default 5000) */
+    int restart_min_ms;     /* first restart delay, doubled per crash (default 1000) */
+    int restart_max_ms;     /* cap of that delay (default 60000) */
+    int max_start_failures; /* failed starts in a row before it is parked (default 5) */
 };
 
 struct config {

@@ -657,3 +657,15 @@ bool cfg_walk(struct loader *L, json_t *o, const char *base, const struct key *k
     }
     return known;
 }
+
+bool cfg_j_int(struct loader *L, json_t *v, const char *path, long long min, long long max,
+               long long *out)
+{
+    return j_int(L, v, path, min, max, out);
+}
+
+bool cfg_j_choice(struct loader *L, json_t *v, const char *path, const struct choice *choices,
+                  int *out)
+{
+    return j_choice(L, v, path, choices, out);
+}

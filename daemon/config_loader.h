@@ -118,6 +118,11 @@ struct choice {
     int value;
 };
 bool cfg_choice_find(const struct choice *c, const char *s, int *out);
+/* An integer in [min, max] / one of choices, for K_FN handlers (the key table's readers). */
+bool cfg_j_int(struct loader *L, json_t *v, const char *path, long long min, long long max,
+               long long *out);
+bool cfg_j_choice(struct loader *L, json_t *v, const char *path, const struct choice *choices,
+                  int *out);
 void cfg_choice_names(const struct choice *c, char *buf, size_t len);
 
 /* ---- walking an object through a table of its keys ---- */

@@ -1729,6 +1729,35 @@ bool device_set_platform_error(struct device *d, const char *text)
     return true;
 }
 
+int devices_subscribe(const char *pk, const char *dn, const char *filter)
+{
+    struct device *d = devices_find2(pk, dn);
+    char **subs, *copy;
+    bool *refused;
+
+    if (!d)
+        return ALIGW_ENODEVICE;
+    for (size_t i = 0; i < d->n_subs; i++)
+        if (strcmp(d->subs[i], filter) == 0)
+            return 0;
+    subs = realloc(d->subs, (d->n_subs + 1) * sizeof(*subs));
+    if (!subs)
+        return -ENOMEM;
+    d->subs = subs;
+    refused = realloc(d->sub_refused, (d->n_subs + 1) * sizeof(*refused));
+    if (!refused)
+        return -ENOMEM;
+    d->sub_refused = refused;
+    if (!(copy = strdup(filter)))
+        return -ENOMEM;
+    d->subs[d->n_subs] = copy;
+    d->sub_refused[d->n_subs] = false;
+    d->n_subs++;
+    if (d->state == DEV_ONLINE)
+        return session_subscribe(sid_of(d), &d->subs[d->n_subs - 1], 1);
+    return 0; /* subscribed with the others on the next connection */
+}
+
 void device_set_field_error(struct device *d, const char *reason)
 {
     snprintf(d->field_error, sizeof(d->field_error), "%s", reason ? reason : "");

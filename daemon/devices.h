@@ -109,6 +109,10 @@ json_t *device_status_json(const struct device *d, bool full);
 /* Records the platform's last error notice about d (/ext/error), shown in its status; true
  * when it differs from the one before. */
 bool device_set_platform_error(struct device *d, const char *text);
+/* Adds topic filter to pk/dn's subscriptions: subscribed now when online, and after every
+ * reconnection. A filter already there is not added twice. Returns 0, ALIGW_ENODEVICE, -ENOMEM
+ * or a session_subscribe() error. The caller checks that the filter is one of the device's. */
+int devices_subscribe(const char *pk, const char *dn, const char *filter);
 /* Marks an error reported by the device's southbound plugin (NULL reason clears it). */
 void device_set_field_error(struct device *d, const char *reason);
 

@@ -1,9 +1,13 @@
 /*
- * plugins: the plugin loader and host (see plugins.h). One struct plugin per configured entry.
- * Its struct aligw_host is the first member, so a host call finds its plugin without a global.
- * Host calls run on plugin threads: they validate, build the Alink message, and append it to the
- * one queue under ps->lock; the loop drains the queue in on_async(). State the host calls read
- * (accepting flag, pending requests, subscriptions) is guarded by the same lock.
+ * plugins: the plugin loader, host and supervisor (see plugins.h). One struct plugin per
+ * configured entry. Its struct aligw_host is the first member, so an in-process host call finds
+ * its plugin without a global. Host calls run on plugin threads: they validate, build the Alink
+ * message, and append it to the one queue under ps->lock; the loop drains the queue in drain().
+ * State the host calls read (accepting flag, pending requests, subscriptions) is guarded by the
+ * same lock. An out-of-process plugin has a struct child per running aligw-plugin-host: its
+ * frames are handled on the loop by the same functions; the child struct outlives the plugin
+ * until libuv has closed its handles. Completions of tracked posts hold a struct pref, which
+ * forgets its plugin when the plugin is freed.
  */
 #include "plugins.h"
 
@@ -14,24 +18,34 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "alink.h"
 #include "errors.h"
 #include "log.h"
+#include "plugin_load.h"
+#include "plugin_wire.h"
 
-#define MAX_PAYLOAD (1024 * 1024) /* LK4's client-side cap */
-#define MAX_SUBS 64               /* raw subscriptions per plugin */
+#define MAX_PAYLOAD (1024 * 1024)   /* LK4's client-side cap */
+#define MAX_SUBS 64                 /* raw subscriptions per plugin */
+#define CHILD_WRITE_MAX (16u << 20) /* bytes queued towards a host before it counts as hung */
+#define STOP_WAIT_MS 2000           /* how long shutdown waits for a host to stop its plugin */
 
 enum qtype { Q_UPLINK, Q_STATE, Q_SUBSCRIBE };
+
+struct pref; /* a plugin as seen by a pending completion */
 
 struct qitem {
     struct qitem *next;
@@ -41,6 +55,9 @@ struct qitem {
     char *topic;   /* uplink topic, subscribe filter */
     char *payload; /* uplink payload, state reason */
     size_t len;
+    struct pref *ref; /* tracked uplink: whom to tell (a reference), else NULL */
+    uint32_t gen;     /* the plugin's generation (host process) that posted it */
+    uint64_t cookie;
 };
 
 enum req_kind { REQ_SET, REQ_SERVICE };
@@ -58,6 +75,30 @@ struct sub {
     char *filter;
 };
 
+enum pstate { P_STARTING, P_RUNNING, P_RESTARTING, P_PARKED, P_FAILED, P_STOPPED };
+
+static const char *const pstate_names[] = {"starting", "running", "restarting",
+                                           "parked",   "failed",  "stopped"};
+
+struct child {
+    uv_process_t proc;
+    uv_pipe_t pipe;
+    struct plugin *p; /* NULL once detached */
+    int handles;      /* open uv handles; freed at 0 */
+    char *in;
+    size_t in_len, in_cap;
+    bool exited, reading, started, pipe_closing;
+    uint64_t last_rx;
+    char kill_reason[160]; /* why we killed it, if we did */
+    char fail_reason[256]; /* what it said in W_FAILED */
+    int fail_phase;
+};
+
+struct pref {
+    _Atomic int refs;
+    struct plugin *p; /* NULL once the plugin is freed (loop thread only) */
+};
+
 struct plugin {
     struct aligw_host host; /* first: host calls cast back to struct plugin */
     struct plugins *ps;
@@ -66,9 +107,25 @@ struct plugin {
     void *instance;
     char *label; /* name as configured, for logs */
     char *path;
+    char *config; /* the plugin's config as JSON text */
     struct aligw_device *devs;
+    char **keys; /* "pk/dn" per device */
     size_t n_devs;
     bool running; /* started and not stopped; set on the loop thread */
+    struct pref *ref;
+    uint32_t gen; /* bumped per host process */
+    /* out of process */
+    bool isolated;
+    unsigned flags; /* WIRE_HAS_* of the running host */
+    char *rname, *rversion;
+    struct child *ch;
+    uv_timer_t *timer; /* heartbeats while a host runs, the restart delay while none does */
+    enum pstate state;
+    int heartbeat_ms, restart_min_ms, restart_max_ms, max_start_failures;
+    int start_failures, restarts;
+    long backoff_ms;
+    uint64_t started_at, ping_n;
+    char last_error[256];
     /* under ps->lock: */
     bool accepting;
     struct pending *pending; /* ring of pending_max */
@@ -82,9 +139,12 @@ struct plugins {
     uv_async_t async;
     struct plugins_sink sink;
     struct plugins_opts opts;
+    char **forbid;
+    size_t n_forbid;
+    char *host_path;
     struct plugin **v;
     size_t n;
-    bool stopped, closing;
+    bool stopped, closing, throttled;
 
     pthread_mutex_t lock;
     struct qitem *head, **tail;
@@ -93,10 +153,80 @@ struct plugins {
     _Atomic uint32_t next_id;
 };
 
+static void child_send(struct plugin *p, struct wire_out *w);
+static void resume_reading(struct plugins *ps);
+
+/* ---- completions ---- */
+
+static struct pref *pref_get(struct pref *r)
+{
+    atomic_fetch_add(&r->refs, 1);
+    return r;
+}
+
+static void pref_put(struct pref *r)
+{
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1)
+        free(r);
+}
+
+/* The store's codes as the plugin ABI names them (plugin.h: host->post). */
+static int abi_status(int rc)
+{
+    if (rc >= 0)
+        return 0;
+    if (rc == ALIGW_ESTOREFULL)
+        return -ENOSPC;
+    if (rc == ALIGW_ENODEVICE)
+        return -ENODEV;
+    return rc < -4000 ? -EIO : rc;
+}
+
+struct done {
+    struct pref *ref;
+    uint32_t gen;
+    size_t dev;
+    uint64_t cookie;
+};
+
+/* Tells the plugin (loop thread) that its tracked post is stored (status 0) or not. */
+static void tell_done(struct pref *ref, uint32_t gen, size_t dev, uint64_t cookie, int status,
+                      int64_t seq)
+{
+    struct plugin *p = ref->p;
+    if (!p || p->gen != gen || dev >= p->n_devs)
+        return; /* the plugin (or the host process that posted) is gone: it was never told */
+    status = abi_status(status);
+    if (!p->isolated) {
+        if (p->running && p->desc.on_post_done)
+            p->desc.on_post_done(p->instance, &p->devs[dev], cookie, status, seq);
+        return;
+    }
+    if (!p->ch || p->ch->exited)
+        return; /* (a host may post before its start() returned: it reads W_DONE after) */
+    struct wire_out w = {0};
+    wire_begin(&w, W_DONE);
+    wire_u64(&w, dev);
+    wire_u64(&w, cookie);
+    wire_i64(&w, status);
+    wire_i64(&w, seq);
+    child_send(p, &w);
+    wire_free(&w);
+}
+
+static void on_committed(void *arg, int status, int64_t seq)
+{
+    struct done *d = arg;
+    tell_done(d->ref, d->gen, d->dev, d->cookie, status, seq);
+    pref_put(d->ref);
+    free(d);
+}
+
 /* ---- queue ---- */
 
 static void qitem_free(struct qitem *it)
 {
+    pref_put(it->ref);
     free(it->topic);
     free(it->payload);
     free(it);
@@ -150,7 +280,28 @@ static void drain(struct plugins *ps)
         list = it->next;
         switch (it->type) {
         case Q_UPLINK:
-            rc = ps->sink.uplink(ps->sink.ctx, pk, dn, it->topic, it->payload, it->len, it->qos);
+            if (it->ref) {
+                struct done *d = malloc(sizeof *d);
+                if (!d) {
+                    rc = -ENOMEM;
+                } else {
+                    *d = (struct done){.ref = pref_get(it->ref),
+                                       .gen = it->gen,
+                                       .dev = it->dev->index,
+                                       .cookie = it->cookie};
+                    rc = ps->sink.uplink(ps->sink.ctx, pk, dn, it->topic, it->payload, it->len,
+                                         it->qos, on_committed, d);
+                    if (rc < 0) {
+                        pref_put(d->ref);
+                        free(d);
+                    }
+                }
+                if (rc < 0)
+                    tell_done(it->ref, it->gen, it->dev->index, it->cookie, rc, 0);
+            } else {
+                rc = ps->sink.uplink(ps->sink.ctx, pk, dn, it->topic, it->payload, it->len, it->qos,
+                                     NULL, NULL);
+            }
             if (rc < 0)
                 log_errno(LOG_WARNING, rc, "%s/%s: plugin uplink on %s not queued", pk, dn,
                           it->topic);
@@ -175,6 +326,8 @@ static void drain(struct plugins *ps)
         pthread_mutex_unlock(&ps->lock);
         qitem_free(it);
     }
+    if (ps->throttled)
+        resume_reading(ps);
 }
 
 static void on_async(uv_async_t *h)
@@ -182,7 +335,7 @@ static void on_async(uv_async_t *h)
     drain(h->data);
 }
 
-/* ---- host functions (any thread) ---- */
+/* ---- host functions (any thread in process; the loop for out-of-process frames) ---- */
 
 static struct plugin *host_plugin(const struct aligw_host *h)
 {
@@ -198,7 +351,14 @@ static bool dev_ok(const struct plugin *p, const struct aligw_device *dev)
     return (a - lo) % sizeof *p->devs == 0;
 }
 
-static int queue_msg(struct plugin *p, const struct aligw_device *dev, struct alink_msg *m, int qos)
+/* Tracking of one post: tracked posts carry a reference to the plugin and a cookie. */
+struct track {
+    bool on;
+    uint64_t cookie;
+};
+
+static int queue_msg(struct plugin *p, const struct aligw_device *dev, struct alink_msg *m, int qos,
+                     const struct track *t)
 {
     struct qitem *it = calloc(1, sizeof *it);
     if (!it) {
@@ -216,6 +376,11 @@ static int queue_msg(struct plugin *p, const struct aligw_device *dev, struct al
     it->topic = m->topic;
     it->payload = m->payload;
     it->len = m->len;
+    if (t && t->on) {
+        it->ref = pref_get(p->ref);
+        it->gen = p->gen;
+        it->cookie = t->cookie;
+    }
     return enqueue(p, it);
 }
 
@@ -229,10 +394,9 @@ static json_t *load_json(const char *text)
     return text ? json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL) : NULL;
 }
 
-static int h_post_properties(const struct aligw_host *h, const struct aligw_device *dev,
-                             const char *params_json, int64_t time_ms)
+static int post_props(struct plugin *p, const struct aligw_device *dev, const char *params_json,
+                      int64_t time_ms, const struct track *t)
 {
-    struct plugin *p = host_plugin(h);
     struct alink_msg m;
     json_t *params;
     int rc;
@@ -247,13 +411,12 @@ static int h_post_properties(const struct aligw_host *h, const struct aligw_devi
     rc = alink_property_post(dev->product_key, dev->device_name, next_id(p->ps), params,
                              time_ms < 0 ? 0 : time_ms, p->ps->opts.ack, &m);
     json_decref(params);
-    return rc < 0 ? rc : queue_msg(p, dev, &m, 1);
+    return rc < 0 ? rc : queue_msg(p, dev, &m, 1, t);
 }
 
-static int h_post_event(const struct aligw_host *h, const struct aligw_device *dev,
-                        const char *event_id, const char *value_json, int64_t time_ms)
+static int post_event(struct plugin *p, const struct aligw_device *dev, const char *event_id,
+                      const char *value_json, int64_t time_ms, const struct track *t)
 {
-    struct plugin *p = host_plugin(h);
     struct alink_msg m;
     json_t *value = NULL;
     int rc;
@@ -267,7 +430,19 @@ static int h_post_event(const struct aligw_host *h, const struct aligw_device *d
     rc = alink_event_post(dev->product_key, dev->device_name, next_id(p->ps), event_id, value,
                           time_ms < 0 ? 0 : time_ms, p->ps->opts.ack, &m);
     json_decref(value);
-    return rc < 0 ? rc : queue_msg(p, dev, &m, 1);
+    return rc < 0 ? rc : queue_msg(p, dev, &m, 1, t);
+}
+
+static int h_post_properties(const struct aligw_host *h, const struct aligw_device *dev,
+                             const char *params_json, int64_t time_ms)
+{
+    return post_props(host_plugin(h), dev, params_json, time_ms, NULL);
+}
+
+static int h_post_event(const struct aligw_host *h, const struct aligw_device *dev,
+                        const char *event_id, const char *value_json, int64_t time_ms)
+{
+    return post_event(host_plugin(h), dev, event_id, value_json, time_ms, NULL);
 }
 
 /* Under ps->lock: finds and removes the pending request (dev, req_id) into *out. */
@@ -344,13 +519,12 @@ static int h_reply(const struct aligw_host *h, const struct aligw_device *dev,
     }
     rc = build_reply(&e, code, data, NULL, &m);
     json_decref(data);
-    return rc < 0 ? rc : queue_msg(p, dev, &m, e.rrpc[0] ? 0 : 1);
+    return rc < 0 ? rc : queue_msg(p, dev, &m, e.rrpc[0] ? 0 : 1, NULL);
 }
 
-static int h_publish_raw(const struct aligw_host *h, const struct aligw_device *dev,
-                         const char *topic, const void *payload, size_t len, int qos)
+static int publish_raw(struct plugin *p, const struct aligw_device *dev, const char *topic,
+                       const void *payload, size_t len, int qos, const struct track *t)
 {
-    struct plugin *p = host_plugin(h);
     struct alink_msg m = {0};
 
     if (!dev_ok(p, dev))
@@ -370,7 +544,13 @@ static int h_publish_raw(const struct aligw_host *h, const struct aligw_device *
         memcpy(m.payload, payload, len);
     m.payload[len] = '\0';
     m.len = len;
-    return queue_msg(p, dev, &m, qos);
+    return queue_msg(p, dev, &m, qos, t);
+}
+
+static int h_publish_raw(const struct aligw_host *h, const struct aligw_device *dev,
+                         const char *topic, const void *payload, size_t len, int qos)
+{
+    return publish_raw(host_plugin(h), dev, topic, payload, len, qos, NULL);
 }
 
 static int h_set_device_state(const struct aligw_host *h, const struct aligw_device *dev, int ok,
@@ -394,22 +574,27 @@ static int h_set_device_state(const struct aligw_host *h, const struct aligw_dev
     return enqueue(p, it);
 }
 
-static void h_log(const struct aligw_host *h, int level, const char *fmt, ...)
+static void plugin_log(struct plugin *p, int level, const char *text)
 {
-    struct plugin *p = host_plugin(h);
-    char buf[1024];
-    va_list ap;
-
     if (level < LOG_ERR)
         level = LOG_ERR;
     if (level > LOG_DEBUG)
         level = LOG_DEBUG;
+    if (level <= log_level)
+        log_write_plugin(level, p->label, "%s", text); /* PLUGIN= in the journal */
+}
+
+static void h_log(const struct aligw_host *h, int level, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+
     if (level > log_level || !fmt)
         return;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    log_write_plugin(level, p->label, "%s", buf);
+    plugin_log(host_plugin(h), level, buf);
 }
 
 static int h_subscribe(const struct aligw_host *h, const struct aligw_device *dev,
@@ -449,18 +634,46 @@ static int h_subscribe(const struct aligw_host *h, const struct aligw_device *de
     return enqueue(p, it);
 }
 
-/* ---- loading ---- */
-
-static int refuse(char *err, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int refuse(char *err, size_t len, const char *fmt, ...)
+static int h_post(const struct aligw_host *h, const struct aligw_device *dev,
+                  const struct aligw_post *post)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-    return ALIGW_EPLUGIN;
+    struct plugin *p = host_plugin(h);
+    struct track t = {.on = true};
+
+    if (!dev_ok(p, dev))
+        return -ENODEV;
+    if (!p->desc.on_post_done)
+        return -ENOTSUP;
+    if (!post || post->size < offsetof(struct aligw_post, cookie) + sizeof post->cookie)
+        return -EINVAL;
+    t.cookie = post->cookie;
+    switch (post->kind) {
+    case ALIGW_POST_PROPERTIES:
+        return post_props(p, dev, post->params_json, post->time_ms, &t);
+    case ALIGW_POST_EVENT:
+        return post_event(p, dev, post->event_id, post->params_json, post->time_ms, &t);
+    case ALIGW_POST_RAW:
+        return publish_raw(p, dev, post->topic, post->payload, post->len, post->qos, &t);
+    }
+    return -EINVAL;
 }
+
+static int h_device_info(const struct aligw_host *h, const struct aligw_device *dev,
+                         struct aligw_device_info *info)
+{
+    struct plugin *p = host_plugin(h);
+    if (!dev_ok(p, dev))
+        return -ENODEV;
+    if (!info || info->size < offsetof(struct aligw_device_info, key) + sizeof info->key)
+        return -EINVAL;
+    info->product_key = dev->product_key;
+    info->device_name = dev->device_name;
+    info->index = dev->index;
+    info->key = p->keys[dev->index];
+    return 0;
+}
+
+/* ---- loading ---- */
 
 /* The .so to load: the config resolved it (config.c: plugin_file); a bare path as given. */
 static char *resolve_path(const struct plugin_conf *c)
@@ -478,73 +691,28 @@ static int check_file(const char *path, char *err, size_t len)
     int rc = 0;
 
     if (stat(path, &st) < 0)
-        return refuse(err, len, "plugin %s: %s", path, strerror(errno));
+        return plugin_refuse(err, len, "plugin %s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return refuse(err, len, "plugin %s: not a regular file", path);
+        return plugin_refuse(err, len, "plugin %s: not a regular file", path);
     if (st.st_mode & (S_IWGRP | S_IWOTH))
-        return refuse(err, len,
-                      "plugin %s is writable by group or others (mode %04o): refusing to load it "
-                      "(chmod go-w)",
-                      path, (unsigned)(st.st_mode & 07777));
+        return plugin_refuse(
+            err, len,
+            "plugin %s is writable by group or others (mode %04o): refusing to load it "
+            "(chmod go-w)",
+            path, (unsigned)(st.st_mode & 07777));
     if (st.st_uid != 0 && st.st_uid != geteuid())
-        return refuse(err, len,
-                      "plugin %s is owned by uid %u, neither root nor us: refusing to load it",
-                      path, (unsigned)st.st_uid);
+        return plugin_refuse(
+            err, len, "plugin %s is owned by uid %u, neither root nor us: refusing to load it",
+            path, (unsigned)st.st_uid);
     copy = strdup(path);
     if (!copy)
         return -ENOMEM;
     dir = dirname(copy);
     if (stat(dir, &st) == 0 && (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-        rc = refuse(err, len,
-                    "plugin %s: its directory %s is writable by anyone: refusing to load it", path,
-                    dir);
+        rc = plugin_refuse(err, len,
+                           "plugin %s: its directory %s is writable by anyone: refusing to load it",
+                           path, dir);
     free(copy);
-    return rc;
-}
-
-/* Opens path and validates its descriptor into *desc. On failure nothing stays loaded. */
-static int load(const char *path, void **dl_out, struct aligw_plugin *desc, char *err, size_t len)
-{
-    const struct aligw_plugin *d;
-    void *dl;
-    int rc;
-
-    *dl_out = NULL;
-    rc = check_file(path, err, len);
-    if (rc < 0)
-        return rc;
-    dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!dl)
-        return refuse(err, len, "plugin %s: cannot load: %s", path, dlerror());
-    d = dlsym(dl, "aligw_plugin");
-    if (!d) {
-        rc = refuse(err, len, "plugin %s: no symbol \"aligw_plugin\" (not an aligw plugin?)", path);
-        goto out;
-    }
-    if (d->abi_major != ALIGW_PLUGIN_ABI_MAJOR) {
-        rc = refuse(err, len,
-                    "plugin %s: built for plugin ABI %u.%u, this aligwd speaks %u.%u: rebuild it "
-                    "against this version's aligw/plugin.h",
-                    path, d->abi_major, d->abi_minor, ALIGW_PLUGIN_ABI_MAJOR,
-                    ALIGW_PLUGIN_ABI_MINOR);
-        goto out;
-    }
-    if (d->size < offsetof(struct aligw_plugin, destroy) + sizeof d->destroy) {
-        rc = refuse(err, len, "plugin %s: descriptor too small (%u bytes)", path, d->size);
-        goto out;
-    }
-    memset(desc, 0, sizeof *desc);
-    memcpy(desc, d, d->size < sizeof *desc ? d->size : sizeof *desc);
-    if (!desc->name || !*desc->name || !desc->create || !desc->start || !desc->stop ||
-        !desc->destroy) {
-        rc = refuse(err, len, "plugin %s: descriptor lacks name, create, start, stop or destroy",
-                    path);
-        goto out;
-    }
-    *dl_out = dl;
-    return 0;
-out:
-    dlclose(dl);
     return rc;
 }
 
@@ -559,9 +727,30 @@ static const struct aligw_host host_table = {
     .set_device_state = h_set_device_state,
     .log = h_log,
     .subscribe = h_subscribe,
+    .post = h_post,
+    .device_info = h_device_info,
 };
 
 /* ---- lifecycle ---- */
+
+/* aligw-plugin-host: $ALIGW_PLUGIN_HOST, else next to this aligwd, else the installed one. */
+static char *find_host_path(void)
+{
+    const char *env = getenv("ALIGW_PLUGIN_HOST");
+    char self[PATH_MAX], *s = NULL;
+    ssize_t n;
+
+    if (env && *env)
+        return strdup(env);
+    n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        if (asprintf(&s, "%s/aligw-plugin-host", dirname(self)) >= 0 && access(s, X_OK) == 0)
+            return s;
+        free(s);
+    }
+    return strdup(ALIGW_LIBEXEC_DIR "/aligw-plugin-host");
+}
 
 int plugins_init(struct plugins **out, uv_loop_t *loop, const struct plugins_sink *sink,
                  const struct plugins_opts *opts)
@@ -590,6 +779,23 @@ int plugins_init(struct plugins **out, uv_loop_t *loop, const struct plugins_sin
             ps->opts.pending_max = opts->pending_max;
         ps->opts.ack = opts->ack;
     }
+    ps->host_path = opts && opts->host_path ? strdup(opts->host_path) : find_host_path();
+    ps->forbid = calloc((opts ? opts->n_forbid : 0) + 2, sizeof *ps->forbid);
+    if (!ps->host_path || !ps->forbid) {
+        free(ps->host_path);
+        free(ps->forbid);
+        free(ps);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; opts && i < opts->n_forbid; i++) {
+        char real[PATH_MAX];
+        /* canonical, as the host compares them with what it lists */
+        const char *f = realpath(opts->forbid[i], real) ? real : opts->forbid[i];
+        if (f[0] == '/' && strcmp(f, "/") != 0 && (ps->forbid[ps->n_forbid] = strdup(f)))
+            ps->n_forbid++;
+    }
+    if (asprintf(&ps->forbid[ps->n_forbid], "/proc/%d", (int)getpid()) >= 0)
+        ps->n_forbid++;
     ps->tail = &ps->head;
     atomic_init(&ps->next_id, (uint32_t)time(NULL) * 1000u);
     pthread_mutex_init(&ps->lock, NULL);
@@ -618,6 +824,16 @@ static void fail_devices(struct plugins *ps, const struct plugin_conf *c, const 
     }
 }
 
+/* Every device of p: field state ok, or down with reason. */
+static void devices_state(struct plugin *p, int ok, const char *reason)
+{
+    if (!p->ps->sink.device_state)
+        return;
+    for (size_t i = 0; i < p->n_devs; i++)
+        p->ps->sink.device_state(p->ps->sink.ctx, p->devs[i].product_key, p->devs[i].device_name,
+                                 ok, reason);
+}
+
 static void plugin_free(struct plugin *p)
 {
     if (!p)
@@ -625,65 +841,710 @@ static void plugin_free(struct plugin *p)
     for (size_t i = 0; i < p->n_devs; i++) {
         free((char *)p->devs[i].product_key);
         free((char *)p->devs[i].device_name);
+        free(p->keys[i]);
     }
     for (size_t i = 0; i < p->n_subs; i++)
         free(p->subs[i].filter);
+    if (p->ref) {
+        p->ref->p = NULL;
+        pref_put(p->ref);
+    }
     free(p->devs);
+    free(p->keys);
     free(p->pending);
     free(p->label);
     free(p->path);
+    free(p->config);
+    free(p->rname);
+    free(p->rversion);
     if (p->dl)
         dlclose(p->dl);
     free(p);
+}
+
+/* ---- out of process: one aligw-plugin-host per plugin ---- */
+
+static void child_handle_closed(uv_handle_t *h)
+{
+    struct child *ch = h->data;
+    if (--ch->handles == 0) {
+        free(ch->in);
+        free(ch);
+    }
+}
+
+/* Detaches ch from its plugin and closes its handles (the process may still run: kill first). */
+static void child_release(struct child *ch)
+{
+    if (ch->p && ch->p->ch == ch)
+        ch->p->ch = NULL;
+    ch->p = NULL;
+    if (!uv_is_closing((uv_handle_t *)&ch->pipe))
+        uv_close((uv_handle_t *)&ch->pipe, child_handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&ch->proc))
+        uv_close((uv_handle_t *)&ch->proc, child_handle_closed);
+}
+
+static void child_kill(struct child *ch, const char *why)
+{
+    if (ch->exited)
+        return;
+    if (!ch->kill_reason[0])
+        snprintf(ch->kill_reason, sizeof ch->kill_reason, "%s", why);
+    uv_process_kill(&ch->proc, SIGKILL);
+}
+
+struct wreq {
+    uv_write_t req;
+    char data[];
+};
+
+static void on_written(uv_write_t *req, int status)
+{
+    free(req);
+}
+
+/* Sends a finished frame (w is wire_begin'd and filled) to p's host; a host that does not read
+ * what we send is hung. */
+static void child_send(struct plugin *p, struct wire_out *w)
+{
+    struct child *ch = p->ch;
+    if (!ch || ch->exited || ch->pipe_closing || wire_end(w) < 0)
+        return;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&ch->pipe) > CHILD_WRITE_MAX) {
+        child_kill(ch, "not reading its socket (16 MiB queued towards it)");
+        return;
+    }
+    struct wreq *r = malloc(sizeof *r + w->len);
+    if (!r)
+        return;
+    memcpy(r->data, w->p, w->len);
+    uv_buf_t b = uv_buf_init(r->data, (unsigned)w->len);
+    if (uv_write(&r->req, (uv_stream_t *)&ch->pipe, &b, 1, on_written) < 0)
+        free(r);
+}
+
+static void on_timer(uv_timer_t *t);
+
+static long backoff_next(struct plugin *p)
+{
+    long b = p->backoff_ms ? p->backoff_ms * 2 : p->restart_min_ms;
+    if (b > p->restart_max_ms)
+        b = p->restart_max_ms;
+    p->backoff_ms = b;
+    return b;
+}
+
+/* Answers every request the dead host was given with 500, and forgets its subscriptions'
+ * bookkeeping (the sessions keep them; a new host subscribes again). */
+static void forget_requests(struct plugin *p)
+{
+    struct pending *v;
+    size_t n, cap = p->ps->opts.pending_max;
+
+    pthread_mutex_lock(&p->ps->lock);
+    n = p->n_pending;
+    v = calloc(n ? n : 1, sizeof *v);
+    for (size_t i = 0; v && i < n; i++)
+        v[i] = p->pending[(p->pending_head + i) % cap];
+    p->n_pending = 0;
+    for (size_t i = 0; i < p->n_subs; i++)
+        free(p->subs[i].filter);
+    p->n_subs = 0;
+    pthread_mutex_unlock(&p->ps->lock);
+    for (size_t i = 0; v && i < n; i++) {
+        struct alink_msg m;
+        if (build_reply(&v[i], ALIGW_REPLY_DEVICE_ERROR, NULL, "device's plugin stopped", &m) < 0)
+            continue;
+        p->ps->sink.uplink(p->ps->sink.ctx, v[i].dev->product_key, v[i].dev->device_name, m.topic,
+                           m.payload, m.len, v[i].rrpc[0] ? 0 : 1, NULL, NULL);
+        alink_msg_free(&m);
+    }
+    free(v);
+}
+
+static bool child_consume(struct child *ch);
+
+/* The host has exited: what it wrote before is all in the socket buffer; handle it now (its
+ * last posts, its W_FAILED reason) rather than lose it when the pipe closes. */
+static void child_drain_exited(struct child *ch)
+{
+    int fd;
+    if (!ch->p || ch->pipe_closing || uv_fileno((uv_handle_t *)&ch->pipe, &fd) != 0)
+        return;
+    for (;;) {
+        if (ch->in_cap - ch->in_len < 65536) {
+            char *n = realloc(ch->in, ch->in_len + 65536);
+            if (!n)
+                return;
+            ch->in = n;
+            ch->in_cap = ch->in_len + 65536;
+        }
+        ssize_t n = read(fd, ch->in + ch->in_len, ch->in_cap - ch->in_len);
+        if (n <= 0 && !(n < 0 && errno == EINTR))
+            return;
+        if (n > 0) {
+            ch->in_len += (size_t)n;
+            if (!child_consume(ch))
+                return;
+        }
+    }
+}
+
+static void on_child_exit(uv_process_t *proc, int64_t status, int sig)
+{
+    struct child *ch = proc->data;
+    struct plugin *p = ch->p;
+    char why[200], down[400];
+    long delay;
+
+    ch->exited = true;
+    child_drain_exited(ch);
+    if (!p) {
+        child_release(ch);
+        return;
+    }
+    if (ch->kill_reason[0])
+        snprintf(why, sizeof why, "%.150s", ch->kill_reason);
+    else if (ch->fail_reason[0])
+        snprintf(why, sizeof why, "%.190s", ch->fail_reason);
+    else if (sig)
+        snprintf(why, sizeof why, "crashed: signal %d (%s)", sig, strsignal(sig));
+    else
+        snprintf(why, sizeof why, "exited with status %d", (int)status);
+    bool in_start = !ch->started;
+    bool load_failed = ch->fail_phase == 1; /* W_FAILED in phase 0: the .so cannot be loaded */
+    child_release(ch);
+    p->running = false;
+    p->gen++;
+    forget_requests(p);
+    if (p->ps->stopped) {
+        p->state = P_STOPPED;
+        return;
+    }
+    snprintf(p->last_error, sizeof p->last_error, "%s%s", why,
+             in_start ? " (before start() returned)" : "");
+    if (in_start) {
+        p->start_failures++;
+    } else {
+        p->start_failures = 0;
+        if (uv_now(p->ps->loop) - p->started_at > (uint64_t)p->restart_max_ms)
+            p->backoff_ms = 0; /* it ran long enough: start again from the shortest delay */
+    }
+    if (load_failed || p->start_failures >= p->max_start_failures) {
+        p->state = P_PARKED;
+        log_error("plugin %s (%s): %s; parked after %d failed start(s) in a row: not restarted "
+                  "until aligwd restarts; its %zu device(s) are down",
+                  p->label, p->path, p->last_error, p->start_failures ? p->start_failures : 1,
+                  p->n_devs);
+        snprintf(down, sizeof down, "plugin-down: plugin %s parked after %d failed start(s): %s",
+                 p->label, p->start_failures ? p->start_failures : 1, p->last_error);
+        devices_state(p, 0, down);
+        return;
+    }
+    delay = backoff_next(p);
+    p->state = P_RESTARTING;
+    log_error("plugin %s (%s): host process %s; restarting it in %ld ms", p->label, p->path,
+              p->last_error, delay);
+    snprintf(down, sizeof down, "plugin-down: plugin %s %s; restarting in %ld ms", p->label,
+             p->last_error, delay);
+    devices_state(p, 0, down);
+    uv_timer_start(p->timer, on_timer, (uint64_t)delay, 0);
+}
+
+static void child_handle_frame(struct plugin *p, struct child *ch, struct wire_in *r);
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    struct child *ch = h->data;
+    size_t want = 65536;
+    if (ch->in_cap - ch->in_len < want) {
+        char *n = realloc(ch->in, ch->in_len + want);
+        if (!n) {
+            *buf = uv_buf_init(NULL, 0);
+            return;
+        }
+        ch->in = n;
+        ch->in_cap = ch->in_len + want;
+    }
+    *buf = uv_buf_init(ch->in + ch->in_len, (unsigned)(ch->in_cap - ch->in_len));
+}
+
+static bool over_high_water(struct plugins *ps)
+{
+    bool over;
+    pthread_mutex_lock(&ps->lock);
+    over =
+        ps->q_count > ps->opts.queue_max / 4 * 3 || ps->q_bytes > ps->opts.queue_max_bytes / 4 * 3;
+    pthread_mutex_unlock(&ps->lock);
+    return over;
+}
+
+/* Handles every complete frame in ch->in; false on a protocol error. */
+static bool child_consume(struct child *ch)
+{
+    size_t off = 0, body;
+    int rc;
+    while (ch->p && (rc = wire_frame(ch->in + off, ch->in_len - off, &body)) != 0) {
+        struct wire_in r;
+        if (rc < 0 || !wire_open(&r, ch->in + off + 4, body))
+            return false;
+        child_handle_frame(ch->p, ch, &r);
+        if (r.bad)
+            return false;
+        off += 4 + body;
+    }
+    memmove(ch->in, ch->in + off, ch->in_len - off);
+    ch->in_len -= off;
+    return true;
+}
+
+static void on_child_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct child *ch = s->data;
+    if (n < 0) {
+        uv_read_stop(s);
+        ch->reading = false;
+        ch->pipe_closing = true; /* EOF: it is exiting; on_child_exit does the rest */
+        return;
+    }
+    ch->in_len += (size_t)n;
+    if (!ch->p)
+        return;
+    ch->last_rx = uv_now(ch->p->ps->loop);
+    if (!child_consume(ch)) {
+        child_kill(ch, "broke the frame protocol");
+        return;
+    }
+    if (ch->p && over_high_water(ch->p->ps)) { /* back-pressure: stop reading until drained */
+        uv_read_stop(s);
+        ch->reading = false;
+        ch->p->ps->throttled = true;
+    }
+}
+
+static void resume_reading(struct plugins *ps)
+{
+    if (over_high_water(ps))
+        return;
+    ps->throttled = false;
+    for (size_t i = 0; i < ps->n; i++) {
+        struct child *ch = ps->v[i]->ch;
+        if (ch && !ch->reading && !ch->pipe_closing && !ch->exited) {
+            ch->last_rx = uv_now(ps->loop);
+            if (uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_child_read) == 0)
+                ch->reading = true;
+        }
+    }
+}
+
+static void child_handle_frame(struct plugin *p, struct child *ch, struct wire_in *r)
+{
+    uint64_t i = 0, tracked, cookie;
+    const struct aligw_device *dev = NULL;
+    struct track t = {0};
+    int rc = 0;
+
+    if (r->type == W_PROPS || r->type == W_EVENT || r->type == W_RAW || r->type == W_REPLY ||
+        r->type == W_STATE || r->type == W_SUB || r->type == W_CALL_RC) {
+        i = wire_get_u64(r);
+        if (i >= p->n_devs) {
+            r->bad = true;
+            return;
+        }
+        dev = &p->devs[i];
+    }
+    switch (r->type) {
+    case W_STARTED: {
+        p->flags = (unsigned)wire_get_u64(r);
+        const char *name = wire_get_str(r), *version = wire_get_str(r);
+        free(p->rname);
+        free(p->rversion);
+        p->rname = strdup(name);
+        p->rversion = strdup(version);
+        ch->started = true;
+        p->running = true;
+        p->state = P_RUNNING;
+        p->started_at = uv_now(p->ps->loop);
+        p->start_failures = 0;
+        log_info("plugin %s: %s %s started in aligw-plugin-host (pid %d) from %s, serving %zu "
+                 "device(s)",
+                 p->label, name, version, ch->proc.pid, p->path, p->n_devs);
+        if (p->restarts || p->last_error[0])
+            devices_state(p, 1, NULL);
+        break;
+    }
+    case W_FAILED: {
+        int phase = (int)wire_get_u64(r);
+        int err = (int)wire_get_i64(r);
+        const char *msg = wire_get_str(r);
+        ch->fail_phase = phase + 1;
+        snprintf(ch->fail_reason, sizeof ch->fail_reason, "%s", msg[0] ? msg : aligw_strerror(err));
+        log_error("plugin %s (%s): %s", p->label, p->path, ch->fail_reason);
+        break;
+    }
+    case W_PONG:
+        wire_get_u64(r);
+        break;
+    case W_PROPS: {
+        tracked = wire_get_u64(r);
+        cookie = wire_get_u64(r);
+        int64_t time_ms = wire_get_i64(r);
+        const char *params = wire_get_str(r);
+        t = (struct track){.on = tracked != 0, .cookie = cookie};
+        if (!r->bad)
+            rc = post_props(p, dev, params, time_ms, &t);
+        break;
+    }
+    case W_EVENT: {
+        tracked = wire_get_u64(r);
+        cookie = wire_get_u64(r);
+        int64_t time_ms = wire_get_i64(r);
+        const char *id = wire_get_str(r);
+        uint64_t has_value = wire_get_u64(r);
+        const char *value = wire_get_str(r);
+        t = (struct track){.on = tracked != 0, .cookie = cookie};
+        if (!r->bad)
+            rc = post_event(p, dev, id, has_value ? value : NULL, time_ms, &t);
+        break;
+    }
+    case W_RAW: {
+        size_t len;
+        tracked = wire_get_u64(r);
+        cookie = wire_get_u64(r);
+        int qos = (int)wire_get_u64(r);
+        const char *topic = wire_get_str(r), *payload = wire_get_bytes(r, &len);
+        t = (struct track){.on = tracked != 0, .cookie = cookie};
+        if (!r->bad)
+            rc = publish_raw(p, dev, topic, payload, len, qos, &t);
+        break;
+    }
+    case W_REPLY: {
+        int code = (int)wire_get_i64(r);
+        const char *req = wire_get_str(r);
+        uint64_t has_data = wire_get_u64(r);
+        const char *data = wire_get_str(r);
+        if (!r->bad)
+            rc = h_reply(&p->host, dev, req, code, has_data ? data : NULL);
+        if (rc == -ENOENT) {
+            log_dev(LOG_WARNING, dev->product_key, dev->device_name,
+                    "plugin %s: reply to unknown or already answered request %s", p->label, req);
+            rc = 0;
+        }
+        break;
+    }
+    case W_STATE: {
+        int ok = (int)wire_get_u64(r);
+        const char *reason = wire_get_str(r);
+        if (!r->bad)
+            rc = h_set_device_state(&p->host, dev, ok, reason);
+        break;
+    }
+    case W_LOG: {
+        int level = (int)wire_get_i64(r);
+        const char *text = wire_get_str(r);
+        if (!r->bad)
+            plugin_log(p, level, text);
+        break;
+    }
+    case W_SUB: {
+        const char *filter = wire_get_str(r);
+        if (!r->bad)
+            rc = h_subscribe(&p->host, dev, filter);
+        break;
+    }
+    case W_CALL_RC: {
+        int err = (int)wire_get_i64(r);
+        const char *req = wire_get_str(r);
+        struct pending e;
+        bool found;
+        pthread_mutex_lock(&p->ps->lock);
+        found = pending_take(p, dev, req, &e);
+        pthread_mutex_unlock(&p->ps->lock);
+        if (found) {
+            struct alink_msg m;
+            int code = err == -ENOTSUP ? ALIGW_REPLY_BAD_PARAMS : ALIGW_REPLY_DEVICE_ERROR;
+            if (build_reply(&e, code, NULL, aligw_strerror(err), &m) == 0) {
+                p->ps->sink.uplink(p->ps->sink.ctx, dev->product_key, dev->device_name, m.topic,
+                                   m.payload, m.len, e.rrpc[0] ? 0 : 1, NULL, NULL);
+                alink_msg_free(&m);
+            }
+        }
+        break;
+    }
+    default:
+        r->bad = true;
+        return;
+    }
+    if (rc < 0 && dev) {
+        if (t.on)
+            tell_done(p->ref, p->gen, i, t.cookie, rc, 0);
+        else
+            log_errno(LOG_WARNING, rc, "%s/%s: plugin %s: call refused", dev->product_key,
+                      dev->device_name, p->label);
+    }
+}
+
+static int child_spawn(struct plugin *p)
+{
+    struct plugins *ps = p->ps;
+    struct child *ch = calloc(1, sizeof *ch);
+    uv_process_options_t o = {0};
+    uv_stdio_container_t stdio[4];
+    char fdarg[16];
+    char *args[4];
+    int sv[2], rc;
+
+    if (!ch)
+        return -ENOMEM;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        rc = -errno;
+        free(ch);
+        return rc;
+    }
+    snprintf(fdarg, sizeof fdarg, "3");
+    args[0] = ps->host_path;
+    args[1] = p->path;
+    args[2] = fdarg;
+    args[3] = NULL;
+    stdio[0].flags = UV_IGNORE;
+    stdio[1].flags = UV_INHERIT_FD;
+    stdio[1].data.fd = 2; /* the plugin's stdout goes to our log stream too */
+    stdio[2].flags = UV_INHERIT_FD;
+    stdio[2].data.fd = 2;
+    stdio[3].flags = UV_INHERIT_FD;
+    stdio[3].data.fd = sv[1];
+    o.file = ps->host_path;
+    o.args = args;
+    o.stdio = stdio;
+    o.stdio_count = 4;
+    o.exit_cb = on_child_exit;
+    /* its own session: a terminal's ^C reaches aligwd, which stops the hosts in order (they
+     * still die with aligwd: PDEATHSIG, and under systemd the unit's cgroup) */
+    o.flags = UV_PROCESS_DETACHED;
+    ch->proc.data = ch;
+    ch->pipe.data = ch;
+    rc = uv_spawn(ps->loop, &ch->proc, &o);
+    close(sv[1]);
+    if (rc < 0) {
+        close(sv[0]);
+        /* a failed uv_spawn still needs uv_close on the handle */
+        ch->handles = 1;
+        uv_close((uv_handle_t *)&ch->proc, child_handle_closed);
+        return rc;
+    }
+    ch->handles = 2;
+    uv_pipe_init(ps->loop, &ch->pipe, 0);
+    uv_pipe_open(&ch->pipe, sv[0]);
+    ch->p = p;
+    p->ch = ch;
+    p->state = P_STARTING;
+    ch->last_rx = uv_now(ps->loop);
+    if (uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_child_read) == 0)
+        ch->reading = true;
+
+    struct wire_out w = {0};
+    wire_begin(&w, W_INIT);
+    wire_str(&w, p->label);
+    wire_str(&w, p->config);
+    wire_u64(&w, ps->n_forbid);
+    for (size_t i = 0; i < ps->n_forbid; i++)
+        wire_str(&w, ps->forbid[i]);
+    wire_u64(&w, p->n_devs);
+    for (size_t i = 0; i < p->n_devs; i++) {
+        wire_str(&w, p->devs[i].product_key);
+        wire_str(&w, p->devs[i].device_name);
+    }
+    child_send(p, &w);
+    wire_free(&w);
+    uv_timer_start(p->timer, on_timer, (uint64_t)(p->heartbeat_ms / 4),
+                   (uint64_t)(p->heartbeat_ms / 4));
+    return 0;
+}
+
+/* Heartbeats while a host runs; the restart when none does. */
+static void on_timer(uv_timer_t *t)
+{
+    struct plugin *p = t->data;
+    struct child *ch = p->ch;
+
+    if (p->ps->stopped)
+        return;
+    if (!ch) {
+        uv_timer_stop(t);
+        if (p->state != P_RESTARTING)
+            return;
+        p->restarts++;
+        int rc = child_spawn(p);
+        if (rc < 0) {
+            log_errno(LOG_ERR, rc, "plugin %s: cannot start %s", p->label, p->ps->host_path);
+            uv_timer_start(t, on_timer, (uint64_t)backoff_next(p), 0);
+        }
+        return;
+    }
+    if (ch->exited || !ch->reading)
+        return;
+    if (uv_now(p->ps->loop) - ch->last_rx > (uint64_t)p->heartbeat_ms) {
+        char why[160];
+        snprintf(why, sizeof why, "hung: no heartbeat for %d ms", p->heartbeat_ms);
+        log_error("plugin %s (pid %d): %s; killing it", p->label, ch->proc.pid, why);
+        child_kill(ch, why);
+        return;
+    }
+    struct wire_out w = {0};
+    wire_begin(&w, W_PING);
+    wire_u64(&w, ++p->ping_n);
+    child_send(p, &w);
+    wire_free(&w);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    struct plugin *p = h->data;
+    free(h);
+    plugin_free(p);
+}
+
+/* Shutdown: asks p's host to stop its plugin and handles what it sends until it exits (or
+ * STOP_WAIT_MS passes), on the loop thread; then the host is killed if still there. */
+static void child_stop_sync(struct plugin *p)
+{
+    struct child *ch = p->ch;
+    int fd = -1;
+    struct wire_out w = {0};
+
+    if (!ch)
+        return;
+    if (ch->reading)
+        uv_read_stop((uv_stream_t *)&ch->pipe);
+    ch->reading = false;
+    if (!ch->exited && ch->started && !ch->pipe_closing &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&ch->pipe) == 0 &&
+        uv_fileno((uv_handle_t *)&ch->pipe, &fd) == 0) {
+        uint64_t deadline = uv_hrtime() / 1000000 + STOP_WAIT_MS;
+        size_t off = 0;
+        wire_begin(&w, W_STOP);
+        wire_end(&w);
+        while (off < w.len && uv_hrtime() / 1000000 < deadline) {
+            ssize_t n = write(fd, w.p + off, w.len - off);
+            if (n > 0)
+                off += (size_t)n;
+            else if (n < 0 && errno != EAGAIN && errno != EINTR)
+                break;
+            else
+                poll(&(struct pollfd){.fd = fd, .events = POLLOUT}, 1, 10);
+        }
+        while (off == w.len && ch->p) {
+            long left = (long)(deadline - uv_hrtime() / 1000000);
+            struct pollfd pf = {.fd = fd, .events = POLLIN};
+            if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
+                break;
+            if (ch->in_cap - ch->in_len < 65536) {
+                char *n = realloc(ch->in, ch->in_len + 65536);
+                if (!n)
+                    break;
+                ch->in = n;
+                ch->in_cap = ch->in_len + 65536;
+            }
+            ssize_t n = read(fd, ch->in + ch->in_len, ch->in_cap - ch->in_len);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                break; /* it exited */
+            if (n > 0) {
+                ch->in_len += (size_t)n;
+                if (!child_consume(ch))
+                    break;
+            }
+        }
+        wire_free(&w);
+    }
+    if (!ch->exited) {
+        pid_t pid = ch->proc.pid;
+        uv_process_kill(&ch->proc, SIGKILL);
+        waitpid(pid, NULL, 0); /* the loop will not reap it: its handle closes now */
+    }
+    child_release(ch);
+}
+
+/* Out of process: checks the file, then starts the host; the rest happens in frames. */
+static int start_isolated(struct plugins *ps, struct plugin *p, const struct plugin_conf *c,
+                          char *err, size_t len)
+{
+    p->isolated = true;
+    p->heartbeat_ms = c->heartbeat_ms ? c->heartbeat_ms : 5000;
+    p->restart_min_ms = c->restart_min_ms ? c->restart_min_ms : 1000;
+    p->restart_max_ms = c->restart_max_ms ? c->restart_max_ms : 60000;
+    p->max_start_failures = c->max_start_failures ? c->max_start_failures : 5;
+    p->timer = malloc(sizeof *p->timer);
+    if (!p->timer)
+        return -ENOMEM;
+    uv_timer_init(ps->loop, p->timer);
+    p->timer->data = p;
+    pthread_mutex_lock(&ps->lock);
+    p->accepting = true;
+    pthread_mutex_unlock(&ps->lock);
+    int rc = child_spawn(p);
+    if (rc < 0)
+        return plugin_refuse(err, len, "plugin %s: cannot start %s: %s", p->label, ps->host_path,
+                             aligw_strerror(rc));
+    return 0;
 }
 
 /* Loads, creates and starts one entry. On failure p keeps what is needed to report. */
 static int start_one(struct plugins *ps, struct plugin *p, const struct plugin_conf *c, char *err,
                      size_t len)
 {
-    char *cfg;
     int rc;
 
     p->path = resolve_path(c);
     if (!p->path)
-        return refuse(err, len, "plugin %s: no path", c->name ? c->name : "(unnamed)");
-    rc = load(p->path, &p->dl, &p->desc, err, len);
+        return plugin_refuse(err, len, "plugin %s: no path", c->name ? c->name : "(unnamed)");
+    rc = check_file(p->path, err, len);
     if (rc < 0)
         return rc;
     p->devs = calloc(c->n_devices ? c->n_devices : 1, sizeof *p->devs);
+    p->keys = calloc(c->n_devices ? c->n_devices : 1, sizeof *p->keys);
     p->pending = calloc(ps->opts.pending_max, sizeof *p->pending);
-    if (!p->devs || !p->pending)
+    p->ref = calloc(1, sizeof *p->ref);
+    if (!p->devs || !p->keys || !p->pending || !p->ref)
         return -ENOMEM;
+    atomic_init(&p->ref->refs, 1);
+    p->ref->p = p;
     for (size_t i = 0; i < c->n_devices; i++) {
         const char *slash = strchr(c->devices[i], '/');
         if (!slash || slash == c->devices[i] || !slash[1])
-            return refuse(err, len, "plugin %s: bad device \"%s\" (want pk/dn)", p->path,
-                          c->devices[i]);
+            return plugin_refuse(err, len, "plugin %s: bad device \"%s\" (want pk/dn)", p->path,
+                                 c->devices[i]);
         p->devs[i].product_key = strndup(c->devices[i], (size_t)(slash - c->devices[i]));
         p->devs[i].device_name = strdup(slash + 1);
+        p->keys[i] = strdup(c->devices[i]);
         p->devs[i].index = i;
         p->n_devs = i + 1;
-        if (!p->devs[i].product_key || !p->devs[i].device_name)
+        if (!p->devs[i].product_key || !p->devs[i].device_name || !p->keys[i])
             return -ENOMEM;
     }
-    cfg = c->config ? json_dumps(c->config, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
-    if (!cfg)
+    p->config = c->config ? json_dumps(c->config, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
+    if (!p->config)
         return -ENOMEM;
+    if (!c->in_process)
+        return start_isolated(ps, p, c, err, len);
+    rc = plugin_load_so(p->path, &p->dl, &p->desc, err, len);
+    if (rc < 0)
+        return rc;
     pthread_mutex_lock(&ps->lock);
     p->accepting = true;
     pthread_mutex_unlock(&ps->lock);
-    rc = p->desc.create(&p->host, cfg, p->devs, p->n_devs, &p->instance);
-    free(cfg);
+    rc = p->desc.create(&p->host, p->config, p->devs, p->n_devs, &p->instance);
     if (rc < 0)
-        return refuse(err, len, "plugin %s (%s): create failed: %s", p->label, p->path,
-                      aligw_strerror(rc));
+        return plugin_refuse(err, len, "plugin %s (%s): create failed: %s", p->label, p->path,
+                             aligw_strerror(rc));
     rc = p->desc.start(p->instance);
     if (rc < 0)
-        return refuse(err, len, "plugin %s (%s): start failed: %s", p->label, p->path,
-                      aligw_strerror(rc));
+        return plugin_refuse(err, len, "plugin %s (%s): start failed: %s", p->label, p->path,
+                             aligw_strerror(rc));
     p->running = true;
-    log_info("plugin %s: %s %s loaded from %s, serving %zu device(s)", p->label, p->desc.name,
-             p->desc.version ? p->desc.version : "", p->path, p->n_devs);
+    p->state = P_RUNNING;
+    log_info("plugin %s: %s %s loaded in process from %s, serving %zu device(s)", p->label,
+             p->desc.name, p->desc.version ? p->desc.version : "", p->path, p->n_devs);
     return 0;
 }
 
@@ -715,10 +1576,12 @@ int plugins_start(struct plugins *ps, const struct plugin_conf *confs, size_t n)
             if (!err[0])
                 snprintf(err, sizeof err, "plugin %s: %s", p->label, aligw_strerror(rc));
             log_error("%s; its %zu device(s) are disabled", err, c->n_devices);
+            snprintf(p->last_error, sizeof p->last_error, "%.250s", err);
+            p->state = P_FAILED;
             pthread_mutex_lock(&ps->lock);
             p->accepting = false;
             pthread_mutex_unlock(&ps->lock);
-            if (p->desc.destroy && (p->instance || p->dl))
+            if (!p->isolated && p->desc.destroy && (p->instance || p->dl))
                 p->desc.destroy(p->instance);
             p->instance = NULL;
             drain(ps); /* anything it queued before failing references its devices */
@@ -766,7 +1629,7 @@ static void host_answer(struct plugins *ps, const struct pending *e, int code, c
     if (build_reply(e, code, NULL, msg, &m) < 0)
         return;
     int rc = ps->sink.uplink(ps->sink.ctx, e->dev->product_key, e->dev->device_name, m.topic,
-                             m.payload, m.len, e->rrpc[0] ? 0 : 1);
+                             m.payload, m.len, e->rrpc[0] ? 0 : 1, NULL, NULL);
     if (rc < 0)
         log_errno(LOG_WARNING, rc, "%s/%s: reply not queued", e->dev->product_key,
                   e->dev->device_name);
@@ -787,13 +1650,27 @@ static int dispatch(struct plugins *ps, const char *pk, const char *dn, struct p
         host_answer(ps, e, ALIGW_REPLY_DEVICE_ERROR, "device's plugin is not running");
         return 0;
     }
-    if ((e->kind == REQ_SET && !p->desc.on_property_set) ||
-        (e->kind == REQ_SERVICE && !p->desc.on_service_call)) {
+    bool has = p->isolated ? (p->flags & (e->kind == REQ_SET ? WIRE_HAS_SET : WIRE_HAS_CALL))
+                           : (e->kind == REQ_SET ? p->desc.on_property_set != NULL
+                                                 : p->desc.on_service_call != NULL);
+    if (!has) {
         host_answer(ps, e, ALIGW_REPLY_BAD_PARAMS,
                     e->kind == REQ_SET ? "properties are read-only" : "no such service");
         return 0;
     }
     pending_add(p, e);
+    if (p->isolated) {
+        struct wire_out w = {0};
+        wire_begin(&w, e->kind == REQ_SET ? W_SET : W_CALL);
+        wire_u64(&w, dev->index);
+        wire_str(&w, e->req_id);
+        if (e->kind == REQ_SERVICE)
+            wire_str(&w, e->service);
+        wire_str(&w, params_json ? params_json : "{}");
+        child_send(p, &w);
+        wire_free(&w);
+        return 0;
+    }
     if (e->kind == REQ_SET)
         rc = p->desc.on_property_set(p->instance, dev, e->req_id, params_json ? params_json : "{}");
     else
@@ -872,9 +1749,25 @@ int plugins_message(struct plugins *ps, const char *pk, const char *dn, const ch
     for (size_t i = 0; i < p->n_subs && !wanted; i++)
         wanted = p->subs[i].dev == dev && topic_match(p->subs[i].filter, topic);
     pthread_mutex_unlock(&ps->lock);
-    if (!wanted || !p->running || !p->desc.on_message)
+    if (!wanted || !p->running)
         return -ENOENT;
-    p->desc.on_message(p->instance, dev, topic, payload, len);
+    if (p->isolated) {
+        struct wire_out w = {0};
+        if (!(p->flags & WIRE_HAS_MSG))
+            return -ENOENT;
+        wire_begin(&w, W_MSG);
+        wire_u64(&w, dev->index);
+        wire_str(&w, topic);
+        wire_bytes(&w, payload, len);
+        child_send(p, &w);
+        wire_free(&w);
+        return 0;
+    }
+    if (!p->desc.on_message)
+        return -ENOENT;
+    int rc = p->desc.on_message(p->instance, dev, topic, payload, len);
+    if (rc < 0)
+        log_debug("plugin %s: on_message returned %d (ignored)", p->label, rc);
     return 0;
 }
 
@@ -885,10 +1778,14 @@ void plugins_stop(struct plugins *ps)
     ps->stopped = true;
     for (size_t i = 0; i < ps->n; i++) {
         struct plugin *p = ps->v[i];
-        if (p->running) {
+        if (p->isolated) {
+            child_stop_sync(p);
+            p->running = false;
+        } else if (p->running) {
             p->desc.stop(p->instance);
             p->running = false;
         }
+        p->state = P_STOPPED;
         pthread_mutex_lock(&ps->lock);
         p->accepting = false;
         pthread_mutex_unlock(&ps->lock);
@@ -899,7 +1796,11 @@ void plugins_stop(struct plugins *ps)
     }
     drain(ps); /* deliver what the plugins queued before they stopped */
     for (size_t i = 0; i < ps->n; i++) {
-        plugin_free(ps->v[i]);
+        struct plugin *p = ps->v[i];
+        if (p->timer)
+            uv_close((uv_handle_t *)p->timer, timer_closed); /* frees p, then the timer */
+        else
+            plugin_free(p);
         ps->v[i] = NULL;
     }
     ps->n = 0;
@@ -909,6 +1810,10 @@ static void on_closed(uv_handle_t *h)
 {
     struct plugins *ps = h->data;
     free(ps->v);
+    for (size_t i = 0; i < ps->n_forbid; i++)
+        free(ps->forbid[i]);
+    free(ps->forbid);
+    free(ps->host_path);
     pthread_mutex_destroy(&ps->lock);
     free(ps);
 }
@@ -929,6 +1834,25 @@ void plugins_get_stats(const struct plugins *ps, struct plugins_stats *st)
     pthread_mutex_unlock((pthread_mutex_t *)&ps->lock);
 }
 
+json_t *plugins_status(const struct plugins *ps)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; ps && i < ps->n; i++) {
+        const struct plugin *p = ps->v[i];
+        json_t *o = json_pack("{s:s,s:s,s:s,s:i}", "name", p->label, "isolation",
+                              p->isolated ? "process" : "none", "state", pstate_names[p->state],
+                              "restarts", p->restarts);
+        if (p->ch && !p->ch->exited)
+            json_object_set_new(o, "pid", json_integer(p->ch->proc.pid));
+        if (p->isolated)
+            json_object_set_new(o, "failed_starts", json_integer(p->start_failures));
+        if (p->last_error[0])
+            json_object_set_new(o, "last_error", json_string(p->last_error));
+        json_array_append_new(a, o);
+    }
+    return a;
+}
+
 int plugins_check_config(const struct plugin_conf *c, char *err, size_t len)
 {
     struct aligw_plugin desc;
@@ -937,8 +1861,10 @@ int plugins_check_config(const struct plugin_conf *c, char *err, size_t len)
     int rc;
 
     if (!path)
-        return refuse(err, len, "plugin %s: no path", c->name ? c->name : "(unnamed)");
-    rc = load(path, &dl, &desc, err, len);
+        return plugin_refuse(err, len, "plugin %s: no path", c->name ? c->name : "(unnamed)");
+    rc = check_file(path, err, len);
+    if (rc == 0)
+        rc = plugin_load_so(path, &dl, &desc, err, len);
     if (rc < 0)
         goto out;
     if (!desc.check_config)
@@ -951,8 +1877,8 @@ int plugins_check_config(const struct plugin_conf *c, char *err, size_t len)
     char msg[400] = "";
     rc = desc.check_config(cfg, msg, sizeof msg);
     if (rc < 0)
-        rc = refuse(err, len, "plugin %s (%s): %s", c->name ? c->name : desc.name, path,
-                    msg[0] ? msg : aligw_strerror(rc));
+        rc = plugin_refuse(err, len, "plugin %s (%s): %s", c->name ? c->name : desc.name, path,
+                           msg[0] ? msg : aligw_strerror(rc));
 out:
     free(cfg);
     free(path);

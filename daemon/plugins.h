@@ -1,13 +1,19 @@
 /*
  * plugins: loads southbound plugins (include/aligw/plugin.h) and is their host. It owns the
- * dlopen handles, the plugin instances, the device handles handed to them, the table of requests
- * (property sets, service calls) waiting for a plugin's reply, and the bounded queue through
- * which plugin threads reach the loop: a host call builds its topic and Alink payload on the
- * calling thread (alink is pure), copies it into the queue under a mutex and wakes the loop with
- * one uv_async_t; the loop drains the whole queue into the daemon's sink. A plugin that fails to
- * load, create or start puts its devices into the error state; the daemon runs on.
+ * plugin instances (in process) or their supervised aligw-plugin-host processes (out of
+ * process, the default), the device handles handed to them, the table of requests (property
+ * sets, service calls) waiting for a plugin's reply, and the bounded queue through which plugin
+ * calls reach the loop: a host call builds its topic and Alink payload (alink is pure), copies
+ * it into the queue under a mutex and wakes the loop with one uv_async_t; the loop drains the
+ * whole queue into the daemon's sink. An out-of-process plugin's calls arrive as frames on its
+ * socket (plugin_wire.h) and go through the same functions on the loop thread; its downlinks
+ * and post completions go back as frames. A host process that crashes, exits or stops
+ * answering heartbeats is restarted with back-off and its devices show "plugin-down: <reason>";
+ * one that fails before its start() returned max_start_failures times in a row is parked. A
+ * plugin that fails to load, create or start in process puts its devices into the error state;
+ * the daemon runs on.
  *
- * Everything here except the host functions runs on the loop thread.
+ * Everything here except the in-process host functions runs on the loop thread.
  */
 #ifndef ALIGW_PLUGINS_H
 #define ALIGW_PLUGINS_H
@@ -23,9 +29,10 @@
 struct plugins_sink {
     void *ctx;
     /* An uplink ready to queue (topic and payload built by alink, borrowed for the call).
-     * Returns 0 or a negative error (logged and counted here; the plugin is not told). */
+     * Returns 0 and then calls done(arg, status, seq) exactly once after the store's commit
+     * (done may be NULL), or returns a negative error without calling it. */
     int (*uplink)(void *ctx, const char *pk, const char *dn, const char *topic, const char *payload,
-                  size_t len, int qos);
+                  size_t len, int qos, void (*done)(void *arg, int status, int64_t seq), void *arg);
     /* The field side of pk/dn works (ok = 1) or not (ok = 0, reason says why). */
     void (*device_state)(void *ctx, const char *pk, const char *dn, int ok, const char *reason);
     /* Optional (NULL: plugins get -ENOTSUP): subscribe pk/dn's session to topic_filter, so that
@@ -38,6 +45,11 @@ struct plugins_opts {
     size_t queue_max_bytes; /* bytes of queued payloads (default 64 MiB) */
     size_t pending_max;     /* unanswered requests per plugin, oldest evicted (default 1024) */
     bool ack;               /* sys.ack in posts (default true: the cloud replies) */
+    const char *host_path;  /* aligw-plugin-host (NULL: next to the running aligwd, else the
+                               installed one); borrowed until plugins_close */
+    char *const *forbid;    /* paths out-of-process plugins must not reach (state dir, outbox
+                               dir, runtime dir); borrowed for plugins_init, copied */
+    size_t n_forbid;
 };
 
 /* Counters, for status. */
@@ -97,6 +109,10 @@ void plugins_stop(struct plugins *ps);
 void plugins_close(struct plugins *ps);
 
 void plugins_get_stats(const struct plugins *ps, struct plugins_stats *st);
+
+/* One object per plugin entry: name, isolation, state ("running", "starting", "restarting",
+ * "parked", "failed", "stopped"), pid, restarts, last_error. A new reference. */
+json_t *plugins_status(const struct plugins *ps);
 
 /*
  * --check-config: loads the plugin of conf (same checks as plugins_start) and runs its

@@ -27,7 +27,7 @@ done
 if [ "$BUILD" = 1 ]; then
   scripts/deps.sh
   cmake -S . -B "$BDIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$BDIR" -j"$(nproc)" --target aligwd aligwctl aligw_hub simulator
+  cmake --build "$BDIR" -j"$(nproc)" --target aligwd aligw-plugin-host aligwctl aligw_hub simulator
 fi
 BDIR=$(cd "$BDIR" && pwd)
 HUB_PLUGIN=$(find "$BDIR" -name aligw_hub.so | head -n 1)

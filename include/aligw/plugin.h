@@ -50,6 +50,19 @@
  *   older minor; a plugin must check host->size (or use ALIGW_HOST_HAS) before calling a host
  *   function added in a later minor than the one it needs.
  *
+ *   1.0  the first version.
+ *   1.1  host->post (tracked posts) with on_post_done (its completion after the SQLite commit),
+ *        host->device_info (sized per-device facts); struct aligw_device is frozen (see there).
+ *
+ * ISOLATION  By default each plugin runs in its own process, aligw-plugin-host, which loads the
+ * .so and speaks this same ABI: every call and entry point is marshalled over a socket to
+ * aligwd. Nothing changes for the plugin except that (a) a crash, exit or hang takes down only
+ * that process (aligwd restarts it with back-off), (b) "the loop thread" is the host process's
+ * main thread, and (c) host calls validate what they can locally (device, JSON, sizes) and are
+ * otherwise checked by aligwd afterwards: a tracked post reports such errors through
+ * on_post_done, an untracked one in aligwd's log. With "isolation": "none" the plugin is loaded
+ * into aligwd itself, as in ABI 1.0.
+ *
  * ERRORS are 0 or a negative errno value (as in libuv).
  */
 #ifndef ALIGW_PLUGIN_H
@@ -63,7 +76,7 @@ extern "C" {
 #endif
 
 #define ALIGW_PLUGIN_ABI_MAJOR 1
-#define ALIGW_PLUGIN_ABI_MINOR 0
+#define ALIGW_PLUGIN_ABI_MINOR 1
 
 /* Marks the one symbol a plugin exports (build with -fvisibility=hidden). */
 #define ALIGW_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -84,11 +97,47 @@ enum aligw_reply_code {
     ALIGW_REPLY_DEVICE_ERROR = 500, /* the field device failed or did not answer */
 };
 
-/* One device served by the plugin. Owned by the host; read-only for the plugin. */
+/*
+ * One device served by the plugin. Owned by the host; read-only for the plugin. This struct is
+ * frozen for ABI major 1 (create() receives an array of it, so its size cannot change without
+ * breaking plugins that index it): facts about a device added later appear in struct
+ * aligw_device_info, read through host->device_info.
+ */
 struct aligw_device {
     const char *product_key;
     const char *device_name;
     size_t index; /* position in the array given to create() */
+};
+
+/* Kinds of struct aligw_post (ABI 1.1). */
+enum aligw_post_kind {
+    ALIGW_POST_PROPERTIES = 1, /* like post_properties: params_json, time_ms */
+    ALIGW_POST_EVENT = 2,      /* like post_event: event_id, params_json (value or NULL), time_ms */
+    ALIGW_POST_RAW = 3,        /* like publish_raw: topic, payload, len, qos */
+};
+
+/* One tracked post (ABI 1.1), for host->post. Zero it, set .size and the fields of its kind. */
+struct aligw_post {
+    uint32_t size; /* sizeof(struct aligw_post) of the plugin */
+    int kind;      /* enum aligw_post_kind */
+    const char *params_json;
+    const char *event_id;
+    const char *topic;
+    const void *payload;
+    size_t len;
+    int qos;
+    int64_t time_ms;
+    uint64_t cookie; /* anything: handed back to on_post_done */
+};
+
+/* Facts about one device (ABI 1.1), filled by host->device_info up to .size. */
+struct aligw_device_info {
+    uint32_t size; /* set by the caller: sizeof(struct aligw_device_info) */
+    const char *product_key;
+    const char *device_name;
+    size_t index;
+    const char *key; /* "pk/dn" */
+    /* Later minors append here. */
 };
 
 struct aligw_host;
@@ -105,6 +154,15 @@ struct aligw_host {
      * daemon then writes it to its store and forwards it), -EINVAL (bad JSON, not an object,
      * bad identifier), -E2BIG (more than 200 properties or too large), -ENODEV (not your device),
      * -EAGAIN (queue full: retry later or drop), -ESHUTDOWN (after stop), -ENOMEM.
+     * 0 means queued, not stored: a crash before the commit loses it. Use host->post (1.1) to
+     * learn when it is stored.
+     *
+     * -EAGAIN is back-pressure, never a permanent error. In process ("isolation": "none") the
+     * queue between plugin threads and the loop holds at most 100,000 calls and 64 MiB of
+     * payload, shared by all in-process plugins. Out of process each plugin host has its own
+     * queue of 10,000 frames and 16 MiB towards aligwd; aligwd stops reading a host's socket
+     * while its own queue is over three quarters full, so the host's queue fills and its calls
+     * get -EAGAIN instead of memory growing anywhere.
      */
     int (*post_properties)(const struct aligw_host *host, const struct aligw_device *dev,
                            const char *params_json, int64_t time_ms);
@@ -145,14 +203,40 @@ struct aligw_host {
 
     /*
      * Asks for raw messages on topic_filter (MQTT filter, may use + and #) for dev; they arrive
-     * through on_message. Property sets and service calls are always delivered to their own entry
-     * points without subscribing. Returns 0, -EINVAL, -ENODEV, -ENOTSUP (daemon cannot),
-     * -EAGAIN, -ESHUTDOWN.
+     * through on_message. The filter must be one dev may subscribe to on the platform, with its
+     * pk and dn at their fixed positions ('+' and '#' only as whole levels after them). The
+     * device's MQTT session subscribes now if it is online, and again after every reconnection.
+     * Property sets and service calls are always delivered to their own entry points without
+     * subscribing. At most 64 filters per plugin. Returns 0, -EINVAL (not a topic of dev, empty,
+     * longer than 512), -ENODEV, -ENOSPC (64 filters already), -EAGAIN, -ESHUTDOWN. A subscription
+     * the platform refuses is logged by aligwd.
      */
     int (*subscribe)(const struct aligw_host *host, const struct aligw_device *dev,
                      const char *topic_filter);
 
-    /* ABI 1.0 ends here. Later minors append below. */
+    /* ABI 1.0 ends here. */
+
+    /*
+     * 1.1: a tracked post. post->kind says which of post_properties, post_event or publish_raw
+     * it is, with the same arguments and the same immediate errors. When it returns 0, the
+     * plugin's on_post_done is called exactly once with post->cookie: status 0 and seq (> 0,
+     * the message's sequence in aligwd's store) once the message is committed to SQLite —
+     * from then on it survives kill -9 of aligwd and a crash of the plugin — or a negative
+     * status when it was not stored: -ENOSPC (store full, reject-new policy or disk full),
+     * -ENODEV (the device was removed), -EINVAL (checked by aligwd: e.g. a topic not of this
+     * device when running out of process), -EMSGSIZE, -EIO. If the plugin stops (or its
+     * process dies) first, on_post_done is not called: treat the post as not stored. A plugin
+     * without on_post_done gets -ENOTSUP. Needs host->size to cover it (ALIGW_HOST_HAS).
+     */
+    int (*post)(const struct aligw_host *host, const struct aligw_device *dev,
+                const struct aligw_post *post);
+
+    /* 1.1: fills info (up to info->size bytes) about dev; strings valid like dev. 0, -ENODEV,
+     * -EINVAL (info NULL or info->size smaller than 1.1's fields). */
+    int (*device_info)(const struct aligw_host *host, const struct aligw_device *dev,
+                       struct aligw_device_info *info);
+
+    /* ABI 1.1 ends here. Later minors append below. */
 };
 
 /* True if host provides member (appended in some minor): check before calling it. */
@@ -207,11 +291,24 @@ struct aligw_plugin {
     int (*on_service_call)(void *instance, const struct aligw_device *dev, const char *request_id,
                            const char *service_id, const char *params_json);
 
-    /* Optional: a raw message on a topic the plugin subscribed to for dev. Return ignored. */
+    /*
+     * Optional: a raw message on a topic the plugin subscribed to for dev (payload not
+     * NUL-terminated, borrowed for the call). Return 0; the value is reserved and ignored by
+     * this version of aligwd (a negative value is only logged at debug level).
+     */
     int (*on_message)(void *instance, const struct aligw_device *dev, const char *topic,
                       const void *payload, size_t len);
 
-    /* ABI 1.0 ends here. Later minors append below. */
+    /* ABI 1.0 ends here. */
+
+    /*
+     * 1.1, optional (required to use host->post): the completion of a tracked post, called once
+     * per post that host->post accepted, on the loop thread (see host->post for status/seq).
+     */
+    void (*on_post_done)(void *instance, const struct aligw_device *dev, uint64_t cookie,
+                         int status, int64_t seq);
+
+    /* ABI 1.1 ends here. Later minors append below. */
 };
 
 #ifdef __cplusplus

@@ -5,15 +5,26 @@
  * and nothing here ever runs on the daemon's loop except parsing a property set and queueing it
  * for the bus thread. Contiguous registers of one function are read in one request. A device
  * whose slave does not answer is put in error through host->set_device_state and cleared on
- * the next good read; a lost connection is re-opened with exponential backoff.
+ * the next good read; a lost connection is re-opened with exponential backoff. A serial line
+ * has one owner: one thread per line within a plugin, two buses naming one device are refused,
+ * and the open line is flock()ed so a second poller (another plugin entry, another process)
+ * gets "owned by another poller" instead of interleaving frames. On a serial line a slave that
+ * does not answer (or answers with a bad CRC) fails only its own device: the line stays open.
+ * request_gap_ms keeps a pause between the end of one request and the next on a bus (RS-485
+ * turnaround, converters; RTU defaults to 3.5 characters at the line's baud rate, which
+ * libmodbus does not keep by itself); the first polls of a bus's devices are spread over their
+ * interval ("stagger") so that many slaves are not asked in the same instant.
  *
  * Config:
  *   {"interval_ms": 1000,            default poll interval
  *    "report": "change",             "change" (changed values only) or "always"
+ *    "stagger": true,                spread the first polls of a bus's devices over the interval
  *    "buses": {"plc": {"type": "tcp", "host": "127.0.0.1", "port": 502, "timeout_ms": 1000,
- *                      "reconnect_min_ms": 500, "reconnect_max_ms": 30000},
+ *                      "reconnect_min_ms": 500, "reconnect_max_ms": 30000,
+ *                      "request_gap_ms": 0},
  *              "rs485": {"type": "rtu", "device": "/dev/ttyUSB0", "baud": 9600, "parity": "N",
- *                        "data_bits": 8, "stop_bits": 1}},
+ *                        "data_bits": 8, "stop_bits": 1, "timeout_ms": 200,
+ *                        "request_gap_ms": 5 (default: 3.5 characters)}},
  *    "templates": {"meter": [REGISTER, ...]},
  *    "devices": {"pk/dn": {"bus": "plc", "slave": 1, "interval_ms": 1000,
  *                          "registers": [REGISTER, ...] | "template": "meter"}}}
@@ -37,6 +48,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <time.h>
 
 enum fn { FN_HOLDING, FN_INPUT, FN_COIL, FN_DISCRETE };
 enum type { T_BOOL, T_INT16, T_UINT16, T_INT32, T_UINT32, T_FLOAT32 };
@@ -73,8 +86,9 @@ struct mdev {
     size_t n_blocks;
     long interval_ms;
     double next_due;
-    bool ok;         /* last state reported (starts ok) */
-    bool report_all; /* next good poll reports every value */
+    bool ok;          /* last state reported (starts ok) */
+    char reason[200]; /* and its reason */
+    bool report_all;  /* next good poll reports every value */
 };
 
 struct write_req {
@@ -96,7 +110,8 @@ struct bus {
     char host[256], port[16], device[256];
     int baud, data_bits, stop_bits;
     char parity;
-    long timeout_ms, backoff_min_ms, backoff_max_ms;
+    long timeout_ms, backoff_min_ms, backoff_max_ms, gap_ms;
+    double last_io; /* end of the last request (plugin_now_s), for request_gap_ms */
     modbus_t *ctx;
     bool connected;
     double backoff;
@@ -113,7 +128,7 @@ struct mb {
     size_t n_buses;
     struct mdev *devs;
     size_t n_devs;
-    bool report_always;
+    bool report_always, stagger;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool stop;
@@ -251,8 +266,8 @@ static int parse_regs(json_t *arr, struct mdev *d, const char *where, char *err,
     size_t i, n = json_array_size(arr);
     json_t *o;
     char w[300];
-    if (!json_is_array(arr) || n == 0 || n > 1000)
-        return plugin_fail(err, len, "%s: \"registers\" must be an array of 1..1000 registers",
+    if (!json_is_array(arr) || n == 0 || n > 4000)
+        return plugin_fail(err, len, "%s: \"registers\" must be an array of 1..4000 registers",
                            where);
     d->regs = calloc(n, sizeof *d->regs);
     if (!d->regs)
@@ -313,6 +328,11 @@ static int parse_bus(json_t *o, const char *name, struct bus *b, char *err, size
     } else {
         return plugin_fail(err, len, "%s: \"type\" must be tcp or rtu", w);
     }
+    /* 3.5 characters of 11 bits on a serial line, rounded up; nothing on TCP */
+    long gap = b->rtu ? (38500 + b->baud - 1) / b->baud : 0;
+    if (plugin_get_int(o, "request_gap_ms", gap < 1 && b->rtu ? 1 : gap, 0, 10000, &b->gap_ms, w,
+                       err, len))
+        return -EINVAL;
     return 0;
 }
 
@@ -379,6 +399,12 @@ static int parse(const char *text, struct mb *m, const struct aligw_device *devs
         goto out;
     }
     m->report_always = strcmp(report, "always") == 0;
+    json_t *st = json_object_get(root, "stagger");
+    if (st && !json_is_boolean(st)) {
+        plugin_fail(err, len, "config: \"stagger\" must be true or false");
+        goto out;
+    }
+    m->stagger = !st || json_is_true(st);
     buses = json_object_get(root, "buses");
     tpls = json_object_get(root, "templates");
     devices = json_object_get(root, "devices");
@@ -404,6 +430,15 @@ static int parse(const char *text, struct mb *m, const struct aligw_device *devs
         struct bus *b = &m->buses[m->n_buses];
         if (parse_bus(o, k, b, err, len) < 0)
             goto out;
+        for (size_t j = 0; b->rtu && j < m->n_buses; j++) {
+            if (m->buses[j].rtu && !strcmp(m->buses[j].device, b->device)) {
+                plugin_fail(err, len,
+                            "config: buses.%s: serial line %s is already bus \"%s\" (one bus per "
+                            "line: put both devices on it)",
+                            k, b->device, m->buses[j].name);
+                goto out;
+            }
+        }
         b->mb = m;
         b->writes_tail = &b->writes;
         m->n_buses++;
@@ -599,9 +634,11 @@ static int encode(const struct reg *r, double value, uint16_t *w, bool *bit)
 
 static void set_state(struct mb *m, struct mdev *d, bool ok, const char *reason)
 {
-    if (d->ok == ok)
+    /* a change of state, or a new reason for the error (timeout, then bad CRC...) */
+    if (d->ok == ok && (ok || strcmp(d->reason, reason) == 0))
         return;
     d->ok = ok;
+    snprintf(d->reason, sizeof d->reason, "%s", reason);
     if (ok)
         d->report_all = true;
     m->host->set_device_state(m->host, d->dev, ok, reason);
@@ -643,13 +680,43 @@ static int bus_connect(struct bus *b)
         b->ctx = NULL;
         return -e;
     }
+    if (b->rtu && flock(modbus_get_socket(b->ctx), LOCK_EX | LOCK_NB) < 0) {
+        int e = errno == EWOULDBLOCK ? EBUSY : errno;
+        modbus_close(b->ctx);
+        modbus_free(b->ctx);
+        b->ctx = NULL;
+        return -e;
+    }
     b->connected = true;
+    b->last_io = 0;
     return 0;
 }
 
-/* A transport error (not a Modbus exception from a live slave): the connection is suspect. */
-static bool transport_error(int e)
+/* Waits out request_gap_ms since the end of the bus's last request. */
+static void bus_gap(struct bus *b)
 {
+    double wait = b->last_io + b->gap_ms / 1000.0 - plugin_now_s();
+    if (b->gap_ms > 0 && b->last_io > 0 && wait > 0) {
+        struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void bus_done(struct bus *b)
+{
+    b->last_io = plugin_now_s();
+}
+
+/* A transport error (not a Modbus exception from a live slave): the connection is suspect. On
+ * a serial line only the port failing counts: a silent slave or a garbled frame concerns that
+ * slave (the others on the line keep being polled); stray bytes are flushed instead. */
+static bool transport_error(struct bus *b, int e)
+{
+    if (b->rtu) {
+        if (b->ctx && (e == ETIMEDOUT || e == EMBBADCRC || e == EMBBADDATA || e == EMBBADSLAVE))
+            modbus_flush(b->ctx);
+        return e == EIO || e == EBADF || e == ENXIO || e == ENODEV;
+    }
     return e < MODBUS_ENOBASE || e == EMBBADCRC || e == EMBBADDATA || e == EMBBADEXC ||
            e == EMBMDATA || e == EMBBADSLAVE;
 }
@@ -664,6 +731,7 @@ static int poll_dev(struct mb *m, struct bus *b, struct mdev *d)
     modbus_set_slave(b->ctx, d->slave);
     for (size_t i = 0; i < d->n_blocks; i++) {
         struct block *k = &d->blocks[i];
+        bus_gap(b);
         switch (k->fn) {
         case FN_HOLDING:
             rc = modbus_read_registers(b->ctx, k->start, k->count, k->words);
@@ -678,6 +746,7 @@ static int poll_dev(struct mb *m, struct bus *b, struct mdev *d)
             rc = modbus_read_input_bits(b->ctx, k->start, k->count, k->bits);
             break;
         }
+        bus_done(b);
         if (rc < 0) {
             int e = errno;
             snprintf(reason, sizeof reason, "modbus slave %d at %s not answering: %s", d->slave,
@@ -706,8 +775,17 @@ static int poll_dev(struct mb *m, struct bus *b, struct mdev *d)
     }
     set_state(m, d, true, "modbus slave answering");
     d->report_all = false;
-    if (json_object_size(params) > 0) {
-        char *text = json_dumps(params, JSON_COMPACT | JSON_REAL_PRECISION(16));
+    /* the platform takes at most 200 properties per post: a long register map goes in parts */
+    const char *key;
+    json_t *val, *part = json_object();
+    size_t left = json_object_size(params);
+    json_object_foreach(params, key, val)
+    {
+        json_object_set(part, key, val);
+        left--;
+        if (json_object_size(part) < 200 && left > 0)
+            continue;
+        char *text = json_dumps(part, JSON_COMPACT | JSON_REAL_PRECISION(16));
         if (text) {
             int prc = m->host->post_properties(m->host, d->dev, text, 0);
             if (prc < 0)
@@ -715,7 +793,9 @@ static int poll_dev(struct mb *m, struct bus *b, struct mdev *d)
                                strerror(-prc));
         }
         free(text);
+        json_object_clear(part);
     }
+    json_decref(part);
     json_decref(params);
     return 0;
 }
@@ -732,12 +812,14 @@ static void do_write(struct mb *m, struct bus *b, struct write_req *w)
         for (size_t i = 0; i < w->n && code == ALIGW_REPLY_OK; i++) {
             struct reg *r = w->items[i].r;
             int rc;
+            bus_gap(b);
             if (r->fn == FN_COIL)
                 rc = modbus_write_bit(b->ctx, r->addr, w->items[i].bit);
             else if (r->nregs == 1)
                 rc = modbus_write_register(b->ctx, r->addr, w->items[i].w[0]);
             else
                 rc = modbus_write_registers(b->ctx, r->addr, 2, w->items[i].w);
+            bus_done(b);
             if (rc < 0) {
                 plugin_log_dev(m->host, ALIGW_LOG_WARNING, d->dev, "writing %s failed: %s", r->id,
                                modbus_strerror(errno));
@@ -803,8 +885,11 @@ static void *bus_run(void *arg)
                 continue;
             }
             b->backoff = 0;
+            /* the first polls now, spread over each device's interval unless stagger is off */
             for (size_t i = 0; i < b->n_devs; i++)
-                b->devs[i]->next_due = 0;
+                b->devs[i]->next_due = m->stagger && i ? t + b->devs[i]->interval_ms / 1000.0 *
+                                                                 (double)i / (double)b->n_devs
+                                                       : 0;
             continue;
         }
         if (b->writes) {
@@ -821,7 +906,7 @@ static void *bus_run(void *arg)
                 d->next_due = (due > 0 ? due : t) + d->interval_ms / 1000.0;
                 if (d->next_due < plugin_now_s())
                     d->next_due = plugin_now_s() + d->interval_ms / 1000.0;
-                if (rc < 0 && transport_error(-rc)) {
+                if (rc < 0 && transport_error(b, -rc)) {
                     pthread_mutex_unlock(&m->lock);
                     bus_close(b);
                     pthread_mutex_lock(&m->lock);

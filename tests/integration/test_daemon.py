@@ -210,7 +210,10 @@ class SystemdUnit(T.TestCase):
         self.assertIsNotNone(m, r.stdout + r.stderr)
         self.assertLessEqual(float(m.group(1)), 2.0)
         for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=aligw",
-                    "RuntimeDirectory=aligw", "User=aligw"):
+                    "RuntimeDirectory=aligw", "User=aligw",
+                    # Modbus RTU under systemd: the serial tty classes and the dialout group
+                    "DeviceAllow=char-ttyS rw", "DeviceAllow=char-ttyUSB rw",
+                    "DeviceAllow=char-ttyACM rw", "SupplementaryGroups=dialout"):
             self.assertIn(key, text)
 
 

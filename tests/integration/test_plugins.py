@@ -44,6 +44,27 @@ class ModbusServer:
             self.p.wait(5)
 
 
+class RtuSlave(ModbusServer):
+    """modbus_server -r SLAVE: an RTU slave on a pseudo-terminal; .pty is the line's path."""
+
+    def __init__(self, slave, holding):
+        spec = ",".join("%d=%d" % kv for kv in holding.items())
+        self.p = subprocess.Popen([MODBUS_SERVER, "-r", str(slave), "-H", spec],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  bufsize=1)
+        line = self.p.stdout.readline()
+        m = re.match(r"pty (\S+)", line)
+        assert m, line
+        self.pty = m.group(1)
+        self.written = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def command(self, text):
+        self.p.stdin.write(text + "\n")
+        self.p.stdin.flush()
+
+
 class Plugins(T.TestCase):
     def setUp(self):
         super().setUp()
@@ -111,7 +132,10 @@ class Plugins(T.TestCase):
             {"name": "simulator", "devices": [keys[2]], "config": {"interval_ms": 200}},
         ]
         dm = self.daemon(cfg)
-        log = dm.log()
+        # out of process, the refusals come from the plugin hosts just after the start
+        log = T.wait_for(lambda: (lambda l: l if "testplug_failstart.so" in l and
+                                  "testplug_badabi.so" in l else None)(dm.log()), 10,
+                         what="both refusals logged")
         self.assertIn("testplug_badabi.so", log)
         self.assertRegex(log, r"testplug_badabi\.so.*ABI")
         self.assertIn("testplug_failstart.so", log)
@@ -155,6 +179,86 @@ class Plugins(T.TestCase):
         st = T.wait_for(lambda: (lambda s: s if s.get("field_error") else None)(
             dm.device(keys[0])), 10, what="modbus error state")
         self.assertIn("modbus", st["field_error"])
+
+
+    def test_modbus_rtu_over_a_pty(self):
+        if not MODBUS_SERVER or not os.path.exists(os.path.join(PLUGIN_DIR, "modbus.so")):
+            self.skipTest("modbus plugin or test server not built")
+        srv = RtuSlave(1, {0: 215, 3: 40})
+        self.later(srv.stop)
+        hub, rows, keys = self.hub(2)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, r, rate=0) for r in rows]
+        regs = [{"id": "temperature", "address": 0, "type": "int16", "scale": 0.1},
+                {"id": "setpoint", "address": 3, "type": "uint16", "scale": 0.5,
+                 "writable": True}]
+        cfg["plugins"] = [{"name": "modbus", "devices": keys, "config": {
+            "interval_ms": 200, "report": "always",
+            "buses": {"rs485": {"type": "rtu", "device": srv.pty, "baud": 19200,
+                                "timeout_ms": 300, "request_gap_ms": 10}},
+            "devices": {keys[0]: {"bus": "rs485", "slave": 1, "registers": regs},
+                        # nobody answers slave 2 on this line
+                        keys[1]: {"bus": "rs485", "slave": 2, "registers": regs[:1]}}}}]
+        dm = self.daemon(cfg)
+        post = "/sys/%s/thing/event/property/post" % keys[0]
+        m = hub.wait_message(post, 10, predicate=lambda m: "temperature" in m.json()["params"])
+        self.assertIsNotNone(m, "no RTU read reached the cloud")
+        self.assertAlmostEqual(_value(m.json()["params"]["temperature"]), 21.5)
+        self.assertAlmostEqual(_value(m.json()["params"]["setpoint"]), 20.0)
+
+        def field_error(key, pattern):
+            def check():
+                e = dm.device(key).get("field_error", "")
+                return e if re.search(pattern, e) else None
+            try:
+                return T.wait_for(check, 10, what="%s field error %s" % (key, pattern))
+            except AssertionError:
+                print("\n".join(l for l in dm.log().splitlines() if "modbus" in l)[-3000:])
+                raise
+
+        def recovered(key):
+            since = hub.mark()
+            T.wait_for(lambda: not dm.device(key).get("field_error"), 10,
+                       what="%s recovered" % key)
+            self.assertIsNotNone(hub.wait_message("/sys/%s/thing/event/property/post" % key, 5,
+                                                  since))
+        # the silent slave 2 is in error, and does not take slave 1 down with it
+        field_error(keys[1], r"slave 2 .*not answering")
+        self.assertFalse(dm.device(keys[0]).get("field_error"))
+        # a write goes down the line with the inverse scaling
+        hub.property_set(PK, rows[0]["device_name"], {"setpoint": 30})
+        T.wait_for(lambda: ["3", "60"] in srv.written, 5, what="register 3 written with 60")
+        srv.set(0, 230)
+        hub.wait_message(post, 5, predicate=lambda m: _value(
+            m.json()["params"].get("temperature", 0)) == 23.0)
+        # CRC errors: error state, then recovery
+        srv.command("crc on")
+        self.assertIn("CRC", field_error(keys[0], r"slave 1 .*CRC"))
+        srv.command("crc off")
+        recovered(keys[0])
+        # a slave gone silent: error, then recovery
+        srv.command("silent on")
+        field_error(keys[0], r"slave 1 .*timed out")
+        srv.command("silent off")
+        recovered(keys[0])
+        self.assertIn("modbus", dm.log())
+
+    def test_modbus_refuses_two_buses_on_one_serial_line(self):
+        if not os.path.exists(os.path.join(PLUGIN_DIR, "modbus.so")):
+            self.skipTest("modbus plugin not built")
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [{"product_key": PK, "device_name": "dev00000", "device_secret": "s",
+                           "host": "127.0.0.1", "port": 1, "tls": False}]
+        line = {"type": "rtu", "device": "/dev/ttyS7"}
+        cfg["plugins"] = [{"name": "modbus", "devices": ["%s/dev00000" % PK], "config": {
+            "buses": {"a": line, "b": line},
+            "devices": {"%s/dev00000" % PK: {"bus": "a", "slave": 1, "registers": [
+                {"id": "t", "address": 0}]}}}}]
+        d = T.Daemon(self.tmp, cfg)
+        r = subprocess.run([T.ALIGWD, "--check-config", "-c", d.config_path], capture_output=True,
+                           text=True, timeout=20)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("serial line /dev/ttyS7 is already bus", r.stdout)
 
 
 def _value(v):

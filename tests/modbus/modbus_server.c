@@ -1,9 +1,11 @@
 /*
  * modbus_server: a small Modbus TCP server on libmodbus's server API, for tests and the
  * benchmark. It serves one register map to every slave (unit) id and any number of clients.
+ * With -r SLAVE it is instead an RTU slave with that id on a pseudo-terminal: it prints
+ * "pty /dev/pts/N" (the path a master opens as its serial line) and answers only SLAVE.
  *
  *   modbus_server [-p PORT] [-a ADDR] [-H ADDR=VALUE,...] [-I ADDR=VALUE,...] [-C ADDR=0|1,...]
- *                 [-T ADDR:MIN_MS[:MAX_MS]] [-c ADDR] [-q]
+ *                 [-T ADDR:MIN_MS[:MAX_MS]] [-c ADDR] [-q] [-r SLAVE]
  *
  * Timestamps for latency measurements (bench/modbus), as uint32 in holding registers ADDR
  * (high word) and ADDR+1 (low word): the wall clock (CLOCK_REALTIME) in ms, modulo 2^32.
@@ -19,12 +21,17 @@
  *   set ADDR VALUE            holding register
  *   set input ADDR VALUE      input register
  *   set coil ADDR 0|1         coil (also "discrete")
+ *   count                     prints "requests N": requests answered so far
+ *   silent on|off             RTU: read requests but answer none (a slave gone quiet)
+ *   crc on|off                RTU: answer with a corrupted CRC
  *   quit                      (EOF on stdin quits too)
  * and it prints "ok" after each command. When a client writes, it prints "written ADDR VALUE"
  * per register and "written coil ADDR VALUE" per coil. Output is line-buffered.
  */
 #include <errno.h>
 #include <modbus.h>
+#include <pty.h>
+#include <termios.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +45,8 @@
 #define MAX_CLIENTS 1000
 
 static modbus_mapping_t *map;
+static int silent, bad_crc;       /* RTU faults, set from stdin */
+static unsigned long long served; /* requests answered, for "count" */
 
 static double now_s(int clock)
 {
@@ -101,6 +110,15 @@ static int command(char *line)
     long a, v;
     if (strncmp(line, "quit", 4) == 0)
         return 1;
+    if (strncmp(line, "count", 5) == 0) {
+        printf("requests %llu\n", served);
+        return 0;
+    }
+    if (sscanf(line, "silent %15s", what) == 1 || sscanf(line, "crc %15s", what) == 1) {
+        *(line[0] == 's' ? &silent : &bad_crc) = strcmp(what, "on") == 0;
+        printf("ok\n");
+        return 0;
+    }
     if (sscanf(line, "set %15s %ld %ld", what, &a, &v) == 3) {
         if (a < 0 || a >= MAP_SIZE)
             goto bad;
@@ -141,10 +159,91 @@ static void report_write(const uint8_t *q, int hl)
     }
 }
 
+/* Slave id `slave` on a pseudo-terminal: the master side is ours, the slave side is the line. */
+static int serve_rtu(int slave, int quiet)
+{
+    int master, pts;
+    char name[256], line[256];
+    uint8_t query[MODBUS_RTU_MAX_ADU_LENGTH];
+    struct termios tio;
+    modbus_t *ctx;
+
+    if (openpty(&master, &pts, name, NULL, NULL) < 0) {
+        fprintf(stderr, "modbus_server: openpty: %s\n", strerror(errno));
+        return 1;
+    }
+    /* raw line until the master configures it; pts stays open so the master side never sees a
+     * hang-up between the client's opens */
+    tcgetattr(pts, &tio);
+    cfmakeraw(&tio);
+    tcsetattr(pts, TCSANOW, &tio);
+    ctx = modbus_new_rtu("/dev/null", 9600, 'N', 8, 1); /* a frame codec: we own the fd */
+    if (!ctx)
+        return 1;
+    modbus_set_slave(ctx, slave);
+    modbus_set_socket(ctx, master);
+    printf("pty %s\n", name);
+    for (;;) {
+        fd_set rd;
+        FD_ZERO(&rd);
+        FD_SET(master, &rd);
+        FD_SET(STDIN_FILENO, &rd);
+        if (select(master + 1, &rd, NULL, NULL, NULL) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (FD_ISSET(STDIN_FILENO, &rd) && (!fgets(line, sizeof line, stdin) || command(line)))
+            break;
+        if (!FD_ISSET(master, &rd))
+            continue;
+        int n = modbus_receive(ctx, query);
+        if (n == 0) {
+            /* another slave's request: libmodbus then ignores the next frame as that slave's
+             * answer, but no other slave lives on this line: start afresh */
+            modbus_free(ctx);
+            if (!(ctx = modbus_new_rtu("/dev/null", 9600, 'N', 8, 1)))
+                return 1;
+            modbus_set_slave(ctx, slave);
+            modbus_set_socket(ctx, master);
+            continue;
+        }
+        if (n < 0) { /* a bad frame, or a timeout mid-frame */
+            modbus_flush(ctx);
+            continue;
+        }
+        if (silent)
+            continue;
+        if (bad_crc) { /* a reply of the right length whose CRC cannot match */
+            uint8_t r[MODBUS_RTU_MAX_ADU_LENGTH] = {query[0], query[1]};
+            int fn = query[1], count = query[4] << 8 | query[5], len;
+            if (fn == 3 || fn == 4 || fn == 1 || fn == 2) {
+                r[2] = (uint8_t)(fn <= 2 ? (count + 7) / 8 : 2 * count);
+                len = 3 + r[2];
+            } else { /* writes echo address and value/count */
+                memcpy(r, query, 6);
+                len = 6;
+            }
+            r[len] = 0xde;
+            r[len + 1] = 0xad;
+            if (write(master, r, (size_t)len + 2) < 0)
+                break;
+            continue;
+        }
+        if (!quiet)
+            report_write(query, modbus_get_header_length(ctx));
+        modbus_reply(ctx, query, n, map);
+    }
+    modbus_free(ctx);
+    close(pts);
+    close(master);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *addr = "127.0.0.1";
-    int port = 0, opt, server, maxfd, tick_addr = -1, clock_addr = -1, quiet = 0;
+    int port = 0, opt, server, maxfd, tick_addr = -1, clock_addr = -1, quiet = 0, rtu_slave = 0;
     long tick_min = 0, tick_max = 0;
     double next_tick = 0;
     modbus_t *ctx;
@@ -158,8 +257,15 @@ int main(int argc, char **argv)
     map = modbus_mapping_new(MAP_SIZE, MAP_SIZE, MAP_SIZE, MAP_SIZE);
     if (!map)
         return 1;
-    while ((opt = getopt(argc, argv, "p:a:H:I:C:T:c:q")) != -1) {
+    while ((opt = getopt(argc, argv, "p:a:H:I:C:T:c:qr:")) != -1) {
         switch (opt) {
+        case 'r':
+            rtu_slave = atoi(optarg);
+            if (rtu_slave < 1 || rtu_slave > 247) {
+                fprintf(stderr, "modbus_server: bad slave id %s\n", optarg);
+                return 2;
+            }
+            break;
         case 'p':
             port = atoi(optarg);
             break;
@@ -196,6 +302,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (rtu_slave > 0)
+        return serve_rtu(rtu_slave, quiet);
     ctx = modbus_new_tcp(addr, port);
     if (!ctx)
         return 1;
@@ -265,6 +373,7 @@ int main(int argc, char **argv)
                 if (clock_addr >= 0)
                     put_time(clock_addr);
                 modbus_reply(ctx, query, n, map);
+                served++;
             } else if (n < 0) {
                 close(fd);
                 FD_CLR(fd, &all);

@@ -5,18 +5,122 @@
  *   BAD_ABI     claims ABI major + 1
  *   FAIL_START  start() fails after reporting a device state
  *   NO_SYMBOL   exports no aligw_plugin symbol
+ * The default build also misbehaves on request, through its config (for the plugin host tests):
+ *   {"crash": "segv"}   a thread posts {"tick":n} every 50 ms and segfaults after 300 ms
+ *   {"crash": "exit"}   the same thread calls exit(7) after 300 ms
+ *   {"crash": "start"}  start() segfaults
+ *   {"crash": "hang"}   start() never returns
+ *   {"track": N}        posts N tracked properties {"n":i} (cookie i) for device 0 from a thread
+ *                       and logs "stored n=i seq=S status=E" from on_post_done
+ *   {"subscribe": "user/cmd"}  subscribes device 0 to /pk/dn/user/cmd; every message on it is
+ *                       published back on /pk/dn/user/echo as "echo:" + payload
+ *   {"probe": "/some/path"}    start() opens the path and logs "probe PATH: ok" or the error
+ *   {"flood": N}        a thread waits 1.5 s, then posts N properties as fast as it can, each
+ *                       once, counting -EAGAIN (service "report" answers the counts)
  */
 #include <aligw/plugin.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 struct inst {
     const struct aligw_host *host;
     const struct aligw_device *devs;
-    int accepted, rejected;
+    atomic_int accepted, rejected;
+    char crash[16], sub[128], probe[512];
+    long track, flood;
+    pthread_t thread;
+    bool has_thread;
+    atomic_bool stop;
 };
+
+/* A real invalid store, not raise(); not NULL, so that UBSan lets it reach the MMU. */
+static int *volatile nowhere = (int *)16;
+
+/* Reads "key": "value" or "key": number from the config (a test plugin: no JSON library). */
+static void cfg_str(const char *cfg, const char *key, char *out, size_t len)
+{
+    char pat[64];
+    const char *s;
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    out[0] = '\0';
+    if ((s = strstr(cfg, pat))) {
+        s += strlen(pat);
+        size_t n = strcspn(s, "\"");
+        snprintf(out, len, "%.*s", (int)(n < len ? n : len - 1), s);
+    }
+}
+
+static long cfg_long(const char *cfg, const char *key)
+{
+    char pat[64];
+    const char *s;
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    return (s = strstr(cfg, pat)) ? strtol(s + strlen(pat), NULL, 10) : 0;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+__attribute__((unused)) static void *run(void *arg)
+{
+    struct inst *t = arg;
+    if (t->flood) {
+        sleep_ms(1500);
+        for (long i = 0; i < t->flood && !t->stop; i++) {
+            char params[64];
+            snprintf(params, sizeof params, "{\"f\":%ld}", i);
+            int rc = t->host->post_properties(t->host, &t->devs[0], params, 0);
+            if (rc == 0)
+                t->accepted++;
+            else if (rc == -EAGAIN)
+                t->rejected++;
+        }
+        return NULL;
+    }
+    if (t->track) {
+        for (long i = 1; i <= t->track && !t->stop;) {
+            char params[64];
+            snprintf(params, sizeof params, "{\"n\":%ld}", i);
+            struct aligw_post p = {.size = sizeof p,
+                                   .kind = ALIGW_POST_PROPERTIES,
+                                   .params_json = params,
+                                   .cookie = (uint64_t)i};
+            int rc = t->host->post(t->host, &t->devs[0], &p);
+            if (rc == -EAGAIN) {
+                sleep_ms(5);
+                continue;
+            }
+            if (rc < 0)
+                t->host->log(t->host, ALIGW_LOG_ERR, "post n=%ld refused: %d", i, rc);
+            i++;
+        }
+        return NULL;
+    }
+    for (long n = 0; !t->stop; n++) {
+        char params[64];
+        snprintf(params, sizeof params, "{\"tick\":%ld}", n);
+        t->host->post_properties(t->host, &t->devs[0], params, 0);
+        sleep_ms(50);
+        if (n == 6 && !strcmp(t->crash, "segv"))
+            *nowhere = 1;
+        if (n == 6 && !strcmp(t->crash, "exit"))
+            exit(7);
+    }
+    return NULL;
+}
 
 static int tp_create(const struct aligw_host *host, const char *config_json,
                      const struct aligw_device *devices, size_t n, void **instance)
@@ -26,6 +130,11 @@ static int tp_create(const struct aligw_host *host, const char *config_json,
         return -ENOMEM;
     t->host = host;
     t->devs = devices;
+    cfg_str(config_json, "crash", t->crash, sizeof t->crash);
+    cfg_str(config_json, "subscribe", t->sub, sizeof t->sub);
+    cfg_str(config_json, "probe", t->probe, sizeof t->probe);
+    t->track = cfg_long(config_json, "track");
+    t->flood = cfg_long(config_json, "flood");
     host->log(host, ALIGW_LOG_INFO, "created with %zu device(s), config %s", n, config_json);
     *instance = t;
     return 0;
@@ -33,17 +142,63 @@ static int tp_create(const struct aligw_host *host, const char *config_json,
 
 static int tp_start(void *inst)
 {
-#ifdef FAIL_START
     struct inst *t = inst;
+#ifdef FAIL_START
     t->host->set_device_state(t->host, &t->devs[0], 0, "testplug about to fail");
     return -EIO;
 #else
+    if (!strcmp(t->crash, "start"))
+        *nowhere = 1;
+    while (!strcmp(t->crash, "hang"))
+        pause();
+    if (t->probe[0]) {
+        int fd = open(t->probe, O_RDONLY);
+        t->host->log(t->host, ALIGW_LOG_NOTICE, "probe %s: %s", t->probe,
+                     fd < 0 ? strerror(errno) : "ok");
+        if (fd >= 0)
+            close(fd);
+    }
+    if (t->sub[0]) {
+        char topic[300];
+        snprintf(topic, sizeof topic, "/%s/%s/%s", t->devs[0].product_key, t->devs[0].device_name,
+                 t->sub);
+        int rc = t->host->subscribe(t->host, &t->devs[0], topic);
+        t->host->log(t->host, ALIGW_LOG_NOTICE, "subscribe %s: %d", topic, rc);
+    }
+    if (t->crash[0] || t->track || t->flood) {
+        if (pthread_create(&t->thread, NULL, run, t) != 0)
+            return -EAGAIN;
+        t->has_thread = true;
+    }
     return 0;
 #endif
 }
 
 static void tp_stop(void *inst)
 {
+    struct inst *t = inst;
+    t->stop = true;
+    if (t->has_thread)
+        pthread_join(t->thread, NULL);
+}
+
+static void tp_post_done(void *inst, const struct aligw_device *dev, uint64_t cookie, int status,
+                         int64_t seq)
+{
+    struct inst *t = inst;
+    t->host->log(t->host, ALIGW_LOG_NOTICE, "stored n=%llu seq=%lld status=%d",
+                 (unsigned long long)cookie, (long long)seq, status);
+}
+
+static int tp_message(void *inst, const struct aligw_device *dev, const char *topic,
+                      const void *payload, size_t len)
+{
+    struct inst *t = inst;
+    char echo[300], body[600];
+    snprintf(echo, sizeof echo, "/%s/%s/user/echo", dev->product_key, dev->device_name);
+    int n = snprintf(body, sizeof body, "echo:%.*s", (int)(len < 500 ? len : 500),
+                     (const char *)payload);
+    return t->host->publish_raw(t->host, dev, echo, body, (size_t)n, 1);
 }
 
 static void tp_destroy(void *inst)
@@ -67,7 +222,8 @@ static int tp_service(void *inst, const struct aligw_device *dev, const char *re
         }
         return 0;
     }
-    snprintf(data, sizeof data, "{\"accepted\":%d,\"rejected\":%d}", t->accepted, t->rejected);
+    snprintf(data, sizeof data, "{\"accepted\":%d,\"rejected\":%d}", (int)t->accepted,
+             (int)t->rejected);
     return t->host->reply(t->host, dev, req_id, 200, data);
 }
 
@@ -91,4 +247,6 @@ ALIGW_PLUGIN_EXPORT const struct aligw_plugin DESCRIPTOR = {
     .stop = tp_stop,
     .destroy = tp_destroy,
     .on_service_call = tp_service,
+    .on_message = tp_message,
+    .on_post_done = tp_post_done,
 };
