@@ -38,6 +38,13 @@
  * are accepted. Entering and leaving the full state are logged once each. The peek connection
  * never keeps a read transaction open (every statement is reset at once), so it never holds the
  * WAL back from being reused.
+ *
+ * Locking. With durability normal everything runs on the loop, so peeks share the writer's
+ * connection and it runs in EXCLUSIVE locking mode: it takes the file's lock once and keeps it,
+ * instead of taking and dropping fcntl locks and rereading the WAL index in every transaction
+ * (measured: ~14 fewer system calls per message at 100 msg/s, ~28% of them; issue 14). No other
+ * process can read the store while aligwd has it open (a second aligwd on the same store waits
+ * and fails to open it). With full, the two connections share the file the usual WAL way.
  */
 #include "outbox.h"
 
@@ -1208,7 +1215,8 @@ static void free_ob(struct outbox *ob)
         sqlite3_finalize(ob->w[i]);
     for (int i = 0; i < RT_N; i++)
         sqlite3_finalize(ob->r[i]);
-    db_close(ob->rdb);
+    if (ob->rdb != ob->wdb)
+        db_close(ob->rdb);
     db_close(ob->wdb);
     for (size_t i = 0; i < ob->n_buckets; i++) {
         struct odev *d = ob->buckets[i], *next;
@@ -1340,8 +1348,19 @@ int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb re
         goto fail;
     if ((err = db_open(o->path, &db_schema_outbox, flags, &ob->wdb)) < 0)
         goto fail;
-    if ((err = db_open(o->path, &db_schema_outbox, flags | DB_NO_MIGRATE, &ob->rdb)) < 0)
-        goto fail;
+    if (o->durability == DURABILITY_FULL) {
+        if ((err = db_open(o->path, &db_schema_outbox, flags | DB_NO_MIGRATE, &ob->rdb)) < 0)
+            goto fail;
+    } else {
+        /* Everything runs on the loop: one connection holding the file's lock for good (see
+         * the file comment), so a commit takes no fcntl lock and rereads nothing. */
+        ob->rdb = ob->wdb;
+        if ((err = sqlite3_exec(ob->wdb, "PRAGMA locking_mode=EXCLUSIVE", NULL, NULL, NULL)) !=
+            SQLITE_OK) {
+            err = db_err(ob->wdb, err);
+            goto fail;
+        }
+    }
     for (int i = 0; i < ST_W_N; i++)
         if ((err = db_prepare(ob->wdb, wsql[i], &ob->w[i])) < 0)
             goto fail;

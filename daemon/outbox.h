@@ -7,7 +7,8 @@
  * end of the turn (group commit), so throughput does not depend on one fsync per message. With
  * durability "full" the commit runs off the loop (libuv thread pool) on a writer connection the
  * loop never touches while a batch is in flight; peeks use a second connection (WAL lets it
- * read while the writer commits). The backlog lives on disk only: memory holds the batch being
+ * read while the writer commits); with normal one connection holds the file's lock exclusively
+ * while the store is open. The backlog lives on disk only: memory holds the batch being
  * committed and a few counters per device, never the queued messages.
  *
  * Bounds: max_bytes (whole store) and max_device_bytes (per device, 0 = none) count topic +
