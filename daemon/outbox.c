@@ -42,9 +42,10 @@
  * Locking. With durability normal everything runs on the loop, so peeks share the writer's
  * connection and it runs in EXCLUSIVE locking mode: it takes the file's lock once and keeps it,
  * instead of taking and dropping fcntl locks and rereading the WAL index in every transaction
- * (measured: ~14 fewer system calls per message at 100 msg/s, ~28% of them; issue 14). No other
- * process can read the store while aligwd has it open (a second aligwd on the same store waits
- * and fails to open it). With full, the two connections share the file the usual WAL way.
+ * (measured: ~14 fewer system calls per message at 100 msg/s, ~28% of them; issue 14). Once
+ * aligwd has written to the store no other process can read or write it until aligwd closes it
+ * (SQLITE_BUSY after their busy timeout). With full, the two connections share the file the
+ * usual WAL way.
  */
 #include "outbox.h"
 
