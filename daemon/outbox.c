@@ -69,6 +69,7 @@
 #define CHUNK 256              /* rows read at a time when dropping or expiring */
 #define EXPIRE_PER_BATCH 50000 /* rows expired per batch; the rest in the next turn */
 #define RETRY_MS 1000          /* delay before retrying acks after a failed commit */
+#define ACK_DELAY_MS 50        /* longest an ack waits for a commit to ride along with */
 #define RESERVE_MAX (4 << 20)  /* reserve file: at most 4 MiB ... */
 #define RESERVE_DIV 8          /* ... and 1/8 of the free space at open */
 #define RESERVE_MIN_PAGES 4
@@ -249,7 +250,7 @@ struct outbox {
     uint64_t full_refused; /* appends refused while full, for the log line */
 
     struct endturn endturn; /* the group commit */
-    uv_timer_t ttl_timer, retry_timer;
+    uv_timer_t ttl_timer, retry_timer, ack_timer;
     uv_work_t work;
     int open_handles;
     void (*close_cb)(void *arg);
@@ -859,6 +860,7 @@ static void work_cb(uv_work_t *w)
 static void schedule(struct outbox *ob);
 static void maybe_finish(struct outbox *ob);
 static void retry_cb(uv_timer_t *t);
+static void ack_cb(uv_timer_t *t);
 
 static bool batch_empty(struct outbox *ob, const struct batch *b)
 {
@@ -1078,6 +1080,7 @@ static void dispatch(struct outbox *ob)
     b = ob->cur;
     ob->cur = ob->fly;
     ob->fly = b;
+    uv_timer_stop(&ob->ack_timer); /* every pending ack is in this batch */
     b->next_seq = ob->next_seq;
     b->ack_upto = ob->ack_ticket;
     if (ob->expire_due) {
@@ -1117,6 +1120,13 @@ static void ttl_cb(uv_timer_t *t)
         return;
     ob->expire_due = true;
     schedule(ob);
+}
+
+static void ack_cb(uv_timer_t *t)
+{
+    struct outbox *ob = t->data;
+    if (!ob->closing)
+        schedule(ob);
 }
 
 static void retry_cb(uv_timer_t *t)
@@ -1259,11 +1269,12 @@ static void handle_closed(uv_handle_t *h)
 
 static void maybe_finish(struct outbox *ob)
 {
-    if (!ob->closing || ob->inflight || ob->open_handles != 4)
+    if (!ob->closing || ob->inflight || ob->open_handles != 5)
         return;
     endturn_close(&ob->endturn, handle_closed);
     uv_close((uv_handle_t *)&ob->ttl_timer, handle_closed);
     uv_close((uv_handle_t *)&ob->retry_timer, handle_closed);
+    uv_close((uv_handle_t *)&ob->ack_timer, handle_closed);
 }
 
 static int load(struct outbox *ob)
@@ -1378,8 +1389,9 @@ int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb re
     endturn_init(&ob->endturn, loop, on_endturn, ob);
     uv_timer_init(loop, &ob->ttl_timer);
     uv_timer_init(loop, &ob->retry_timer);
-    ob->ttl_timer.data = ob->retry_timer.data = ob;
-    ob->open_handles = 4;
+    uv_timer_init(loop, &ob->ack_timer);
+    ob->ttl_timer.data = ob->retry_timer.data = ob->ack_timer.data = ob;
+    ob->open_handles = 5;
     if (o->ttl_s > 0) {
         uint64_t every = (uint64_t)o->ttl_s * 250;
         every = every < 200 ? 200 : every > 60000 ? 60000 : every;
@@ -1404,6 +1416,7 @@ void outbox_close(struct outbox *ob, void (*cb)(void *arg), void *arg)
     ob->expire_due = false;
     uv_timer_stop(&ob->ttl_timer);
     uv_timer_stop(&ob->retry_timer);
+    uv_timer_stop(&ob->ack_timer);
     schedule(ob);
 }
 
@@ -1478,8 +1491,17 @@ int64_t outbox_ack(struct outbox *ob, int64_t seq)
         return ALIGW_ECORRUPT;
     if ((err = push_ack(ob->cur, seq)) < 0)
         return err;
-    schedule(ob);
+    /* Rides along with the next commit (this turn's, if anything else is pending), or is
+     * committed by the ack timer: at low rates one transaction per message instead of two. */
+    if (!uv_is_active((uv_handle_t *)&ob->ack_timer))
+        uv_timer_start(&ob->ack_timer, ack_cb, ACK_DELAY_MS, 0);
     return ++ob->ack_ticket;
+}
+
+void outbox_flush(struct outbox *ob)
+{
+    if (!ob->closing && !batch_empty(ob, ob->cur))
+        schedule(ob);
 }
 
 void outbox_on_settled(struct outbox *ob, outbox_settled_cb cb, void *arg)
