@@ -238,6 +238,8 @@ struct outbox {
     int ckpt_err;        /* result of the last checkpoint made by the WAL hook */
     int64_t wal_used;    /* bytes of the WAL file the next commit cannot reuse */
     int64_t want_room;   /* what the last refused batch needed (capped) */
+    int64_t avail_left;  /* free space last seen, less what batches may have used since */
+    uint64_t avail_ns;   /* when it was seen (uv_hrtime), 0 = not known */
     /* The loop's view. */
     bool full, restore_due;
     /* Errors (loop): every failed read or commit is counted and its SQLite message kept; a
@@ -747,11 +749,31 @@ static int64_t batch_estimate(struct outbox *ob, const struct batch *b)
  * frames (beyond what the WAL file can reuse) and the database growth at the next checkpoint
  * (beyond its free pages) must both come from the free space.
  */
-static bool fits(struct outbox *ob, int64_t est, int64_t keep, int64_t *avail)
+/*
+ * fs_avail() for a batch of appends: one system call per batch is a tenth of what a message costs
+ * at low rates, so with far more room than any batch needs (AVAIL_SLACK) a figure up to
+ * AVAIL_TTL_NS old will do, less twice the estimate of every batch since.
+ */
+#define AVAIL_SLACK ((int64_t)64 << 20)
+#define AVAIL_TTL_NS (250 * 1000000ULL)
+static int64_t fs_avail_batch(struct outbox *ob, int64_t est)
+{
+    uint64_t now = uv_hrtime();
+    if (ob->avail_ns && now - ob->avail_ns < AVAIL_TTL_NS &&
+        ob->avail_left - 2 * est >= AVAIL_SLACK) {
+        ob->avail_left -= 2 * est;
+        return ob->avail_left;
+    }
+    ob->avail_left = fs_avail(ob->path);
+    ob->avail_ns = ob->avail_left >= AVAIL_SLACK ? now : 0;
+    return ob->avail_left;
+}
+
+static bool fits(struct outbox *ob, int64_t est, int64_t keep, int64_t *avail, bool batch)
 {
     int64_t wal, pages, need;
 
-    *avail = fs_avail(ob->path);
+    *avail = batch ? fs_avail_batch(ob, est) : fs_avail(ob->path);
     if (*avail < 0)
         return true; /* cannot tell: let SQLite find out */
     if (*avail - keep >= 2 * est)
@@ -764,6 +786,7 @@ static bool fits(struct outbox *ob, int64_t est, int64_t keep, int64_t *avail)
 
 static void enter_full(struct outbox *ob, struct batch *b, int64_t avail)
 {
+    ob->avail_ns = 0; /* look again next time */
     if (ob->rt_full)
         return;
     ob->rt_full = true;
@@ -779,7 +802,7 @@ static void try_restore(struct outbox *ob, struct batch *b)
 
     if (want > 2 * ob->wal_budget)
         want = 2 * ob->wal_budget;
-    if (!fits(ob, want, keep, &avail) || !reserve_take(ob))
+    if (!fits(ob, want, keep, &avail, false) || !reserve_take(ob))
         return;
     ob->rt_full = false;
     ob->want_room = 0;
@@ -817,7 +840,7 @@ static void run_batch(struct outbox *ob, struct batch *b)
     }
     if (appends && !ob->rt_full) {
         int64_t est = batch_estimate(ob, b);
-        if (!fits(ob, est, 0, &avail)) {
+        if (!fits(ob, est, 0, &avail, true)) {
             enter_full(ob, b, avail);
             ob->want_room = est;
         }
