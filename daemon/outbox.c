@@ -1596,6 +1596,10 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
         return ALIGW_ECORRUPT;
     if (!d || !d->in_db || max == 0)
         return 0;
+    /* Everything committed was handed on already (the forwarder asks again after every settled
+     * ack): no query. */
+    if (d->max_known && after_seq >= d->max_seq)
+        return 0;
     if (peek_batch(ob, d, after_seq, out, max, n))
         return 0;
     sqlite3_bind_int64(st, 1, d->id);
