@@ -257,6 +257,7 @@ struct outbox {
 
     struct endturn endturn; /* the group commit */
     uv_timer_t ttl_timer, retry_timer, ack_timer;
+    uint64_t append_ms; /* uv_now() of the last append */
     uv_work_t work;
     int open_handles;
     void (*close_cb)(void *arg);
@@ -1510,6 +1511,7 @@ int outbox_append(struct outbox *ob, const char *device_key, const char *topic, 
     b->ap[b->n_ap++] = p;
     d->pending_bytes += (int64_t)size;
     ob->pending_bytes += (int64_t)size;
+    ob->append_ms = uv_now(ob->loop);
     schedule(ob);
     return 0;
 }
@@ -1523,9 +1525,13 @@ int64_t outbox_ack(struct outbox *ob, int64_t seq)
         return ALIGW_ECORRUPT;
     if ((err = push_ack(ob->cur, seq)) < 0)
         return err;
-    /* Rides along with the next commit (this turn's, if anything else is pending), or is
-     * committed by the ack timer: at low rates one transaction per message instead of two. */
-    if (!uv_is_active((uv_handle_t *)&ob->ack_timer))
+    /* While messages are coming in, the delete rides along with the next commit (this turn's,
+     * if anything else is pending), or the ack timer's: at low rates one transaction per message
+     * instead of two. With no append for ACK_DELAY_MS (draining a backlog) nothing would come to
+     * ride along with: commit at the end of this turn. */
+    if (uv_now(ob->loop) - ob->append_ms >= ACK_DELAY_MS)
+        schedule(ob);
+    else if (!uv_is_active((uv_handle_t *)&ob->ack_timer))
         uv_timer_start(&ob->ack_timer, ack_cb, ACK_DELAY_MS, 0);
     return ++ob->ack_ticket;
 }

@@ -4,9 +4,10 @@
  * first (peek), and deletes them once the cloud has them (ack).
  *
  * Appends made during one loop turn are committed together in one transaction at the end of the
- * turn (group commit), so throughput does not depend on one fsync per message. Acks (deletes)
- * ride along with the next commit, waiting at most 50 ms for one (outbox_flush commits them at the
- * end of the turn), so at low rates a message costs one transaction, not two. With
+ * turn (group commit), so throughput does not depend on one fsync per message. While messages
+ * are coming in, acks (deletes) ride along with the next commit, waiting at most 50 ms for one
+ * (outbox_flush commits them at the end of the turn), so at low rates a message costs one
+ * transaction, not two; with no append in the last 50 ms they commit at the end of the turn. With
  * durability "full" the commit runs off the loop (libuv thread pool) on a writer connection the
  * loop never touches while a batch is in flight; peeks use a second connection (WAL lets it
  * read while the writer commits); with normal one connection holds the file's lock exclusively
@@ -113,8 +114,9 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
 void outbox_msg_free(struct outbox_msg *m);
 
 /*
- * The message seq was delivered: it is deleted in the next batch that commits, at the latest
- * ~50 ms from now (sooner with outbox_flush). Unknown seqs are ignored.
+ * The message seq was delivered: it is deleted in the next batch that commits: at the end of
+ * this turn when nothing was appended in the last 50 ms, else at the latest ~50 ms from now
+ * (sooner with outbox_flush). Unknown seqs are ignored.
  * Returns the ack's ticket (> 0, increasing with every call) or -ENOMEM / -ESHUTDOWN. Until the
  * delete is committed (see outbox_on_settled) the row is still there, so a crash now sends the
  * message again: callers that bound duplicates count it as in flight until then.

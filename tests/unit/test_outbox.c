@@ -741,8 +741,12 @@ static void test_deferred_acks(enum store_durability dur)
     settled_upto = 0;
     outbox_on_settled(ob, on_settled, NULL);
 
-    /* alone: not in this turn, by the timer */
+    /* alone, right after an append: not in this turn, by the timer */
+    reset_cbs();
+    uv_update_time(&loop);
     uint64_t t0 = uv_now(&loop);
+    CHECK_INT(append(ob, "pk/d", "w"), 0);
+    run_until(&n_cb, 1);
     int64_t t1 = outbox_ack(ob, m[0].seq);
     for (int i = 0; i < 3; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
@@ -772,16 +776,38 @@ static void test_deferred_acks(enum store_durability dur)
         uv_run(&loop, UV_RUN_ONCE);
     CHECK_INT(settled_upto, t3);
     outbox_device_stats(ob, "pk/d", &st);
-    CHECK_INT(st.count, 2); /* m[3] and y */
+    CHECK_INT(st.count, 3); /* m[3], w and y */
+
+    /* no append for longer than the ack delay (a backlog draining): at the end of this turn */
+    usleep(60 * 1000);
+    uv_update_time(&loop);
+    int64_t t4 = outbox_ack(ob, m[3].seq);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    if (dur == DURABILITY_NORMAL)
+        CHECK_INT(settled_upto, t4);
+    start = uv_hrtime();
+    while (settled_upto < t4 && uv_hrtime() - start < 5000000000ULL)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_INT(settled_upto, t4);
 
     /* pending at close: committed, not lost */
-    outbox_ack(ob, m[3].seq);
+    struct outbox_msg w;
+    size_t nw = 0;
+    reset_cbs();
+    CHECK_INT(append(ob, "pk/d", "v"), 0);
+    run_until(&n_cb, 1);
+    CHECK_INT(outbox_peek(ob, "pk/d", m[3].seq, &w, 1, &nw), 0);
+    CHECK_INT(nw, 1);
+    if (nw == 1) {
+        CHECK(outbox_ack(ob, w.seq) > 0); /* "w", right after an append: deferred */
+        outbox_msg_free(&w);
+    }
     close_ob(ob);
     ob = open_ob(name, dur, 0, 0, STORE_DROP_OLDEST, 0);
     if (!ob)
         return;
     outbox_device_stats(ob, "pk/d", &st);
-    CHECK_INT(st.count, 1);
+    CHECK_INT(st.count, 2); /* y, v */
     for (size_t i = 0; i < n; i++)
         outbox_msg_free(&m[i]);
     close_ob(ob);
