@@ -86,9 +86,6 @@ static struct {
  * (each of which may wait on Paho's global lock). The daemon closes a session once its
  * connection is lost (devices.c), so a publish queued for one connection can never go out on
  * the next.
- * At low rates (no publish of this session with the caller thread, none at all in the last
- * 2 ms) the loop makes the call itself, which saves a thread wake-up per message while the lock
- * is rarely busy (issue 14).
  */
 #define CALLER_TAKE 64 /* publishes the caller thread takes from its queue at a time */
 
@@ -108,13 +105,10 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cond, done_cond;
     struct pubcmd *head, *tail;
-    uint64_t last_ms; /* loop: uv_now() of the last publish (the loop's own) */
     bool stop, running;
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER,
        .cond = PTHREAD_COND_INITIALIZER,
        .done_cond = PTHREAD_COND_INITIALIZER};
-
-#define DIRECT_GAP_MS 2 /* see session_publish */
 
 static struct sess tomb_;
 #define TOMB (&tomb_)
@@ -427,10 +421,7 @@ static void on_sub_fail(void *context, MQTTAsync_failureData *r)
 static void push(struct qev *e);
 static struct qev *new_ev(enum session_event_kind kind, uint64_t id, uint32_t gen);
 
-/* Hands one publish to Paho (caller thread, or the loop when it sends directly); a refusal is
- * reported as SESSION_PUBLISH_FAILED. */
-static void send_one(MQTTAsync client, uint64_t id, uint32_t gen, uint64_t ref, int qos,
-                     const char *topic, const void *payload, size_t len)
+static void caller_send(struct pubcmd *c)
 {
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     MQTTAsync_message m = MQTTAsync_message_initializer;
@@ -438,33 +429,28 @@ static void send_one(MQTTAsync client, uint64_t id, uint32_t gen, uint64_t ref, 
     int rc = MQTTASYNC_FAILURE;
 
     if (pc) {
-        pc->id = id;
-        pc->gen = gen;
-        pc->ref = ref;
-        m.payload = (void *)payload;
-        m.payloadlen = (int)len;
-        m.qos = qos;
+        pc->id = c->id;
+        pc->gen = c->gen;
+        pc->ref = c->ref;
+        m.payload = c->data + c->tlen + 1;
+        m.payloadlen = (int)c->len;
+        m.qos = c->qos;
         ro.onSuccess = on_pub_ok;
         ro.onFailure = on_pub_fail;
         ro.context = pc;
-        rc = MQTTAsync_sendMessage(client, topic, &m, &ro);
+        rc = MQTTAsync_sendMessage(c->client, c->data, &m, &ro);
         if (rc != MQTTASYNC_SUCCESS)
             free(pc);
     }
     if (rc != MQTTASYNC_SUCCESS) { /* not handed over: the forwarder sends it again */
-        log_debug("session %llu: publish not handed to Paho: %d", (unsigned long long)id, rc);
-        struct qev *e = new_ev(SESSION_PUBLISH_FAILED, id, gen);
+        log_debug("session %llu: publish not handed to Paho: %d", (unsigned long long)c->id, rc);
+        struct qev *e = new_ev(SESSION_PUBLISH_FAILED, c->id, c->gen);
         if (e) {
-            e->ev.ref = ref;
+            e->ev.ref = c->ref;
             e->ev.code = rc == MQTTASYNC_DISCONNECTED ? -ENOTCONN : -EAGAIN;
             push(e);
         }
     }
-}
-
-static void caller_send(struct pubcmd *c)
-{
-    send_one(c->client, c->id, c->gen, c->ref, c->qos, c->data, c->data + c->tlen + 1, c->len);
 }
 
 static void *caller_main(void *arg)
@@ -739,17 +725,6 @@ int session_publish(uint64_t id, const char *topic, const void *payload, size_t 
 
     if (!s)
         return -ENOENT;
-    /* Low rate: no publish in the last DIRECT_GAP_MS, and none of this session's with the caller
-     * thread (queued or being handed over), so its order is kept. Then Paho's lock is rarely held
-     * for long, and waking the caller thread would be one more thread wake-up per message: the
-     * loop calls Paho itself. */
-    uint64_t now = uv_now(L.loop);
-    bool direct = now - P.last_ms >= DIRECT_GAP_MS && atomic_load(&s->queued) == 0;
-    P.last_ms = now;
-    if (direct) {
-        send_one(s->client, id, s->gen, ref, qos, topic, payload, len);
-        return 0;
-    }
     c = malloc(sizeof(*c) + tlen + 1 + len);
     if (!c)
         return -ENOMEM;
