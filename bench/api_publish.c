@@ -17,6 +17,11 @@
  * to the end and cpu_build_s what building the lines took. Exits 0 when every message was answered
  * ok, 1 otherwise, 2 on bad arguments or an unreachable socket. --dump writes the request lines to
  * stdout instead.
+ *
+ * Paced mode, --rate R: message j is written at t0 + j / R (one line at a time, on connection
+ * j % K), so the gateway sees a steady R messages/s instead of a burst. --times FILE writes each
+ * message's send time (CLOCK_REALTIME, "i seconds" per line, i as in the payload's "seq") for
+ * latency figures against the consumer's arrival stamps.
  */
 #include <errno.h>
 #include <limits.h>
@@ -38,7 +43,7 @@
 #define IO_TIMEOUT_S 300
 
 struct conn {
-    int fd;
+    int fd, idx;
     char *buf; /* the requests, back to back */
     size_t len, cap;
     size_t *ends; /* ends[i] = byte offset where line i starts; ends[n] = len */
@@ -55,12 +60,16 @@ struct conn {
 };
 
 static long window = 8192;
+static double rate;    /* messages/s in paced mode, 0 = as fast as the window allows */
+static double t_start; /* bench_now_s() at the first send */
+static double *times;  /* send time (wall clock) per message, or NULL */
+static long nconn_all; /* connections */
 
 static void usage(void)
 {
     fprintf(stderr, "usage: api_publish --socket PATH --devices CSV --count N --messages M\n"
                     "       --payload BYTES [--connections K] [--window W] [--first-id ID]\n"
-                    "       [--offset I] [--dump]\n");
+                    "       [--offset I] [--rate R] [--times FILE] [--dump]\n");
     exit(2);
 }
 
@@ -111,6 +120,11 @@ static void *conn_write(void *arg)
     long sent = 0;
     while (sent < c->n) {
         long to = sent + CHUNK_LINES < c->n ? sent + CHUNK_LINES : c->n;
+        long j = sent * nconn_all + c->idx; /* the message's number */
+        if (rate > 0) {
+            to = sent + 1;
+            bench_sleep_until(t_start + (double)j / rate);
+        }
         pthread_mutex_lock(&c->mu);
         while (to - c->got > window && !c->done) {
             c->writer_waiting = 1;
@@ -134,6 +148,8 @@ static void *conn_write(void *arg)
             }
             pos += (size_t)w;
         }
+        if (times)
+            times[j] = bench_wall_s();
         sent = to;
     }
     return NULL;
@@ -240,7 +256,7 @@ static void print_json_string(const char *s)
 
 int main(int argc, char **argv)
 {
-    const char *sock_path = NULL, *devfile = NULL;
+    const char *sock_path = NULL, *devfile = NULL, *times_path = NULL;
     long long count = 0, messages = 0, payload_len = -1, nconn = 2, win = 8192, first_id = 1,
               offset = 0;
     int dump = 0;
@@ -275,7 +291,13 @@ int main(int argc, char **argv)
             bad = parse_long(v, LLONG_MIN / 4, LLONG_MAX / 4, &first_id);
         else if (!strcmp(a, "--offset"))
             bad = parse_long(v, 0, LLONG_MAX / 4, &offset);
-        else {
+        else if (!strcmp(a, "--times"))
+            times_path = v;
+        else if (!strcmp(a, "--rate")) {
+            char *end;
+            rate = strtod(v, &end);
+            bad = *end || !(rate > 0 && rate <= 1e7) ? -1 : 0;
+        } else {
             fprintf(stderr, "api_publish: unknown option %s\n", a);
             usage();
         }
@@ -371,8 +393,14 @@ int main(int argc, char **argv)
     }
 
     pthread_t *th = calloc((size_t)nconn, sizeof(*th));
+    nconn_all = (long)nconn;
+    if (times_path)
+        times = calloc((size_t)messages, sizeof(*times));
     double c0 = cpu_now();
     double t0 = bench_now_s();
+    t_start = t0;
+    for (int k = 0; k < nconn; k++)
+        conns[k].idx = k;
     for (int k = 0; k < nconn; k++)
         if (pthread_create(&th[k], NULL, conn_run, &conns[k]) != 0) {
             fprintf(stderr, "api_publish: pthread_create failed\n");
@@ -387,6 +415,8 @@ int main(int argc, char **argv)
         close(conns[k].fd);
     }
     double cpu = cpu_now() - c0;
+    if (times_path && bench_write_times(times_path, times, (long)messages, (long)offset) < 0)
+        fprintf(stderr, "api_publish: cannot write %s: %s\n", times_path, strerror(errno));
 
     printf("{\"t0\":%.6f,\"t_ok\":%.6f,\"ok\":%lld,\"messages\":%lld,\"errors\":[", t0, t_ok, ok,
            messages);

@@ -44,7 +44,7 @@ class Build:
         self.paho_sessions = os.path.join(self.dir, "bench", "paho_sessions")
         self.paho_publish = os.path.join(self.dir, "bench", "paho_publish")
         self.api_publish = os.path.join(self.dir, "bench", "api_publish")
-        plugin = os.environ.get("ALIGW_HUB_PLUGIN") or os.path.join(self.dir, "tests", "hub",
+        plugin = os.environ.get("ALIGW_HUB_PLUGIN") or os.path.join(self.dir, "plugins-out",
                                                                     "aligw_hub.so")
         if not os.path.exists(plugin):
             plugin = hubctl.find_plugin()
@@ -96,6 +96,30 @@ def cpu_seconds_tree(pid):
         except OSError:
             pass
     return total
+
+
+def ctx_switches(pid):
+    """Voluntary context switches (a thread waiting: each one a wake-up) of all of a process's
+    threads now alive. Involuntary ones (preemption) depend on the machine's other load."""
+    n = 0
+    for t in glob.glob("/proc/%d/task/*/status" % pid):
+        try:
+            with open(t) as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+
+def percentile(xs, q):
+    """The q-th percentile (0..100) of xs by the nearest-rank method, or None when empty."""
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = max(0, min(len(xs) - 1, int(round(q / 100.0 * len(xs) + 0.5)) - 1))
+    return xs[k]
 
 
 def median(xs):
@@ -243,7 +267,7 @@ class Api(_TestApi):
 
 
 def pipeline_publish_c(build, socket_path, rows_csv, n_devices, m, payload, connections=2,
-                       first_id=1, offset=0, window=8192, stats=None):
+                       first_id=1, offset=0, window=8192, stats=None, rate=None, times=None):
     """Pipelined publish requests from bench/api_publish, a C producer (so the gateway's CPU is
     not spent on Python): message i goes to device i % N, like paho_publish. rows_csv
     is a device table with product_key and device_name columns (the hub's or the daemon's
@@ -251,11 +275,16 @@ def pipeline_publish_c(build, socket_path, rows_csv, n_devices, m, payload, conn
 
     Returns (t_first_send, t_last_ok, n_ok, errors[:5]); stats (a dict), when given, receives the
     producer's whole report (cpu_s: its CPU seconds while sending, cpu_build_s: building the lines).
+    rate (msg/s) paces the sends; times names a file for each message's send time (wall clock).
     """
     cmd = [build.api_publish, "--socket", socket_path, "--devices", rows_csv, "--count",
            str(n_devices), "--messages", str(m), "--payload", str(payload), "--connections",
            str(connections), "--window", str(window), "--first-id", str(first_id), "--offset",
            str(offset)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    if times:
+        cmd += ["--times", times]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     if not last.startswith("{"):
@@ -264,6 +293,21 @@ def pipeline_publish_c(build, socket_path, rows_csv, n_devices, m, payload, conn
     if stats is not None:
         stats.update(r)
     return r["t0"], r["t_ok"], r["ok"], r["errors"]
+
+
+def read_times(path):
+    """{i: wall-clock seconds} from an api_publish / paho_publish --times file."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            i, t = line.split()
+            out[int(i)] = float(t)
+    return out
+
+
+def latencies_ms(sent, arrived):
+    """Send -> first arrival, in ms, for every message that has both."""
+    return [(arrived[i] - t) * 1000.0 for i, t in sent.items() if i in arrived]
 
 
 # ---- the consumer -------------------------------------------------------------------------
@@ -275,14 +319,15 @@ class Consumer:
     the consumer lags. Each arrival is one line in a file; count() reads how many so far.
     """
 
-    def __init__(self, hub, workdir, topic="/+/+/user/update"):
+    def __init__(self, hub, workdir, topic="/+/+/user/update", stamp=False):
         self.path = os.path.join(workdir, "consumer-%d.out" % time.monotonic_ns())
         self.f = open(self.path, "wb")
         info = hub.info
         self.proc = subprocess.Popen(
             ["mosquitto_sub", "-h", info["host"], "-p", str(info["mqtt_port"]), "-u",
              info["cloud_username"], "-P", info["cloud_password"], "-i",
-             "bench-consumer-%d" % os.getpid(), "-q", "1", "-t", topic, "-F", "%t", "-V",
+             "bench-consumer-%d" % os.getpid(), "-q", "1", "-t", topic, "-F",
+             "%U %p" if stamp else "%t", "-V",
              "mqttv311"], stdout=self.f, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         time.sleep(0.3)  # subscribed before the first message (mosquitto_sub has no ready signal)
         if self.proc.poll() is not None:
@@ -322,6 +367,28 @@ class Consumer:
             if now > deadline or now - last_t > stall:
                 return self.count(), None
             time.sleep(poll)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def arrivals(self):
+        """With stamp=True: {seq: first arrival, wall-clock seconds} from the payloads' "seq"."""
+        self.f.flush()
+        first = {}
+        with open(self.path, "rb") as f:
+            for line in f:
+                t, _, p = line.partition(b" ")
+                k = p.find(b'"seq":')
+                if k < 0:
+                    continue
+                e = k + 6
+                while e < len(p) and p[e:e + 1].isdigit():
+                    e += 1
+                seq = int(p[k + 6:e])
+                if seq not in first:
+                    first[seq] = float(t)
+        return first
 
     def stop(self):
         if self.proc.poll() is None:

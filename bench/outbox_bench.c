@@ -169,6 +169,7 @@ int main(int argc, char **argv)
             }
             drained += (long)n;
         }
+        outbox_flush(ob);
         uv_run(&loop, UV_RUN_NOWAIT);
         outbox_total_stats(ob, &st);
         long r = rss_kb();

@@ -1,10 +1,12 @@
-/* paho_common: device table, clock and RSS for the plain-Paho benchmark peers (see the header). */
+/* paho_common: device table, clocks, pacing, CPU and RSS for the benchmark peers (see the header).
+ */
 #include "paho_common.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 const char *bench_prog = "bench";
@@ -14,6 +16,43 @@ double bench_now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double bench_wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double bench_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+void bench_sleep_until(double t)
+{
+    struct timespec ts;
+    if (t <= bench_now_s())
+        return;
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+int bench_write_times(const char *path, const double *times, long n, long first)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    for (long i = 0; i < n; i++)
+        if (times[i] > 0)
+            fprintf(f, "%ld %.6f\n", first + i, times[i]);
+    return fclose(f) == 0 ? 0 : -1;
 }
 
 long bench_rss_kb(void)

@@ -1,6 +1,7 @@
 /*
  * paho_common: what the plain-Paho benchmark peers share: reading the device table (the CSV that
- * aligwd and the local hub read), a monotonic clock and the process's resident memory.
+ * aligwd and the local hub read), the clocks, pacing (sleep until a
+ * time), the process's CPU and resident memory, and a per-message send-time file.
  */
 #ifndef ALIGW_BENCH_PAHO_COMMON_H
 #define ALIGW_BENCH_PAHO_COMMON_H
@@ -13,6 +14,14 @@ struct bench_device {
 extern const char *bench_prog;
 
 double bench_now_s(void);
+/* CLOCK_REALTIME in seconds (what the consumer stamps arrivals with). */
+double bench_wall_s(void);
+/* User + system CPU of this process (all threads) in seconds, as /proc/self/stat counts it. */
+double bench_cpu_s(void);
+/* Sleeps until bench_now_s() reaches t (returns at once when it has). */
+void bench_sleep_until(double t);
+/* Writes "i wall_seconds" lines for times[0..n) (0 = never sent, left out) to path; 0 or -1. */
+int bench_write_times(const char *path, const double *times, long n, long first);
 /* VmRSS of this process in KB, or -1. */
 long bench_rss_kb(void);
 /* Reads up to want devices from the CSV table at path into a new array (*out). Returns how many,

@@ -14,7 +14,10 @@
  * Prints two JSON lines on stdout: {"event":"publishing","t":MONO} when all sessions are up and
  * the first message is about to go (MONO is CLOCK_MONOTONIC in seconds, the clock Python's
  * time.monotonic() reads), then {"clients","messages","acked","failed","connect_seconds",
- * "publish_seconds","rate","rss_kb","t_end"}. Counters change on Paho's threads, hence atomics;
+ * "publish_seconds","rate","rss_kb","t_end","cpu_s"}, cpu_s being this process's CPU from the first
+ * publish to the last PUBACK. With --rate R message i is sent at t + i / R (paced, the same
+ * schedule as api_publish --rate); --times FILE writes each message's send time (wall clock,
+ * "i seconds" per line). Counters change on Paho's threads, hence atomics;
  * the publishing thread waits for window space on a condition variable that it never holds while
  * calling into Paho (Paho calls back with its own lock held).
  */
@@ -88,13 +91,15 @@ static void usage(void)
     fprintf(stderr,
             "usage: paho_publish --port P [--host H] --devices FILE --count N --messages M\n"
             "       [--payload BYTES] [--window W] [--window-total T] [--qos 0|1]\n"
-            "       [--anonymous --clients K] [--timeout SECONDS]\n");
+            "       [--anonymous --clients K] [--timeout SECONDS] [--rate R]\n"
+            "       [--times FILE]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1", *devfile = NULL;
+    const char *host = "127.0.0.1", *devfile = NULL, *times_path = NULL;
+    double rate = 0;
     long port = 0, count = 0, messages = 0, payload_len = 80, window = 16, window_total = 1000;
     long nclients_anon = 1, timeout = 300, qos = 1;
     int anonymous = 0;
@@ -130,6 +135,10 @@ int main(int argc, char **argv)
             qos = strtol(v, &end, 10);
         else if (!strcmp(a, "--timeout"))
             timeout = strtol(v, &end, 10);
+        else if (!strcmp(a, "--rate"))
+            rate = strtod(v, &end);
+        else if (!strcmp(a, "--times"))
+            times_path = v;
         else
             usage();
         if (end && *end)
@@ -137,7 +146,7 @@ int main(int argc, char **argv)
     }
     if (!devfile || port <= 0 || port > 65535 || count <= 0 || messages <= 0 || window <= 0 ||
         window_total <= 0 || payload_len < 16 || payload_len > 65536 || nclients_anon <= 0 ||
-        (qos != 0 && qos != 1))
+        (qos != 0 && qos != 1) || rate < 0)
         usage();
 
     struct rlimit rl;
@@ -222,12 +231,16 @@ int main(int argc, char **argv)
     }
 
     char *payload = malloc((size_t)payload_len + 1);
+    double *times = times_path ? calloc((size_t)messages, sizeof(*times)) : NULL;
+    double c1 = bench_cpu_s();
     double t1 = bench_now_s();
     printf("{\"event\":\"publishing\",\"t\":%.6f}\n", t1);
     fflush(stdout);
     long sent = 0;
     for (long i = 0; i < messages; i++) {
         long d = i % n, c = anonymous ? i % nclients : d;
+        if (rate > 0)
+            bench_sleep_until(t1 + (double)i / rate);
         while (atomic_load(&clients[c].inflight) >= window ||
                atomic_load(&total_inflight) >= window_total) {
             pthread_mutex_lock(&mu);
@@ -265,6 +278,8 @@ int main(int argc, char **argv)
         ro.context = (void *)(size_t)c;
         atomic_fetch_add(&clients[c].inflight, 1);
         atomic_fetch_add(&total_inflight, 1);
+        if (times)
+            times[i] = bench_wall_s();
         int rc = MQTTAsync_sendMessage(clients[c].h, topics[d], &msg, &ro);
         if (rc != MQTTASYNC_SUCCESS) {
             atomic_fetch_sub(&clients[c].inflight, 1);
@@ -279,12 +294,15 @@ int main(int argc, char **argv)
         usleep(1000);
 done:;
     double t2 = bench_now_s();
+    double cpu = bench_cpu_s() - c1;
     long acked = atomic_load(&n_acked);
     printf("{\"clients\":%d,\"messages\":%ld,\"sent\":%ld,\"acked\":%ld,\"failed\":%ld,"
            "\"connect_seconds\":%.3f,\"publish_seconds\":%.3f,\"rate\":%.0f,\"rss_kb\":%ld,"
-           "\"t_end\":%.6f}\n",
+           "\"t_end\":%.6f,\"cpu_s\":%.3f}\n",
            nclients, messages, sent, acked, atomic_load(&n_failed), t_conn, t2 - t1,
-           (double)acked / (t2 - t1), bench_rss_kb(), t2);
+           (double)acked / (t2 - t1), bench_rss_kb(), t2, cpu);
+    if (times_path && bench_write_times(times_path, times, messages, 0) < 0)
+        fprintf(stderr, "paho_publish: cannot write %s\n", times_path);
     fflush(stdout);
 
     for (int i = 0; i < nclients; i++) {
@@ -298,5 +316,6 @@ done:;
     free(topics);
     free(clients);
     free(payload);
+    free(times);
     return acked == messages ? 0 : 1;
 }

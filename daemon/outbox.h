@@ -3,11 +3,15 @@
  * only then is its producer told "accepted"; the forwarder reads a device's messages oldest
  * first (peek), and deletes them once the cloud has them (ack).
  *
- * Appends and acks made during one loop turn are committed together in one transaction at the
- * end of the turn (group commit), so throughput does not depend on one fsync per message. With
+ * Appends made during one loop turn are committed together in one transaction at the end of the
+ * turn (group commit), so throughput does not depend on one fsync per message. While messages
+ * are coming in, acks (deletes) ride along with the next commit, waiting at most 50 ms for one
+ * (outbox_flush commits them at the end of the turn), so at low rates a message costs one
+ * transaction, not two; with no append in the last 50 ms they commit at the end of the turn. With
  * durability "full" the commit runs off the loop (libuv thread pool) on a writer connection the
  * loop never touches while a batch is in flight; peeks use a second connection (WAL lets it
- * read while the writer commits). The backlog lives on disk only: memory holds the batch being
+ * read while the writer commits); with normal one connection holds the file's lock exclusively
+ * while the store is open. The backlog lives on disk only: memory holds the batch being
  * committed and a few counters per device, never the queued messages.
  *
  * Bounds: max_bytes (whole store) and max_device_bytes (per device, 0 = none) count topic +
@@ -110,12 +114,18 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
 void outbox_msg_free(struct outbox_msg *m);
 
 /*
- * The message seq was delivered: it is deleted in the next batch. Unknown seqs are ignored.
+ * The message seq was delivered: it is deleted in the next batch that commits: at the end of
+ * this turn when nothing was appended in the last 50 ms, else at the latest ~50 ms from now
+ * (sooner with outbox_flush). Unknown seqs are ignored.
  * Returns the ack's ticket (> 0, increasing with every call) or -ENOMEM / -ESHUTDOWN. Until the
  * delete is committed (see outbox_on_settled) the row is still there, so a crash now sends the
  * message again: callers that bound duplicates count it as in flight until then.
  */
 int64_t outbox_ack(struct outbox *ob, int64_t seq);
+
+/* Commits the pending acks (and whatever else is pending) at the end of this loop turn rather
+ * than waiting for the ack delay: for a caller whose window is held by unsettled acks. */
+void outbox_flush(struct outbox *ob);
 
 /* The deletes of every ack with a ticket up to `ticket` are committed. */
 typedef void (*outbox_settled_cb)(void *arg, int64_t ticket);

@@ -290,8 +290,9 @@ def find_plugin():
     if env:
         return env
     root = os.path.dirname(os.path.dirname(HERE))
-    cands = [os.path.join(root, d, "tests", "hub", "aligw_hub.so")
-             for d in sorted(os.listdir(root)) if d.startswith("build")]
+    cands = [os.path.join(root, d, sub, "aligw_hub.so")
+             for d in sorted(os.listdir(root)) if d.startswith("build")
+             for sub in ("plugins-out", os.path.join("tests", "hub"))]
     cands = [c for c in cands if os.path.exists(c)]
     if not cands:
         raise FileNotFoundError("aligw_hub.so not found: set ALIGW_HUB_PLUGIN or build it "
