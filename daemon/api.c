@@ -415,6 +415,8 @@ static void join_errors(const struct config_errors *e, char *buf, size_t size)
         off += (size_t)snprintf(buf + off, size - off, "%s%s", i ? "; " : "", e->v[i].text);
 }
 
+static void config_versions(const struct device_conf *d);
+
 static void do_add(struct ipc_reply *r, const struct ipc_request *req)
 {
     struct device_conf dc;
@@ -446,6 +448,8 @@ static void do_add(struct ipc_reply *r, const struct ipc_request *req)
     }
     if (rc == 0)
         rc = devices_add(&dc);
+    if (rc == 0)
+        config_versions(&dc);
     if (rc < 0)
         ipc_reply_errno(r, rc, "device %s not added", key);
     else {
@@ -907,15 +911,28 @@ static void ota_opts_from(const struct config *cfg, struct ota_opts *o)
 {
     snprintf(A.ota_dir, sizeof(A.ota_dir), "%s/ota", cfg->state_dir);
     *o = (struct ota_opts){.dir = A.ota_dir,
-                           .max_concurrent = 4,
-                           .max_rate = 0,
-                           .ca_file = NULL,
-                           .allow_http = false,
-                           .progress_interval_ms = 3000,
-                           .apply_timeout_s = 600,
-                           .max_retries = 10,
-                           .min_free_bytes = 16 * 1024 * 1024,
-                           .pull_at_login = true};
+                           .max_concurrent = cfg->ota.max_concurrent,
+                           .max_rate = cfg->ota.max_rate,
+                           .ca_file = cfg->ota.ca_file,
+                           .allow_http = cfg->ota.allow_http,
+                           .progress_interval_ms = cfg->ota.progress_interval_ms,
+                           .apply_timeout_s = cfg->ota.apply_timeout_s,
+                           .max_retries = cfg->ota.max_retries,
+                           .min_free_bytes = cfg->ota.min_free_bytes,
+                           .pull_at_login = cfg->ota.pull_at_login};
+}
+
+/* The configuration's firmware_version of each device (file and runtime-added ones). */
+static void config_versions(const struct device_conf *d)
+{
+    for (size_t i = 0; i < d->n_fw; i++)
+        ota_config_version(d->product_key, d->device_name, d->fw_modules[i], d->fw_versions[i]);
+}
+
+static void config_versions_all(const struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_devices; i++)
+        config_versions(&cfg->devices[i]);
 }
 
 /* ---- life cycle -------------------------------------------------------------------------- */
@@ -934,6 +951,7 @@ static void add_runtime_devices(void)
         struct config_errors errs = {0};
         if (obj && config_device_from_json(A.cfg, obj, &dc, &errs) == 0) {
             dc.runtime = true;
+            config_versions(&dc);
             if (devices_add(&dc) == -EEXIST)
                 log_warn("%s/%s: added at runtime and also in the configuration file; the "
                          "file's entry is used",
@@ -997,6 +1015,7 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
     rc = ota_init(loop, db, &oo, &oh);
     if (rc < 0)
         return rc;
+    config_versions_all(cfg);
     rc = devices_init(loop, cfg, ob, db, &hooks);
     if (rc < 0)
         return rc;
@@ -1013,8 +1032,13 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
 
 void api_apply_config(const struct config *cfg)
 {
+    struct ota_opts oo;
+
     A.cfg = cfg;
     timesync_apply(cfg->cloud.time_sync_s, cfg->cloud.max_clock_skew_ms);
+    ota_opts_from(cfg, &oo);
+    ota_set_opts(&oo);
+    config_versions_all(cfg);
     if (A.ipc)
         ipc_server_set_access(A.ipc, cfg);
 }

@@ -585,7 +585,7 @@ static void begin(struct download *d)
     c->active = d;
     c->n_active++;
 
-    d->fd = open(d->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    d->fd = open(d->path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (d->fd < 0) {
         fail(d, -errno, false, "open %s: %s", d->path, strerror(errno));
         return;

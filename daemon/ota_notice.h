@@ -19,7 +19,7 @@
 #define OTA_MODULE_MAX 64
 #define OTA_URL_MAX 2048
 #define OTA_EXT_MAX 4096         /* bytes of extData as JSON text */
-#define OTA_SIZE_MAX (1LL << 36) /* 64 GiB: far above the platform's 1,000 MB */
+#define OTA_SIZE_MAX (1LL << 40) /* 1 TiB: a sanity bound far above the platform's 1,000 MB */
 
 enum ota_sign { OTA_SIGN_MD5 = 1, OTA_SIGN_SHA256 = 2 };
 
