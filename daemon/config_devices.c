@@ -98,7 +98,7 @@ static const char *const dfield_name[DF__N] = {
 #define MASK_CLOUD                                                                                 \
     (BIT(DF_HOST) | BIT(DF_PORT) | BIT(DF_TLS) | BIT(DF_CA) | BIT(DF_VERIFY) |                     \
      BIT(DF_SECUREMODE) | BIT(DF_SIGN) | BIT(DF_TS) | BIT(DF_KEEPALIVE) | BIT(DF_CLEAN) |          \
-     BIT(DF_RECONNECT))
+     BIT(DF_RECONNECT) | BIT(DF_FIRMWARE))
 #define MASK_DEVICE (BIT(DF__N) - 1)
 /* Columns of the devices file (the format shared with the local hub). */
 #define MASK_CSV                                                                                   \
@@ -547,6 +547,19 @@ static bool dev_finish(struct dsrc *s, struct dev_build *b, const struct config 
         d->rate = 30;
     if (!(set & BIT(DF_MAXBYTES)))
         d->max_bytes = 0;
+    if (!(set & BIT(DF_FIRMWARE)) && def->n_fw) {
+        d->fw_modules = calloc(def->n_fw, sizeof(char *));
+        d->fw_versions = calloc(def->n_fw, sizeof(char *));
+        if (!d->fw_modules || !d->fw_versions) {
+            L->oom = true;
+            return false;
+        }
+        for (size_t i = 0; i < def->n_fw; i++) {
+            d->fw_modules[i] = cfg_ldup(L, def->fw_modules[i]);
+            d->fw_versions[i] = cfg_ldup(L, def->fw_versions[i]);
+            d->n_fw++;
+        }
+    }
     if (!(set & BIT(DF_CA)))
         d->ca_file = cfg_ldup(L, def->ca_file ? def->ca_file : DEFAULT_CA_FILE);
     if (!(set & BIT(DF_HOST))) {
