@@ -207,7 +207,6 @@ static void report_progress(struct job *j, int pct)
         send_progress(j, pct, NULL);
     } else {
         j->report_pending = true;
-        j->progress = pct;
     }
 }
 
@@ -421,6 +420,7 @@ static void on_progress(void *arg, int64_t bytes, int64_t total)
         pct = 1;
     if (pct > 99)
         pct = 99;
+    j->progress = pct;
     report_progress(j, pct);
 }
 
@@ -751,10 +751,10 @@ static void on_notice(struct device *d, const char *payload, size_t len, enum ot
     int rc = ota_notice_parse(payload, len, kind, &n, err, sizeof(err));
 
     if (rc == -ENOENT) {
-        /* Nothing pending: a job waiting for a fresh URL will not get one. */
+        /* Nothing pending: the job that asked for a fresh URL will not get one. */
         for (struct job *j = O.head; j; j = j->next)
-            if (j->get_id[0] && strcmp(j->pk, dc->product_key) == 0 &&
-                strcmp(j->dn, dc->device_name) == 0)
+            if (j->get_id[0] && strcmp(j->get_id, n.msg_id) == 0 &&
+                strcmp(j->pk, dc->product_key) == 0 && strcmp(j->dn, dc->device_name) == 0)
                 job_fail(j, -2, "the URL expired and the platform has no job any more");
         log_dev(LOG_DEBUG, dc->product_key, dc->device_name, "OTA: no upgrade pending");
         return;
@@ -805,9 +805,10 @@ static void on_sweep(uv_timer_t *t)
             j->last_pct = j->progress;
             send_progress(j, j->progress, NULL);
         }
-        if (j->st == J_DOWNLOADING && !j->dl && j->retry_at && now >= j->retry_at)
-            start_download(j);
-        else if (j->st == J_DOWNLOADING && j->get_id[0] && now >= j->url_deadline)
+        if (j->st == J_DOWNLOADING && !j->dl && j->retry_at && now >= j->retry_at) {
+            if (devices_find2(j->pk, j->dn))
+                start_download(j);
+        } else if (j->st == J_DOWNLOADING && j->get_id[0] && now >= j->url_deadline)
             job_fail(j, -2, "the URL expired and no fresh one came within %d s",
                      URL_WAIT_MS / 1000);
         else if (j->st == J_APPLYING && now >= j->apply_deadline)
@@ -981,8 +982,9 @@ void ota_device_removed(const char *pk, const char *dn)
 {
     for (struct job *j = O.head; j; j = j->next)
         if (j->dl && strcmp(j->pk, pk) == 0 && strcmp(j->dn, dn) == 0) {
-            download_cancel(j->dl);
+            download_cancel(j->dl); /* resumed (from the file) if the device comes back */
             j->dl = NULL;
+            j->retry_at = now_ms() + 1000;
         }
 }
 
@@ -1045,6 +1047,21 @@ int ota_check(const char *pk, const char *dn, const char *module)
     return send_get(pk, dn, module, NULL, 0);
 }
 
+static int64_t job_bytes(const struct job *j)
+{
+    switch (j->st) {
+    case J_DOWNLOADING:
+        return j->done_bytes + j->cur_bytes;
+    case J_VERIFYING:
+    case J_READY:
+    case J_APPLYING:
+    case J_DONE:
+        return j->n.total_size;
+    default:
+        return 0;
+    }
+}
+
 static json_t *job_json(const struct job *j)
 {
     json_t *files = json_array();
@@ -1052,13 +1069,11 @@ static json_t *job_json(const struct job *j)
         json_array_append_new(files,
                               json_pack("{s:s,s:s,s:I}", "name", j->n.files[i].name, "path",
                                         j->paths[i], "size", (json_int_t)j->n.files[i].size));
-    json_t *o = json_pack(
-        "{s:s,s:s,s:I,s:s,s:s,s:s,s:i,s:I,s:I,s:o}", "device", j->dev, "module", j->n.module, "job",
-        (json_int_t)j->id, "from_version", j->from, "to_version", j->n.version, "state",
-        state_name(j->st), "progress", j->st == J_DOWNLOADING ? j->last_pct : j->progress, "bytes",
-        (json_int_t)(j->st == J_DOWNLOADING ? j->done_bytes + j->cur_bytes
-                                            : (j->st == J_DONE ? j->n.total_size : 0)),
-        "size", (json_int_t)j->n.total_size, "files", files);
+    json_t *o =
+        json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:i,s:I,s:I,s:o}", "device", j->dev, "module",
+                  j->n.module, "job", (json_int_t)j->id, "from_version", j->from, "to_version",
+                  j->n.version, "state", state_name(j->st), "progress", j->progress, "bytes",
+                  (json_int_t)job_bytes(j), "size", (json_int_t)j->n.total_size, "files", files);
     if (j->step)
         json_object_set_new(o, "step", json_integer(j->step));
     if (j->error[0])

@@ -318,14 +318,16 @@ int ota_notice_parse(const char *payload, size_t len, enum ota_notice_kind kind,
     rc = parse_doc(root, kind, out, err, err_len);
     json_decref(root);
     if (rc < 0) {
-        char module[sizeof(out->module)], version[sizeof(out->version)];
+        char module[sizeof(out->module)], version[sizeof(out->version)], id[sizeof(out->msg_id)];
         int step = out->fail_step ? out->fail_step : -1;
         memcpy(module, out->module, sizeof(module));
         memcpy(version, out->version, sizeof(version));
+        memcpy(id, out->msg_id, sizeof(id));
         ota_notice_free(out);
         out->fail_step = step;
         memcpy(out->module, module, sizeof(module));
         memcpy(out->version, version, sizeof(version));
+        memcpy(out->msg_id, id, sizeof(id));
     }
     return rc;
 }

@@ -58,7 +58,7 @@ enum ota_notice_kind {
  * (the MQTT stream download variant, dProtocol "mqtt"), -EINVAL (anything malformed: bad JSON,
  * wrong code, missing or invalid field, unknown signMethod, digest of the wrong length, URL not
  * http(s)). A reason naming the field is written to err (err may be NULL). On failure *out holds
- * nothing to free; its fail_step, module and version are set as far as they could be read.
+ * nothing to free; its fail_step, module, version and msg_id are set as far as they could be read.
  */
 int ota_notice_parse(const char *payload, size_t len, enum ota_notice_kind kind,
                      struct ota_notice *out, char *err, size_t err_len);

@@ -9,6 +9,7 @@ PKGS=(
   libcurl4-openssl-dev libmodbus-dev
   mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients
   python3 python3-paho-mqtt openssl sqlite3 systemd ca-certificates procps
+  curl  # bench/ota: the peer it downloads the same firmware with
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -389,9 +389,11 @@ def serve_https(dirpath, port):
             self.end_headers()
             self.wfile.write(raw)
 
-    httpd = http.server.ThreadingHTTPServer((HOST, port), Handler)
-    httpd.daemon_threads = True
-    httpd.request_queue_size = 256
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 512  # listen() backlog: benchmarks open 100 downloads at once
+
+    httpd = Server((HOST, port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # OpenSSL's DEFAULT, not Python's ECDHE-only list: stock LinkSDK builds offer only RSA key
     # exchange (AES128-GCM-SHA256 and friends), as the platform accepts.
