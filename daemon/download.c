@@ -2,12 +2,15 @@
  * download: HTTPS file downloads on the loop with libcurl's multi interface (see download.h).
  *
  * A download goes WAITING (no free slot) → HASHING (the thread pool digests the bytes a resumed
- * file already holds) → ACTIVE (an easy handle in the multi; bytes are pwritten at their offset
- * and hashed as they arrive) → SYNCING (fsync in the thread pool) → done. A slot is held from
- * HASHING to done. Cancelling marks the download; whatever step it is in frees it without a
- * callback. libcurl forbids removing or adding handles from inside its callbacks, so nothing
- * that can be reached from the write callback (user progress callbacks included) does either:
- * cancel only marks, and new transfers start after curl_multi_socket_action has returned.
+ * file already holds) → ACTIVE (an easy handle in the multi; bytes are hashed as they arrive and
+ * written at their offset by the thread pool, uv_fs_write, so a disk busy flushing never stalls
+ * the loop; past WRITE_HIGH bytes in flight the transfer pauses, CURL_WRITEFUNC_PAUSE, until the
+ * writes catch up) → SYNCING (fsync in the thread pool) → done. A transfer that ends waits for
+ * its writes before it completes. A slot is held from HASHING to done. Cancelling marks the
+ * download; whatever step it is in frees it without a callback once no write refers to it. libcurl
+ * forbids removing or adding handles from inside its callbacks, so nothing that can be reached from
+ * the write callback (user progress callbacks included) does either: cancel only marks, and new
+ * transfers start after curl_multi_socket_action has returned.
  */
 #include "download.h"
 
@@ -26,6 +29,7 @@
 #include <unistd.h>
 
 #define PROGRESS_STEP (64 * 1024)
+#define WRITE_HIGH (32 * 1024) /* bytes written by the pool at once, per download */
 
 /* libcurl, loaded on first use (as in dynreg.c). */
 static struct {
@@ -37,6 +41,7 @@ static struct {
     CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
     void (*easy_cleanup)(CURL *);
     const char *(*easy_strerror)(CURLcode);
+    CURLcode (*easy_pause)(CURL *, int);
     CURLM *(*multi_init)(void);
     CURLMcode (*multi_setopt)(CURLM *, CURLMoption, ...);
     CURLMcode (*multi_add_handle)(CURLM *, CURL *);
@@ -69,6 +74,7 @@ static void curl_load_once(void)
     LOAD(easy_getinfo, "curl_easy_getinfo");
     LOAD(easy_cleanup, "curl_easy_cleanup");
     LOAD(easy_strerror, "curl_easy_strerror");
+    LOAD(easy_pause, "curl_easy_pause");
     LOAD(multi_init, "curl_multi_init");
     LOAD(multi_setopt, "curl_multi_setopt");
     LOAD(multi_add_handle, "curl_multi_add_handle");
@@ -106,6 +112,11 @@ struct download {
     char errbuf[CURL_ERROR_SIZE];
     bool status_checked;
     int write_err;
+    size_t writing; /* bytes handed to the pool, not written yet */
+    int n_writes;   /* write requests in the pool */
+    bool paused;    /* the write callback paused the transfer */
+    bool ended;     /* the transfer is over (or never started): waits for writes only */
+    CURLcode cc;    /* how it ended */
     uv_work_t work;
     int work_err;
     uv_fs_t fsreq;
@@ -251,19 +262,60 @@ static void reset_digest(struct download *d)
         EVP_DigestInit_ex(d->mdctx, d->md, NULL);
 }
 
+struct wreq {
+    uv_fs_t req;
+    struct download *d;
+    size_t len;
+    char data[];
+};
+
+static void complete(struct download *d);
+
+static void after_write(uv_fs_t *req)
+{
+    struct wreq *w = (struct wreq *)req;
+    struct download *d = w->d;
+    ssize_t r = req->result;
+
+    uv_fs_req_cleanup(req);
+    d->writing -= w->len;
+    d->n_writes--;
+    if (r < 0 && !d->write_err)
+        d->write_err = (int)r;
+    else if (r >= 0 && (size_t)r != w->len && !d->write_err)
+        d->write_err = -EIO;
+    free(w);
+    if (d->ended) {
+        if (d->n_writes == 0)
+            complete(d);
+        return;
+    }
+    if (d->paused && d->easy && (d->writing < WRITE_HIGH / 2 || d->write_err)) {
+        struct download_ctx *c = d->c;
+        d->paused = false;
+        c->in_curl = true; /* unpausing may deliver data to on_write at once */
+        C.easy_pause(d->easy, CURLPAUSE_CONT);
+        c->in_curl = false;
+        pump(c);
+    }
+}
+
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *arg)
 {
     struct download *d = arg;
-    size_t n = size * nmemb, off = 0;
+    size_t n = size * nmemb;
+    struct wreq *w;
+    uv_buf_t buf;
 
-    if (d->cancelled)
+    if (d->cancelled || d->write_err)
         return 0;
     if (!d->status_checked) {
         long code = 0;
         C.easy_getinfo(d->easy, CURLINFO_RESPONSE_CODE, &code);
         d->res.http_code = code;
         if (code == 200 && d->offset > 0) {
-            /* The server ignored Range: start the file and the digest again. */
+            /* The server ignored Range: start the file and the digest again. No write is in
+             * flight yet (this is the response's first data). */
             if (ftruncate(d->fd, 0) < 0) {
                 d->write_err = -errno;
                 return 0;
@@ -280,16 +332,26 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *arg)
         d->write_err = -EFBIG;
         return 0;
     }
-    while (off < n) {
-        ssize_t w = pwrite(d->fd, ptr + off, n - off, (off_t)(d->bytes + (int64_t)off));
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            d->write_err = -errno;
-            return 0;
-        }
-        off += (size_t)w;
+    if (d->writing >= WRITE_HIGH) {
+        d->paused = true; /* curl keeps these bytes and offers them again once unpaused */
+        return CURL_WRITEFUNC_PAUSE;
     }
+    w = malloc(sizeof(*w) + n);
+    if (!w) {
+        d->write_err = -ENOMEM;
+        return 0;
+    }
+    w->d = d;
+    w->len = n;
+    memcpy(w->data, ptr, n);
+    buf = uv_buf_init(w->data, (unsigned)n);
+    if (uv_fs_write(d->c->loop, &w->req, d->fd, &buf, 1, d->bytes, after_write) < 0) {
+        free(w);
+        d->write_err = -EIO;
+        return 0;
+    }
+    d->writing += n;
+    d->n_writes++;
     if (d->mdctx)
         EVP_DigestUpdate(d->mdctx, ptr, n);
     d->bytes += (int64_t)n;
@@ -340,23 +402,19 @@ static int map_curl(CURLcode cc, bool *retryable)
     }
 }
 
-static void transfer_done(struct download *d, CURLcode cc)
+/* The transfer is over and no write is in flight: report, retry-ably or not, or fsync. */
+static void complete(struct download *d)
 {
     bool retry = false;
+    CURLcode cc = d->cc;
     int st = map_curl(cc, &retry);
-    long code = 0;
+    long code = d->res.http_code;
 
-    C.easy_getinfo(d->easy, CURLINFO_RESPONSE_CODE, &code);
-    if (code)
-        d->res.http_code = code;
-    C.multi_remove_handle(d->c->multi, d->easy);
-    C.easy_cleanup(d->easy);
-    d->easy = NULL;
     if (d->cancelled) {
         finish(d);
         return;
     }
-    if (cc == CURLE_WRITE_ERROR && d->write_err) {
+    if (d->write_err) { /* whatever curl says: a failed write leaves the file suspect */
         if (d->write_err == -EPROTO)
             goto http_status;
         if (d->write_err == -EFBIG) {
@@ -392,6 +450,25 @@ http_status:
     fail(d, -EPROTO, false, "HTTP status %ld", code);
 }
 
+/* Ends d's transfer (curl said done, or it is cancelled); completes once its writes are done. */
+static void end_transfer(struct download *d, CURLcode cc)
+{
+    long code = 0;
+
+    if (d->easy) {
+        C.easy_getinfo(d->easy, CURLINFO_RESPONSE_CODE, &code);
+        if (code)
+            d->res.http_code = code;
+        C.multi_remove_handle(d->c->multi, d->easy);
+        C.easy_cleanup(d->easy);
+        d->easy = NULL;
+    }
+    d->cc = cc;
+    d->ended = true;
+    if (d->n_writes == 0)
+        complete(d);
+}
+
 static void check_info(struct download_ctx *c)
 {
     CURLMsg *m;
@@ -403,7 +480,7 @@ static void check_info(struct download_ctx *c)
             continue;
         C.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&d);
         if (d)
-            transfer_done(d, m->data.result);
+            end_transfer(d, m->data.result);
     }
 }
 
@@ -494,6 +571,7 @@ static void start_transfer(struct download *d)
 
     if (d->expect > 0 && d->offset == d->expect) { /* all there already */
         d->status_checked = true;
+        d->ended = true;
         start_sync(d);
         return;
     }
@@ -753,11 +831,10 @@ void download_cancel(struct download *d)
         dl_free(d);
         break;
     case D_ACTIVE:
-        if (!c->in_curl) { /* else the write callback refuses and transfer_done frees it */
-            list_unlink(c, d);
-            dl_free(d);
-            pump(c);
-        }
+        /* In a curl callback the write callback refuses the next bytes and curl ends the
+         * transfer; otherwise it ends now. Either way d goes once its writes are done. */
+        if (!c->in_curl && !d->ended)
+            end_transfer(d, CURLE_ABORTED_BY_CALLBACK);
         break;
     case D_HASHING:
     case D_SYNCING:
@@ -789,17 +866,15 @@ void download_close(struct download_ctx *c)
     for (struct download *d = c->active, *next; d; d = next) {
         next = d->next;
         d->cancelled = true;
-        if (d->st == D_ACTIVE) {
-            list_unlink(c, d);
-            dl_free(d);
-        }
-        /* hashing/syncing ones finish in their thread-pool callbacks (the loop still runs) */
+        if (d->st == D_ACTIVE && !d->ended)
+            end_transfer(d, CURLE_ABORTED_BY_CALLBACK);
+        /* the others finish in their thread-pool callbacks (the loop still runs) */
     }
     if (c->multi)
         C.multi_cleanup(c->multi);
     c->multi = NULL;
     uv_timer_stop(&c->timer);
-    if (c->n_active == 0)
+    if (c->n_active == 0 && !uv_is_closing((uv_handle_t *)&c->timer))
         uv_close((uv_handle_t *)&c->timer, ctx_closed);
     /* else the last thread-pool callback closes it (see finish) */
 }

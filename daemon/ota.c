@@ -273,7 +273,8 @@ static void set_state(struct job *j, enum jstate st)
             j->n.module[0] ? j->n.module : "", j->n.module[0] ? " " : "",
             j->from[0] ? j->from : "?", j->n.version, state_name(st));
     j->st = st;
-    persist(j);
+    if (st != J_VERIFYING) /* a passing state: a restart there starts at downloading */
+        persist(j);
     json_t *ev =
         json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s,s:i}", "event", "ota", "action", "state", "device",
                   j->dev, "job", (json_int_t)j->id, "module", j->n.module, "version", j->n.version,

@@ -420,7 +420,13 @@ int statedb_ota_job_put(struct statedb *s, const struct statedb_ota_job *j)
     bind_opt(st, 11, j->error);
     sqlite3_bind_int64(st, 12, j->created_at ? j->created_at : now);
     sqlite3_bind_int64(st, 13, now);
+    /* A job's row changes a few times per job while its firmware is being written: no fsync
+     * per change (it would stall the loop behind the disk). In WAL mode with synchronous=NORMAL
+     * the commit survives a crash of the process; after a power cut the last change may be
+     * lost, and the job is found again by firmware/get at login, its bytes resumed. */
+    db_exec(s->db, "PRAGMA synchronous=NORMAL");
     err = run_write(s, st, "storing an OTA job", false);
+    db_exec(s->db, "PRAGMA synchronous=FULL");
     return err == -EEXIST ? -EINVAL : err; /* a CHECK constraint */
 }
 

@@ -3,7 +3,8 @@
  * the results of dynamic registration, which must survive anything because the platform hands a
  * secret out only once, the devices added at runtime through the API, and firmware upgrades
  * (each device's module versions and its current OTA job, so a restart resumes the job). Writes use
- * synchronous=FULL and return only once durable. The calls are synchronous and meant for the
+ * synchronous=FULL and return only once durable (OTA job rows excepted, see
+ * statedb_ota_job_put). The calls are synchronous and meant for the
  * loop thread: they touch a few rows, rarely (registration, API add/remove, start-up).
  * Secrets read from here are the caller's to wipe (statedb_reg_free does).
  */
@@ -89,7 +90,8 @@ struct statedb_ota_job {
     int64_t created_at, updated_at;
 };
 
-/* Inserts or replaces the job of j's pk/dn/module (strings borrowed). Durable on return.
+/* Inserts or replaces the job of j's pk/dn/module (strings borrowed). Written with
+ * synchronous=NORMAL (no fsync): it survives a crash of the process, not always a power cut.
  * Errors: -EINVAL (missing field, notice not JSON, unknown state), db_err() codes. */
 int statedb_ota_job_put(struct statedb *s, const struct statedb_ota_job *j);
 /* Removes the job of pk/dn/module; -ENOENT when none. */
