@@ -962,21 +962,17 @@ void ota_device_online(struct device *d)
 {
     const struct device_conf *dc = device_conf(d);
     const char *pk = dc->product_key, *dn = dc->device_name;
-    bool pulled_default = false;
 
     if (!O.running)
         return;
+    /* Only devices with a known version take part in OTA: the others send nothing extra. */
     for (struct version *v = O.vhead; v; v = v->next) {
         if (strcmp(v->pk, pk) != 0 || strcmp(v->dn, dn) != 0)
             continue;
         send_inform(pk, dn, v->module, v->version);
-        if (O.o.pull_at_login) {
+        if (O.o.pull_at_login)
             send_get(pk, dn, v->module, NULL, 0);
-            pulled_default |= v->module[0] == '\0';
-        }
     }
-    if (O.o.pull_at_login && !pulled_default)
-        send_get(pk, dn, "", NULL, 0);
 }
 
 void ota_device_removed(const char *pk, const char *dn)
