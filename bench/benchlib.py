@@ -46,6 +46,8 @@ class Build:
         self.api_publish = os.path.join(self.dir, "bench", "api_publish")
         plugin = os.environ.get("ALIGW_HUB_PLUGIN") or os.path.join(self.dir, "plugins-out",
                                                                     "aligw_hub.so")
+        if not os.path.exists(plugin):  # where the build puts every plugin .so
+            plugin = os.path.join(self.dir, "plugins-out", "aligw_hub.so")
         if not os.path.exists(plugin):
             plugin = hubctl.find_plugin()
         self.hub_plugin = plugin

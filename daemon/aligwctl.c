@@ -48,12 +48,20 @@ static const char usage_text[] =
     "                              answer a property set or service call seen on watch\n"
     "  watch [PK/DN...] [--topic FILTER]... [--kind KIND]...\n"
     "                              follow events live (KIND: message, property_set,\n"
-    "                              service_call, state, reply); Ctrl-C stops\n"
+    "                              service_call, state, reply, ota); Ctrl-C stops\n"
     "  add --json DEVICE_JSON|@FILE\n"
     "  add --pk PK --dn DN [--secret-file FILE | --secret-stdin]\n"
     "                              add a device at runtime (persisted); for one-product-one-\n"
     "                              secret use --json with product_secret\n"
     "  remove PK/DN                remove a device added at runtime\n"
+    "  ota [PK/DN]                 firmware upgrade jobs (device, module, from -> to version,\n"
+    "                              state, progress, error) and versions\n"
+    "  ota-version PK/DN VERSION [MODULE]\n"
+    "                              set a module's firmware version (reported to the cloud)\n"
+    "  ota-check PK/DN [MODULE]    ask the cloud for a pending upgrade (firmware/get)\n"
+    "  ota-result PK/DN JOB ok [VERSION] | ota-result PK/DN JOB STEP [REASON]\n"
+    "                              answer an \"ota\" apply event: applied, or failed with\n"
+    "                              STEP -1 (upgrade), -2 (download), -3 (verify), -4 (flash)\n"
     "  reload                      reload the configuration file\n"
     "  stats                       counters of the daemon and its API\n"
     "  top [--once] [--interval S] live view: devices by state, msg/s, queue, the busiest\n"
@@ -715,6 +723,87 @@ static void print_time(json_t *r, const struct args *a)
         json_is_true(json_object_get(t, "skewed")) ? " (beyond cloud.max_clock_skew_ms)" : "");
 }
 
+static int build_ota(json_t *req, struct args *a)
+{
+    if (a->nrest)
+        set_device(req, a);
+    return 0;
+}
+
+static int build_ota_version(json_t *req, struct args *a)
+{
+    set_device(req, a);
+    json_object_set_new(req, "version", json_string(a->rest[1]));
+    if (a->nrest > 2)
+        json_object_set_new(req, "module", json_string(a->rest[2]));
+    return 0;
+}
+
+static int build_ota_check(json_t *req, struct args *a)
+{
+    set_device(req, a);
+    if (a->nrest > 1)
+        json_object_set_new(req, "module", json_string(a->rest[1]));
+    return 0;
+}
+
+static int build_ota_result(json_t *req, struct args *a)
+{
+    long long job, step = 0;
+    int code = parse_int("JOB", a->rest[1], 1, INT64_MAX, &job);
+    if (code)
+        return code;
+    set_device(req, a);
+    json_object_set_new(req, "job", json_integer(job));
+    if (strcmp(a->rest[2], "ok") != 0) {
+        if ((code = parse_int("STEP", a->rest[2], -4, -1, &step)) != 0)
+            return code;
+        json_object_set_new(req, "step", json_integer(step));
+        if (a->nrest > 3)
+            json_object_set_new(req, "desc", json_string(a->rest[3]));
+    } else if (a->nrest > 3) {
+        json_object_set_new(req, "version", json_string(a->rest[3]));
+    }
+    return 0;
+}
+
+/* One line per job, then the versions of devices without a job. */
+static void print_ota(json_t *r, const struct args *a)
+{
+    json_t *jobs = json_object_get(r, "jobs"), *vers = json_object_get(r, "versions"), *j;
+    size_t i;
+
+    if (json_array_size(jobs))
+        printf("%-40s %-10s %-25s %-11s %5s  %s\n", "DEVICE", "MODULE", "VERSION", "STATE", "PROG",
+               "ERROR");
+    json_array_foreach(jobs, i, j)
+    {
+        const char *m = json_string_value(json_object_get(j, "module"));
+        const char *from = json_string_value(json_object_get(j, "from_version"));
+        const char *err = json_string_value(json_object_get(j, "error"));
+        char ver[160];
+        snprintf(ver, sizeof(ver), "%s → %s", from && *from ? from : "?",
+                 json_string_value(json_object_get(j, "to_version")));
+        printf("%-40s %-10s %-25s %-11s %4lld%%  %s\n",
+               json_string_value(json_object_get(j, "device")), m && *m ? m : "-", ver,
+               json_string_value(json_object_get(j, "state")),
+               (long long)json_integer_value(json_object_get(j, "progress")), err ? err : "");
+    }
+    if (json_array_size(vers)) {
+        printf("%s%-40s %-10s %-25s %s\n", json_array_size(jobs) ? "\n" : "", "DEVICE", "MODULE",
+               "FIRMWARE", "SOURCE");
+        json_array_foreach(vers, i, j)
+        {
+            const char *m = json_string_value(json_object_get(j, "module"));
+            printf("%-40s %-10s %-25s %s\n", json_string_value(json_object_get(j, "device")),
+                   m && *m ? m : "-", json_string_value(json_object_get(j, "version")),
+                   json_string_value(json_object_get(j, "source")));
+        }
+    }
+    if (!json_array_size(jobs) && !json_array_size(vers))
+        printf("no firmware versions known and no upgrade jobs\n");
+}
+
 static void print_devices_cmd(json_t *r, const struct args *a)
 {
     print_devices(r, a->all || a->state);
@@ -768,6 +857,14 @@ static const struct command commands[] = {
      print_result, false},
     {"watch", "watch", 0, NULL, build_watch, NULL, true},
     {"add", "add_device", 0, NULL, build_add, print_result, false},
+    {"ota", "ota", 0, NULL, build_ota, print_ota, false},
+    {"ota-version", "ota_version", 2, "usage: ota-version PK/DN VERSION [MODULE]",
+     build_ota_version, print_result, false},
+    {"ota-check", "ota_check", 1, "usage: ota-check PK/DN [MODULE]", build_ota_check, print_result,
+     false},
+    {"ota-result", "ota_result", 3,
+     "usage: ota-result PK/DN JOB ok [VERSION] | ota-result PK/DN JOB STEP [REASON]",
+     build_ota_result, print_result, false},
     {NULL},
 };
 

@@ -20,10 +20,13 @@
 #include "timesync.h"
 #include "log.h"
 #include "notify.h"
+#include "ota.h"
 #include "outbox.h"
 #include "plugins.h"
 #include "statedb.h"
 #include "strmap.h"
+
+#include <aligw/plugin.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -66,6 +69,7 @@ static struct {
     uv_timer_t sweep;
     uint64_t started_ms;
     bool running;
+    char ota_dir[4096];
 } A;
 
 /* ---- the wait table ---------------------------------------------------------------------- */
@@ -440,6 +444,8 @@ static void join_errors(const struct config_errors *e, char *buf, size_t size)
         off += (size_t)snprintf(buf + off, size - off, "%s%s", i ? "; " : "", e->v[i].text);
 }
 
+static void config_versions(const struct device_conf *d);
+
 static void do_add(struct ipc_reply *r, const struct ipc_request *req)
 {
     struct device_conf dc;
@@ -471,6 +477,8 @@ static void do_add(struct ipc_reply *r, const struct ipc_request *req)
     }
     if (rc == 0)
         rc = devices_add(&dc);
+    if (rc == 0)
+        config_versions(&dc);
     if (rc < 0)
         ipc_reply_errno(r, rc, "device %s not added", key);
     else {
@@ -500,6 +508,36 @@ static void do_remove(struct ipc_reply *r, const struct ipc_request *req)
     devices_remove(req->dev.key);
     log_notice("%s: removed at runtime", req->dev.key);
     ipc_reply_ok(r, NULL);
+}
+
+/* ---- OTA requests ------------------------------------------------------------------------ */
+
+static void do_ota(struct ipc_reply *r, const struct ipc_request *req)
+{
+    if (req->dev.key[0] && !need_device(r, req))
+        return;
+    ipc_reply_ok(r, ota_json(req->dev.key[0] ? req->dev.key : NULL));
+}
+
+static void do_ota_result(struct ipc_reply *r, const struct ipc_request *req)
+{
+    int rc;
+    if (!need_device(r, req))
+        return;
+    rc = ota_result(req->dev.pk, req->dev.dn, req->u.ota.job, req->u.ota.step,
+                    req->u.ota.version[0] ? req->u.ota.version : NULL, req->u.ota.desc);
+    if (rc == -ENOENT)
+        ipc_reply_error(r, IPC_ERR_BAD_REQUEST, "job: no OTA job %lld for %s",
+                        (long long)req->u.ota.job, req->dev.key);
+    else if (rc == -EALREADY)
+        ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                        "job: OTA job %lld of %s is not waiting to be applied (finished, replaced "
+                        "or still downloading)",
+                        (long long)req->u.ota.job, req->dev.key);
+    else if (rc < 0)
+        ipc_reply_errno(r, rc, "OTA result not recorded");
+    else
+        ipc_reply_ok(r, NULL);
 }
 
 static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct ipc_request *req,
@@ -534,8 +572,37 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
         break;
     case IPC_OP_DEVICE: {
         struct device *d = need_device(r, req);
-        if (d)
-            ipc_reply_ok(r, device_status_json(d, true));
+        if (d) {
+            json_t *o = device_status_json(d, true);
+            json_t *fw = ota_json(req->dev.key);
+            json_object_set(o, "firmware", json_object_get(fw, "versions"));
+            json_object_set(o, "ota_jobs", json_object_get(fw, "jobs"));
+            json_decref(fw);
+            ipc_reply_ok(r, o);
+        }
+        break;
+    }
+    case IPC_OP_OTA:
+        do_ota(r, req);
+        break;
+    case IPC_OP_OTA_RESULT:
+        do_ota_result(r, req);
+        break;
+    case IPC_OP_OTA_VERSION: {
+        int rc =
+            ota_set_version(req->dev.pk, req->dev.dn, req->u.ota.module, req->u.ota.version, "api");
+        if (rc < 0)
+            ipc_reply_errno(r, rc, "version of %s not set", req->dev.key);
+        else
+            ipc_reply_ok(r, NULL);
+        break;
+    }
+    case IPC_OP_OTA_CHECK: {
+        int rc = ota_check(req->dev.pk, req->dev.dn, req->u.ota.module);
+        if (rc < 0)
+            ipc_reply_errno(r, rc, "firmware/get for %s not queued", req->dev.key);
+        else
+            ipc_reply_ok(r, NULL);
         break;
     }
     case IPC_OP_ADD_DEVICE:
@@ -699,6 +766,13 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
     if (A.plugins && plugins_serves(A.plugins, dc->product_key, dc->device_name))
         plugins_message(A.plugins, dc->product_key, dc->device_name, topic, payload, len);
 
+    if (t.kind == ALINK_OTA_UPGRADE) {
+        ota_on_push(d, payload, len);
+        return;
+    }
+    if (t.kind == ALINK_REPLY && strcmp(t.name, "thing/ota/firmware/get") == 0)
+        ota_on_get_reply(d, payload, len);
+
     switch (t.kind) {
     case ALINK_PROPERTY_SET:
     case ALINK_SERVICE_CALL:
@@ -767,11 +841,14 @@ static void on_state_changed(void *ctx, struct device *d, enum device_state old)
         timesync_online(dc->product_key, dc->device_name);
     else if (old == DEV_ONLINE)
         timesync_offline(dc->product_key, dc->device_name);
+    if (device_state(d) == DEV_ONLINE && old != DEV_ONLINE)
+        ota_device_online(d);
 }
 
 static void on_device_removed(void *ctx, struct device *d)
 {
     const char *key = device_key(d);
+    ota_device_removed(device_conf(d)->product_key, device_conf(d)->device_name);
     size_t klen = strlen(key);
     struct wait *w = A.head, *next;
 
@@ -815,6 +892,84 @@ static void sink_device_state(void *ctx, const char *pk, const char *dn, int ok,
     json_decref(ev);
 }
 
+static void sink_firmware_result(void *ctx, const char *pk, const char *dn, int64_t job_id,
+                                 int step, const char *version, const char *desc)
+{
+    int rc = ota_result(pk, dn, job_id, step, version, desc);
+    if (rc < 0)
+        log_dev(LOG_WARNING, pk, dn, "plugin answered OTA job %lld, which %s", (long long)job_id,
+                rc == -ENOENT ? "does not exist" : "is not being applied");
+}
+
+static void sink_firmware_version(void *ctx, const char *pk, const char *dn, const char *module,
+                                  const char *version)
+{
+    int rc = ota_set_version(pk, dn, module, version, "plugin");
+    if (rc < 0)
+        log_errno(LOG_WARNING, rc, "%s/%s: firmware version from the plugin not stored", pk, dn);
+}
+
+/* ---- OTA hooks --------------------------------------------------------------------------- */
+
+static int ota_uplink(void *ctx, const char *key, const char *topic, const char *payload,
+                      size_t len)
+{
+    return outbox_append(A.ob, key, topic, payload, len, 1, NULL, NULL);
+}
+
+static int ota_apply_plugin(void *ctx, const char *pk, const char *dn, const struct ota_apply *a)
+{
+    struct aligw_firmware fw = {
+        .size = sizeof(fw),
+        .job_id = a->job_id,
+        .module = a->module,
+        .version = a->version,
+        .from_version = a->from_version,
+        .n_files = a->n_files,
+        .paths = a->paths,
+        .names = a->names,
+        .total_size = a->total_size,
+        .is_diff = a->is_diff,
+        .ext_data = a->ext_data,
+    };
+    if (!A.plugins)
+        return -ENODEV;
+    return plugins_firmware(A.plugins, pk, dn, &fw);
+}
+
+static int ota_event(void *ctx, const char *key, json_t *ev)
+{
+    return A.ipc ? ipc_broadcast(A.ipc, IPC_EV_OTA, key, NULL, ev) : 0;
+}
+
+static void ota_opts_from(const struct config *cfg, struct ota_opts *o)
+{
+    snprintf(A.ota_dir, sizeof(A.ota_dir), "%s/ota", cfg->state_dir);
+    *o = (struct ota_opts){.dir = A.ota_dir,
+                           .max_concurrent = cfg->ota.max_concurrent,
+                           .max_rate = cfg->ota.max_rate,
+                           .ca_file = cfg->ota.ca_file,
+                           .allow_http = cfg->ota.allow_http,
+                           .progress_interval_ms = cfg->ota.progress_interval_ms,
+                           .apply_timeout_s = cfg->ota.apply_timeout_s,
+                           .max_retries = cfg->ota.max_retries,
+                           .min_free_bytes = cfg->ota.min_free_bytes,
+                           .pull_at_login = cfg->ota.pull_at_login};
+}
+
+/* The configuration's firmware_version of each device (file and runtime-added ones). */
+static void config_versions(const struct device_conf *d)
+{
+    for (size_t i = 0; i < d->n_fw; i++)
+        ota_config_version(d->product_key, d->device_name, d->fw_modules[i], d->fw_versions[i]);
+}
+
+static void config_versions_all(const struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_devices; i++)
+        config_versions(&cfg->devices[i]);
+}
+
 /* ---- life cycle -------------------------------------------------------------------------- */
 
 static void add_runtime_devices(void)
@@ -831,6 +986,7 @@ static void add_runtime_devices(void)
         struct config_errors errs = {0};
         if (obj && config_device_from_json(A.cfg, obj, &dc, &errs) == 0) {
             dc.runtime = true;
+            config_versions(&dc);
             if (devices_add(&dc) == -EEXIST)
                 log_warn("%s/%s: added at runtime and also in the configuration file; the "
                          "file's entry is used",
@@ -859,8 +1015,14 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
 {
     struct devices_hooks hooks = {
         .downlink = on_downlink, .state_changed = on_state_changed, .removed = on_device_removed};
-    struct plugins_sink sink = {
-        .uplink = sink_uplink, .device_state = sink_device_state, .subscribe = sink_subscribe};
+    struct plugins_sink sink = {.uplink = sink_uplink,
+                                .device_state = sink_device_state,
+                                .subscribe = sink_subscribe,
+                                .firmware_result = sink_firmware_result,
+                                .firmware_version = sink_firmware_version};
+    struct ota_hooks oh = {
+        .uplink = ota_uplink, .apply_plugin = ota_apply_plugin, .event = ota_event};
+    struct ota_opts oo;
     struct plugins_opts popts = {0};
     char store_dir[4096];
     char *forbid[3];
@@ -887,6 +1049,11 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
                                .send = send_now};
     if ((rc = timesync_start(loop, &to)) < 0)
         return rc;
+    ota_opts_from(cfg, &oo);
+    rc = ota_init(loop, db, &oo, &oh);
+    if (rc < 0)
+        return rc;
+    config_versions_all(cfg);
     rc = devices_init(loop, cfg, ob, db, &hooks);
     if (rc < 0)
         return rc;
@@ -906,13 +1073,19 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
         return rc;
     /* A plugin that fails disables its own devices only; the daemon goes on. */
     plugins_start(A.plugins, cfg->plugins, cfg->n_plugins);
+    ota_start();
     return 0;
 }
 
 void api_apply_config(const struct config *cfg)
 {
+    struct ota_opts oo;
+
     A.cfg = cfg;
     timesync_apply(cfg->cloud.time_sync_s, cfg->cloud.max_clock_skew_ms);
+    ota_opts_from(cfg, &oo);
+    ota_set_opts(&oo);
+    config_versions_all(cfg);
     if (A.ipc)
         ipc_server_set_access(A.ipc, cfg);
 }
@@ -928,6 +1101,7 @@ void api_close(void)
         plugins_close(A.plugins);
         A.plugins = NULL;
     }
+    ota_close();
     while (A.head) {
         if (A.head->kind == WAIT_UPLINK_REPLY)
             ipc_reply_error(A.head->reply, IPC_ERR_UNAVAILABLE, "aligwd is shutting down");

@@ -382,6 +382,12 @@ static void config_defaults(struct config *c)
     c->api.max_payload = 256 << 10;
     c->api.service_timeout_ms = 8000;
     c->health.min_online = 0.5;
+    c->ota.max_concurrent = 4;
+    c->ota.progress_interval_ms = 3000;
+    c->ota.apply_timeout_s = 600;
+    c->ota.max_retries = 10;
+    c->ota.min_free_bytes = 16 << 20;
+    c->ota.pull_at_login = true;
 }
 
 static void check_private(struct loader *L, const char *display, const struct stat *st)
@@ -456,6 +462,47 @@ static bool plugins_same(const struct config *a, const struct config *b)
     return true;
 }
 
+static bool ota_bool(struct loader *L, json_t *v, const char *p, bool *out)
+{
+    if (!json_is_boolean(v)) {
+        cfg_jerr(L, p, false, "must be true or false, got %s", cfg_json_type_name(v));
+        return false;
+    }
+    *out = json_is_true(v);
+    return true;
+}
+
+static void ota_allow_http(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    ota_bool(L, v, p, &L->c->ota.allow_http);
+}
+
+static void ota_pull_at_login(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    ota_bool(L, v, p, &L->c->ota.pull_at_login);
+}
+
+/* Firmware upgrades: every key applies on reload (to downloads started afterwards). */
+static const struct key ota_keys[] = {
+    {"max_concurrent", K_INT, CF(ota.max_concurrent), .lo = 1, .hi = 10000},
+    {"max_rate", K_INT, CF(ota.max_rate), .lo = 0, .hi = INT64_MAX},
+    {"ca_file", K_PATH, CF(ota.ca_file)},
+    {"allow_http", K_FN, .fn = ota_allow_http},
+    {"progress_interval_ms", K_INT, CF(ota.progress_interval_ms), .lo = 100, .hi = 3600000},
+    {"apply_timeout_s", K_INT, CF(ota.apply_timeout_s), .lo = 1, .hi = 7 * 86400},
+    {"max_retries", K_INT, CF(ota.max_retries), .lo = 0, .hi = 1000},
+    {"min_free_bytes", K_INT, CF(ota.min_free_bytes), .lo = 0, .hi = INT64_MAX},
+    {"pull_at_login", K_FN, .fn = ota_pull_at_login},
+    {0},
+};
+
+static void parse_ota(struct loader *L, void *ctx, json_t *o, const char *path)
+{
+    if (!cfg_j_object(L, o, path))
+        return;
+    cfg_walk(L, o, path, ota_keys, NULL, NULL);
+}
+
 /* The top level. The keys read after the walk are those whose order matters. */
 static const struct key root_keys[] = {
     {.name = "cloud", .kind = K_SKIP},
@@ -469,6 +516,7 @@ static const struct key root_keys[] = {
     {"api", K_FN, .fn = parse_api, .sub = api_keys},
     {"metrics", K_FN, .fn = parse_metrics, .sub = metrics_keys},
     {"health", K_FN, .fn = parse_health, .sub = health_keys},
+    {"ota", K_FN, .fn = parse_ota, .sub = ota_keys},
     {0},
 };
 
@@ -723,6 +771,7 @@ void config_free(struct config *c)
     free(c->api.socket);
     free(c->metrics.listen);
     free(c->api.group);
+    free(c->ota.ca_file);
     cfg_free_strv(c->api.allow_users, c->api.n_allow_users);
     cfg_free_strv(c->api.allow_groups, c->api.n_allow_groups);
     cfg_free_strv(c->api.admin_users, c->api.n_admin_users);

@@ -49,6 +49,9 @@ struct device_conf {
     double rate;       /* uplink messages/s, 0 = unlimited */
     int64_t max_bytes; /* per-device outbox cap, 0 = none */
     bool runtime;      /* added through the API, persisted in the state database */
+    /* "firmware_version": the firmware version of each module ("" = the default module) */
+    char **fw_modules, **fw_versions;
+    size_t n_fw;
 };
 
 struct plugin_conf {
@@ -119,6 +122,18 @@ struct config {
     struct {
         double min_online; /* share of the devices that must be online to be healthy */
     } health;
+
+    struct {
+        int max_concurrent;       /* downloads at once, gateway-wide */
+        int64_t max_rate;         /* bytes/s for all downloads together, 0 = unlimited */
+        char *ca_file;            /* trust store for firmware downloads, NULL = the system's */
+        bool allow_http;          /* accept http:// firmware URLs */
+        int progress_interval_ms; /* least time between two progress reports of a job */
+        int apply_timeout_s;      /* no result from the applier for this long: failed (-4) */
+        int max_retries;          /* network errors in a row before a download fails (-2) */
+        int64_t min_free_bytes;   /* disk that must stay free after a package is stored */
+        bool pull_at_login;       /* thing.ota.firmware.get after every login */
+    } ota;
 
     char *devices_file;
     struct device_conf *devices;

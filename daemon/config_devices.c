@@ -59,6 +59,7 @@ enum dfield {
     DF_TOPICS,
     DF_RATE,
     DF_MAXBYTES,
+    DF_FIRMWARE,
     DF__N
 };
 
@@ -83,6 +84,7 @@ static const char *const dfield_name[DF__N] = {
     "topics",
     "rate",
     "max_bytes",
+    "firmware_version",
 };
 
 #define BIT(f) (1u << (f))
@@ -96,7 +98,7 @@ static const char *const dfield_name[DF__N] = {
 #define MASK_CLOUD                                                                                 \
     (BIT(DF_HOST) | BIT(DF_PORT) | BIT(DF_TLS) | BIT(DF_CA) | BIT(DF_VERIFY) |                     \
      BIT(DF_SECUREMODE) | BIT(DF_SIGN) | BIT(DF_TS) | BIT(DF_KEEPALIVE) | BIT(DF_CLEAN) |          \
-     BIT(DF_RECONNECT))
+     BIT(DF_RECONNECT) | BIT(DF_FIRMWARE))
 #define MASK_DEVICE (BIT(DF__N) - 1)
 /* Columns of the devices file (the format shared with the local hub). */
 #define MASK_CSV                                                                                   \
@@ -330,6 +332,32 @@ static void add_topic(struct dsrc *s, struct dev_build *b, long idx, const char 
     b->set |= BIT(DF_TOPICS);
 }
 
+/* One module's firmware version ("" = default module): 1-64 printable bytes each. */
+static void add_firmware(struct dsrc *s, struct dev_build *b, const char *module, const char *v)
+{
+    size_t n = strlen(v), m = strlen(module);
+    char **nm, **nv;
+    if (n < 1 || n > 64 || m > 64)
+        FAIL(s, DF_FIRMWARE, -1, "versions are 1-64 characters and modules at most 64");
+    for (const char *p = v; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            FAIL(s, DF_FIRMWARE, -1, "must not contain control characters");
+    nm = realloc(b->d.fw_modules, (b->d.n_fw + 1) * sizeof(*nm));
+    if (nm)
+        b->d.fw_modules = nm;
+    nv = realloc(b->d.fw_versions, (b->d.n_fw + 1) * sizeof(*nv));
+    if (nv)
+        b->d.fw_versions = nv;
+    if (!nm || !nv) {
+        s->L->oom = true;
+        return;
+    }
+    b->d.fw_modules[b->d.n_fw] = cfg_ldup(s->L, strcmp(module, "default") ? module : "");
+    b->d.fw_versions[b->d.n_fw] = cfg_ldup(s->L, v);
+    b->d.n_fw++;
+    b->set |= BIT(DF_FIRMWARE);
+}
+
 /* A device being read from a JSON object (or the per-device keys of "cloud"). */
 struct dev_walk {
     struct dsrc *s;
@@ -395,6 +423,29 @@ static bool dev_json_member(struct loader *L, void *ctx, const char *k, json_t *
         else
             set_bool(s, b, f, json_is_true(v));
         break;
+    case DF_FIRMWARE: {
+        const char *mk;
+        json_t *mv;
+        if (json_is_string(v)) {
+            add_firmware(s, b, "", json_string_value(v));
+            break;
+        }
+        if (!json_is_object(v)) {
+            dev_err(s, f, -1,
+                    "must be a version string or an object {\"module\": \"version\"}, got %s",
+                    cfg_json_type_name(v));
+            break;
+        }
+        json_object_foreach(v, mk, mv)
+        {
+            if (!json_is_string(mv)) {
+                dev_err(s, f, -1, "module \"%.64s\": the version must be a string", mk);
+                break;
+            }
+            add_firmware(s, b, mk, json_string_value(mv));
+        }
+        break;
+    }
     case DF_TOPICS: {
         size_t i;
         json_t *el;
@@ -496,6 +547,19 @@ static bool dev_finish(struct dsrc *s, struct dev_build *b, const struct config 
         d->rate = 30;
     if (!(set & BIT(DF_MAXBYTES)))
         d->max_bytes = 0;
+    if (!(set & BIT(DF_FIRMWARE)) && def->n_fw) {
+        d->fw_modules = calloc(def->n_fw, sizeof(char *));
+        d->fw_versions = calloc(def->n_fw, sizeof(char *));
+        if (!d->fw_modules || !d->fw_versions) {
+            L->oom = true;
+            return false;
+        }
+        for (size_t i = 0; i < def->n_fw; i++) {
+            d->fw_modules[i] = cfg_ldup(L, def->fw_modules[i]);
+            d->fw_versions[i] = cfg_ldup(L, def->fw_versions[i]);
+            d->n_fw++;
+        }
+    }
     if (!(set & BIT(DF_CA)))
         d->ca_file = cfg_ldup(L, def->ca_file ? def->ca_file : DEFAULT_CA_FILE);
     if (!(set & BIT(DF_HOST))) {
@@ -541,6 +605,8 @@ void config_device_conf_free(struct device_conf *d)
     free(d->host);
     free(d->ca_file);
     cfg_free_strv(d->topics, d->n_topics);
+    cfg_free_strv(d->fw_modules, d->n_fw);
+    cfg_free_strv(d->fw_versions, d->n_fw);
     memset(d, 0, sizeof(*d));
 }
 
@@ -559,6 +625,8 @@ int config_device_conf_copy(struct device_conf *dst, const struct device_conf *s
     dst->client_id = dst->host = dst->ca_file = NULL;
     dst->topics = NULL;
     dst->n_topics = 0;
+    dst->fw_modules = dst->fw_versions = NULL;
+    dst->n_fw = 0;
     if (dup_opt(&dst->product_key, src->product_key) < 0 ||
         dup_opt(&dst->device_name, src->device_name) < 0 ||
         dup_opt(&dst->device_secret, src->device_secret) < 0 ||
@@ -574,6 +642,22 @@ int config_device_conf_copy(struct device_conf *dst, const struct device_conf *s
             if (dup_opt(&dst->topics[i], src->topics[i]) < 0)
                 goto fail;
             dst->n_topics++;
+        }
+    }
+    if (src->n_fw) {
+        dst->fw_modules = calloc(src->n_fw, sizeof(char *));
+        dst->fw_versions = calloc(src->n_fw, sizeof(char *));
+        if (!dst->fw_modules || !dst->fw_versions) {
+            free(dst->fw_modules);
+            free(dst->fw_versions);
+            dst->fw_modules = dst->fw_versions = NULL;
+            goto fail;
+        }
+        for (size_t i = 0; i < src->n_fw; i++) {
+            dst->n_fw++;
+            if (dup_opt(&dst->fw_modules[i], src->fw_modules[i]) < 0 ||
+                dup_opt(&dst->fw_versions[i], src->fw_versions[i]) < 0)
+                goto fail;
         }
     }
     return 0;

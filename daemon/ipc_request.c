@@ -34,6 +34,10 @@ static const char *const op_names[IPC_OP_COUNT_] = {
     [IPC_OP_STATS] = "stats",
     [IPC_OP_RELOAD] = "reload",
     [IPC_OP_STATUS] = "status",
+    [IPC_OP_OTA] = "ota",
+    [IPC_OP_OTA_RESULT] = "ota_result",
+    [IPC_OP_OTA_VERSION] = "ota_version",
+    [IPC_OP_OTA_CHECK] = "ota_check",
 };
 
 static const char *const err_names[IPC_ERR_COUNT_] = {
@@ -53,8 +57,8 @@ static const char *const err_names[IPC_ERR_COUNT_] = {
     [IPC_ERR_BUSY] = "busy",
 };
 
-static const char *const kind_names[] = {"message", "property_set", "service_call", "state",
-                                         "reply"};
+static const char *const kind_names[] = {"message", "property_set", "service_call",
+                                         "state",   "reply",        "ota"};
 
 const char *ipc_op_name(enum ipc_op op)
 {
@@ -607,7 +611,7 @@ static int f_watch_kinds(struct pctx *c, const char *name, json_t *v)
         if (!k)
             return fail(c, IPC_ERR_BAD_REQUEST, name,
                         "element %zu: must be one of message, property_set, service_call, "
-                        "state, reply",
+                        "state, reply, ota",
                         i);
         kinds |= k;
     }
@@ -634,6 +638,53 @@ static int f_state(struct pctx *c, const char *name, json_t *v)
 static int f_client(struct pctx *c, const char *name, json_t *v)
 {
     return (c->req->u.hello.client = dup_str(c, name, v, 0, 64)) ? 0 : -1;
+}
+
+static int f_ota_job(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_integer(v) || json_integer_value(v) <= 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a positive integer (the job id)");
+    c->req->u.ota.job = (int64_t)json_integer_value(v);
+    return 0;
+}
+
+static int f_ota_step(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_integer(v) || json_integer_value(v) > 0 || json_integer_value(v) < -4)
+        return fail(c, IPC_ERR_BAD_REQUEST, name,
+                    "must be 0 (applied) or -1 (upgrade failed), -2 (download failed), -3 "
+                    "(verify failed), -4 (flash failed)");
+    c->req->u.ota.step = (int)json_integer_value(v);
+    return 0;
+}
+
+/* Versions and module names: 1-64 printable bytes without control characters. */
+static int ota_text(struct pctx *c, const char *name, json_t *v, char *dst, size_t min)
+{
+    size_t n;
+    const char *s = get_str(c, name, v, min, 64, &n);
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return fail(c, IPC_ERR_BAD_REQUEST, name, "must not contain control characters");
+    memcpy(dst, s, n + 1);
+    return 0;
+}
+
+static int f_ota_version(struct pctx *c, const char *name, json_t *v)
+{
+    return ota_text(c, name, v, c->req->u.ota.version, 1);
+}
+
+static int f_ota_module(struct pctx *c, const char *name, json_t *v)
+{
+    return ota_text(c, name, v, c->req->u.ota.module, 0);
+}
+
+static int f_ota_desc(struct pctx *c, const char *name, json_t *v)
+{
+    return (c->req->u.ota.desc = dup_str(c, name, v, 0, 128)) ? 0 : -1;
 }
 
 struct field {
@@ -673,6 +724,16 @@ static const struct field fl_devices[] = {{"state", f_state, false}, END};
 static const struct field fl_device[] = {{"device", f_device, true}, END};
 static const struct field fl_add[] = {{"device", f_add_device, true}, END};
 static const struct field fl_none[] = {END};
+static const struct field fl_ota[] = {{"device", f_device, false}, END};
+static const struct field fl_ota_result[] = {
+    {"device", f_device, true},        {"job", f_ota_job, true},    {"step", f_ota_step, false},
+    {"version", f_ota_version, false}, {"desc", f_ota_desc, false}, END};
+static const struct field fl_ota_version[] = {{"device", f_device, true},
+                                              {"module", f_ota_module, false},
+                                              {"version", f_ota_version, true},
+                                              END};
+static const struct field fl_ota_check[] = {
+    {"device", f_device, true}, {"module", f_ota_module, false}, END};
 
 static const struct field *const op_fields[IPC_OP_COUNT_] = {
     [IPC_OP_HELLO] = fl_hello,
@@ -688,6 +749,10 @@ static const struct field *const op_fields[IPC_OP_COUNT_] = {
     [IPC_OP_STATS] = fl_none,
     [IPC_OP_RELOAD] = fl_none,
     [IPC_OP_STATUS] = fl_none,
+    [IPC_OP_OTA] = fl_ota,
+    [IPC_OP_OTA_RESULT] = fl_ota_result,
+    [IPC_OP_OTA_VERSION] = fl_ota_version,
+    [IPC_OP_OTA_CHECK] = fl_ota_check,
 };
 
 static int check_whole(struct pctx *c)
@@ -858,6 +923,9 @@ void ipc_request_free(struct ipc_request *req)
         break;
     case IPC_OP_DEVICES:
         free(req->u.devices.state);
+        break;
+    case IPC_OP_OTA_RESULT:
+        free(req->u.ota.desc);
         break;
     default:
         break;

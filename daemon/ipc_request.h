@@ -44,6 +44,10 @@ enum ipc_op {
     IPC_OP_STATS,
     IPC_OP_RELOAD,
     IPC_OP_STATUS,
+    IPC_OP_OTA,         /* list OTA jobs and firmware versions */
+    IPC_OP_OTA_RESULT,  /* an API client applied (or failed to apply) a firmware */
+    IPC_OP_OTA_VERSION, /* set a device module's firmware version */
+    IPC_OP_OTA_CHECK,   /* ask the platform for a pending upgrade (firmware/get) */
     IPC_OP_COUNT_
 };
 
@@ -73,7 +77,8 @@ enum ipc_event_kind {
     IPC_EV_SERVICE_CALL = 1u << 2, /* thing.service.<id> (async or RRPC), parsed */
     IPC_EV_STATE = 1u << 3,        /* a device's session state changed */
     IPC_EV_REPLY = 1u << 4,        /* the platform's _reply to an uplink */
-    IPC_EV_ALL_ = (1u << 5) - 1
+    IPC_EV_OTA = 1u << 5,          /* an OTA job changed state, or firmware is ready to apply */
+    IPC_EV_ALL_ = (1u << 6) - 1
 };
 
 /* "pk/dn" split and joined; all three NUL-terminated. */
@@ -130,6 +135,13 @@ struct ipc_request {
         struct {
             char *state; /* devices: optional filter by state name, may be NULL */
         } devices;
+        struct {
+            int64_t job;      /* ota_result: the job id from the "ota" event (required) */
+            int step;         /* ota_result: 0 = applied, -1..-4 = failed (the platform's steps) */
+            char module[65];  /* ota_version, ota_check: "" = the default module */
+            char version[65]; /* ota_result: the version now running; ota_version: required */
+            char *desc;       /* ota_result: why it failed (<= 128 bytes), may be NULL */
+        } ota; /* ota (dev.key "" = every device), ota_result, ota_version, ota_check */
     } u;
 };
 

@@ -43,7 +43,7 @@
 #define CHILD_WRITE_MAX (16u << 20) /* bytes queued towards a host before it counts as hung */
 #define STOP_WAIT_MS 2000           /* how long shutdown waits for a host to stop its plugin */
 
-enum qtype { Q_UPLINK, Q_STATE, Q_SUBSCRIBE };
+enum qtype { Q_UPLINK, Q_STATE, Q_SUBSCRIBE, Q_FW_RESULT, Q_FW_VERSION };
 
 struct pref; /* a plugin as seen by a pending completion */
 
@@ -52,12 +52,13 @@ struct qitem {
     enum qtype type;
     const struct aligw_device *dev;
     int qos, ok;
-    char *topic;   /* uplink topic, subscribe filter */
-    char *payload; /* uplink payload, state reason */
+    char *topic;   /* uplink topic, subscribe filter, firmware version */
+    char *payload; /* uplink payload, state reason, firmware result desc or module */
     size_t len;
     struct pref *ref; /* tracked uplink: whom to tell (a reference), else NULL */
     uint32_t gen;     /* the plugin's generation (host process) that posted it */
     uint64_t cookie;
+    int64_t job_id; /* firmware result */
 };
 
 enum req_kind { REQ_SET, REQ_SERVICE };
@@ -316,6 +317,15 @@ static void drain(struct plugins *ps)
             if (rc < 0)
                 log_errno(LOG_WARNING, rc, "%s/%s: plugin subscription to %s failed", pk, dn,
                           it->topic);
+            break;
+        case Q_FW_RESULT:
+            if (ps->sink.firmware_result)
+                ps->sink.firmware_result(ps->sink.ctx, pk, dn, it->job_id, it->ok, it->topic,
+                                         it->payload);
+            break;
+        case Q_FW_VERSION:
+            if (ps->sink.firmware_version)
+                ps->sink.firmware_version(ps->sink.ctx, pk, dn, it->payload, it->topic);
             break;
         }
         pthread_mutex_lock(&ps->lock);
@@ -634,6 +644,71 @@ static int h_subscribe(const struct aligw_host *h, const struct aligw_device *de
     return enqueue(p, it);
 }
 
+/* 1-64 printable bytes. */
+static bool fw_text_ok(const char *s, bool may_be_empty)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0)
+        return may_be_empty;
+    if (n > 64)
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return false;
+    return true;
+}
+
+static int h_firmware_result(const struct aligw_host *h, const struct aligw_device *dev,
+                             int64_t job_id, int step, const char *version, const char *desc)
+{
+    struct plugin *p = host_plugin(h);
+    struct qitem *it;
+
+    if (!dev_ok(p, dev))
+        return -ENODEV;
+    if (step > 0 || step < -4 || job_id <= 0 || !fw_text_ok(version, true))
+        return -EINVAL;
+    it = calloc(1, sizeof *it);
+    if (!it)
+        return -ENOMEM;
+    it->type = Q_FW_RESULT;
+    it->dev = dev;
+    it->job_id = job_id;
+    it->ok = step;
+    it->topic = strdup(version ? version : "");
+    if (asprintf(&it->payload, "%.128s", desc ? desc : "") < 0)
+        it->payload = NULL;
+    if (!it->topic || !it->payload) {
+        qitem_free(it);
+        return -ENOMEM;
+    }
+    return enqueue(p, it);
+}
+
+static int h_set_firmware_version(const struct aligw_host *h, const struct aligw_device *dev,
+                                  const char *module, const char *version)
+{
+    struct plugin *p = host_plugin(h);
+    struct qitem *it;
+
+    if (!dev_ok(p, dev))
+        return -ENODEV;
+    if (!fw_text_ok(version, false) || !fw_text_ok(module, true))
+        return -EINVAL;
+    it = calloc(1, sizeof *it);
+    if (!it)
+        return -ENOMEM;
+    it->type = Q_FW_VERSION;
+    it->dev = dev;
+    it->topic = strdup(version);
+    it->payload = strdup(module ? module : "");
+    if (!it->topic || !it->payload) {
+        qitem_free(it);
+        return -ENOMEM;
+    }
+    return enqueue(p, it);
+}
+
 static int h_post(const struct aligw_host *h, const struct aligw_device *dev,
                   const struct aligw_post *post)
 {
@@ -729,6 +804,8 @@ static const struct aligw_host host_table = {
     .subscribe = h_subscribe,
     .post = h_post,
     .device_info = h_device_info,
+    .firmware_result = h_firmware_result,
+    .set_firmware_version = h_set_firmware_version,
 };
 
 /* ---- lifecycle ---- */
@@ -1769,6 +1846,19 @@ int plugins_message(struct plugins *ps, const char *pk, const char *dn, const ch
     if (rc < 0)
         log_debug("plugin %s: on_message returned %d (ignored)", p->label, rc);
     return 0;
+}
+
+int plugins_firmware(struct plugins *ps, const char *pk, const char *dn,
+                     const struct aligw_firmware *fw)
+{
+    struct plugin *p;
+    const struct aligw_device *dev;
+
+    if (!ps || !find(ps, pk, dn, &p, &dev) || !p->running)
+        return -ENODEV;
+    if (p->isolated || !p->desc.on_firmware) /* not yet carried to a plugin host */
+        return -ENOTSUP;
+    return p->desc.on_firmware(p->instance, dev, fw);
 }
 
 void plugins_stop(struct plugins *ps)

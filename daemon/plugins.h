@@ -20,6 +20,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -38,6 +39,12 @@ struct plugins_sink {
     /* Optional (NULL: plugins get -ENOTSUP): subscribe pk/dn's session to topic_filter, so that
      * messages on it reach plugins_message(). */
     int (*subscribe)(void *ctx, const char *pk, const char *dn, const char *topic_filter);
+    /* Optional (ABI 1.1): a plugin's answer to on_firmware (see aligw_host.firmware_result). */
+    void (*firmware_result)(void *ctx, const char *pk, const char *dn, int64_t job_id, int step,
+                            const char *version, const char *desc);
+    /* Optional (ABI 1.1): a plugin set the firmware version of pk/dn's module. */
+    void (*firmware_version)(void *ctx, const char *pk, const char *dn, const char *module,
+                             const char *version);
 };
 
 struct plugins_opts {
@@ -98,6 +105,15 @@ int plugins_service_call(struct plugins *ps, const char *pk, const char *dn, con
  * Returns 0 if delivered, -ENOENT if no plugin asked for it, -ENODEV if no plugin serves pk/dn. */
 int plugins_message(struct plugins *ps, const char *pk, const char *dn, const char *topic,
                     const void *payload, size_t len);
+
+struct aligw_firmware;
+/*
+ * Hands verified firmware to the plugin serving pk/dn (fw borrowed for the call). Returns 0 when
+ * the plugin took it, -ENODEV (no running plugin serves pk/dn), -ENOTSUP (its plugin has no
+ * on_firmware: ABI 1.0 or not implemented), or the plugin's negative errno.
+ */
+int plugins_firmware(struct plugins *ps, const char *pk, const char *dn,
+                     const struct aligw_firmware *fw);
 
 /*
  * Stops every plugin (stop, then destroy), delivers what they queued before stopping, then

@@ -295,3 +295,227 @@ int statedb_outbox_put(struct statedb *s, const struct statedb_outbox *r)
     sqlite3_bind_int64(st, 2, r->committed_seq);
     return run_write(s, st, "recording the outbox", false);
 }
+
+/* ---- OTA: versions and jobs -------------------------------------------------------------- */
+
+int statedb_ota_version_put(struct statedb *s, const char *pk, const char *dn, const char *module,
+                            const char *version, const char *source)
+{
+    sqlite3_stmt *st;
+    int err;
+
+    if (!pk || !dn || !version || !*version || !source)
+        return -EINVAL;
+    err = db_prepare(s->db,
+                     "INSERT INTO ota_version(product_key, device_name, module, version, source, "
+                     "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
+                     "ON CONFLICT(product_key, device_name, module) DO UPDATE SET "
+                     "version = ?4, source = ?5, updated_at = ?6",
+                     &st);
+    if (err < 0)
+        return err;
+    sqlite3_bind_text(st, 1, pk, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, dn, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, module ? module : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, version, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, source, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, (int64_t)time(NULL));
+    return run_write(s, st, "storing a firmware version", false);
+}
+
+void statedb_ota_version_list_free(struct statedb_ota_version *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].product_key);
+        free(v[i].device_name);
+        free(v[i].module);
+        free(v[i].version);
+        free(v[i].source);
+    }
+    free(v);
+}
+
+/* Grows *v (of elem bytes each) to hold one more; returns the new slot zeroed or NULL. */
+static void *grow(void **v, size_t *cap, size_t n, size_t elem)
+{
+    if (n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 16;
+        void *nv = realloc(*v, nc * elem);
+        if (!nv)
+            return NULL;
+        *v = nv;
+        *cap = nc;
+    }
+    char *slot = (char *)*v + n * elem;
+    memset(slot, 0, elem);
+    return slot;
+}
+
+int statedb_ota_version_list(struct statedb *s, struct statedb_ota_version **out, size_t *n)
+{
+    struct statedb_ota_version *v = NULL;
+    size_t cap = 0;
+    sqlite3_stmt *st;
+    int rc, err;
+
+    *out = NULL;
+    *n = 0;
+    err = db_prepare(s->db,
+                     "SELECT product_key, device_name, module, version, source, updated_at "
+                     "FROM ota_version ORDER BY product_key, device_name, module",
+                     &st);
+    if (err < 0)
+        return err;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct statedb_ota_version *x = grow((void **)&v, &cap, *n, sizeof(*v));
+        if (!x) {
+            err = -ENOMEM;
+            break;
+        }
+        (*n)++;
+        x->updated_at = sqlite3_column_int64(st, 5);
+        if ((err = dup_col(st, 0, &x->product_key)) < 0 ||
+            (err = dup_col(st, 1, &x->device_name)) < 0 || (err = dup_col(st, 2, &x->module)) < 0 ||
+            (err = dup_col(st, 3, &x->version)) < 0 || (err = dup_col(st, 4, &x->source)) < 0)
+            break;
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = db_err(s->db, rc);
+    sqlite3_finalize(st);
+    if (err < 0) {
+        statedb_ota_version_list_free(v, *n);
+        *n = 0;
+        return err;
+    }
+    *out = v;
+    return 0;
+}
+
+int statedb_ota_job_put(struct statedb *s, const struct statedb_ota_job *j)
+{
+    sqlite3_stmt *st;
+    int64_t now = (int64_t)time(NULL);
+    int err;
+
+    if (!j->product_key || !j->device_name || !j->to_version || !j->state || !j->notice ||
+        j->job_id <= 0)
+        return -EINVAL;
+    err = db_prepare(s->db,
+                     "INSERT OR REPLACE INTO ota_job(product_key, device_name, module, job_id, "
+                     "from_version, to_version, state, notice, progress, step, error, created_at, "
+                     "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     &st);
+    if (err < 0)
+        return err;
+    sqlite3_bind_text(st, 1, j->product_key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, j->device_name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, j->module ? j->module : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, j->job_id);
+    bind_opt(st, 5, j->from_version);
+    sqlite3_bind_text(st, 6, j->to_version, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, j->state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, j->notice, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 9, j->progress);
+    sqlite3_bind_int(st, 10, j->step);
+    bind_opt(st, 11, j->error);
+    sqlite3_bind_int64(st, 12, j->created_at ? j->created_at : now);
+    sqlite3_bind_int64(st, 13, now);
+    /* A job's row changes a few times per job while its firmware is being written: no fsync
+     * per change (it would stall the loop behind the disk). In WAL mode with synchronous=NORMAL
+     * the commit survives a crash of the process; after a power cut the last change may be
+     * lost, and the job is found again by firmware/get at login, its bytes resumed. */
+    db_exec(s->db, "PRAGMA synchronous=NORMAL");
+    err = run_write(s, st, "storing an OTA job", false);
+    db_exec(s->db, "PRAGMA synchronous=FULL");
+    return err == -EEXIST ? -EINVAL : err; /* a CHECK constraint */
+}
+
+int statedb_ota_job_delete(struct statedb *s, const char *pk, const char *dn, const char *module)
+{
+    sqlite3_stmt *st;
+    int err = db_prepare(s->db,
+                         "DELETE FROM ota_job WHERE product_key = ?1 AND device_name = ?2 AND "
+                         "module = ?3",
+                         &st);
+    if (err < 0)
+        return err;
+    sqlite3_bind_text(st, 1, pk, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, dn, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, module ? module : "", -1, SQLITE_STATIC);
+    return run_write(s, st, "removing an OTA job", true);
+}
+
+void statedb_ota_job_list_free(struct statedb_ota_job *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].product_key);
+        free(v[i].device_name);
+        free(v[i].module);
+        free(v[i].from_version);
+        free(v[i].to_version);
+        free(v[i].state);
+        free(v[i].notice);
+        free(v[i].error);
+    }
+    free(v);
+}
+
+int statedb_ota_job_list(struct statedb *s, struct statedb_ota_job **out, size_t *n)
+{
+    struct statedb_ota_job *v = NULL;
+    size_t cap = 0;
+    sqlite3_stmt *st;
+    int rc, err;
+
+    *out = NULL;
+    *n = 0;
+    err = db_prepare(s->db,
+                     "SELECT product_key, device_name, module, job_id, from_version, to_version, "
+                     "state, notice, progress, step, error, created_at, updated_at FROM ota_job "
+                     "ORDER BY job_id",
+                     &st);
+    if (err < 0)
+        return err;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct statedb_ota_job *x = grow((void **)&v, &cap, *n, sizeof(*v));
+        if (!x) {
+            err = -ENOMEM;
+            break;
+        }
+        (*n)++;
+        x->job_id = sqlite3_column_int64(st, 3);
+        x->progress = sqlite3_column_int(st, 8);
+        x->step = sqlite3_column_int(st, 9);
+        x->created_at = sqlite3_column_int64(st, 11);
+        x->updated_at = sqlite3_column_int64(st, 12);
+        if ((err = dup_col(st, 0, &x->product_key)) < 0 ||
+            (err = dup_col(st, 1, &x->device_name)) < 0 || (err = dup_col(st, 2, &x->module)) < 0 ||
+            (err = dup_col(st, 4, &x->from_version)) < 0 ||
+            (err = dup_col(st, 5, &x->to_version)) < 0 || (err = dup_col(st, 6, &x->state)) < 0 ||
+            (err = dup_col(st, 7, &x->notice)) < 0 || (err = dup_col(st, 10, &x->error)) < 0)
+            break;
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = db_err(s->db, rc);
+    sqlite3_finalize(st);
+    if (err < 0) {
+        statedb_ota_job_list_free(v, *n);
+        *n = 0;
+        return err;
+    }
+    *out = v;
+    return 0;
+}
+
+int statedb_ota_last_job_id(struct statedb *s, int64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc, err = db_prepare(s->db, "SELECT COALESCE(MAX(job_id), 0) FROM ota_job", &st);
+    if (err < 0)
+        return err;
+    rc = sqlite3_step(st);
+    *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    err = rc == SQLITE_ROW ? 0 : db_err(s->db, rc);
+    sqlite3_finalize(st);
+    return err;
+}

@@ -1,8 +1,10 @@
 /*
  * statedb: the daemon's small state database (state_dir/state.db, separate from the outbox):
  * the results of dynamic registration, which must survive anything because the platform hands a
- * secret out only once, and the devices added at runtime through the API. Writes use
- * synchronous=FULL and return only once durable. The calls are synchronous and meant for the
+ * secret out only once, the devices added at runtime through the API, and firmware upgrades
+ * (each device's module versions and its current OTA job, so a restart resumes the job). Writes use
+ * synchronous=FULL and return only once durable (OTA job rows excepted, see
+ * statedb_ota_job_put). The calls are synchronous and meant for the
  * loop thread: they touch a few rows, rarely (registration, API add/remove, start-up).
  * Secrets read from here are the caller's to wipe (statedb_reg_free does).
  */
@@ -64,5 +66,40 @@ struct statedb_outbox {
 int statedb_outbox_get(struct statedb *s, struct statedb_outbox *out);
 /* Records r; durable on return. Returns 0 or a db_err() code (logged). */
 int statedb_outbox_put(struct statedb *s, const struct statedb_outbox *r);
+
+/* The firmware version of one module of a device ("" = default module). */
+struct statedb_ota_version {
+    char *product_key, *device_name, *module, *version, *source;
+    int64_t updated_at;
+};
+
+/* Stores pk/dn/module's version (strings borrowed); source is "config", "plugin", "api", "ota".
+ * Durable on return. */
+int statedb_ota_version_put(struct statedb *s, const char *pk, const char *dn, const char *module,
+                            const char *version, const char *source);
+/* Every stored version, by device and module; free with statedb_ota_version_list_free. */
+int statedb_ota_version_list(struct statedb *s, struct statedb_ota_version **out, size_t *n);
+void statedb_ota_version_list_free(struct statedb_ota_version *v, size_t n);
+
+/* A device module's OTA job (one per pk/dn/module). */
+struct statedb_ota_job {
+    char *product_key, *device_name, *module;
+    int64_t job_id;
+    char *from_version, *to_version, *state, *notice, *error; /* from_version, error may be NULL */
+    int progress, step;
+    int64_t created_at, updated_at;
+};
+
+/* Inserts or replaces the job of j's pk/dn/module (strings borrowed). Written with
+ * synchronous=NORMAL (no fsync): it survives a crash of the process, not always a power cut.
+ * Errors: -EINVAL (missing field, notice not JSON, unknown state), db_err() codes. */
+int statedb_ota_job_put(struct statedb *s, const struct statedb_ota_job *j);
+/* Removes the job of pk/dn/module; -ENOENT when none. */
+int statedb_ota_job_delete(struct statedb *s, const char *pk, const char *dn, const char *module);
+/* Every job, oldest first; free with statedb_ota_job_list_free. */
+int statedb_ota_job_list(struct statedb *s, struct statedb_ota_job **out, size_t *n);
+void statedb_ota_job_list_free(struct statedb_ota_job *v, size_t n);
+/* The highest job id ever stored (0 if none). */
+int statedb_ota_last_job_id(struct statedb *s, int64_t *out);
 
 #endif

@@ -64,17 +64,24 @@ cat > "$RUN/aligw.json" <<EOF
   "log_level": "info",
   "state_dir": "$RUN/state",
   "runtime_dir": "$RUN/run",
-  "cloud": {"host": "localhost", "port": $MQTTS, "tls": true, "ca_file": "$CA"},
+  "cloud": {"host": "localhost", "port": $MQTTS, "tls": true, "ca_file": "$CA",
+            "firmware_version": "1.0.0"},
+  "ota": {"ca_file": "$CA"},
   "devices_file": "devices.csv",
-  "plugins": [{"name": "simulator", "devices": $DEVICES_JSON, "config": {"interval_ms": 2000}}]
+  "plugins": [{"name": "simulator", "devices": $DEVICES_JSON, "isolation": "none",
+               "config": {"interval_ms": 2000}}]
 }
 EOF
 chmod 600 "$RUN/aligw.json"
 
 echo "== local hub (Aliyun stand-in) on 127.0.0.1:$MQTTS (TLS); $N simulated devices"
 echo "== try in another terminal: $BDIR/daemon/aligwctl -s $RUN/run/aligw.sock devices"
+echo "== upgrade every device's firmware (1.0.0 -> 2.0.0) from the \"cloud\":"
+echo "==   $ROOT/tests/hub/aligw-hub ota-push --dir $RUN/hub --device all --file $BDIR/daemon/aligwd --version 2.0.0"
+echo "==   then: $BDIR/daemon/aligwctl -s $RUN/run/aligw.sock ota"
 mosquitto_sub -h 127.0.0.1 -p "$MQTTS" --cafile "$CA" -u "$CUSER" -P "$CPASS" \
-  -t '/sys/+/+/thing/event/property/post' -v 2>/dev/null > >(sed -u 's/^/[cloud] /') &
+  -t '/sys/+/+/thing/event/property/post' -t '/ota/device/inform/+/+' -v 2>/dev/null \
+  > >(sed -u 's/^/[cloud] /') &
 SUBPID=$!
 
 ALIGW_PLUGIN_PATH="$PLUGINS" "$BDIR/daemon/aligwd" -c "$RUN/aligw.json" &

@@ -76,7 +76,7 @@ extern "C" {
 #endif
 
 #define ALIGW_PLUGIN_ABI_MAJOR 1
-#define ALIGW_PLUGIN_ABI_MINOR 1
+#define ALIGW_PLUGIN_ABI_MINOR 2
 
 /* Marks the one symbol a plugin exports (build with -fvisibility=hidden). */
 #define ALIGW_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -141,6 +141,27 @@ struct aligw_device_info {
 };
 
 struct aligw_host;
+
+/*
+ * ABI 1.2: firmware to apply (see on_firmware). Every pointer is borrowed for the call. The files
+ * are complete, their digests verified against the platform's, and fsynced; they are deleted
+ * once the job ends (after firmware_result, or when a newer job replaces this one), so copy or
+ * flash them before answering. size is sizeof(struct aligw_firmware) of the host: fields may be
+ * appended in later minors.
+ */
+struct aligw_firmware {
+    uint32_t size;
+    int64_t job_id;           /* pass it back to firmware_result */
+    const char *module;       /* "" = the device's default module */
+    const char *version;      /* the package's version */
+    const char *from_version; /* the version the host knows for the module, or "" */
+    size_t n_files;           /* 1 for a single-file package */
+    const char *const *paths; /* n_files paths of the downloaded files */
+    const char *const *names; /* n_files names from the platform ("" when it gave none) */
+    int64_t total_size;       /* bytes of all files */
+    int is_diff;              /* 1: a differential package (apply it on top of from_version) */
+    const char *ext_data;     /* the job's extData as JSON text, or NULL */
+};
 
 /* The host functions. Any thread; never block for long; pointers borrowed for the call. */
 struct aligw_host {
@@ -236,7 +257,28 @@ struct aligw_host {
     int (*device_info)(const struct aligw_host *host, const struct aligw_device *dev,
                        struct aligw_device_info *info);
 
-    /* ABI 1.1 ends here. Later minors append below. */
+
+    /*
+     * ABI 1.2. Answers on_firmware for job job_id of dev: step 0 = applied, version = what the
+     * device runs now (NULL: the package's version); or step -1 (upgrade failed), -2 (download
+     * failed), -3 (verify failed), -4 (flash failed) with desc saying why (<= 128 bytes, may be
+     * NULL). The host records the version, reports it to the platform (which judges the upgrade
+     * by it) and removes the files. Returns 0 when queued, -EINVAL (bad step), -ENODEV,
+     * -EAGAIN, -ESHUTDOWN. An unknown or finished job is logged by the host.
+     */
+    int (*firmware_result)(const struct aligw_host *host, const struct aligw_device *dev,
+                           int64_t job_id, int step, const char *version, const char *desc);
+
+    /*
+     * ABI 1.2. Tells the host the firmware version of dev's module (NULL or "" = default module),
+     * e.g. read from the field device at start: it is reported to the platform after every login
+     * and whenever it changes. version: 1-64 printable bytes. Returns 0, -EINVAL, -ENODEV,
+     * -EAGAIN, -ESHUTDOWN.
+     */
+    int (*set_firmware_version)(const struct aligw_host *host, const struct aligw_device *dev,
+                                const char *module, const char *version);
+
+    /* ABI 1.2 ends here. Later minors append below. */
 };
 
 /* True if host provides member (appended in some minor): check before calling it. */
@@ -308,7 +350,18 @@ struct aligw_plugin {
     void (*on_post_done)(void *instance, const struct aligw_device *dev, uint64_t cookie,
                          int status, int64_t seq);
 
-    /* ABI 1.1 ends here. Later minors append below. */
+
+    /*
+     * ABI 1.2, optional: verified firmware for dev (see struct aligw_firmware). Start applying it
+     * on your own thread and answer later with host->firmware_result (any thread); the host
+     * fails the job with -4 if no answer comes within ota.apply_timeout_s. Return 0 when taken,
+     * or a negative errno to refuse it (the job fails with -4). A NULL entry point (or a plugin
+     * built for ABI 1.0) leaves the firmware to API clients ("ota" watch events).
+     */
+    int (*on_firmware)(void *instance, const struct aligw_device *dev,
+                       const struct aligw_firmware *fw);
+
+    /* ABI 1.2 ends here. Later minors append below. */
 };
 
 #ifdef __cplusplus

@@ -4,6 +4,9 @@
  * of them every interval_ms from one thread shared by every device. Property sets pin a value
  * (it is reported back at once and in every later post); services "reset" (back to the
  * generators) and "set_interval" ({"interval_ms": N}) are answered through host->reply.
+ * Firmware (plugin ABI 1.1, on_firmware) is "flashed" apply_ms (default 500) later on the same
+ * thread: the device then runs the package's version, unless the first file starts with
+ * "ALIGW-SIM-FLASH-FAIL", which fails with step -4 (for tests).
  *
  * Config (all optional):
  *   {"interval_ms": 1000,
@@ -52,6 +55,12 @@ struct sdev {
     size_t n_props;
     long interval_ms;
     double next_due; /* monotonic seconds */
+    /* firmware being applied (under lock) */
+    bool fw_pending;
+    int64_t fw_job;
+    double fw_due;
+    char fw_version[65];
+    char fw_path[4096];
 };
 
 struct sim {
@@ -65,6 +74,7 @@ struct sim {
     bool stop;
     double t0;
     unsigned seed;
+    long apply_ms;
 };
 
 static void props_free(struct prop *p, size_t n)
@@ -186,6 +196,11 @@ static int parse(const char *text, struct sim *sim, char *err, size_t len)
     }
     if (interval(root, 1000, &iv, "config", err, len))
         goto out;
+    long apply_ms;
+    if (plugin_get_int(root, "apply_ms", 500, 0, 3600000, &apply_ms, "config", err, len))
+        goto out;
+    if (sim)
+        sim->apply_ms = apply_ms;
     defs = json_object_get(root, "properties");
     if (!defs)
         defs = dflt = json_loads(default_props, 0, NULL);
@@ -295,6 +310,34 @@ static json_t *sample(struct sim *s, struct sdev *sd, double t)
     return o;
 }
 
+#define FLASH_FAIL_MAGIC "ALIGW-SIM-FLASH-FAIL"
+
+/* Applies sd's pending firmware (called unlocked, on the plugin thread). */
+static void flash(struct sim *s, struct sdev *sd, int64_t job, const char *version,
+                  const char *path)
+{
+    char head[sizeof(FLASH_FAIL_MAGIC)] = "";
+    FILE *f = fopen(path, "rb");
+    int step = 0;
+    const char *desc = NULL;
+
+    if (!f) {
+        step = -4;
+        desc = "firmware file missing";
+    } else {
+        size_t n = fread(head, 1, sizeof(head) - 1, f);
+        head[n] = '\0';
+        fclose(f);
+        if (strcmp(head, FLASH_FAIL_MAGIC) == 0) {
+            step = -4;
+            desc = "simulated flash failure";
+        }
+    }
+    plugin_log_dev(s->host, ALIGW_LOG_NOTICE, sd->dev, "firmware %s %s", version,
+                   step ? "failed to flash" : "flashed");
+    s->host->firmware_result(s->host, sd->dev, job, step, step ? NULL : version, desc);
+}
+
 static void *run(void *arg)
 {
     struct sim *s = arg;
@@ -303,6 +346,20 @@ static void *run(void *arg)
         double t = plugin_now_s(), next = t + 3600;
         for (size_t i = 0; i < s->n_devs; i++) {
             struct sdev *sd = &s->devs[i];
+            if (sd->fw_pending && sd->fw_due <= t) {
+                char version[65], path[4096];
+                int64_t job = sd->fw_job;
+                sd->fw_pending = false;
+                memcpy(version, sd->fw_version, sizeof(version));
+                memcpy(path, sd->fw_path, sizeof(path));
+                pthread_mutex_unlock(&s->lock);
+                flash(s, sd, job, version, path);
+                pthread_mutex_lock(&s->lock);
+                if (s->stop)
+                    break;
+            }
+            if (sd->fw_pending && sd->fw_due < next)
+                next = sd->fw_due;
             if (sd->next_due <= t) {
                 json_t *params = sample(s, sd, t - s->t0);
                 char *text = json_dumps(params, JSON_COMPACT | JSON_REAL_PRECISION(16));
@@ -490,6 +547,29 @@ static int sim_service_call(void *inst, const struct aligw_device *dev, const ch
     return s->host->reply(s->host, dev, request_id, code, data);
 }
 
+static int sim_firmware(void *inst, const struct aligw_device *dev, const struct aligw_firmware *fw)
+{
+    struct sim *s = inst;
+    struct sdev *sd = &s->devs[dev->index];
+
+    if (!ALIGW_HOST_HAS(s->host, firmware_result))
+        return -ENOTSUP;
+    if (fw->n_files < 1 || strlen(fw->paths[0]) >= sizeof(sd->fw_path) ||
+        strlen(fw->version) >= sizeof(sd->fw_version))
+        return -EINVAL;
+    pthread_mutex_lock(&s->lock);
+    sd->fw_pending = true;
+    sd->fw_job = fw->job_id;
+    snprintf(sd->fw_version, sizeof(sd->fw_version), "%s", fw->version);
+    snprintf(sd->fw_path, sizeof(sd->fw_path), "%s", fw->paths[0]);
+    sd->fw_due = plugin_now_s() + s->apply_ms / 1000.0;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    plugin_log_dev(s->host, ALIGW_LOG_NOTICE, dev, "flashing firmware %s (job %lld)", fw->version,
+                   (long long)fw->job_id);
+    return 0;
+}
+
 ALIGW_PLUGIN_EXPORT const struct aligw_plugin aligw_plugin = {
     .abi_major = ALIGW_PLUGIN_ABI_MAJOR,
     .abi_minor = ALIGW_PLUGIN_ABI_MINOR,
@@ -504,4 +584,5 @@ ALIGW_PLUGIN_EXPORT const struct aligw_plugin aligw_plugin = {
     .destroy = sim_destroy,
     .on_property_set = sim_property_set,
     .on_service_call = sim_service_call,
+    .on_firmware = sim_firmware,
 };

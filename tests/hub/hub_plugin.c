@@ -5,7 +5,10 @@
  * keepalive >= 30 s, securemode 2 on TLS and 3 on plain TCP), keeps one session per device
  * (a second login kicks the first), enforces the platform's topic permissions, answers alink
  * posts and NTP requests, rate-limits each device's uplink, runs MQTT dynamic registration
- * (register, regnwl, then connwl) and keeps counters the cloud-side test user can read.
+ * (register, regnwl, then connwl) and keeps counters the cloud-side test user can read. For
+ * firmware upgrades it answers thing.ota.firmware.get from the jobs `hubctl ota-push` stored
+ * (each answer with freshly signed download URLs of the hub's HTTPS server) and records every
+ * version inform and progress report in the hub's database.
  *
  * Device secrets, products, tokens and "activated" flags live in the hub's SQLite file, which
  * the launcher fills from the device table and the HTTPS registration endpoint shares; the
@@ -98,6 +101,7 @@ static struct {
     int dynreg_plain;
     int min_keepalive;
     long long ntp_skew_ms; /* added to the times of NTP answers (hub/ctl/ntp_skew) */
+    long https_port; /* where firmware is served (for firmware/get answers) */
     struct dev **tab;
     size_t tabsize, ndev;
     unsigned long long connects, fails[F_COUNT], kicks, refused_pub, refused_sub, rate_limited,
@@ -828,6 +832,96 @@ static void cloud_control(struct mosquitto_evt_message *ed)
     json_decref(req);
 }
 
+/* ---- OTA ---- */
+
+/* Replaces every string "hub:<name>" in v with a fresh download URL (a new token). */
+static void ota_sign_urls(json_t *v, long long ttl_s)
+{
+    const char *k;
+    json_t *x;
+    size_t i;
+    if (json_is_object(v)) {
+        json_object_foreach(v, k, x)
+        {
+            if (json_is_string(x) && has_prefix(json_string_value(x), "hub:")) {
+                char token[25], url[256];
+                sqlite3_stmt *st;
+                random_alnum(token, 24);
+                if (sqlite3_prepare_v2(g.db,
+                                       "INSERT INTO ota_tokens(token, name, expires_at) "
+                                       "VALUES (?1, ?2, ?3)",
+                                       -1, &st, NULL) == SQLITE_OK) {
+                    sqlite3_bind_text(st, 1, token, -1, SQLITE_STATIC);
+                    sqlite3_bind_text(st, 2, json_string_value(x) + 4, -1, SQLITE_TRANSIENT);
+                    sqlite3_bind_double(st, 3, now_ms() / 1000.0 + (double)ttl_s);
+                    sqlite3_step(st);
+                    sqlite3_finalize(st);
+                }
+                snprintf(url, sizeof(url), "https://127.0.0.1:%ld/ota/%s", g.https_port, token);
+                json_object_set_new(v, k, json_string(url));
+            } else {
+                ota_sign_urls(x, ttl_s);
+            }
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, x) ota_sign_urls(x, ttl_s);
+    }
+}
+
+/* thing.ota.firmware.get: the stored job of the module with fresh URLs, or data {}. */
+static void ota_get(const struct dev *d, const char *topic, json_t *req)
+{
+    char id[64], rtopic[512];
+    const char *module = "";
+    json_t *m = json_object_get(json_object_get(req, "params"), "module"), *data = NULL;
+    sqlite3_stmt *st;
+
+    if (!json_id_text(req, id, sizeof(id)))
+        return;
+    if (json_is_string(m))
+        module = json_string_value(m);
+    if (sqlite3_prepare_v2(g.db,
+                           "SELECT data, ttl FROM ota_jobs WHERE pk=?1 AND dn=?2 AND module=?3", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, d->pk, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, d->dn, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, module, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            data = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+            if (data)
+                ota_sign_urls(data, sqlite3_column_int64(st, 1));
+        }
+        sqlite3_finalize(st);
+    }
+    json_t *r = json_pack("{s:s,s:i,s:o,s:s,s:s,s:s}", "id", id, "code", 200, "data",
+                          data ? data : json_object(), "message", "success", "method",
+                          "thing.ota.firmware.get", "version", "1.0");
+    char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
+    snprintf(rtopic, sizeof(rtopic), "%s_reply", topic);
+    if (s)
+        hub_send(d, rtopic, s);
+    free(s);
+    json_decref(r);
+}
+
+/* Records a version inform or a progress report. */
+static void ota_record(const struct dev *d, const char *kind, const void *payload, int len)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(g.db,
+                           "INSERT INTO ota_reports(ts, pk, dn, kind, payload) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return;
+    sqlite3_bind_double(st, 1, now_ms() / 1000.0);
+    sqlite3_bind_text(st, 2, d->pk, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, d->dn, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, payload, len, SQLITE_TRANSIENT);
+    sqlite3_step(st);
+    sqlite3_finalize(st);
+}
+
 static int cb_message(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_message *ed = event_data;
@@ -863,6 +957,24 @@ static int cb_message(int event, void *event_data, void *userdata)
     d->messages++;
 
     char pfx[300];
+    snprintf(pfx, sizeof(pfx), "/sys/%s/%s/thing/ota/firmware/get", d->pk, d->dn);
+    if (!strcmp(ed->topic, pfx)) {
+        json_t *req = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
+        if (json_is_object(req))
+            ota_get(d, ed->topic, req);
+        json_decref(req);
+        return MOSQ_ERR_SUCCESS;
+    }
+    snprintf(pfx, sizeof(pfx), "/ota/device/inform/%s/%s", d->pk, d->dn);
+    if (!strcmp(ed->topic, pfx)) {
+        ota_record(d, "inform", ed->payload, (int)ed->payloadlen);
+        return MOSQ_ERR_SUCCESS;
+    }
+    snprintf(pfx, sizeof(pfx), "/ota/device/progress/%s/%s", d->pk, d->dn);
+    if (!strcmp(ed->topic, pfx)) {
+        ota_record(d, "progress", ed->payload, (int)ed->payloadlen);
+        return MOSQ_ERR_SUCCESS;
+    }
     snprintf(pfx, sizeof(pfx), "/sys/%s/%s/thing/event/", d->pk, d->dn);
     if (has_prefix(ed->topic, pfx) && ends_with(ed->topic, "/post")) {
         json_t *req = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
@@ -952,6 +1064,8 @@ HUB_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **u
             bad = opt_int(v, 0, 1, &x) || ((g.dynreg_plain = (int)x), 0);
         else if (!strcmp(k, "min_keepalive"))
             bad = opt_int(v, 0, 65535, &x) || ((g.min_keepalive = (int)x), 0);
+        else if (!strcmp(k, "https_port"))
+            bad = opt_int(v, 0, 65535, &g.https_port);
         else {
             mosquitto_log_printf(MOSQ_LOG_ERR, "aligw_hub: unknown option plugin_opt_%s", k);
             bad = 1;

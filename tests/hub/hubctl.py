@@ -7,6 +7,13 @@ only, except the cloud-side helpers of `Hub`, which use Debian's python3-paho-mq
 
 Hub state (device secrets, products, tokens, "activated" flags) lives in DIR/hub.db (SQLite),
 filled from the device table at start and shared by the plugin and the HTTPS endpoint.
+
+Firmware upgrades (OTA): `ota_push` stores a job (ota_jobs) and the package files (ota_files,
+copied to DIR/ota-files/) and publishes the upgrade notice; the HTTPS server serves the files at
+/ota/<token> with Range support, refuses expired tokens with 403 like an expired OSS URL, and
+applies faults (ota_faults: cut the connection at a byte offset); the mosquitto plugin answers
+thing.ota.firmware.get with freshly signed URLs and records informs and progress reports
+(ota_reports). Every download request is logged in ota_requests for tests.
 """
 import argparse
 import csv
@@ -17,6 +24,8 @@ import json
 import os
 import pwd
 import random
+import re
+import shutil
 import resource
 import secrets
 import signal
@@ -125,6 +134,15 @@ def init_db(dbpath, rows):
         CREATE TABLE devices(pk TEXT NOT NULL, dn TEXT NOT NULL, secret TEXT,
             active INTEGER NOT NULL DEFAULT 0, token TEXT, token_client_id TEXT, topics TEXT,
             PRIMARY KEY(pk, dn));
+        CREATE TABLE ota_files(name TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL);
+        CREATE TABLE ota_tokens(token TEXT PRIMARY KEY, name TEXT NOT NULL, expires_at REAL);
+        CREATE TABLE ota_jobs(pk TEXT NOT NULL, dn TEXT NOT NULL, module TEXT NOT NULL,
+            data TEXT NOT NULL, ttl INTEGER NOT NULL, PRIMARY KEY(pk, dn, module));
+        CREATE TABLE ota_faults(name TEXT PRIMARY KEY, cut_at INTEGER NOT NULL,
+            count INTEGER NOT NULL);
+        CREATE TABLE ota_reports(ts REAL, pk TEXT, dn TEXT, kind TEXT, payload TEXT);
+        CREATE TABLE ota_requests(ts REAL, name TEXT, range_start INTEGER, status INTEGER,
+            sent INTEGER);
     """)
     products = {}
     for r in rows:
@@ -246,11 +264,110 @@ def serve_https(dirpath, port):
         finally:
             db.close()
 
+    def log_request(name, start, status, sent):
+        db = sqlite3.connect(dbpath, timeout=10)
+        try:
+            db.execute("INSERT INTO ota_requests VALUES(?,?,?,?,?)",
+                       (time.time(), name, start, status, sent))
+            db.commit()
+        finally:
+            db.close()
+
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, fmt, *args):
-            sys.stderr.write("https: " + (fmt % args) + "\n")
+            if os.environ.get("ALIGW_HUB_HTTPS_LOG"):
+                sys.stderr.write("https: " + (fmt % args) + "\n")
+
+        def _plain(self, code, text, extra=()):
+            raw = text.encode()
+            self.send_response(code)
+            for k, v in extra:
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self):
+            path = urllib.parse.urlsplit(self.path).path
+            if path == "/ota-loop":  # a redirect loop, for tests
+                self.send_response(302)
+                self.send_header("Location", "/ota-loop")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if not path.startswith("/ota/"):
+                return self._plain(404, "<Error><Code>NoSuchKey</Code></Error>")
+            db = sqlite3.connect(dbpath, timeout=10)
+            try:
+                row = db.execute("SELECT t.name, t.expires_at, f.path, f.size FROM ota_tokens t "
+                                 "JOIN ota_files f ON f.name = t.name WHERE t.token = ?",
+                                 (path[5:],)).fetchone()
+                if row and row[1] >= time.time():
+                    fault = db.execute("SELECT cut_at, count FROM ota_faults WHERE name = ?",
+                                       (row[0],)).fetchone()
+                else:
+                    fault = None
+            finally:
+                db.close()
+            if not row:
+                return self._plain(403, "<Error><Code>AccessDenied</Code></Error>")
+            name, expires, fpath, size = row
+            if expires < time.time():
+                log_request(name, 0, 403, 0)
+                return self._plain(403, "<Error><Code>AccessDenied</Code>"
+                                        "<Message>Request has expired.</Message></Error>")
+            start, end, status = 0, size - 1, 200
+            rng = self.headers.get("Range")
+            if rng:
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+                if not m:
+                    return self._plain(400, "<Error><Code>InvalidArgument</Code></Error>")
+                start = int(m.group(1))
+                if m.group(2):
+                    end = min(int(m.group(2)), size - 1)
+                if start >= size:
+                    log_request(name, start, 416, 0)
+                    return self._plain(416, "<Error><Code>InvalidRange</Code></Error>",
+                                       [("Content-Range", "bytes */%d" % size)])
+                status = 206
+            cut = None
+            if fault and fault[1] > 0 and start < fault[0] <= end:
+                cut = fault[0]
+                db = sqlite3.connect(dbpath, timeout=10)
+                try:
+                    db.execute("UPDATE ota_faults SET count = count - 1 WHERE name = ?", (name,))
+                    db.commit()
+                finally:
+                    db.close()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
+            self.end_headers()
+            sent = 0
+            stop = (cut if cut is not None else end + 1)
+            with open(fpath, "rb") as f:
+                f.seek(start)
+                pos = start
+                while pos < stop:
+                    chunk = f.read(min(256 * 1024, stop - pos))
+                    if not chunk:
+                        break
+                    try:
+                        self.wfile.write(chunk)
+                    except OSError:
+                        break
+                    pos += len(chunk)
+                    sent += len(chunk)
+            log_request(name, start, status, sent)
+            if cut is not None:
+                self.wfile.flush()
+                self.close_connection = True
 
         def do_POST(self):
             path = urllib.parse.urlsplit(self.path).path
@@ -272,7 +389,11 @@ def serve_https(dirpath, port):
             self.end_headers()
             self.wfile.write(raw)
 
-    httpd = http.server.ThreadingHTTPServer((HOST, port), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 512  # listen() backlog: benchmarks open 100 downloads at once
+
+    httpd = Server((HOST, port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # OpenSSL's DEFAULT, not Python's ECDHE-only list: stock LinkSDK builds offer only RSA key
     # exchange (AES128-GCM-SHA256 and friends), as the platform accepts.
@@ -282,6 +403,170 @@ def serve_https(dirpath, port):
     signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=httpd.shutdown).start())
     httpd.serve_forever()
 
+
+
+# ---- OTA: firmware jobs ----------------------------------------------------------------------
+
+def _digest(path, algo):
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _db(dbpath):
+    db = sqlite3.connect(dbpath, timeout=10)
+    return db
+
+
+def _sign_urls(dbpath, data, ttl, port):
+    db = _db(dbpath)
+    try:
+        def walk(v):
+            if isinstance(v, dict):
+                for k, x in list(v.items()):
+                    if isinstance(x, str) and x.startswith("hub:"):
+                        token = random_secret(24)
+                        db.execute("INSERT INTO ota_tokens VALUES(?,?,?)",
+                                   (token, x[4:], time.time() + ttl))
+                        v[k] = "https://%s:%d/ota/%s" % (HOST, port, token)
+                    else:
+                        walk(x)
+            elif isinstance(v, list):
+                for x in v:
+                    walk(x)
+        walk(data)
+        db.commit()
+    finally:
+        db.close()
+    return data
+
+
+def ota_job(dbpath, pk, dn, files, version, module="", sign_method="Md5", bad_sign=False,
+            size_delta=0, ttl=3600, md5_field=False, ext_data=None, is_diff=False, names=None):
+    """Stores an upgrade job for pk/dn (and its files) in the hub; returns (data, file names).
+
+    files: paths of the package's files (several = a multi-file package). sign_method: MD5, Md5,
+    SHA256 or Sha256 (anything else is sent as given). bad_sign: the digest sent is wrong.
+    size_delta: added to the announced size. md5_field: the digest goes in "md5" (iotkit 3's
+    field) instead of "sign". The stored data holds "hub:<file>" URLs, signed when sent."""
+    store = os.path.join(os.path.dirname(dbpath), "ota-files")
+    os.makedirs(store, exist_ok=True)
+    algo = "sha256" if sign_method.lower() == "sha256" else "md5"
+    entries = []
+    db = _db(dbpath)
+    try:
+        for i, fp in enumerate(files):
+            size = os.path.getsize(fp)
+            dg = _digest(fp, algo)
+            name = _digest(fp, "sha256")[:32]
+            dst = os.path.join(store, name)
+            if not os.path.exists(dst):
+                shutil.copyfile(fp, dst + ".tmp")
+                os.replace(dst + ".tmp", dst)
+            db.execute("INSERT OR REPLACE INTO ota_files VALUES(?,?,?)", (name, dst, size))
+            if bad_sign:
+                dg = ("0" if dg[0] != "0" else "1") + dg[1:]
+            fname = (names[i] if names else os.path.basename(fp))
+            entries.append({"name": name, "size": size + size_delta, "digest": dg, "fname": fname})
+        data = {"version": version, "signMethod": sign_method, "isDiff": 1 if is_diff else 0}
+        if module:
+            data["module"] = module
+        if ext_data is not None:
+            data["extData"] = ext_data
+        if len(entries) == 1:
+            e = entries[0]
+            data.update({"size": e["size"], "url": "hub:" + e["name"]})
+            if md5_field:
+                data["md5"] = e["digest"]
+            else:
+                data["sign"] = e["digest"]
+                if algo == "md5":
+                    data["md5"] = e["digest"]
+        else:
+            data["files"] = [{"fileName": e["fname"], "fileSize": e["size"],
+                              "fileUrl": "hub:" + e["name"],
+                              ("fileMd5" if md5_field else "fileSign"): e["digest"]}
+                             for e in entries]
+        db.execute("INSERT OR REPLACE INTO ota_jobs VALUES(?,?,?,?,?)",
+                   (pk, dn, module or "", json.dumps(data), ttl))
+        db.commit()
+    finally:
+        db.close()
+    return data, [e["name"] for e in entries]
+
+
+def ota_notice(dbpath, port, data, ttl, code="1000", msg_id=None):
+    d = _sign_urls(dbpath, json.loads(json.dumps(data)), ttl, port)
+    code_v = int(code) if str(code) == "200" else str(code)
+    return {"code": code_v, "data": d, "id": msg_id or int(time.time() * 1000) % 10**12,
+            "message": "success"}
+
+
+def ota_fault(dbpath, name, cut_at, count=1):
+    """The next `count` downloads of file `name` crossing byte cut_at are cut there."""
+    db = _db(dbpath)
+    try:
+        db.execute("INSERT OR REPLACE INTO ota_faults VALUES(?,?,?)", (name, cut_at, count))
+        db.commit()
+    finally:
+        db.close()
+
+
+def ota_expire(dbpath):
+    """Every download URL handed out so far expires now (as a pre-signed OSS URL would)."""
+    db = _db(dbpath)
+    try:
+        db.execute("UPDATE ota_tokens SET expires_at = 0")
+        db.commit()
+    finally:
+        db.close()
+
+
+def ota_reports(dbpath, pk=None, dn=None, kind=None):
+    """Recorded informs and progress reports: [(ts, pk, dn, kind, params dict)], oldest first."""
+    db = _db(dbpath)
+    try:
+        rows = db.execute("SELECT ts, pk, dn, kind, payload FROM ota_reports ORDER BY rowid").fetchall()
+    finally:
+        db.close()
+    out = []
+    for ts, p, d, k, payload in rows:
+        if (pk and p != pk) or (dn and d != dn) or (kind and k != kind):
+            continue
+        try:
+            params = json.loads(payload).get("params", {})
+        except ValueError:
+            params = {"_raw": payload}
+        out.append((ts, p, d, k, params))
+    return out
+
+
+def ota_requests(dbpath, name=None):
+    """Download requests served: [(name, range_start, status, bytes sent)]."""
+    db = _db(dbpath)
+    try:
+        rows = db.execute("SELECT name, range_start, status, sent FROM ota_requests "
+                          "ORDER BY rowid").fetchall()
+    finally:
+        db.close()
+    return [r for r in rows if name is None or r[0] == name]
+
+
+def _cloud_publish(info, topic, payload):
+    """Publishes one message as the cloud user (for the command line)."""
+    import paho.mqtt.client as mqtt
+    c = mqtt.Client(client_id="aligw-hub-ctl-" + random_secret(6), clean_session=True,
+                    protocol=mqtt.MQTTv311)
+    c.username_pw_set(info["cloud_username"], info["cloud_password"])
+    c.connect(HOST, info["mqtt_port"], keepalive=30)
+    c.loop_start()
+    try:
+        c.publish(topic, json.dumps(payload), qos=1).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
 
 # ---- launcher ---------------------------------------------------------------------------------
 
@@ -379,7 +664,8 @@ def start(devices, dirpath, rate=30, rate_mode="reply", reply_delivery="subscrib
             "plugin_opt_cloud_password %s" % cloud_pass, "plugin_opt_rate %d" % rate,
             "plugin_opt_rate_mode %s" % rate_mode, "plugin_opt_reply_delivery %s" % reply_delivery,
             "plugin_opt_dynreg_plain %d" % (1 if dynreg_plain else 0),
-            "plugin_opt_min_keepalive %d" % min_keepalive]
+            "plugin_opt_min_keepalive %d" % min_keepalive,
+            "plugin_opt_https_port %d" % ports["https_port"]]
     conf = ["# written by aligw-hub", "per_listener_settings true", "persistence false",
             "user %s" % pwd.getpwuid(os.getuid()).pw_name, "log_dest stderr",
             "log_type error", "log_type warning", "log_type notice", "connection_messages false",
@@ -649,6 +935,26 @@ class Hub:
                      {"code": "1000", "data": data, "id": mid, "message": "success"})
         return mid
 
+    def ota_push(self, pk, dn, files, version, code="1000", ttl=3600, send=True, **kw):
+        """Stores a job (see ota_job) and publishes its upgrade notice. Returns (notice, names)."""
+        data, names = ota_job(self.info["db"], pk, dn, files, version, ttl=ttl, **kw)
+        notice = ota_notice(self.info["db"], self.info["https_port"], data, ttl, code)
+        if send:
+            self.publish("/ota/device/upgrade/%s/%s" % (pk, dn), notice)
+        return notice, names
+
+    def ota_fault(self, name, cut_at, count=1):
+        ota_fault(self.info["db"], name, cut_at, count)
+
+    def ota_expire(self):
+        ota_expire(self.info["db"])
+
+    def ota_reports(self, pk=None, dn=None, kind=None):
+        return ota_reports(self.info["db"], pk, dn, kind)
+
+    def ota_requests(self, name=None):
+        return ota_requests(self.info["db"], name)
+
     def rrpc(self, pk, dn, payload, timeout=8.0, msg_id=None):
         """Sends an RRPC request and waits for the response; returns its payload bytes or None."""
         mid = msg_id or self._id()
@@ -725,6 +1031,26 @@ def main(argv=None):
     p.add_argument("--register", choices=("https", "mqtt", "mqtt-nwl"), default="",
                    help="value of the daemon's register column")
     p.add_argument("--topics", default="", help="hub_topics for every row")
+    p = sub.add_parser("ota-push", help="push a firmware upgrade job to a device")
+    p.add_argument("--dir", required=True, help="the hub's run directory")
+    p.add_argument("--device", required=True, action="append",
+                   help="pk/dn (repeat, or 'all' for every device of the table)")
+    p.add_argument("--file", required=True, action="append", help="package file (repeat: multi-file)")
+    p.add_argument("--version", required=True)
+    p.add_argument("--module", default="")
+    p.add_argument("--sign-method", default="Md5", help="MD5, Md5, SHA256 or Sha256")
+    p.add_argument("--code", default="1000", choices=("1000", "200"))
+    p.add_argument("--ttl", type=int, default=3600, help="seconds the download URLs stay valid")
+    p.add_argument("--bad-sign", action="store_true", help="announce a wrong digest")
+    p.add_argument("--md5-field", action="store_true", help="the digest in \"md5\", not \"sign\"")
+    p.add_argument("--cut-at", type=int, help="cut the first download of the file at this byte")
+    p.add_argument("--no-send", action="store_true",
+                   help="store the job only (devices get it with thing.ota.firmware.get)")
+    p = sub.add_parser("ota-expire", help="expire every firmware URL handed out so far")
+    p.add_argument("--dir", required=True)
+    p = sub.add_parser("ota-status", help="print recorded informs and progress reports")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--device", help="pk/dn")
     p = sub.add_parser("https", help=argparse.SUPPRESS)
     p.add_argument("--dir", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -763,6 +1089,40 @@ def main(argv=None):
                     os.unlink(os.path.join(a.dir, "hub.json"))
                 except OSError:
                     pass
+        elif a.cmd == "ota-push":
+            info = json.load(open(os.path.join(a.dir, "hub.json")))
+            devs = []
+            for d in a.device:
+                if d == "all":
+                    db = _db(info["db"])
+                    devs += db.execute("SELECT pk, dn FROM devices ORDER BY rowid").fetchall()
+                    db.close()
+                elif "/" in d:
+                    devs.append(tuple(d.split("/", 1)))
+                else:
+                    print("aligw-hub: --device: expected pk/dn or all, got %r" % d, file=sys.stderr)
+                    return 2
+            for pk, dn in devs:
+                data, names = ota_job(info["db"], pk, dn, a.file, a.version, module=a.module,
+                                      sign_method=a.sign_method, bad_sign=a.bad_sign,
+                                      ttl=a.ttl, md5_field=a.md5_field)
+                if a.cut_at is not None:
+                    ota_fault(info["db"], names[0], a.cut_at, 1)
+                if not a.no_send:
+                    _cloud_publish(info, "/ota/device/upgrade/%s/%s" % (pk, dn),
+                                   ota_notice(info["db"], info["https_port"], data, a.ttl, a.code))
+                print("%s/%s: version %s%s %s" % (pk, dn, a.version,
+                                                  " (module %s)" % a.module if a.module else "",
+                                                  "stored" if a.no_send else "pushed"))
+        elif a.cmd == "ota-expire":
+            info = json.load(open(os.path.join(a.dir, "hub.json")))
+            ota_expire(info["db"])
+        elif a.cmd == "ota-status":
+            info = json.load(open(os.path.join(a.dir, "hub.json")))
+            pk, dn = (a.device.split("/", 1) if a.device else (None, None))
+            for ts, p, d, k, params in ota_reports(info["db"], pk, dn):
+                print(json.dumps({"time": round(ts, 3), "device": "%s/%s" % (p, d), "kind": k,
+                                  "params": params}))
         elif a.cmd == "https":
             serve_https(a.dir, a.port)
     except DeviceTableError as e:

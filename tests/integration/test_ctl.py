@@ -73,7 +73,8 @@ class Ctl(T.TestCase):
     def test_usage_errors_exit_2_and_no_daemon_exits_3(self):
         out, _ = self.ctl("--help")
         for cmd in ("status", "devices", "device", "post", "event", "publish", "reply", "watch",
-                    "add", "remove", "reload", "stats", "hello"):
+                    "add", "remove", "reload", "stats", "hello", "ota", "ota-version",
+                    "ota-check", "ota-result"):
             self.assertIn("  %s" % cmd, out)
         bad = [(), ("frobnicate",), ("--bogus", "status"), ("-s",), ("status", "--bogus"),
                ("device",), ("remove",), ("post", "pk/dn"), ("post", "pk/dn", "novalue"),
@@ -86,7 +87,10 @@ class Ctl(T.TestCase):
                ("reply", "pk/dn", "7"), ("reply", "pk/dn", "7", "ok"),
                ("watch", "--kind"), ("add",), ("add", "--pk", "p"),
                ("add", "--json", "not json"), ("add", "--json", "@/nonexistent.json"),
-               ("add", "--pk", "p", "--dn", "d", "--secret-file", "/nonexistent")]
+               ("add", "--pk", "p", "--dn", "d", "--secret-file", "/nonexistent"),
+               ("ota-version", "pk/dn"), ("ota-check",), ("ota-result", "pk/dn", "1"),
+               ("ota-result", "pk/dn", "x", "ok"), ("ota-result", "pk/dn", "1", "-9"),
+               ("ota-result", "pk/dn", "1", "0")]
         # a few at a time: each run is short, but slow to start and end under ASan
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             for _, err in pool.map(lambda a: self.ctl(*a, code=2), bad):

@@ -1,5 +1,6 @@
 """The README's run command (scripts/run-local.sh) on the embedded default: simulated devices
-come online and their properties reach the local hub within 10 seconds."""
+come online and their properties reach the local hub within 10 seconds, and the one hub command
+the README shows upgrades all of them (1.0.0 -> 2.0.0, informed to the cloud)."""
 import os
 import re
 import subprocess
@@ -14,11 +15,26 @@ class RunLocal(T.TestCase):
         build = os.environ.get("ALIGW_BUILD_DIR")
         if not build:
             self.skipTest("ALIGW_BUILD_DIR not set (run through ctest)")
-        r = subprocess.run([os.path.join(ROOT, "scripts", "run-local.sh"), "--no-build",
-                            "--build-dir", build, "--duration", "10"],
-                           capture_output=True, text=True, timeout=90, cwd=ROOT)
-        out = r.stdout + r.stderr
-        self.assertEqual(r.returncode, 0, out[-3000:])
+        p = subprocess.Popen([os.path.join(ROOT, "scripts", "run-local.sh"), "--no-build",
+                              "--build-dir", build, "--duration", "10"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        lines = []
+        push = None
+        for line in p.stdout:  # the upgrade command the script prints, run as the README says
+            lines.append(line)
+            m = re.match(r"^==\s+(\S+/aligw-hub ota-push .*)$", line.strip())
+            if m:
+                push = m.group(1).split()
+                break
+        self.assertIsNotNone(push, "".join(lines))
+        ota = subprocess.run(push, capture_output=True, text=True, timeout=30, cwd=ROOT)
+        rest, _ = p.communicate(timeout=90)
+        out = "".join(lines) + rest
+        self.assertEqual(ota.returncode, 0, ota.stdout + ota.stderr)
+        self.assertEqual(p.returncode, 0, out[-3000:])
+        upgraded = re.findall(r"^\[cloud\] /ota/device/inform/a1LocalDemo/(sim\d+) .*\"2\.0\.0\"",
+                              out, re.M)
+        self.assertEqual(len(set(upgraded)), 5, out[-3000:])
         posts = re.findall(r"^\[cloud\] /sys/a1LocalDemo/(sim\d+)/thing/event/property/post ",
                            out, re.M)
         self.assertEqual(len(set(posts)), 5, out[-3000:])
