@@ -1598,6 +1598,11 @@ int devices_apply(const struct config *c)
     for (size_t i = 0; i < R.n_slots; i++) {
         struct device *d = R.slots[i];
         if (d && !d->conf.runtime && !strmap_get(&keep, d->key)) {
+            struct outbox_stats st;
+            if (outbox_device_stats(R.ob, d->key, &st) == 0 && st.count > 0)
+                log_notice("%s: removed from the configuration; its %llu queued message(s) are "
+                           "kept and delivered if it is configured again",
+                           d->key, (unsigned long long)st.count);
             device_stop(d);
             removed++;
         }

@@ -534,6 +534,22 @@ class Hardening(T.TestCase):
         self.assertIn("49999 error(s) in the configuration", r.stdout)
         self.assertIn("more errors", r.stdout)
 
+    def test_removed_device_keeps_its_queue_and_says_so(self):
+        cfg = T.base_config(self.tmp)
+        dm = self.daemon(cfg)
+        dev = {"product_key": PK, "device_name": "rt01", "device_secret": "s" * 32,
+               "host": "127.0.0.1", "port": 1, "tls": False}
+        self.assertTrue(dm.call("add_device", device=dev)["ok"])
+        key = PK + "/rt01"
+        self.assertEqual(publish_n(dm, key, 3), 3)
+        r = dm.call("remove_device", device=key)
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"]["queued"], 3)
+        self.assertIn("kept", r["result"]["queued_messages"])
+        self.assertIn("3 queued message(s) kept", dm.log())
+        self.assertTrue(dm.call("add_device", device=dev)["ok"])
+        self.assertEqual(dm.device(key)["queued"], 3)
+
 
 if __name__ == "__main__":
     T.main()
