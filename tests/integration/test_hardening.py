@@ -378,8 +378,11 @@ class Hardening(T.TestCase):
         grown = (peak - before) / 1024.0
         print("RSS %.1f MB before, %.1f MB with %d non-reading clients (+%.1f MB); status answered "
               "in at most %.2f s" % (before / 1024.0, peak / 1024.0, n_clients, grown, worst))
-        self.assertLess(grown, 32, "API output memory is not bounded")
-        self.assertLess(worst, 5)
+        with open("/proc/%d/maps" % dm.proc.pid) as f:
+            asan = "libasan" in f.read()
+        if not asan:  # ASan keeps freed memory in quarantine: its RSS says nothing here
+            self.assertLess(grown, 32, "API output memory is not bounded")
+        self.assertLess(worst, 8 if asan else 5)
         for h in hogs:
             h.close()
         self.assertTrue(good.call("status")["ok"])
