@@ -947,8 +947,14 @@ static void on_lost(struct device *d, const char *cause)
      * A kick or a network fault lands with one message in flight for a few milliseconds at most,
      * so it rarely strikes, and any PUBACK clears the count.
      */
-    bool strike = false;
-    if (!mass && inflight > 0 && !d->conn_acked && d->conn_first_seq > 0) {
+    bool strike = false, others = mass;
+    if (mass) { /* a "mass" loss made of this device's own quick losses is not the endpoint */
+        others = false;
+        for (int i = 0; i < MASS_LOSS_DEVICES - 1; i++)
+            if (R.first_lost[i].slot != d->slot || R.first_lost[i].serial != d->serial)
+                others = true;
+    }
+    if (!others && inflight > 0 && !d->conn_acked && d->conn_first_seq > 0) {
         if (d->probe && d->suspect_seq == d->conn_first_seq) {
             strike = true;
             if (++d->strikes >= DEAD_STRIKES) {
