@@ -448,7 +448,7 @@ static void print_status(json_t *res)
                json_string_value(json_object_get(v, "name")) ?: "?",
                json_string_value(json_object_get(v, "state")) ?: "?",
                json_string_value(json_object_get(v, "isolation")) ?: "?",
-               (long long)geti(v, "restarts"), err ? "  last: " : "", err ? err : "");
+               (long long)ctl_geti(v, "restarts"), err ? "  last: " : "", err ? err : "");
     }
 }
 
