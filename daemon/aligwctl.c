@@ -338,6 +338,11 @@ static void print_queue(json_t *q)
     printf("queue: %lld messages, %s, oldest %s; dropped %lld, expired %lld\n",
            (long long)ctl_geti(q, "queued"), b, a, (long long)ctl_geti(q, "dropped"),
            (long long)ctl_geti(q, "expired"));
+    if (json_is_true(json_object_get(q, "damaged")))
+        printf("OUTBOX DAMAGED: aligwd is stopping (see aligwd --check-store)\n");
+    if (ctl_geti(q, "errors") > 0)
+        printf("outbox errors: %lld, last: %s\n", (long long)ctl_geti(q, "errors"),
+               json_string_value(json_object_get(q, "last_error")) ?: "?");
 }
 
 static int state_rank(const char *s)

@@ -506,8 +506,17 @@ static void do_remove(struct ipc_reply *r, const struct ipc_request *req)
         return;
     }
     devices_remove(req->dev.key);
-    log_notice("%s: removed at runtime", req->dev.key);
-    ipc_reply_ok(r, NULL);
+    /* Its queued messages stay in the outbox (nothing accepted is dropped by a removal) and go
+     * out if the device is added again; TTL and the caps still apply to them. */
+    struct outbox_stats st;
+    outbox_device_stats(A.ob, req->dev.key, &st);
+    log_notice("%s: removed at runtime; %llu queued message(s) kept, delivered if it is added "
+               "again",
+               req->dev.key, (unsigned long long)st.count);
+    ipc_reply_ok(r, json_pack("{s:s,s:I,s:s}", "device", req->dev.key, "queued",
+                              (json_int_t)st.count, "queued_messages",
+                              "kept: delivered if the device is added again (store.ttl and the "
+                              "byte caps still apply)"));
 }
 
 /* ---- OTA requests ------------------------------------------------------------------------ */

@@ -947,8 +947,14 @@ static void on_lost(struct device *d, const char *cause)
      * A kick or a network fault lands with one message in flight for a few milliseconds at most,
      * so it rarely strikes, and any PUBACK clears the count.
      */
-    bool strike = false;
-    if (!mass && inflight > 0 && !d->conn_acked && d->conn_first_seq > 0) {
+    bool strike = false, others = mass;
+    if (mass) { /* a "mass" loss made of this device's own quick losses is not the endpoint */
+        others = false;
+        for (int i = 0; i < MASS_LOSS_DEVICES - 1; i++)
+            if (R.first_lost[i].slot != d->slot || R.first_lost[i].serial != d->serial)
+                others = true;
+    }
+    if (!others && inflight > 0 && !d->conn_acked && d->conn_first_seq > 0) {
         if (d->probe && d->suspect_seq == d->conn_first_seq) {
             strike = true;
             if (++d->strikes >= DEAD_STRIKES) {
@@ -1602,6 +1608,11 @@ int devices_apply(const struct config *c)
     for (size_t i = 0; i < R.n_slots; i++) {
         struct device *d = R.slots[i];
         if (d && !d->conf.runtime && !strmap_get(&keep, d->key)) {
+            struct outbox_stats st;
+            if (outbox_device_stats(R.ob, d->key, &st) == 0 && st.count > 0)
+                log_notice("%s: removed from the configuration; its %llu queued message(s) are "
+                           "kept and delivered if it is configured again",
+                           d->key, (unsigned long long)st.count);
             device_stop(d);
             removed++;
         }

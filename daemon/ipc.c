@@ -8,8 +8,11 @@
  * all connections together hold more than IPC_TOTAL_QUEUE_MAX unsent bytes, only while its own
  * queue is empty (so a client that reads is always served). Lines not served yet are kept (at
  * most one read, IPC_READ_CHUNK) and the socket is not read until they are; serving resumes as
- * the client reads. A watcher's events are dropped (and counted) above the watch limit or the
- * total bound instead.
+ * the client reads. Fairness: the pipelined lines of one connection are served until their
+ * answers add IPC_TURN_SLICE bytes, and the rest in later loop turns (an idle handle, round
+ * robin, at most IPC_TURN_BUDGET bytes of answers per turn over all connections), so a
+ * client that sends one request is answered in the next turn however much others pipelined. A
+ * watcher's events are dropped (and counted) above the watch limit or the total bound instead.
  * Replies hold a reference on their connection, so a reply completed after the client left (or
  * after the server closed) is dropped without touching freed memory. Event lines are serialized
  * once and shared between watchers through a reference-counted buffer.
@@ -40,6 +43,8 @@
 #define IPC_READ_CHUNK 65536
 #define IPC_CONN_QUEUE_MAX (1u << 20)
 #define IPC_TOTAL_QUEUE_MAX (8u << 20)
+#define IPC_TURN_SLICE (16u << 10)   /* answers one connection's pipelined lines may add per turn */
+#define IPC_TURN_BUDGET (512u << 10) /* answers all held lines together may add per turn */
 #define IPC_CONN_INFLIGHT_MAX 1024
 #define IPC_MAX_CONNS 1024
 #define IPC_DEFAULT_WATCH_LIMIT (1u << 20)
@@ -99,7 +104,12 @@ struct ipc_server {
     struct ipc_conn *conns;
     struct ipc_stats st;
     size_t wq_total;  /* unsent bytes of every connection */
-    unsigned handles; /* connection handles not yet closed, plus the listener's */
+    uv_idle_t resume; /* serves held lines in the next turn */
+    bool resume_init, resume_on;
+    size_t resume_rr;  /* round robin: where the next turn starts */
+    size_t turn_spent; /* answers added by pipelined lines in this loop turn ... */
+    uint64_t turn_now; /* ... which is the one with this uv_now() */
+    unsigned handles;  /* connection handles not yet closed, plus the listener's */
     void (*close_cb)(void *data);
     void *close_data;
     char rbuf[IPC_READ_CHUNK];
@@ -497,12 +507,20 @@ static bool conn_may_serve(const struct ipc_conn *c)
  * reference (a handler may close the connection). */
 static size_t conn_feed(struct ipc_conn *c, const char *data, size_t n)
 {
-    size_t off = 0;
+    struct ipc_server *srv = c->srv;
+    size_t off = 0, start = c->wq_bytes;
+    if (uv_now(srv->loop) != srv->turn_now) {
+        srv->turn_now = uv_now(srv->loop);
+        srv->turn_spent = 0;
+    }
     c->feeding = true;
-    while (off < n && !c->closing && c->srv && conn_may_serve(c)) {
+    while (off < n && !c->closing && c->srv && conn_may_serve(c) &&
+           c->wq_bytes <= start + IPC_TURN_SLICE && srv->turn_spent < IPC_TURN_BUDGET) {
         const char *nl = memchr(data + off, '\n', n - off);
         size_t seg = nl ? (size_t)(nl - (data + off)) + 1 : n - off;
+        size_t before = c->wq_bytes;
         ipc_framer_feed(&c->fr, data + off, seg, on_line, c);
+        srv->turn_spent += c->wq_bytes > before ? c->wq_bytes - before : 0;
         off += seg;
     }
     c->feeding = false;
@@ -539,27 +557,24 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_unref(c);
 }
 
-/* Serves held lines when the bounds allow; reads while nothing is held and the connection is
- * under its bounds; pauses otherwise. */
+static void on_resume(uv_idle_t *h);
+
+/* Held lines that may be served get their next slice in the next loop turn. */
+static void schedule_resume(struct ipc_server *srv)
+{
+    if (srv->resume_init && !srv->resume_on && !srv->closing &&
+        uv_idle_start(&srv->resume, on_resume) == 0)
+        srv->resume_on = true;
+}
+
+/* Reads while nothing is held and the connection is under its bounds; pauses otherwise. Held
+ * lines are served from the next turn on (on_resume) once the bounds allow. */
 static void conn_update_reading(struct ipc_conn *c)
 {
     if (c->closing || c->close_after_write || c->feeding)
         return;
-    if (c->held && conn_may_serve(c)) {
-        c->refs++;
-        size_t used = conn_feed(c, c->held + c->held_off, c->held_len);
-        c->held_off += used;
-        c->held_len -= used;
-        if (c->held_len == 0) {
-            free(c->held);
-            c->held = NULL;
-            c->held_off = 0;
-        }
-        bool gone = c->closing;
-        conn_unref(c);
-        if (gone)
-            return;
-    }
+    if (c->held && conn_may_serve(c))
+        schedule_resume(c->srv);
     bool over = c->held != NULL || !conn_may_serve(c);
     if (over && c->reading) {
         uv_read_stop((uv_stream_t *)&c->pipe);
@@ -568,6 +583,49 @@ static void conn_update_reading(struct ipc_conn *c)
         if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) == 0)
             c->reading = true;
     }
+}
+
+/*
+ * One slice of held lines per connection that may be served, round robin from where the last
+ * turn stopped, until the turn's answers reach IPC_TURN_BUDGET: a loop turn stays short however
+ * many clients pipeline, so a client that sends one request is answered soon.
+ */
+static void on_resume(uv_idle_t *h)
+{
+    struct ipc_server *srv = h->data;
+    struct ipc_conn *v[IPC_MAX_CONNS + 1];
+    size_t n = 0, done = 0;
+
+    uv_idle_stop(&srv->resume);
+    srv->resume_on = false;
+    for (struct ipc_conn *c = srv->conns; c && n < sizeof(v) / sizeof(v[0]); c = c->next)
+        if (c->held && !c->closing && !c->feeding && conn_may_serve(c)) {
+            c->refs++;
+            v[n++] = c;
+        }
+    for (size_t k = 0; k < n; k++) {
+        struct ipc_conn *c = v[(srv->resume_rr + k) % n];
+        if (srv->turn_spent >= IPC_TURN_BUDGET && uv_now(srv->loop) == srv->turn_now) {
+            schedule_resume(srv);
+            break;
+        }
+        if (!c->held || c->closing || !conn_may_serve(c))
+            continue;
+        size_t used = conn_feed(c, c->held + c->held_off, c->held_len);
+        done++;
+        c->held_off += used;
+        c->held_len -= used;
+        if (c->held_len == 0) {
+            free(c->held);
+            c->held = NULL;
+            c->held_off = 0;
+        }
+        if (!c->closing)
+            conn_update_reading(c);
+    }
+    srv->resume_rr += done;
+    for (size_t k = 0; k < n; k++)
+        conn_unref(v[k]);
 }
 
 static void refuse(struct ipc_conn *c, enum ipc_err code, const char *msg)
@@ -854,6 +912,11 @@ int ipc_server_start(struct ipc_server *srv)
     srv->listener_init = true;
     srv->handles++;
     srv->listener.data = srv;
+    if ((rc = uv_idle_init(srv->loop, &srv->resume)) < 0)
+        return rc;
+    srv->resume_init = true;
+    srv->handles++;
+    srv->resume.data = srv;
     if (fd >= 0) {
         if ((rc = uv_pipe_open(&srv->listener, fd)) < 0) {
             log_error("ipc: cannot use the socket systemd passed (fd %d): %s", fd, uv_strerror(rc));
@@ -915,6 +978,8 @@ void ipc_server_close(struct ipc_server *srv, void (*cb)(void *data), void *data
         unlink(srv->path);
     if (srv->listener_init)
         uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+    if (srv->resume_init)
+        uv_close((uv_handle_t *)&srv->resume, on_listener_closed);
     while (srv->conns)
         conn_close(srv->conns);
     server_maybe_free(srv); /* at once only when nothing was open */

@@ -58,6 +58,7 @@ static struct {
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t record_timer;
     bool record_timer_on;
+    uint64_t record_failed_ms; /* loop clock of the last failed record, 0 if none */
     struct statedb_outbox rec; /* what state.db holds about the outbox */
     uv_timer_t log_timer;      /* reports the per-device log lines suppressed by the rate limit */
     struct config *cfg;        /* in force */
@@ -295,8 +296,17 @@ static void record_outbox(void)
     if (h.damaged || r.identity == 0 ||
         (r.identity == M.rec.identity && r.committed_seq == M.rec.committed_seq))
         return;
-    if (statedb_outbox_put(M.db, &r) == 0)
+    /* A failure (a full disk) is logged by statedb; it is tried again after a pause, not every
+     * second. */
+    uint64_t now = uv_now(M.loop);
+    if (M.record_failed_ms && now - M.record_failed_ms < 30000)
+        return;
+    if (statedb_outbox_put(M.db, &r) == 0) {
         M.rec = r;
+        M.record_failed_ms = 0;
+    } else {
+        M.record_failed_ms = now ? now : 1;
+    }
 }
 
 static void on_record_timer(uv_timer_t *t)

@@ -378,8 +378,11 @@ class Hardening(T.TestCase):
         grown = (peak - before) / 1024.0
         print("RSS %.1f MB before, %.1f MB with %d non-reading clients (+%.1f MB); status answered "
               "in at most %.2f s" % (before / 1024.0, peak / 1024.0, n_clients, grown, worst))
-        self.assertLess(grown, 32, "API output memory is not bounded")
-        self.assertLess(worst, 5)
+        with open("/proc/%d/maps" % dm.proc.pid) as f:
+            asan = "libasan" in f.read()
+        if not asan:  # ASan keeps freed memory in quarantine: its RSS says nothing here
+            self.assertLess(grown, 32, "API output memory is not bounded")
+        self.assertLess(worst, 8 if asan else 5)
         for h in hogs:
             h.close()
         self.assertTrue(good.call("status")["ok"])
@@ -408,11 +411,12 @@ class Hardening(T.TestCase):
         self.assertIn("serves %d of the %d configured devices" % (servable, n_dev), dm.log())
         T.wait_for(lambda: dm.call("status")["result"]["online"] == servable, 60,
                    what="%d devices online" % servable)
-        devs = dm.call("devices")["result"]["devices"]
-        waiting = [d for d in devs if d["state"] != "online"]
+        def all_told():  # a device still in the connect pacer has not been told yet
+            devs = dm.call("devices")["result"]["devices"]
+            w = [d for d in devs if d["state"] != "online"]
+            return all("too many open files" in d.get("last_error", "") for d in w) and w
+        waiting = T.wait_for(all_told, 30, what="every waiting device to say too many open files")
         self.assertEqual(len(waiting), n_dev - servable)
-        for d in waiting:
-            self.assertIn("too many open files", d.get("last_error", ""), d)
         # the operator can always look, many times over
         for _ in range(20):
             r = subprocess.run([T.ALIGWCTL, "-s", dm.socket_path, "status"], capture_output=True,
@@ -533,6 +537,22 @@ class Hardening(T.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("49999 error(s) in the configuration", r.stdout)
         self.assertIn("more errors", r.stdout)
+
+    def test_removed_device_keeps_its_queue_and_says_so(self):
+        cfg = T.base_config(self.tmp)
+        dm = self.daemon(cfg)
+        dev = {"product_key": PK, "device_name": "rt01", "device_secret": "s" * 32,
+               "host": "127.0.0.1", "port": 1, "tls": False}
+        self.assertTrue(dm.call("add_device", device=dev)["ok"])
+        key = PK + "/rt01"
+        self.assertEqual(publish_n(dm, key, 3), 3)
+        r = dm.call("remove_device", device=key)
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"]["queued"], 3)
+        self.assertIn("kept", r["result"]["queued_messages"])
+        self.assertIn("3 queued message(s) kept", dm.log())
+        self.assertTrue(dm.call("add_device", device=dev)["ok"])
+        self.assertEqual(dm.device(key)["queued"], 3)
 
 
 if __name__ == "__main__":
