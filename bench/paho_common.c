@@ -1,10 +1,13 @@
-/* paho_common: device table, clock and RSS for the plain-Paho benchmark peers (see the header). */
+/* paho_common: device table, clock, RSS, CPU and heap figures for the plain-Paho benchmark peers
+ * (see the header). */
 #include "paho_common.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 const char *bench_prog = "bench";
@@ -27,6 +30,22 @@ long bench_rss_kb(void)
     if (f)
         fclose(f);
     return kb;
+}
+
+double bench_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+void bench_heap_kb(long *in_use, long *free_kb)
+{
+    struct mallinfo2 mi = mallinfo2(); /* glibc sums every arena */
+    *in_use = (long)((mi.uordblks + mi.hblkhd) / 1024);
+    *free_kb = (long)(mi.fordblks / 1024);
 }
 
 /* Splits one CSV record (RFC 4180 quoting, no embedded newlines) into at most max fields. */

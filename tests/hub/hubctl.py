@@ -289,9 +289,12 @@ def find_plugin():
     env = os.environ.get("ALIGW_HUB_PLUGIN")
     if env:
         return env
+    # CMake puts every plugin, this one included, in <build>/plugins-out; older trees had it in
+    # <build>/tests/hub. The newest of any build*/ directory of the source tree wins.
     root = os.path.dirname(os.path.dirname(HERE))
-    cands = [os.path.join(root, d, "tests", "hub", "aligw_hub.so")
-             for d in sorted(os.listdir(root)) if d.startswith("build")]
+    cands = [os.path.join(root, d, sub, "aligw_hub.so")
+             for d in sorted(os.listdir(root)) if d.startswith("build")
+             for sub in ("plugins-out", os.path.join("tests", "hub"))]
     cands = [c for c in cands if os.path.exists(c)]
     if not cands:
         raise FileNotFoundError("aligw_hub.so not found: set ALIGW_HUB_PLUGIN or build it "
