@@ -12,6 +12,7 @@
  */
 #include "session.h"
 
+#include "cadir.h"
 #include "errors.h"
 #include "log.h"
 
@@ -36,6 +37,7 @@ struct sess {
     MQTTAsync client;
     struct cbctx *ctx;
     char *host, *ca_file, *client_id, *username, *password;
+    const char *capath;      /* ca_file's hashed directory (cadir.h, borrowed), or NULL */
     struct session_params p; /* strings point at the copies above */
     /* Publishes of this session queued for the caller thread or being handed to Paho by it;
      * closing waits for it to reach 0 (see sess_free). */
@@ -601,6 +603,28 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+/*
+ * The hashed CA directory for ca_file, or NULL (then Paho parses the whole file into every
+ * connection's SSL_CTX, as before). With the directory each SSL_CTX reads only the root the
+ * server's chain needs: about 26 KB less heap per TLS device with the six-certificate trust file
+ * and 35% less CPU per handshake (issue 15's note).
+ */
+static const char *trust_dir(const char *ca_file)
+{
+    static bool warned;
+    const char *dir = NULL;
+    int rc = cadir_get(ca_file, &dir);
+
+    if (rc < 0 && rc != -ENOTCONN && !warned) {
+        warned = true;
+        log_errno(LOG_WARNING, rc,
+                  "TLS: no hashed CA directory for %s, each session loads the "
+                  "whole file",
+                  ca_file);
+    }
+    return rc < 0 ? NULL : dir;
+}
+
 int session_open(uint64_t id, const struct session_params *p)
 {
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
@@ -637,6 +661,8 @@ int session_open(uint64_t id, const struct session_params *p)
     }
     s->p.host = s->host;
     s->p.ca_file = s->ca_file;
+    if (p->tls && p->ca_file)
+        s->capath = trust_dir(p->ca_file);
     s->p.client_id = s->client_id;
     s->p.username = s->username;
     s->p.password = s->password;
@@ -698,7 +724,8 @@ int session_connect(uint64_t id)
         pthread_mutex_unlock(&L.mu);
         ssl.ssl_error_cb = on_ssl_error;
         ssl.ssl_error_context = s->ctx;
-        ssl.trustStore = s->p.ca_file;
+        ssl.trustStore = s->capath ? NULL : s->p.ca_file;
+        ssl.CApath = s->capath;
         ssl.enableServerCertAuth = 1;
         ssl.verify = s->p.verify_hostname ? 1 : 0;
         o.ssl = &ssl;
