@@ -30,6 +30,7 @@
 #include "outbox.h"
 #include "plugins.h"
 #include "statedb.h"
+#include "tlsbuf.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -523,6 +524,9 @@ int main(int argc, char **argv)
     }
     if ((rc = lock_state_dir(M.cfg->state_dir)) != 0)
         return rc;
+    if (!tlsbuf_active())
+        log_notice("TLS: SSL_CTX_new is not aligwd's (see tlsbuf.h): idle TLS sessions keep their "
+                   "record buffers");
     /* after the lock: a second daemon must not clear the first one's directories */
     char cadir[4096];
     snprintf(cadir, sizeof(cadir), "%s/ca", M.cfg->runtime_dir);
