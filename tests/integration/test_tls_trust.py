@@ -1,7 +1,9 @@
-"""TLS trust through the hashed CA directory (issue 15): sessions no longer hand Paho the CA file
-but a directory of the file's certificates named by subject hash (daemon/cadir.c). The promises
-stay: a server chaining to a trusted root is accepted, one from any other CA is refused, and one
-with the right CA but another host name is refused before a byte of MQTT is sent.
+"""TLS at scale (issue 15): trust through the hashed CA directory, and the window of TLS
+handshakes. Sessions no longer hand Paho the CA file but a directory of the file's certificates
+named by subject hash (daemon/cadir.c). The promises stay: a server chaining to a trusted root is
+accepted, one from any other CA is refused, and one with the right CA but another host name is
+refused before a byte of MQTT is sent. And at most 256 TLS handshakes are handed to Paho at once
+(session.c), the others wait their turn.
 
 The refusals are watched from the server side with small TLS servers of our own (Python's ssl
 module): a positive control on the same kind of server proves that a CONNECT is what an accepted
@@ -148,6 +150,70 @@ class TlsTrust(T.TestCase):
         # Stopping removes it.
         dm.stop()
         self.assertEqual([d for d in os.listdir(cadirs)], [])
+
+
+class Holder:
+    """Accepts TCP connections and holds them without a byte of TLS: every handshake started
+    towards it stays open. Counts how many are open at once."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.open = []
+        self.accepted = 0
+        self.most = 0
+        self.lock = threading.Lock()
+        self.stopping = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            with self.lock:
+                self.open.append(c)
+                self.accepted += 1
+                self.most = max(self.most, len(self.open))
+
+    def drop_all(self):
+        with self.lock:
+            for c in self.open:
+                c.close()
+            self.open = []
+
+    def stop(self):
+        self.stopping = True
+        self.drop_all()
+        self.sock.close()
+
+
+class TlsWindow(T.TestCase):
+    def test_at_most_256_tls_handshakes_at_once(self):
+        """300 TLS devices towards a server that never answers: 256 handshakes are started, the
+        others wait for one to end (session.c's window) instead of queuing in Paho, where their
+        time-out would run out before Paho reached them."""
+        rows = hubctl.gen_devices(300, PK)
+        holder = Holder()
+        self.later(holder.stop)
+        cfg = T.base_config(self.tmp, cloud={"connect_rate": 100000, "connect_burst": 100000})
+        for r in rows:
+            cfg["devices"].append({"product_key": r["product_key"], "device_name": r["device_name"],
+                                   "device_secret": r["device_secret"], "host": "localhost",
+                                   "port": holder.port, "tls": True, "ca_file": BUNDLE})
+        self.daemon(cfg)
+        T.wait_for(lambda: holder.accepted >= 256, 15, what="256 handshakes started")
+        time.sleep(3)  # the rest would have arrived by now without the window
+        self.assertEqual(holder.most, 256)
+        self.assertEqual(holder.accepted, 256)
+        # Handshakes that end (here: the server hangs up) make room for the waiting ones.
+        holder.drop_all()
+        T.wait_for(lambda: holder.accepted >= 300, 15, what="the waiting 44 started")
+        self.assertLessEqual(holder.most, 256)
 
 
 if __name__ == "__main__":
