@@ -11,7 +11,9 @@
  * is connected again by the main thread after aligwd's back-off (200 ms doubling to 1 s, equal
  * jitter), and each time all N are online again after losses it prints
  * {"event":"reconnected","lost":L,"attempts":A,"t_online":M,"cpu_s":C,"rss_kb":R}. It exits when
- * its standard input reaches end of file. Counters are updated from Paho's threads, hence atomics.
+ * its standard input reaches end of file. --window N: at most N connects are handed to Paho
+ * without an outcome yet (aligwd does so for TLS, 256). Counters are updated from Paho's
+ * threads, hence atomics.
  */
 #include <errno.h>
 #include <poll.h>
@@ -29,9 +31,10 @@
 #include "paho_common.h"
 #include "sign.h"
 
-enum { ST_CONNECTING, ST_UP, ST_SUBSCRIBED, ST_DOWN };
+enum { ST_CONNECTING, ST_UP, ST_SUBSCRIBED, ST_DOWN, ST_NEW };
 
 static atomic_int n_online, n_failed, n_lost;
+static atomic_long n_outcomes; /* connects that succeeded or failed, for --window */
 
 /* Per session: ST_UP once connected; the main thread then subscribes (--subscribe) and sets
  * ST_SUBSCRIBED. ST_DOWN: lost or failed, waiting for the main thread (--reconnect). */
@@ -42,6 +45,7 @@ static void on_connect(void *ctx, MQTTAsync_successData *resp)
     (void)resp;
     atomic_store(&state[(size_t)ctx], ST_UP);
     atomic_fetch_add(&n_online, 1);
+    atomic_fetch_add(&n_outcomes, 1);
 }
 
 static void on_connect_failure(void *ctx, MQTTAsync_failureData *resp)
@@ -50,6 +54,7 @@ static void on_connect_failure(void *ctx, MQTTAsync_failureData *resp)
         fprintf(stderr, "paho_sessions: device %ld: connect failed: %d %s\n", (long)(size_t)ctx,
                 resp ? resp->code : 0, resp && resp->message ? resp->message : "");
     atomic_store(&state[(size_t)ctx], ST_DOWN);
+    atomic_fetch_add(&n_outcomes, 1);
 }
 
 static void on_lost(void *ctx, char *cause)
@@ -88,7 +93,7 @@ static void subscribe_one(MQTTAsync client, const struct bench_device *dev)
 
 struct opts {
     const char *host, *ca, *capath, *devfile;
-    long port, count, timeout;
+    long port, count, timeout, window;
     int tls, subscribe, reconnect;
 };
 
@@ -132,7 +137,8 @@ static double backoff_s(int attempt)
 static void usage(void)
 {
     fprintf(stderr, "usage: paho_sessions --host H --port P [--tls --ca FILE | --tls --capath DIR] "
-                    "--devices FILE --count N [--timeout SECONDS] [--subscribe] [--reconnect]\n");
+                    "--devices FILE --count N [--timeout SECONDS] [--subscribe] [--reconnect] "
+                    "[--window N]\n");
     exit(2);
 }
 
@@ -170,12 +176,14 @@ static void parse(int argc, char **argv, struct opts *o)
             o->count = strtol(v, &end, 10);
         else if (!strcmp(a, "--timeout"))
             o->timeout = strtol(v, &end, 10);
+        else if (!strcmp(a, "--window"))
+            o->window = strtol(v, &end, 10);
         else
             usage();
         if (end && *end)
             usage();
     }
-    if (!o->devfile || o->port <= 0 || o->port > 65535 || o->count <= 0 ||
+    if (!o->devfile || o->port <= 0 || o->port > 65535 || o->count <= 0 || o->window < 0 ||
         (o->tls && !o->ca && !o->capath))
         usage();
 }
@@ -246,23 +254,29 @@ int main(int argc, char **argv)
             fprintf(stderr, "paho_sessions: setCallbacks %d failed\n", i);
             return 1;
         }
-        rc = connect_one(clients[i], i, &o);
-        if (rc != MQTTASYNC_SUCCESS) {
-            atomic_fetch_add(&n_failed, 1);
-            atomic_store(&state[i], ST_DOWN);
-            fprintf(stderr, "paho_sessions: connect %d: %d\n", i, rc);
-        }
+        atomic_store(&state[i], ST_NEW); /* connected below, --window at a time */
     }
 
-    /* One pass over the sessions: subscribe the new ones, reconnect the due ones. */
-    long attempts = 0;
+    /* One pass over the sessions: connect the new ones (at most --window connects without an
+     * outcome yet), subscribe the connected ones, reconnect the due ones. */
+    long attempts = 0, started = 0;
     double t_end = t0 + (double)o.timeout;
     int first = 1, announced = 0;
     for (;;) {
         double now = bench_now_s();
         for (int i = 0; i < n; i++) {
             unsigned char st = atomic_load(&state[i]);
-            if (st == ST_UP) {
+            int room = !o.window || started - atomic_load(&n_outcomes) < o.window;
+            if (st == ST_NEW && room) {
+                int rc = connect_one(clients[i], i, &o);
+                if (rc == MQTTASYNC_SUCCESS) {
+                    started++;
+                } else {
+                    atomic_fetch_add(&n_failed, 1);
+                    atomic_store(&state[i], ST_DOWN);
+                    fprintf(stderr, "paho_sessions: connect %d: %d\n", i, rc);
+                }
+            } else if (st == ST_UP) {
                 attempt[i] = 0;
                 retry_at[i] = 0;
                 atomic_store(&state[i], ST_SUBSCRIBED);
@@ -271,10 +285,12 @@ int main(int argc, char **argv)
             } else if (st == ST_DOWN && o.reconnect) {
                 if (retry_at[i] == 0) {
                     retry_at[i] = now + backoff_s(attempt[i]++);
-                } else if (now >= retry_at[i]) {
+                } else if (now >= retry_at[i] && room) {
                     retry_at[i] = 0;
                     attempts++;
-                    if (connect_one(clients[i], i, &o) != MQTTASYNC_SUCCESS)
+                    if (connect_one(clients[i], i, &o) == MQTTASYNC_SUCCESS)
+                        started++;
+                    else
                         atomic_store(&state[i], ST_DOWN);
                 }
             }
