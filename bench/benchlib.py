@@ -44,19 +44,30 @@ class Build:
         self.paho_sessions = os.path.join(self.dir, "bench", "paho_sessions")
         self.paho_publish = os.path.join(self.dir, "bench", "paho_publish")
         self.api_publish = os.path.join(self.dir, "bench", "api_publish")
-        plugin = os.environ.get("ALIGW_HUB_PLUGIN") or os.path.join(self.dir, "plugins-out",
-                                                                    "aligw_hub.so")
-        if not os.path.exists(plugin):  # where the build puts every plugin .so
-            plugin = os.path.join(self.dir, "plugins-out", "aligw_hub.so")
-        if not os.path.exists(plugin):
-            plugin = hubctl.find_plugin()
-        self.hub_plugin = plugin
+        self.hub_plugin = find_hub_plugin(self.dir)
 
     def check(self, *names):
+        names = names + ("hub_plugin",)
         missing = [getattr(self, n) for n in names if not os.path.exists(getattr(self, n))]
         if missing:
             sys.exit("missing: %s\nbuild them first: make -C %s aligwd aligw_hub paho_sessions "
                      "paho_publish api_publish" % (", ".join(missing), self.dir))
+
+
+def find_hub_plugin(build_dir):
+    """The hub's mosquitto plugin: $ALIGW_HUB_PLUGIN, else the one built in build_dir (CMake puts
+    it in plugins-out/ with every other plugin), else the newest in any build*/ of the tree."""
+    env = os.environ.get("ALIGW_HUB_PLUGIN")
+    if env:
+        return env
+    for sub in ("plugins-out", os.path.join("tests", "hub")):
+        p = os.path.join(build_dir, sub, "aligw_hub.so")
+        if os.path.exists(p):
+            return p
+    try:
+        return hubctl.find_plugin()
+    except FileNotFoundError:
+        return os.path.join(build_dir, "plugins-out", "aligw_hub.so")  # Build.check names it
 
 
 def default_build():

@@ -1,8 +1,9 @@
-/* paho_common: device table, clocks, pacing, CPU and RSS for the benchmark peers (see the header).
- */
+/* paho_common: device table, clocks, pacing, CPU, RSS and heap figures for the benchmark peers
+ * (see the header). */
 #include "paho_common.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,13 @@ long bench_rss_kb(void)
     if (f)
         fclose(f);
     return kb;
+}
+
+void bench_heap_kb(long *in_use, long *free_kb)
+{
+    struct mallinfo2 mi = mallinfo2(); /* glibc sums every arena */
+    *in_use = (long)((mi.uordblks + mi.hblkhd) / 1024);
+    *free_kb = (long)(mi.fordblks / 1024);
 }
 
 /* Splits one CSV record (RFC 4180 quoting, no embedded newlines) into at most max fields. */

@@ -1,7 +1,7 @@
 /*
  * paho_common: what the plain-Paho benchmark peers share: reading the device table (the CSV that
- * aligwd and the local hub read), the clocks, pacing (sleep until a
- * time), the process's CPU and resident memory, and a per-message send-time file.
+ * aligwd and the local hub read), the clocks, pacing (sleep until a time), the process's CPU,
+ * resident memory and malloc statistics, and a per-message send-time file.
  */
 #ifndef ALIGW_BENCH_PAHO_COMMON_H
 #define ALIGW_BENCH_PAHO_COMMON_H
@@ -24,6 +24,9 @@ void bench_sleep_until(double t);
 int bench_write_times(const char *path, const double *times, long n, long first);
 /* VmRSS of this process in KB, or -1. */
 long bench_rss_kb(void);
+/* malloc's view of the heap (all arenas): bytes in use (incl. mmapped chunks) and bytes free
+ * inside the arenas (held by the process, so counted in RSS once touched), in KB. */
+void bench_heap_kb(long *in_use, long *free_kb);
 /* Reads up to want devices from the CSV table at path into a new array (*out). Returns how many,
  * or -1 when the file cannot be read. */
 int bench_load_devices(const char *path, struct bench_device **out, int want);

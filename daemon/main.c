@@ -18,6 +18,7 @@
  * emptied outbox, or one whose -wal file was deleted, is not taken for an empty queue.
  */
 #include "api.h"
+#include "cadir.h"
 #include "config.h"
 #include "db.h"
 #include "devices.h"
@@ -29,6 +30,7 @@
 #include "outbox.h"
 #include "plugins.h"
 #include "statedb.h"
+#include "tlsbuf.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -374,6 +376,7 @@ static void shutdown_all(void)
     metrics_close();
     api_close();
     devices_close();
+    cadir_close(); /* after every session is gone */
     if (M.ob)
         outbox_close(M.ob, on_outbox_closed, NULL);
     notify_close();
@@ -531,6 +534,14 @@ int main(int argc, char **argv)
     }
     if ((rc = lock_state_dir(M.cfg->state_dir)) != 0)
         return rc;
+    if (!tlsbuf_active())
+        log_notice("TLS: SSL_CTX_new is not aligwd's (see tlsbuf.h): idle TLS sessions keep their "
+                   "record buffers");
+    /* after the lock: a second daemon must not clear the first one's directories */
+    char cadir[4096];
+    snprintf(cadir, sizeof(cadir), "%s/ca", M.cfg->runtime_dir);
+    if ((rc = cadir_init(cadir)) < 0) /* sessions then load their CA file whole (session.c) */
+        log_errno(LOG_WARNING, rc, "cannot prepare %s for hashed CA directories", cadir);
     char dbpath[4096];
     snprintf(dbpath, sizeof(dbpath), "%s/state.db", M.cfg->state_dir);
     rc = statedb_open(dbpath, &M.db);

@@ -574,6 +574,8 @@ def find_plugin():
     env = os.environ.get("ALIGW_HUB_PLUGIN")
     if env:
         return env
+    # CMake puts every plugin, this one included, in <build>/plugins-out; older trees had it in
+    # <build>/tests/hub. The newest of any build*/ directory of the source tree wins.
     root = os.path.dirname(os.path.dirname(HERE))
     cands = [os.path.join(root, d, sub, "aligw_hub.so")
              for d in sorted(os.listdir(root)) if d.startswith("build")
