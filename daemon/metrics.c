@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "ipc.h"
 #include "log.h"
+#include "ota.h"
 #include "outbox.h"
 #include "plugins.h"
 
@@ -198,6 +199,11 @@ static void gauge(struct text *t, const char *name, const char *help, uint64_t v
     sample_u(t, name, v);
 }
 
+static void ota_state_line(void *arg, const char *state, size_t n)
+{
+    add(arg, "aligw_ota_jobs{state=\"%s\"} %zu\n", state, n);
+}
+
 static void render_gateway(struct text *t)
 {
     struct device_totals dt;
@@ -287,6 +293,10 @@ static void render_gateway(struct text *t)
     add(t, "aligw_plugin_uplinks_total{result=\"delivered\"} %llu\n", ps.delivered);
     add(t, "aligw_plugin_uplinks_total{result=\"rejected_full\"} %llu\n", ps.rejected_full);
     add(t, "aligw_plugin_uplinks_total{result=\"error\"} %llu\n", ps.sink_errors);
+    counter(t, "aligw_plugin_restarts_total",
+            "Plugin hosts restarted after a crash, an exit or a missed heartbeat.", ps.restarts);
+    family(t, "aligw_ota_jobs", "gauge", "Firmware upgrade jobs by state.");
+    ota_count_by_state(ota_state_line, t);
 }
 
 /* ---- per device ---------------------------------------------------------------------------- */

@@ -1078,6 +1078,15 @@ static json_t *job_json(const struct job *j)
     return o;
 }
 
+void ota_count_by_state(void (*fn)(void *arg, const char *state, size_t n), void *arg)
+{
+    size_t n[J_FAILED + 1] = {0};
+    for (const struct job *j = O.head; j; j = j->next)
+        n[j->st]++;
+    for (int s = J_OFFERED; s <= J_FAILED; s++)
+        fn(arg, state_name((enum jstate)s), n[s]);
+}
+
 json_t *ota_json(const char *key)
 {
     json_t *jobs = json_array(), *versions = json_array();

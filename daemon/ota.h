@@ -100,5 +100,7 @@ int ota_check(const char *pk, const char *dn, const char *module);
 
 /* {"jobs":[…],"versions":[…]} for one device (key "pk/dn") or all (key NULL). New reference. */
 json_t *ota_json(const char *key);
+/* Calls fn once per job state (offered ... failed) with the number of jobs in it. */
+void ota_count_by_state(void (*fn)(void *arg, const char *state, size_t n), void *arg);
 
 #endif

@@ -1922,6 +1922,9 @@ void plugins_get_stats(const struct plugins *ps, struct plugins_stats *st)
     pthread_mutex_lock((pthread_mutex_t *)&ps->lock);
     *st = ps->stats;
     pthread_mutex_unlock((pthread_mutex_t *)&ps->lock);
+    st->restarts = 0;
+    for (size_t i = 0; i < ps->n; i++)
+        st->restarts += (unsigned long long)ps->v[i]->restarts; /* loop-owned */
 }
 
 json_t *plugins_status(const struct plugins *ps)

@@ -62,6 +62,7 @@ struct plugins_opts {
 /* Counters, for status. */
 struct plugins_stats {
     unsigned long long queued, delivered, rejected_full, sink_errors;
+    unsigned long long restarts; /* plugin hosts restarted after a crash, exit or hang */
 };
 
 struct plugins;

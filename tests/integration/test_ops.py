@@ -102,12 +102,17 @@ class Ops(T.TestCase):
         self.assertEqual(value(m, "aligw_devices", state="kicked"), 0)
         self.assertGreaterEqual(value(m, "aligw_connects_total"), 2)
         self.assertGreaterEqual(value(m, "aligw_auth_refusals_total"), 1)
-        self.assertEqual(value(m, "aligw_outbox_messages"), 0)
+        # A delivered message's delete rides along with the next commit (at most 50 ms later).
+        T.wait_for(lambda: value(parse(self.scrape_tcp(port)), "aligw_outbox_messages") == 0, 5,
+                   what="aligw_outbox_messages == 0 once the deletes commit")
         self.assertEqual(value(m, "aligw_outbox_full"), 0)
         self.assertEqual(value(m, "aligw_api_requests_total", op="publish", result="ok"), 5)
         self.assertEqual(value(m, "aligw_api_requests_total", op="publish", result="error"), 1)
         self.assertEqual(value(m, "aligw_api_requests_total", op="invalid", result="error"), 1)
         self.assertEqual(list(m["aligw_build_info"].values()), [1])
+        self.assertEqual(value(m, "aligw_plugin_restarts_total"), 0)
+        for st in ("offered", "downloading", "verifying", "ready", "applying", "done", "failed"):
+            self.assertEqual(value(m, "aligw_ota_jobs", state=st), 0)
         # the standard process series describe this very process
         self.assertGreater(value(m, "process_resident_memory_bytes"), 1 << 20)
         self.assertGreater(value(m, "process_open_fds"), 3)
