@@ -257,7 +257,6 @@ struct aligw_host {
     int (*device_info)(const struct aligw_host *host, const struct aligw_device *dev,
                        struct aligw_device_info *info);
 
-
     /*
      * ABI 1.2. Answers on_firmware for job job_id of dev: step 0 = applied, version = what the
      * device runs now (NULL: the package's version); or step -1 (upgrade failed), -2 (download
@@ -349,7 +348,6 @@ struct aligw_plugin {
      */
     void (*on_post_done)(void *instance, const struct aligw_device *dev, uint64_t cookie,
                          int status, int64_t seq);
-
 
     /*
      * ABI 1.2, optional: verified firmware for dev (see struct aligw_firmware). Start applying it

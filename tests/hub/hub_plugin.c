@@ -101,7 +101,7 @@ static struct {
     int dynreg_plain;
     int min_keepalive;
     long long ntp_skew_ms; /* added to the times of NTP answers (hub/ctl/ntp_skew) */
-    long https_port; /* where firmware is served (for firmware/get answers) */
+    long https_port;       /* where firmware is served (for firmware/get answers) */
     struct dev **tab;
     size_t tabsize, ndev;
     unsigned long long connects, fails[F_COUNT], kicks, refused_pub, refused_sub, rate_limited,
