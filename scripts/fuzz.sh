@@ -16,14 +16,19 @@ for t in $TARGETS; do
   work=$(mktemp -d)
   log=$(mktemp)
   cp -r "tests/fuzz/corpus/$t/." "$work/"
+  art=$(mktemp -d)
+  # -artifact_prefix: libFuzzer writes crash-/slow-unit- files into the current directory by
+  # default (two slow-units once landed in the repository's root that way).
   if UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$BDIR/tests/fuzz/$t" "$work" \
-      -max_total_time="$SECS" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
+      -max_total_time="$SECS" -max_len=4096 -print_final_stats=1 \
+      -artifact_prefix="$art/" >"$log" 2>&1; then
     echo "fuzz $t: $(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}') runs in ${SECS}s, nothing found"
   else
     echo "fuzz $t: FOUND A PROBLEM"
     tail -n 60 "$log"
+    ls -l "$art"
     status=1
   fi
-  rm -rf "$work" "$log"
+  rm -rf "$work" "$log" "$art"
 done
 exit $status
