@@ -19,7 +19,8 @@ hub_stop() {
 }
 
 # write_config DIR FIRST LAST: DIR/aligw.json for devices FIRST..LAST (1-based rows of
-# devices.csv) with the default state and runtime dirs, DIR/devices.csv, DIR/hub-ca.pem.
+# devices.csv) with the default state and runtime dirs, DIR/devices.csv, DIR/hub-ca.pem; the
+# simulator plugin (out of process) posts properties for device FIRST every second.
 write_config() {
   local dir=$1 first=$2 last=$3
   mkdir -p "$dir"
@@ -39,6 +40,10 @@ cfg = {
     "cloud": {"host": "127.0.0.1", "port": port, "tls": True, "ca_file": "hub-ca.pem"},
     "devices_file": "devices.csv",
     "health": {"min_online": 1.0},
+    # The first device is driven by the simulator in its own aligw-plugin-host (the default
+    # isolation), so the installed plugin host and plugin directory are exercised too.
+    "plugins": [{"name": "simulator", "config": {"interval_ms": 1000},
+                 "devices": [rows[first - 1]["product_key"] + "/" + rows[first - 1]["device_name"]]}],
 }
 with open(os.path.join(d, "aligw.json"), "w") as f:
     json.dump(cfg, f, indent=2)

@@ -132,6 +132,13 @@ xargs -0 buildah run --isolation chroot --user aligw -v "$W/run:/run/aligw" "$CT
 buildah run --isolation chroot --user aligw -v "$W/run:/run/aligw" "$CTR" -- aligwctl health
 [ "$hc" = 0 ] || { echo "FAIL: the HEALTHCHECK command exited $hc" >&2; exit 1; }
 
+step "a property post from the simulator in the image's aligw-plugin-host"
+hub_subscribe "/sys/$(device_key 1)/thing/event/property/post" "$W/sim"
+wait "$SUBPID" || true
+SUBPID=""
+grep -q '"params"' "$W/sim" || { echo "FAIL: no property post from the simulator reached the hub" >&2; exit 1; }
+echo "hub received: $(head -c 200 "$W/sim")"
+
 step "publish through the socket mounted from the host"
 K1=$(device_key 1)
 hub_subscribe "/${K1}/user/update" "$W/got"

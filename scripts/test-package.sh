@@ -47,6 +47,7 @@ cleanup() {
   set +e
   [ -f "$W/run/daemon.pid" ] && kill -TERM "$(cat "$W/run/daemon.pid")" 2>/dev/null
   [ -n "${RUNPID:-}" ] && wait "$RUNPID" 2>/dev/null
+  [ -n "${SUBPID:-}" ] && kill "$SUBPID" 2>/dev/null
   [ -n "$CTR" ] && buildah rm "$CTR" >/dev/null 2>&1
   hub_stop
   rm -rf "$W"
@@ -88,6 +89,13 @@ chmod 0644 "$W/etc"/*
          exec aligwd -c /etc/aligw/aligw.json' >"$W/aligwd.log" 2>&1 &
 RUNPID=$!
 wait_online "$W/run/aligw.sock" 3 30 || { cat "$W/aligwd.log" >&2; exit 1; }
+step "a property post from the simulator in the installed aligw-plugin-host"
+K1=$(device_key 1)
+hub_subscribe "/sys/${K1}/thing/event/property/post" "$W/got"
+wait "$SUBPID" || true
+SUBPID=""
+grep -q '"params"' "$W/got" || { echo "FAIL: no property post from the simulator reached the hub" >&2; cat "$W/aligwd.log" >&2; exit 1; }
+echo "hub received: $(head -c 200 "$W/got")"
 "$BDIR/daemon/aligwctl" -s "$W/run/aligw.sock" status
 kill -TERM "$(cat "$W/run/daemon.pid")"
 wait "$RUNPID"
