@@ -1,7 +1,8 @@
 /*
  * test_devices: the device registry's behaviours against the session stub and a fake clock, in
  * milliseconds: the connect pacer, back-off and its jitter bounds, the longer back-off after a
- * refused login, kick inference and mass-loss detection, the forwarder's window (stretched for a
+ * refused login, kick inference and mass-loss detection, the kick back-off's escalation and its
+ * reset after a calm session, the forwarder's window (stretched for a
  * lone busy device) and acknowledged messages keeping their window place until their delete is
  * committed. The outbox and the state database are the real ones, on temporary files. The
  * integration tests (tests/integration) prove the same against Paho and the hub.
@@ -210,6 +211,49 @@ static void test_kick_and_mass_loss(void)
     stop();
 }
 
+/* The kick back-off doubles with each session taken over again (issue 12: a rival that logs in
+ * again right after each loss traded the session for ever) and starts over only once a session
+ * has stayed up for the kick window. Waits are "equal jitter": [d/2, d] for d = kick_backoff_ms
+ * doubled per level. */
+static void test_kick_backoff_escalates_and_calms(void)
+{
+    start(1,
+          "\"connect_rate\": 1000, \"backoff_min_ms\": 100, \"backoff_max_ms\": 200, "
+          "\"kick_backoff_ms\": 10000",
+          "");
+    fake_advance(0);
+    online(0);
+    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
+    CHECK_STR(state(0), "backoff");
+    backoff_due(0);
+    uint64_t lo = 5000, hi = 10050;
+    for (int level = 0; level < 3; level++, lo *= 2, hi = hi * 2) {
+        online(0);
+        fake_advance(5000);
+        stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
+        CHECK_STR(state(0), "kicked");
+        uint64_t w = backoff_due(0);
+        if (w < lo || w > hi)
+            fprintf(stderr, "kick level %d: waited %llu ms, expected [%llu, %llu]\n", level,
+                    (unsigned long long)w, (unsigned long long)lo, (unsigned long long)hi);
+        CHECK(w >= lo && w <= hi);
+    }
+    /* A session that outlives the window ends the escalation: the next loss is an ordinary one,
+     * and a kick after that waits kick_backoff_ms again, not 80 s. */
+    online(0);
+    fake_advance(61000);
+    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
+    CHECK_STR(state(0), "backoff");
+    backoff_due(0);
+    online(0);
+    fake_advance(5000);
+    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
+    CHECK_STR(state(0), "kicked");
+    uint64_t w = backoff_due(0);
+    CHECK(w >= 5000 && w <= 10050);
+    stop();
+}
+
 static int appended;
 static void on_appended(void *arg, int status, int64_t seq)
 {
@@ -276,6 +320,7 @@ int main(void)
     test_pacer();
     test_backoff();
     test_kick_and_mass_loss();
+    test_kick_backoff_escalates_and_calms();
     test_window();
     uv_loop_close(&loop);
     rmdir(dir);
