@@ -163,7 +163,7 @@ int main(int argc, char **argv)
             if (outbox_peek(ob, dev, after[dv], m, 500, &n) < 0)
                 return 1;
             for (size_t i = 0; i < n; i++) {
-                outbox_ack(ob, m[i].seq);
+                outbox_ack(ob, dev, m[i].seq);
                 after[dv] = m[i].seq;
                 outbox_msg_free(&m[i]);
             }

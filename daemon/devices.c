@@ -9,10 +9,11 @@
  *
  * Forwarder: per device, messages are peeked from the outbox oldest first after the last seq
  * sent on this connection, published with ref = epoch << 48 | seq, and acked in the outbox on
- * PUBACK. A new connection bumps the epoch and starts again from the oldest unacked message,
- * so after any reconnect or restart the unacknowledged messages go out again in order;
- * acknowledgements from an older epoch still delete their row but no longer count against the
- * window.
+ * PUBACK. A new connection bumps the epoch and starts again from the oldest unacked message
+ * (the outbox no longer hands out an acked one, even while its delete waits for a commit), so
+ * after any reconnect or restart the unacknowledged messages go out again in order, and only
+ * those; acknowledgements from an older epoch still delete their row but no longer count against
+ * the window.
  */
 #include "devices.h"
 
@@ -962,7 +963,8 @@ static void on_lost(struct device *d, const char *cause)
                 struct outbox_msg m;
                 size_t n = 0;
                 if (outbox_peek(R.ob, d->key, d->suspect_seq - 1, &m, 1, &n) == 0 && n == 1) {
-                    snprintf(topic, sizeof(topic), "%s", m.topic);
+                    if (m.seq == d->suspect_seq) /* not when it was acked meanwhile */
+                        snprintf(topic, sizeof(topic), "%s", m.topic);
                     outbox_msg_free(&m);
                 }
                 dead_letter(d, d->suspect_seq, topic,
@@ -1061,7 +1063,7 @@ static void on_published(struct device *d, uint64_t ref, bool ok)
     if (ok) {
         /* The message keeps its place in the window until its delete is committed: a crash
          * before that sends it again, and the window is what bounds those duplicates. */
-        int64_t ticket = outbox_ack(R.ob, seq);
+        int64_t ticket = outbox_ack(R.ob, d->key, seq);
         if (ticket > 0 && ackq_push(&R.acking, d, ticket) == 0)
             d->acking++;
         /* The outbox holds deletes back briefly to commit them with the next appends; once a

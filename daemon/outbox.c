@@ -9,6 +9,9 @@
  * collecting into `cur`, which becomes the next batch when the first one is done (one batch in
  * flight at a time, so the writer connection is only ever used by one thread). `complete` merges
  * the batch's counter deltas into the per-device counters and calls the callbacks, all on the loop.
+ * An ack also enters its device's sorted `acked` list until the batch holding it commits (or gives
+ * it up): outbox_peek skips those rows, so a delivered message is not handed out again while its
+ * delete waits; a failed commit puts the acks back into `cur` and they stay listed.
  *
  * Sharing while a batch is in flight: the batch runner writes only the batch, the devices' d_*
  * / touched / inserted / got_append fields, and reads committed counters, `by_id` and options,
@@ -101,6 +104,10 @@ struct odev {
     int64_t max_seq, wt_prev;
     bool max_known;
     struct pend *wt_head, *wt_tail;
+    /* Acked seqs whose delete is not committed yet (loop): one entry per ack in `cur`, in `fly`
+     * while it runs; sorted, so outbox_peek can skip them; NULL when none pend. */
+    int64_t *acked;
+    size_t n_acked, cap_acked;
 };
 
 struct pend {
@@ -120,12 +127,18 @@ struct deadl {
     char reason[160];
 };
 
+/* An acked message: its device (NULL if the outbox does not know it) holds seq in `acked`. */
+struct ackent {
+    struct odev *dev;
+    int64_t seq;
+};
+
 struct batch {
     struct pend **ap;
     size_t n_ap, cap_ap;
     struct deadl *dead;
     size_t n_dead, cap_dead;
-    int64_t *acks;
+    struct ackent *acks;
     size_t n_acks, cap_acks;
     int64_t expire_before_ms; /* 0 = no expiry in this batch */
     bool expire_more;         /* set by the runner: more rows to expire */
@@ -588,7 +601,7 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
             goto fail;
     }
     for (size_t i = 0; i < b->n_acks; i++)
-        if ((err = delete_msg(ob, b, b->acks[i], DEL_ACK)) < 0)
+        if ((err = delete_msg(ob, b, b->acks[i].seq, DEL_ACK)) < 0)
             goto fail;
     if (b->expire_before_ms > 0 && (err = expire(ob, b)) < 0)
         goto fail;
@@ -916,18 +929,76 @@ static int push_dead(struct batch *b, const struct deadl *x)
     return 0;
 }
 
-static int push_ack(struct batch *b, int64_t seq)
+static int push_ack(struct batch *b, struct ackent a)
 {
     if (b->n_acks == b->cap_acks) {
         size_t n = b->cap_acks ? b->cap_acks * 2 : 256;
-        int64_t *v = realloc(b->acks, n * sizeof(*v));
+        struct ackent *v = realloc(b->acks, n * sizeof(*v));
         if (!v)
             return -ENOMEM;
         b->acks = v;
         b->cap_acks = n;
     }
-    b->acks[b->n_acks++] = seq;
+    b->acks[b->n_acks++] = a;
     return 0;
+}
+
+/*
+ * Pending acks of a device (loop). Acks mostly come in seq order, so an insertion from the back
+ * is cheap, and the oldest settle first, so a removal searches from the front. A seq acked twice
+ * (a resend's PUBACK) is held twice, once per entry in the batches.
+ */
+static int acked_add(struct odev *d, int64_t seq)
+{
+    size_t i;
+    if (d->n_acked == d->cap_acked) {
+        size_t n = d->cap_acked ? d->cap_acked * 2 : 16;
+        int64_t *v = realloc(d->acked, n * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        d->acked = v;
+        d->cap_acked = n;
+    }
+    for (i = d->n_acked; i > 0 && d->acked[i - 1] > seq; i--)
+        d->acked[i] = d->acked[i - 1];
+    d->acked[i] = seq;
+    d->n_acked++;
+    return 0;
+}
+
+static void acked_remove(struct odev *d, int64_t seq)
+{
+    size_t i = 0;
+    while (i < d->n_acked && d->acked[i] != seq)
+        i++;
+    if (i == d->n_acked)
+        return;
+    memmove(d->acked + i, d->acked + i + 1, (d->n_acked - i - 1) * sizeof(*d->acked));
+    if (--d->n_acked == 0) {
+        free(d->acked);
+        d->acked = NULL;
+        d->cap_acked = 0;
+    }
+}
+
+/* The first pending ack of d above seq (n_acked if none). */
+static size_t acked_above(const struct odev *d, int64_t seq)
+{
+    size_t lo = 0, hi = d->n_acked;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (d->acked[mid] <= seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static bool acked_has(const struct odev *d, int64_t seq)
+{
+    size_t i = acked_above(d, seq);
+    return i > 0 && d->acked[i - 1] == seq;
 }
 
 static void log_counts(struct odev *d, int64_t now)
@@ -980,6 +1051,7 @@ static void complete(struct outbox *ob, struct batch *b)
     bool more = !batch_empty(ob, ob->cur); /* not counting acks put back below */
     /* The batch's messages are all still in the table unless it dropped or expired some. */
     bool wt = ok && b->d_dropped == 0 && b->d_expired == 0;
+    size_t kept = 0; /* acks put back into cur */
 
     ob->inflight = false;
     for (size_t i = 0; i < b->n_touched; i++) {
@@ -1029,8 +1101,8 @@ static void complete(struct outbox *ob, struct batch *b)
                       ob->path, b->n_acks, RETRY_MS);
             ob->ack_log_ms = now;
         }
-        for (size_t i = 0; i < b->n_acks && !ob->closing; i++)
-            if (push_ack(ob->cur, b->acks[i]) < 0)
+        for (kept = 0; kept < b->n_acks && !ob->closing; kept++)
+            if (push_ack(ob->cur, b->acks[kept]) < 0)
                 break;
         for (size_t i = 0; i < b->n_dead && !ob->closing; i++)
             if (push_dead(ob->cur, &b->dead[i]) < 0)
@@ -1041,6 +1113,11 @@ static void complete(struct outbox *ob, struct batch *b)
         uv_timer_start(&ob->retry_timer, retry_cb, RETRY_MS, 0); /* look for room again */
     }
     bool settled = b->ack_status == 0 && b->n_acks > 0;
+    /* Acks that are no longer in a batch (committed, or given up: damaged, closing, out of
+     * memory) no longer hold their rows back from outbox_peek; those put back into cur do. */
+    for (size_t i = kept; i < b->n_acks; i++)
+        if (b->acks[i].dev)
+            acked_remove(b->acks[i].dev, b->acks[i].seq);
     b->n_acks = 0;
     b->n_dead = 0;
     b->try_restore = false;
@@ -1270,6 +1347,7 @@ static void free_ob(struct outbox *ob)
         struct odev *d = ob->buckets[i], *next;
         for (; d; d = next) {
             next = d->hnext;
+            free(d->acked);
             free(d->key);
             free(d);
         }
@@ -1520,15 +1598,20 @@ int outbox_append(struct outbox *ob, const char *device_key, const char *topic, 
     return 0;
 }
 
-int64_t outbox_ack(struct outbox *ob, int64_t seq)
+int64_t outbox_ack(struct outbox *ob, const char *device_key, int64_t seq)
 {
+    struct ackent a = {.dev = dev_find(ob, device_key), .seq = seq};
     int err;
     if (ob->closing)
         return -ESHUTDOWN;
     if (ob->damaged)
         return ALIGW_ECORRUPT;
-    if ((err = push_ack(ob->cur, seq)) < 0)
+    if ((err = push_ack(ob->cur, a)) < 0)
         return err;
+    if (a.dev && (err = acked_add(a.dev, seq)) < 0) {
+        ob->cur->n_acks--;
+        return err;
+    }
     /* While messages are coming in, the delete rides along with the next commit (this turn's,
      * if anything else is pending), or the ack timer's: at low rates one transaction per message
      * instead of two. With no append for ACK_DELAY_MS (draining a backlog) nothing would come to
@@ -1568,11 +1651,15 @@ void outbox_msg_free(struct outbox_msg *m)
  * Write-through: from a ready callback, when every committed message of d after after_seq is in
  * the batch just committed (none of its older ones is newer than after_seq), they are handed out
  * from the batch's memory instead of being read back. Returns false to read the table instead.
+ * The batch's messages are pending acks only if someone acked a seq between its commit and the
+ * ready callback (the forwarder's acks come from PUBACKs, a later turn): the table then.
  */
 static bool peek_batch(struct outbox *ob, struct odev *d, int64_t after_seq, struct outbox_msg *out,
                        size_t max, size_t *n)
 {
     if (!ob->wt_on || !d->wt_head)
+        return false;
+    if (d->n_acked && d->acked[d->n_acked - 1] >= d->wt_head->seq)
         return false;
     if (d->wt_prev < 0) {
         sqlite3_stmt *st = ob->r[RT_MAX_BELOW];
@@ -1621,15 +1708,22 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
         return 0;
     if (peek_batch(ob, d, after_seq, out, max, n))
         return 0;
+    /* Acked rows whose delete is not committed yet are skipped: reading that many more rows
+     * still finds max others when there are. */
+    size_t skip = d->n_acked ? d->n_acked - acked_above(d, after_seq) : 0;
+    size_t limit = max + skip;
     sqlite3_bind_int64(st, 1, d->id);
     sqlite3_bind_int64(st, 2, after_seq);
-    sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max);
+    sqlite3_bind_int64(st, 3, limit > INT32_MAX ? INT32_MAX : (int64_t)limit);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct outbox_msg *m = &out[*n];
+        int64_t seq = sqlite3_column_int64(st, 0);
+        if (skip && acked_has(d, seq))
+            continue;
         const void *pl = sqlite3_column_blob(st, 2);
         m->borrowed = false;
         size_t len = (size_t)sqlite3_column_bytes(st, 2);
-        m->seq = sqlite3_column_int64(st, 0);
+        m->seq = seq;
         m->topic = strdup((const char *)sqlite3_column_text(st, 1));
         m->payload = malloc(len ? len : 1);
         if (!m->topic || !m->payload) {
@@ -1642,7 +1736,10 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
         m->len = len;
         m->qos = sqlite3_column_int(st, 3);
         m->created_ms = sqlite3_column_int64(st, 4);
-        (*n)++;
+        if (++*n == max) {
+            rc = SQLITE_DONE; /* the rest were over-read for skipped rows */
+            break;
+        }
     }
     if (!err && rc != SQLITE_DONE)
         err = db_err(ob->rdb, rc);

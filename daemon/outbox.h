@@ -1,7 +1,8 @@
 /*
  * outbox: store-and-forward. Every uplink message is appended here, committed to SQLite, and
  * only then is its producer told "accepted"; the forwarder reads a device's messages oldest
- * first (peek), and deletes them once the cloud has them (ack).
+ * first (peek), and deletes them once the cloud has them (ack). An acked message is not handed
+ * out again, even before its delete is committed.
  *
  * Appends made during one loop turn are committed together in one transaction at the end of the
  * turn (group commit), so throughput does not depend on one fsync per message. While messages
@@ -103,9 +104,11 @@ struct outbox_msg {
 
 /*
  * Reads up to max committed messages of device_key with seq > after_seq, oldest first, into
- * out[0..*n). Messages acked but not yet deleted may still be returned: pass the last seq you
- * handed on as after_seq. Returns 0 (*n may be 0; an unknown device has none), or -ENOMEM /
- * a db_err() code. Called from a ready callback, it may hand out the messages just committed
+ * out[0..*n). A message acked (outbox_ack) is never returned again, even while its delete is not
+ * committed yet; the others are returned each time they are asked for, so pass the last seq you
+ * handed on as after_seq, and 0 to start again from the oldest unacked message (a new
+ * connection). Returns 0 (*n may be 0; an unknown device has none), or -ENOMEM / a db_err()
+ * code. Called from a ready callback, it may hand out the messages just committed
  * from memory instead of reading them back (write-through): those are `borrowed` and valid only
  * until that callback returns; outbox_msg_free is still to be called on every message.
  */
@@ -114,14 +117,17 @@ int outbox_peek(struct outbox *ob, const char *device_key, int64_t after_seq,
 void outbox_msg_free(struct outbox_msg *m);
 
 /*
- * The message seq was delivered: it is deleted in the next batch that commits: at the end of
- * this turn when nothing was appended in the last 50 ms, else at the latest ~50 ms from now
- * (sooner with outbox_flush). Unknown seqs are ignored.
- * Returns the ack's ticket (> 0, increasing with every call) or -ENOMEM / -ESHUTDOWN. Until the
- * delete is committed (see outbox_on_settled) the row is still there, so a crash now sends the
- * message again: callers that bound duplicates count it as in flight until then.
+ * The message seq of device_key (borrowed for the call) was delivered: it is deleted in the next
+ * batch that commits: at the end of this turn when nothing was appended in the last 50 ms, else
+ * at the latest ~50 ms from now (sooner with outbox_flush). From now on outbox_peek skips it.
+ * Unknown seqs are ignored. Acks may come in any order (a QoS 0 message is "acked" when sent,
+ * possibly before an older QoS 1 message's PUBACK).
+ * Returns the ack's ticket (> 0, increasing with every call) or -ENOMEM / -ESHUTDOWN /
+ * ALIGW_ECORRUPT. Until the delete is committed (see outbox_on_settled) the row is still there,
+ * so a crash now sends the message again: callers that bound duplicates count it as in flight
+ * until then.
  */
-int64_t outbox_ack(struct outbox *ob, int64_t seq);
+int64_t outbox_ack(struct outbox *ob, const char *device_key, int64_t seq);
 
 /* Commits the pending acks (and whatever else is pending) at the end of this loop turn rather
  * than waiting for the ack delay: for a caller whose window is held by unsettled acks. */

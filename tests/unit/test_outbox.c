@@ -24,8 +24,17 @@ static int n_cb;
 static char ready_keys[64][32];
 static int n_ready, cb_before_ready;
 
+/* When cb_ack_ob is set, the next append callback acks cb_ack_seq of cb_ack_key (once). */
+static struct outbox *cb_ack_ob;
+static const char *cb_ack_key;
+static int64_t cb_ack_seq, cb_ack_ticket;
+
 static void on_append(void *arg, int status, int64_t seq)
 {
+    if (cb_ack_ob) {
+        cb_ack_ticket = outbox_ack(cb_ack_ob, cb_ack_key, cb_ack_seq);
+        cb_ack_ob = NULL;
+    }
     if (n_cb < 4096) {
         cb_seq[n_cb] = seq;
         cb_status[n_cb] = status;
@@ -213,8 +222,8 @@ static void test_basic(enum store_durability dur)
      * settled callback reports them once the deletes are committed, not before. */
     settled_upto = 0;
     outbox_on_settled(ob, on_settled, NULL);
-    int64_t t1 = outbox_ack(ob, a1);
-    int64_t t2 = outbox_ack(ob, 999999); /* unknown: ignored */
+    int64_t t1 = outbox_ack(ob, "pk/a", a1);
+    int64_t t2 = outbox_ack(ob, "pk/a", 999999); /* unknown: ignored */
     CHECK(t1 > 0 && t2 > t1);
     CHECK_INT(settled_upto, 0);
     reset_cbs();
@@ -247,7 +256,7 @@ static void test_basic(enum store_durability dur)
     for (size_t i = 0; i < n; i++)
         outbox_msg_free(&m[i]);
     /* Acks on close are flushed, not lost. */
-    CHECK(outbox_ack(ob, a2) > 0);
+    CHECK(outbox_ack(ob, "pk/a", a2) > 0);
     reset_cbs();
     CHECK_INT(append(ob, "pk/b", "b4"), 0);
     close_ob(ob); /* the pending append is committed and called back during close */
@@ -391,7 +400,7 @@ static void test_caps(void)
     /* Deliver one: room for one more. */
     CHECK_INT(outbox_peek(ob, "pk/r", 0, m, 1, &n), 0);
     CHECK_INT(n, 1);
-    CHECK(outbox_ack(ob, m[0].seq) > 0);
+    CHECK(outbox_ack(ob, "pk/r", m[0].seq) > 0);
     outbox_msg_free(&m[0]);
     outbox_flush(ob);
     for (int i = 0; i < 10 && st.count == 4; i++) {
@@ -476,7 +485,7 @@ static uint64_t ack_all(struct outbox *ob, const char *dev)
         n = 0;
         CHECK_INT(outbox_peek(ob, dev, after, m, 10, &n), 0);
         for (size_t i = 0; i < n; i++) {
-            CHECK(outbox_ack(ob, m[i].seq) > 0);
+            CHECK(outbox_ack(ob, dev, m[i].seq) > 0);
             after = m[i].seq;
             outbox_msg_free(&m[i]);
         }
@@ -747,7 +756,7 @@ static void test_deferred_acks(enum store_durability dur)
     uint64_t t0 = uv_now(&loop);
     CHECK_INT(append(ob, "pk/d", "w"), 0);
     run_until(&n_cb, 1);
-    int64_t t1 = outbox_ack(ob, m[0].seq);
+    int64_t t1 = outbox_ack(ob, "pk/d", m[0].seq);
     for (int i = 0; i < 3; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
     if (uv_now(&loop) - t0 < 40) /* a loaded machine may have taken the time: then skip */
@@ -759,14 +768,14 @@ static void test_deferred_acks(enum store_durability dur)
     CHECK(uv_now(&loop) - t0 >= 45);
 
     /* with an append: one batch */
-    int64_t t2 = outbox_ack(ob, m[1].seq);
+    int64_t t2 = outbox_ack(ob, "pk/d", m[1].seq);
     reset_cbs();
     CHECK_INT(append(ob, "pk/d", "y"), 0);
     run_until(&n_cb, 1);
     CHECK_INT(settled_upto, t2);
 
     /* flushed: at the end of this turn (with full, the commit then runs on the thread pool) */
-    int64_t t3 = outbox_ack(ob, m[2].seq);
+    int64_t t3 = outbox_ack(ob, "pk/d", m[2].seq);
     outbox_flush(ob);
     uv_run(&loop, UV_RUN_NOWAIT);
     if (dur == DURABILITY_NORMAL)
@@ -781,7 +790,7 @@ static void test_deferred_acks(enum store_durability dur)
     /* no append for longer than the ack delay (a backlog draining): at the end of this turn */
     usleep(60 * 1000);
     uv_update_time(&loop);
-    int64_t t4 = outbox_ack(ob, m[3].seq);
+    int64_t t4 = outbox_ack(ob, "pk/d", m[3].seq);
     uv_run(&loop, UV_RUN_NOWAIT);
     if (dur == DURABILITY_NORMAL)
         CHECK_INT(settled_upto, t4);
@@ -799,7 +808,7 @@ static void test_deferred_acks(enum store_durability dur)
     CHECK_INT(outbox_peek(ob, "pk/d", m[3].seq, &w, 1, &nw), 0);
     CHECK_INT(nw, 1);
     if (nw == 1) {
-        CHECK(outbox_ack(ob, w.seq) > 0); /* "w", right after an append: deferred */
+        CHECK(outbox_ack(ob, "pk/d", w.seq) > 0); /* "w", right after an append: deferred */
         outbox_msg_free(&w);
     }
     close_ob(ob);
@@ -810,6 +819,133 @@ static void test_deferred_acks(enum store_durability dur)
     CHECK_INT(st.count, 2); /* y, v */
     for (size_t i = 0; i < n; i++)
         outbox_msg_free(&m[i]);
+    close_ob(ob);
+}
+
+/* Peeks every message of dev after after_seq (up to 8, max at a time) into seqs; returns n. */
+static size_t peek_seqs(struct outbox *ob, const char *dev, int64_t after_seq, size_t max,
+                        int64_t *seqs)
+{
+    struct outbox_msg m[8];
+    size_t n = 0;
+    CHECK_INT(outbox_peek(ob, dev, after_seq, m, max, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        seqs[i] = m[i].seq;
+        outbox_msg_free(&m[i]);
+    }
+    return n;
+}
+
+/*
+ * An acked message is not handed out again while its delete waits for a commit (in the batch
+ * collecting this turn, in the one being committed, or after it): a new connection, which peeks
+ * from the start, sends only what was not acknowledged. Acks may come out of order (QoS 0).
+ */
+static void test_acked_not_resent(enum store_durability dur)
+{
+    char name[32];
+    int64_t s[4], got[8];
+    struct outbox_stats st;
+    size_t n;
+    struct outbox *ob;
+
+    snprintf(name, sizeof(name), "acked-%d.db", (int)dur);
+    if (!(ob = open_ob(name, dur, 0, 0, STORE_DROP_OLDEST, 0)))
+        return;
+    reset_cbs();
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(append(ob, "pk/k", "k"), 0);
+    CHECK_INT(append(ob, "pk/other", "o"), 0);
+    run_until(&n_cb, 4);
+    CHECK_INT(peek_seqs(ob, "pk/k", 0, 8, s), 3);
+    settled_upto = 0;
+    outbox_on_settled(ob, on_settled, NULL);
+
+    /* The middle one first, then the oldest; no loop turn yet: the acks are in `cur`. */
+    CHECK(outbox_ack(ob, "pk/k", s[1]) > 0);
+    n = peek_seqs(ob, "pk/k", 0, 8, got);
+    CHECK_INT(n, 2);
+    CHECK(n == 2 && got[0] == s[0] && got[1] == s[2]);
+    int64_t t = outbox_ack(ob, "pk/k", s[0]);
+    CHECK(t > 0);
+    n = peek_seqs(ob, "pk/k", 0, 8, got);
+    CHECK_INT(n, 1);
+    CHECK_INT(n ? got[0] : 0, s[2]);
+    /* max counts usable rows, not the skipped ones. */
+    n = peek_seqs(ob, "pk/k", 0, 1, got);
+    CHECK_INT(n, 1);
+    CHECK_INT(n ? got[0] : 0, s[2]);
+    CHECK_INT(peek_seqs(ob, "pk/k", s[2], 8, got), 0);
+    CHECK_INT(peek_seqs(ob, "pk/other", 0, 8, got), 1); /* another device's rows are untouched */
+
+    /* Being committed (with full, on the thread pool after this turn), then committed. */
+    outbox_flush(ob);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    n = peek_seqs(ob, "pk/k", 0, 8, got);
+    CHECK_INT(n, 1);
+    CHECK_INT(n ? got[0] : 0, s[2]);
+    uint64_t start = uv_hrtime();
+    while (settled_upto < t && uv_hrtime() - start < 5000000000ULL)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_INT(settled_upto, t);
+    n = peek_seqs(ob, "pk/k", 0, 8, got);
+    CHECK_INT(n, 1);
+    CHECK_INT(n ? got[0] : 0, s[2]);
+    outbox_device_stats(ob, "pk/k", &st);
+    CHECK_INT(st.count, 1);
+
+    /* An ack made after a batch of appends committed, before the ready callbacks (here from the
+     * append callback): the ready callback's peek from the start (a resend) gets only the new
+     * message, read back; after the acked one it gets it from memory. */
+    wt_ob = ob;
+    wt_after[0] = 0;
+    wt_after[1] = s[2];
+    cb_ack_ob = ob;
+    cb_ack_key = "pk/k";
+    cb_ack_seq = s[2];
+    cb_ack_ticket = 0;
+    reset_cbs();
+    CHECK_INT(append(ob, "pk/k", "k4"), 0);
+    run_until(&n_ready, 1);
+    wt_ob = NULL;
+    CHECK(cb_ack_ticket > 0);
+    CHECK(wt_got[0].n && !wt_got[0].borrowed[0]);
+    CHECK_INT(wt_got[0].n, 1);
+    CHECK_STR(wt_got[0].n ? wt_got[0].payload[0] : "", "k4");
+    CHECK_INT(wt_got[1].n, 1);
+    CHECK(wt_got[1].n && wt_got[1].borrowed[0]);
+    s[3] = wt_got[1].n ? wt_got[1].seq[0] : 0;
+    n = peek_seqs(ob, "pk/k", 0, 8, got);
+    CHECK_INT(n, 1);
+    CHECK_INT(n ? got[0] : 0, s[3]);
+
+    /* The last one acked and committed: nothing left, nothing pending. */
+    CHECK(outbox_ack(ob, "pk/k", s[3]) > 0);
+    CHECK_INT(peek_seqs(ob, "pk/k", 0, 8, got), 0);
+    t = outbox_ack(ob, "pk/k", s[3]); /* acked twice (a resend's PUBACK): harmless */
+    CHECK_INT(peek_seqs(ob, "pk/k", 0, 8, got), 0);
+    outbox_flush(ob);
+    start = uv_hrtime();
+    while (settled_upto < t && uv_hrtime() - start < 5000000000ULL)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_INT(settled_upto, t);
+    CHECK_INT(peek_seqs(ob, "pk/k", 0, 8, got), 0);
+    outbox_device_stats(ob, "pk/k", &st);
+    CHECK_INT(st.count, 0);
+
+    /* Acks pending at close are committed, and a reopened store has none pending. */
+    reset_cbs();
+    CHECK_INT(append(ob, "pk/k", "k5"), 0);
+    CHECK_INT(append(ob, "pk/k", "k6"), 0);
+    run_until(&n_cb, 2);
+    CHECK_INT(peek_seqs(ob, "pk/k", 0, 8, s), 2);
+    CHECK(outbox_ack(ob, "pk/k", s[0]) > 0);
+    close_ob(ob);
+    if (!(ob = open_ob(name, dur, 0, 0, STORE_DROP_OLDEST, 0)))
+        return;
+    n = peek_seqs(ob, "pk/k", 0, 8, got);
+    CHECK_INT(n, 1);
+    CHECK_INT(n ? got[0] : 0, s[1]);
     close_ob(ob);
 }
 
@@ -827,6 +963,8 @@ int main(void)
     test_write_through(DURABILITY_FULL);
     test_deferred_acks(DURABILITY_NORMAL);
     test_deferred_acks(DURABILITY_FULL);
+    test_acked_not_resent(DURABILITY_NORMAL);
+    test_acked_not_resent(DURABILITY_FULL);
     test_caps();
     test_ttl();
     test_corrupt();
