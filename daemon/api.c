@@ -1077,6 +1077,7 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
     forbid[2] = cfg->runtime_dir;
     popts.forbid = forbid;
     popts.n_forbid = 3;
+    popts.firmware_dir = oo.dir; /* ota_init made it: on_firmware's files, read-only */
     rc = plugins_init(&A.plugins, loop, &sink, &popts);
     if (rc < 0)
         return rc;

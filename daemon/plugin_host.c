@@ -422,6 +422,41 @@ static int h_device_info(const struct aligw_host *h, const struct aligw_device *
     return 0;
 }
 
+/* ABI 1.2: firmware answers travel to aligwd, which checks them as for an in-process plugin. */
+static int h_firmware_result(const struct aligw_host *h, const struct aligw_device *dev,
+                             int64_t job_id, int step, const char *version, const char *desc)
+{
+    long i = dev_index(dev);
+    char buf[129];
+    if (i < 0)
+        return -ENODEV;
+    if (step > 0 || step < -4 || job_id <= 0 || (version && strlen(version) > 64))
+        return -EINVAL;
+    snprintf(buf, sizeof buf, "%s", desc ? desc : "");
+    wire_begin(&tw, W_FW_RESULT);
+    wire_u64(&tw, (uint64_t)i);
+    wire_i64(&tw, job_id);
+    wire_i64(&tw, step);
+    wire_str(&tw, version);
+    wire_str(&tw, buf);
+    return send_frame(&tw, false);
+}
+
+static int h_set_firmware_version(const struct aligw_host *h, const struct aligw_device *dev,
+                                  const char *module, const char *version)
+{
+    long i = dev_index(dev);
+    if (i < 0)
+        return -ENODEV;
+    if (!version || !*version || strlen(version) > 64 || (module && strlen(module) > 64))
+        return -EINVAL;
+    wire_begin(&tw, W_FW_VERSION);
+    wire_u64(&tw, (uint64_t)i);
+    wire_str(&tw, module);
+    wire_str(&tw, version);
+    return send_frame(&tw, false);
+}
+
 static const struct aligw_host host_table = {
     .abi_major = ALIGW_PLUGIN_ABI_MAJOR,
     .abi_minor = ALIGW_PLUGIN_ABI_MINOR,
@@ -435,6 +470,8 @@ static const struct aligw_host host_table = {
     .subscribe = h_subscribe,
     .post = h_post,
     .device_info = h_device_info,
+    .firmware_result = h_firmware_result,
+    .set_firmware_version = h_set_firmware_version,
 };
 
 /* ---- hardening ---- */
@@ -548,10 +585,11 @@ static int ll_allow_except(int ruleset, const char *dir, char **forbid, size_t n
 }
 
 /*
- * Everything but the forbidden paths (absolute, canonical). Returns 0 when restricted, or a
+ * Everything but the forbidden paths (absolute, canonical), and reading beneath each readable
+ * path (the firmware directory inside the forbidden state_dir). Returns 0 when restricted, or a
  * negative errno when the kernel cannot (the host then runs without it and says so).
  */
-static int landlock_forbid(char **forbid, size_t nf)
+static int landlock_forbid(char **forbid, size_t nf, char **readable, size_t nr)
 {
     int abi = ll_abi(), ruleset;
     if (abi < 1)
@@ -566,6 +604,16 @@ static int landlock_forbid(char **forbid, size_t nf)
     if (ruleset < 0)
         return -errno;
     ll_allow_except(ruleset, "/", forbid, nf, ra.handled_access_fs, 0);
+    for (size_t i = 0; i < nr; i++) {
+        int fd = open(readable[i], O_PATH | O_CLOEXEC | O_DIRECTORY);
+        if (fd < 0)
+            continue;
+        struct landlock_path_beneath_attr pb = {.allowed_access = LANDLOCK_ACCESS_FS_READ_FILE |
+                                                                  LANDLOCK_ACCESS_FS_READ_DIR,
+                                                .parent_fd = fd};
+        syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &pb, 0);
+        close(fd);
+    }
     int rc = (int)syscall(SYS_landlock_restrict_self, ruleset, 0);
     rc = rc < 0 ? -errno : 0;
     close(ruleset);
@@ -634,6 +682,42 @@ static void call_rc(uint64_t i, int rc, const char *req)
     send_frame(&tw, true);
 }
 
+/* W_FW: the firmware description rebuilt and handed to on_firmware; a refusal fails the job. */
+static bool serve_firmware(struct wire_in *r, const struct aligw_device *dev)
+{
+    struct aligw_firmware fw = {.size = sizeof fw};
+    fw.job_id = wire_get_i64(r);
+    fw.module = wire_get_str(r);
+    fw.version = wire_get_str(r);
+    fw.from_version = wire_get_str(r);
+    fw.total_size = wire_get_i64(r);
+    fw.is_diff = (int)wire_get_u64(r);
+    uint64_t has_ext = wire_get_u64(r);
+    const char *ext = wire_get_str(r);
+    fw.ext_data = has_ext ? ext : NULL;
+    uint64_t n = wire_get_u64(r);
+    if (r->bad || !dev || n < 1 || n > 64)
+        return false;
+    const char *paths[64], *names[64];
+    for (uint64_t k = 0; k < n; k++) {
+        paths[k] = wire_get_str(r);
+        names[k] = wire_get_str(r);
+    }
+    if (r->bad)
+        return false;
+    fw.n_files = (size_t)n;
+    fw.paths = paths;
+    fw.names = names;
+    int rc = H.desc.on_firmware ? H.desc.on_firmware(H.instance, dev, &fw) : -ENOTSUP;
+    if (rc < 0) {
+        char desc[129];
+        snprintf(desc, sizeof desc, "the plugin refused the firmware: %s",
+                 strerror(-rc < 4000 ? -rc : EIO));
+        h_firmware_result(&host_table, dev, fw.job_id, -4, NULL, desc);
+    }
+    return true;
+}
+
 static void serve(void)
 {
     struct wire_in r;
@@ -691,6 +775,11 @@ static void serve(void)
                 H.desc.on_post_done(H.instance, dev, cookie, (int)status, seq);
             break;
         }
+        case W_FW:
+            i = wire_get_u64(&r);
+            if (!serve_firmware(&r, dev_at(i)))
+                return;
+            break;
         case W_STOP:
             H.desc.stop(H.instance);
             pthread_mutex_lock(&H.lock);
@@ -705,7 +794,7 @@ static void serve(void)
     }
 }
 
-static bool read_init(char ***forbid, size_t *nf, char **config)
+static bool read_init(char ***forbid, size_t *nf, char ***readable, size_t *nr, char **config)
 {
     struct wire_in r;
     if (!read_frame(&r) || r.type != W_INIT)
@@ -733,13 +822,21 @@ static bool read_init(char ***forbid, size_t *nf, char **config)
         if (asprintf(&H.keys[i], "%s/%s", pk, dn) < 0)
             return false;
     }
+    *nr = (size_t)wire_get_u64(&r);
+    if (r.bad || *nr > 64)
+        return false;
+    *readable = calloc(*nr + 1, sizeof **readable);
+    if (!*readable)
+        return false;
+    for (size_t i = 0; i < *nr; i++)
+        (*readable)[i] = strdup(wire_get_str(&r));
     return !r.bad;
 }
 
 int main(int argc, char **argv)
 {
-    char err[512] = "", *config = NULL, **forbid = NULL, *end;
-    size_t nf = 0;
+    char err[512] = "", *config = NULL, **forbid = NULL, **readable = NULL, *end;
+    size_t nf = 0, nr = 0;
     pthread_t wt;
     int rc;
 
@@ -758,7 +855,7 @@ int main(int argc, char **argv)
     harden_early();
     H.tail = &H.head;
     atomic_init(&next_msg_id, (uint32_t)time(NULL) * 1000u + (uint32_t)getpid());
-    if (!read_init(&forbid, &nf, &config))
+    if (!read_init(&forbid, &nf, &readable, &nr, &config))
         return 2;
     if (pthread_create(&wt, NULL, writer, NULL) != 0)
         return 2;
@@ -767,7 +864,7 @@ int main(int argc, char **argv)
     rc = plugin_load_so(H.so, &H.dl, &H.desc, err, sizeof err);
     if (rc < 0)
         fail(0, rc, err);
-    rc = landlock_forbid(forbid, nf);
+    rc = landlock_forbid(forbid, nf, readable, nr);
     if (rc < 0)
         h_log(&host_table, ALIGW_LOG_WARNING,
               "(aligw-plugin-host) Landlock unavailable (%s): the plugin can reach aligwd's "
@@ -790,7 +887,8 @@ int main(int argc, char **argv)
     wire_u64(&tw, (H.desc.on_property_set ? WIRE_HAS_SET : 0) |
                       (H.desc.on_service_call ? WIRE_HAS_CALL : 0) |
                       (H.desc.on_message ? WIRE_HAS_MSG : 0) |
-                      (H.desc.on_post_done ? WIRE_HAS_DONE : 0));
+                      (H.desc.on_post_done ? WIRE_HAS_DONE : 0) |
+                      (H.desc.on_firmware ? WIRE_HAS_FW : 0));
     wire_str(&tw, H.desc.name);
     wire_str(&tw, H.desc.version);
     send_frame(&tw, true);

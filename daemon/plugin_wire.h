@@ -17,13 +17,16 @@
 
 enum wire_type {
     /* aligwd → host */
-    W_INIT = 1, /* label, config_json, forbidden paths (n, path...), n_devices, (pk, dn)... */
+    W_INIT = 1, /* label, config_json, forbidden paths (n, path...), n_devices, (pk, dn)...,
+                   readable paths (n, path...: beneath a forbidden one, read-only) */
     W_SET,      /* dev, req_id, params_json */
     W_CALL,     /* dev, req_id, service_id, params_json */
     W_MSG,      /* dev, topic, payload */
     W_DONE,     /* dev, cookie, status, seq: a tracked post was committed (or failed) */
     W_PING,     /* n */
     W_STOP,     /* (none): stop, destroy, exit 0 */
+    W_FW,       /* dev, job_id, module, version, from_version, total_size, is_diff, has_ext,
+                   ext_data, n_files, (path, name)...: on_firmware */
     /* host → aligwd */
     W_STARTED = 32, /* flags (WIRE_HAS_*), name, version */
     W_FAILED,       /* phase (0 load, 1 create, 2 start), rc, message */
@@ -36,6 +39,8 @@ enum wire_type {
     W_LOG,          /* level, text */
     W_SUB,          /* dev, topic_filter */
     W_CALL_RC,      /* dev, rc, req_id: an entry point refused a set/call (host answers 500) */
+    W_FW_RESULT,    /* dev, job_id, step, version, desc: firmware_result */
+    W_FW_VERSION,   /* dev, module, version: set_firmware_version */
 };
 
 enum {
@@ -43,6 +48,7 @@ enum {
     WIRE_HAS_CALL = 2,
     WIRE_HAS_MSG = 4,
     WIRE_HAS_DONE = 8,
+    WIRE_HAS_FW = 16,
 };
 
 /* A frame being built. All calls are no-ops once oom is set. */

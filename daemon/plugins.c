@@ -142,6 +142,7 @@ struct plugins {
     struct plugins_opts opts;
     char **forbid;
     size_t n_forbid;
+    char *firmware_dir; /* canonical, or NULL */
     char *host_path;
     struct plugin **v;
     size_t n;
@@ -873,6 +874,10 @@ int plugins_init(struct plugins **out, uv_loop_t *loop, const struct plugins_sin
     }
     if (asprintf(&ps->forbid[ps->n_forbid], "/proc/%d", (int)getpid()) >= 0)
         ps->n_forbid++;
+    if (opts && opts->firmware_dir) {
+        char real[PATH_MAX];
+        ps->firmware_dir = strdup(realpath(opts->firmware_dir, real) ? real : opts->firmware_dir);
+    }
     ps->tail = &ps->head;
     atomic_init(&ps->next_id, (uint32_t)time(NULL) * 1000u);
     pthread_mutex_init(&ps->lock, NULL);
@@ -1223,7 +1228,8 @@ static void child_handle_frame(struct plugin *p, struct child *ch, struct wire_i
     int rc = 0;
 
     if (r->type == W_PROPS || r->type == W_EVENT || r->type == W_RAW || r->type == W_REPLY ||
-        r->type == W_STATE || r->type == W_SUB || r->type == W_CALL_RC) {
+        r->type == W_STATE || r->type == W_SUB || r->type == W_CALL_RC || r->type == W_FW_RESULT ||
+        r->type == W_FW_VERSION) {
         i = wire_get_u64(r);
         if (i >= p->n_devs) {
             r->bad = true;
@@ -1330,6 +1336,21 @@ static void child_handle_frame(struct plugin *p, struct child *ch, struct wire_i
             rc = h_subscribe(&p->host, dev, filter);
         break;
     }
+    case W_FW_RESULT: {
+        int64_t job_id = wire_get_i64(r), step = wire_get_i64(r);
+        const char *version = wire_get_str(r), *desc = wire_get_str(r);
+        if (!r->bad && (step < INT_MIN || step > INT_MAX))
+            r->bad = true;
+        if (!r->bad)
+            rc = h_firmware_result(&p->host, dev, job_id, (int)step, version, desc);
+        break;
+    }
+    case W_FW_VERSION: {
+        const char *module = wire_get_str(r), *version = wire_get_str(r);
+        if (!r->bad)
+            rc = h_set_firmware_version(&p->host, dev, module, version);
+        break;
+    }
     case W_CALL_RC: {
         int err = (int)wire_get_i64(r);
         const char *req = wire_get_str(r);
@@ -1432,6 +1453,9 @@ static int child_spawn(struct plugin *p)
         wire_str(&w, p->devs[i].product_key);
         wire_str(&w, p->devs[i].device_name);
     }
+    wire_u64(&w, ps->firmware_dir ? 1 : 0);
+    if (ps->firmware_dir)
+        wire_str(&w, ps->firmware_dir);
     child_send(p, &w);
     wire_free(&w);
     uv_timer_start(p->timer, on_timer, (uint64_t)(p->heartbeat_ms / 4),
@@ -1856,7 +1880,33 @@ int plugins_firmware(struct plugins *ps, const char *pk, const char *dn,
 
     if (!ps || !find(ps, pk, dn, &p, &dev) || !p->running)
         return -ENODEV;
-    if (p->isolated || !p->desc.on_firmware) /* not yet carried to a plugin host */
+    if (p->isolated) {
+        /* The host calls on_firmware; a refusal comes back as a firmware_result of -4. */
+        struct wire_out w = {0};
+        if (!(p->flags & WIRE_HAS_FW))
+            return -ENOTSUP;
+        wire_begin(&w, W_FW);
+        wire_u64(&w, dev->index);
+        wire_i64(&w, fw->job_id);
+        wire_str(&w, fw->module);
+        wire_str(&w, fw->version);
+        wire_str(&w, fw->from_version);
+        wire_i64(&w, fw->total_size);
+        wire_u64(&w, fw->is_diff ? 1 : 0);
+        wire_u64(&w, fw->ext_data != NULL);
+        wire_str(&w, fw->ext_data);
+        wire_u64(&w, fw->n_files);
+        for (size_t k = 0; k < fw->n_files; k++) {
+            wire_str(&w, fw->paths[k]);
+            wire_str(&w, fw->names ? fw->names[k] : "");
+        }
+        int rc = w.oom ? -ENOMEM : 0;
+        if (rc == 0)
+            child_send(p, &w);
+        wire_free(&w);
+        return rc;
+    }
+    if (!p->desc.on_firmware)
         return -ENOTSUP;
     return p->desc.on_firmware(p->instance, dev, fw);
 }
@@ -1903,6 +1953,7 @@ static void on_closed(uv_handle_t *h)
     for (size_t i = 0; i < ps->n_forbid; i++)
         free(ps->forbid[i]);
     free(ps->forbid);
+    free(ps->firmware_dir);
     free(ps->host_path);
     pthread_mutex_destroy(&ps->lock);
     free(ps);

@@ -57,6 +57,8 @@ struct plugins_opts {
     char *const *forbid;    /* paths out-of-process plugins must not reach (state dir, outbox
                                dir, runtime dir); borrowed for plugins_init, copied */
     size_t n_forbid;
+    const char *firmware_dir; /* beneath a forbidden path, readable by out-of-process plugins
+                                 (the OTA files on_firmware names); NULL: none. Copied */
 };
 
 /* Counters, for status. */

@@ -38,7 +38,8 @@ class Ota(T.TestCase):
         if not PLUGIN_DIR or not os.path.exists(os.path.join(PLUGIN_DIR, "simulator.so")):
             self.skipTest("plugins not built")
 
-    def start(self, n, plugin=True, ota=None, firmware="1.0.0", fw_modules=None):
+    def start(self, n, plugin=True, ota=None, firmware="1.0.0", fw_modules=None,
+              isolation="none"):
         rows = hubctl.gen_devices(n, PK)
         hub = hubctl.Hub(rows, rate=0).start()
         self.later(hub.stop)
@@ -51,8 +52,7 @@ class Ota(T.TestCase):
         o.update(ota or {})
         cfg["ota"] = o
         if plugin:
-            # In process: on_firmware is not carried to an aligw-plugin-host yet.
-            cfg["plugins"] = [{"name": "simulator", "devices": keys, "isolation": "none",
+            cfg["plugins"] = [{"name": "simulator", "devices": keys, "isolation": isolation,
                                "config": {"interval_ms": 60000, "apply_ms": 100}}]
         dm = self.daemon(cfg)
         for k in keys:
@@ -116,6 +116,32 @@ class Ota(T.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         for k in keys:
             self.assertRegex(out.stdout, r"%s\s+\S*\s*1\.0\.0 → 2\.0\.0\s+done" % k)
+
+    def test_out_of_process_simulator_applies_firmware(self):
+        """The default isolation: on_firmware runs in the simulator's aligw-plugin-host, which
+        reads the package beneath state_dir/ota (Landlock keeps the rest of state_dir out of its
+        reach) and answers with firmware_result over the socket: one device ends on the new
+        version; the other's package starts with the simulator's flash-failure mark, which it can
+        only see by reading the file, so its job fails with -4 and that reason."""
+        hub, rows, keys, dm = self.start(2, isolation="process")
+        st = dm.call("status")["result"]
+        self.assertEqual([(h["name"], h["isolation"]) for h in st["plugin_hosts"]],
+                         [("simulator", "process")], st["plugin_hosts"])
+        good = make_file(os.path.join(self.tmp, "good.bin"), 200 * 1024)
+        bad = make_file(os.path.join(self.tmp, "bad.bin"), 64 * 1024, b"ALIGW-SIM-FLASH-FAIL")
+        hub.ota_push(PK, rows[0]["device_name"], [good], "2.0.0")
+        hub.ota_push(PK, rows[1]["device_name"], [bad], "2.0.0")
+        T.wait_for(lambda: informs(hub, rows[0]["device_name"], "2.0.0"), 20,
+                   what="inform of 2.0.0 from the out-of-process plugin's device")
+        j = self.wait_job(dm, keys[0], "done")
+        self.assertEqual((j["from_version"], j["to_version"]), ("1.0.0", "2.0.0"))
+        self.assertIn({"device": keys[0], "module": "", "version": "2.0.0", "source": "ota"},
+                      dm.device(keys[0])["firmware"])
+        j = self.wait_job(dm, keys[1], "failed")
+        self.assertIn("simulated flash failure", json.dumps(j))
+        fails = [p for p in progress(hub, rows[1]["device_name"]) if int(p["step"]) < 0]
+        self.assertEqual([int(p["step"]) for p in fails], [-4], fails)
+        self.assertFalse(informs(hub, rows[1]["device_name"], "2.0.0"))
 
     def test_api_client_applies_firmware(self):
         hub, rows, keys, dm = self.start(1, plugin=False)
