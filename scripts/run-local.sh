@@ -68,7 +68,7 @@ cat > "$RUN/aligw.json" <<EOF
             "firmware_version": "1.0.0"},
   "ota": {"ca_file": "$CA"},
   "devices_file": "devices.csv",
-  "plugins": [{"name": "simulator", "devices": $DEVICES_JSON, "isolation": "none",
+  "plugins": [{"name": "simulator", "devices": $DEVICES_JSON,
                "config": {"interval_ms": 2000}}]
 }
 EOF
