@@ -39,10 +39,10 @@ struct plugins_sink {
     /* Optional (NULL: plugins get -ENOTSUP): subscribe pk/dn's session to topic_filter, so that
      * messages on it reach plugins_message(). */
     int (*subscribe)(void *ctx, const char *pk, const char *dn, const char *topic_filter);
-    /* Optional (ABI 1.1): a plugin's answer to on_firmware (see aligw_host.firmware_result). */
+    /* Optional (ABI 1.2): a plugin's answer to on_firmware (see aligw_host.firmware_result). */
     void (*firmware_result)(void *ctx, const char *pk, const char *dn, int64_t job_id, int step,
                             const char *version, const char *desc);
-    /* Optional (ABI 1.1): a plugin set the firmware version of pk/dn's module. */
+    /* Optional (ABI 1.2): a plugin set the firmware version of pk/dn's module. */
     void (*firmware_version)(void *ctx, const char *pk, const char *dn, const char *module,
                              const char *version);
 };

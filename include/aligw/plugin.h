@@ -53,6 +53,8 @@
  *   1.0  the first version.
  *   1.1  host->post (tracked posts) with on_post_done (its completion after the SQLite commit),
  *        host->device_info (sized per-device facts); struct aligw_device is frozen (see there).
+ *   1.2  on_firmware (descriptor), host->firmware_result and host->set_firmware_version,
+ *        struct aligw_firmware (OTA); in process and out of process alike.
  *
  * ISOLATION  By default each plugin runs in its own process, aligw-plugin-host, which loads the
  * .so and speaks this same ABI: every call and entry point is marshalled over a socket to

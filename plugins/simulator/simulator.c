@@ -4,7 +4,7 @@
  * of them every interval_ms from one thread shared by every device. Property sets pin a value
  * (it is reported back at once and in every later post); services "reset" (back to the
  * generators) and "set_interval" ({"interval_ms": N}) are answered through host->reply.
- * Firmware (plugin ABI 1.1, on_firmware) is "flashed" apply_ms (default 500) later on the same
+ * Firmware (plugin ABI 1.2, on_firmware) is "flashed" apply_ms (default 500) later on the same
  * thread: the device then runs the package's version, unless the first file starts with
  * "ALIGW-SIM-FLASH-FAIL", which fails with step -4 (for tests).
  *
