@@ -422,7 +422,8 @@ static int h_device_info(const struct aligw_host *h, const struct aligw_device *
     return 0;
 }
 
-/* ABI 1.2: firmware answers travel to aligwd, which checks them as for an in-process plugin. */
+/* ABI 1.2: firmware answers travel to aligwd, checked here first by the same rules (plugin_load)
+ * so that the plugin gets its -EINVAL at once. */
 static int h_firmware_result(const struct aligw_host *h, const struct aligw_device *dev,
                              int64_t job_id, int step, const char *version, const char *desc)
 {
@@ -430,7 +431,7 @@ static int h_firmware_result(const struct aligw_host *h, const struct aligw_devi
     char buf[129];
     if (i < 0)
         return -ENODEV;
-    if (step > 0 || step < -4 || job_id <= 0 || (version && strlen(version) > 64))
+    if (!plugin_fw_result_ok(job_id, step, version))
         return -EINVAL;
     snprintf(buf, sizeof buf, "%s", desc ? desc : "");
     wire_begin(&tw, W_FW_RESULT);
@@ -448,7 +449,7 @@ static int h_set_firmware_version(const struct aligw_host *h, const struct aligw
     long i = dev_index(dev);
     if (i < 0)
         return -ENODEV;
-    if (!version || !*version || strlen(version) > 64 || (module && strlen(module) > 64))
+    if (!plugin_fw_version_ok(module, version))
         return -EINVAL;
     wire_begin(&tw, W_FW_VERSION);
     wire_u64(&tw, (uint64_t)i);

@@ -63,3 +63,27 @@ out:
     dlclose(dl);
     return rc;
 }
+
+/* 1-64 printable bytes (or none, when may_be_empty). */
+static bool fw_text_ok(const char *s, bool may_be_empty)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0)
+        return may_be_empty;
+    if (n > 64)
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return false;
+    return true;
+}
+
+bool plugin_fw_result_ok(int64_t job_id, int step, const char *version)
+{
+    return step <= 0 && step >= -4 && job_id > 0 && fw_text_ok(version, true);
+}
+
+bool plugin_fw_version_ok(const char *module, const char *version)
+{
+    return fw_text_ok(version, false) && fw_text_ok(module, true);
+}

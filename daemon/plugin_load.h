@@ -8,7 +8,9 @@
 
 #include <aligw/plugin.h>
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /*
  * dlopen(path, RTLD_NOW | RTLD_LOCAL), finds "aligw_plugin" and copies the descriptor into
@@ -16,6 +18,14 @@
  * naming path in err; on failure nothing stays loaded.
  */
 int plugin_load_so(const char *path, void **dl, struct aligw_plugin *desc, char *err, size_t len);
+
+/*
+ * The argument rules of the firmware host calls (ABI 1.2), the same in aligwd and in
+ * aligw-plugin-host: a firmware_result has job_id > 0, step 0 or -1..-4 and a version of 0-64
+ * printable bytes; set_firmware_version a version of 1-64 and a module of 0-64 printable bytes.
+ */
+bool plugin_fw_result_ok(int64_t job_id, int step, const char *version);
+bool plugin_fw_version_ok(const char *module, const char *version);
 
 /* Formats err and returns ALIGW_EPLUGIN. */
 int plugin_refuse(char *err, size_t len, const char *fmt, ...)

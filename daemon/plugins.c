@@ -155,7 +155,7 @@ struct plugins {
     _Atomic uint32_t next_id;
 };
 
-static void child_send(struct plugin *p, struct wire_out *w);
+static int child_send(struct plugin *p, struct wire_out *w);
 static void resume_reading(struct plugins *ps);
 
 /* ---- completions ---- */
@@ -645,20 +645,6 @@ static int h_subscribe(const struct aligw_host *h, const struct aligw_device *de
     return enqueue(p, it);
 }
 
-/* 1-64 printable bytes. */
-static bool fw_text_ok(const char *s, bool may_be_empty)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0)
-        return may_be_empty;
-    if (n > 64)
-        return false;
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return false;
-    return true;
-}
-
 static int h_firmware_result(const struct aligw_host *h, const struct aligw_device *dev,
                              int64_t job_id, int step, const char *version, const char *desc)
 {
@@ -667,7 +653,7 @@ static int h_firmware_result(const struct aligw_host *h, const struct aligw_devi
 
     if (!dev_ok(p, dev))
         return -ENODEV;
-    if (step > 0 || step < -4 || job_id <= 0 || !fw_text_ok(version, true))
+    if (!plugin_fw_result_ok(job_id, step, version))
         return -EINVAL;
     it = calloc(1, sizeof *it);
     if (!it)
@@ -694,7 +680,7 @@ static int h_set_firmware_version(const struct aligw_host *h, const struct aligw
 
     if (!dev_ok(p, dev))
         return -ENODEV;
-    if (!fw_text_ok(version, false) || !fw_text_ok(module, true))
+    if (!plugin_fw_version_ok(module, version))
         return -EINVAL;
     it = calloc(1, sizeof *it);
     if (!it)
@@ -988,22 +974,28 @@ static void on_written(uv_write_t *req, int status)
 
 /* Sends a finished frame (w is wire_begin'd and filled) to p's host; a host that does not read
  * what we send is hung. */
-static void child_send(struct plugin *p, struct wire_out *w)
+/* Queues frame w towards p's host: 0, or a negative errno when it cannot go (no host running,
+ * a frame that does not encode, no memory, a host not reading: then killed). */
+static int child_send(struct plugin *p, struct wire_out *w)
 {
     struct child *ch = p->ch;
-    if (!ch || ch->exited || ch->pipe_closing || wire_end(w) < 0)
-        return;
+    int rc;
+    if (!ch || ch->exited || ch->pipe_closing)
+        return -ENOTCONN;
+    if ((rc = wire_end(w)) < 0)
+        return rc;
     if (uv_stream_get_write_queue_size((uv_stream_t *)&ch->pipe) > CHILD_WRITE_MAX) {
         child_kill(ch, "not reading its socket (16 MiB queued towards it)");
-        return;
+        return -EPIPE;
     }
     struct wreq *r = malloc(sizeof *r + w->len);
     if (!r)
-        return;
+        return -ENOMEM;
     memcpy(r->data, w->p, w->len);
     uv_buf_t b = uv_buf_init(r->data, (unsigned)w->len);
-    if (uv_write(&r->req, (uv_stream_t *)&ch->pipe, &b, 1, on_written) < 0)
+    if ((rc = uv_write(&r->req, (uv_stream_t *)&ch->pipe, &b, 1, on_written)) < 0)
         free(r);
+    return rc < 0 ? rc : 0;
 }
 
 static void on_timer(uv_timer_t *t);
@@ -1900,11 +1892,11 @@ int plugins_firmware(struct plugins *ps, const char *pk, const char *dn,
             wire_str(&w, fw->paths[k]);
             wire_str(&w, fw->names ? fw->names[k] : "");
         }
-        int rc = w.oom ? -ENOMEM : 0;
-        if (rc == 0)
-            child_send(p, &w);
+        /* Not sent: the job is decided now, not after ota.apply_timeout_s; a host being
+         * restarted is a plugin not running (the job is offered again later). */
+        int rc = child_send(p, &w);
         wire_free(&w);
-        return rc;
+        return rc == -ENOTCONN ? -ENODEV : rc;
     }
     if (!p->desc.on_firmware)
         return -ENOTSUP;
