@@ -139,6 +139,17 @@ static uint64_t backoff_due(int i)
     return 0;
 }
 
+/* Device i comes online, stays up_ms, loses its session and is then in state expect: returns
+ * the wait until its next attempt. */
+static uint64_t up_then_lost(int i, uint64_t up_ms, const char *expect)
+{
+    online(i);
+    fake_advance(up_ms);
+    stub_event(SESSION_LOST, sid(i), -ECONNRESET, 0);
+    CHECK_STR(state(i), expect);
+    return backoff_due(i);
+}
+
 /* Back-off: "equal jitter" within [delay/2, delay], doubling to backoff_max_ms; a refused login
  * waits auth_backoff_ms instead. */
 static void test_backoff(void)
@@ -188,11 +199,7 @@ static void test_kick_and_mass_loss(void)
     stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
     CHECK_STR(state(0), "backoff");
     backoff_due(0);
-    online(0);
-    fake_advance(5000);
-    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
-    CHECK_STR(state(0), "kicked");
-    uint64_t w = backoff_due(0);
+    uint64_t w = up_then_lost(0, 5000, "kicked");
     CHECK(w >= 30000);
     /* Devices 1-3 lost together, twice: the endpoint went away; none is called kicked. */
     fake_advance(10000);
@@ -222,17 +229,10 @@ static void test_kick_backoff_escalates_and_calms(void)
           "\"kick_backoff_ms\": 10000",
           "");
     fake_advance(0);
-    online(0);
-    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
-    CHECK_STR(state(0), "backoff");
-    backoff_due(0);
+    up_then_lost(0, 0, "backoff");
     uint64_t lo = 5000, hi = 10050;
     for (int level = 0; level < 3; level++, lo *= 2, hi = hi * 2) {
-        online(0);
-        fake_advance(5000);
-        stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
-        CHECK_STR(state(0), "kicked");
-        uint64_t w = backoff_due(0);
+        uint64_t w = up_then_lost(0, 5000, "kicked");
         if (w < lo || w > hi)
             fprintf(stderr, "kick level %d: waited %llu ms, expected [%llu, %llu]\n", level,
                     (unsigned long long)w, (unsigned long long)lo, (unsigned long long)hi);
@@ -240,16 +240,8 @@ static void test_kick_backoff_escalates_and_calms(void)
     }
     /* A session that outlives the window ends the escalation: the next loss is an ordinary one,
      * and a kick after that waits kick_backoff_ms again, not 80 s. */
-    online(0);
-    fake_advance(61000);
-    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
-    CHECK_STR(state(0), "backoff");
-    backoff_due(0);
-    online(0);
-    fake_advance(5000);
-    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
-    CHECK_STR(state(0), "kicked");
-    uint64_t w = backoff_due(0);
+    up_then_lost(0, 61000, "backoff");
+    uint64_t w = up_then_lost(0, 5000, "kicked");
     CHECK(w >= 5000 && w <= 10050);
     stop();
 }
