@@ -637,6 +637,42 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
 
 /* ---- downlinks --------------------------------------------------------------------------- */
 
+/*
+ * The one way an event leaves: to the API watchers whose filter takes it and, when it asked for
+ * this kind (ABI 1.3 "events"), to the plugin serving the device. Returns how many took it (a
+ * call nobody took is answered by the caller with an error).
+ */
+static int emit(enum ipc_event_kind kind, const char *key, const char *topic, json_t *ev)
+{
+    int n = A.ipc ? ipc_broadcast(A.ipc, kind, key, topic, ev) : 0;
+    struct device *d = A.plugins ? devices_find(key) : NULL;
+    const char *name = ipc_event_kind_name(kind);
+    if (n < 0)
+        n = 0;
+    if (d && name) {
+        const struct device_conf *dc = device_conf(d);
+        if (plugins_wants_event(A.plugins, dc->product_key, dc->device_name, name)) {
+            char *text = json_dumps(ev, JSON_COMPACT);
+            if (text && plugins_event(A.plugins, dc->product_key, dc->device_name, name, text) == 0)
+                n++;
+            free(text);
+        }
+    }
+    return n;
+}
+
+/* Whether anyone would take a kind of event for d (so it is only built when needed). */
+static bool anyone_wants(enum ipc_event_kind kind, struct device *d)
+{
+    struct ipc_stats is;
+    ipc_server_stats(A.ipc, &is);
+    if (is.watchers > 0)
+        return true;
+    const struct device_conf *dc = device_conf(d);
+    return A.plugins && plugins_wants_event(A.plugins, dc->product_key, dc->device_name,
+                                            ipc_event_kind_name(kind));
+}
+
 /* The payload as JSON text when it is JSON, else as a string (or base64 for binary). */
 static void set_payload(json_t *ev, const void *payload, size_t len)
 {
@@ -666,8 +702,12 @@ static void downlink_call(struct device *d, const struct device_conf *dc, const 
     const char *id = raw_rrpc ? t->rrpc_id : p->id;
     char *params = p->params ? json_dumps(p->params, ALINK_DUMP_FLAGS) : strdup("{}");
     int handled = 0;
+    enum ipc_event_kind kind =
+        t->kind == ALINK_PROPERTY_SET ? IPC_EV_PROPERTY_SET : IPC_EV_SERVICE_CALL;
 
-    if (A.plugins && plugins_serves(A.plugins, pk, dn)) {
+    /* A plugin that lists the kind in its events gets it as an event, else at its entry point. */
+    if (A.plugins && plugins_serves(A.plugins, pk, dn) &&
+        !plugins_wants_event(A.plugins, pk, dn, ipc_event_kind_name(kind))) {
         if (t->kind == ALINK_PROPERTY_SET)
             handled = plugins_property_set(A.plugins, pk, dn, id, params) == 0;
         else if (!raw_rrpc)
@@ -686,9 +726,7 @@ static void downlink_call(struct device *d, const struct device_conf *dc, const 
             json_object_set_new(ev, "rrpc_id", json_string(t->rrpc_id));
     }
     json_object_set(ev, "params", p->params ? p->params : json_object());
-    int watchers = ipc_broadcast(
-        A.ipc, t->kind == ALINK_PROPERTY_SET ? IPC_EV_PROPERTY_SET : IPC_EV_SERVICE_CALL, key,
-        topic, ev);
+    int watchers = handled ? ipc_broadcast(A.ipc, kind, key, topic, ev) : emit(kind, key, topic, ev);
     json_decref(ev);
     if (handled)
         return; /* the plugin answers through the host table */
@@ -763,13 +801,11 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
 
     /* Every message goes to message watchers (the payload is only decoded when there are any)
      * and to a plugin that asked for raw topics. */
-    struct ipc_stats is;
-    ipc_server_stats(A.ipc, &is);
-    if (is.watchers > 0) {
+    if (anyone_wants(IPC_EV_MESSAGE, d)) {
         json_t *ev = json_pack("{s:s,s:s,s:s,s:s}", "event", "message", "device", device_key(d),
                                "topic", topic, "kind", alink_kind_name(t.kind));
         set_payload(ev, payload, len);
-        ipc_broadcast(A.ipc, IPC_EV_MESSAGE, device_key(d), topic, ev);
+        emit(IPC_EV_MESSAGE, device_key(d), topic, ev);
         json_decref(ev);
     }
     if (A.plugins && plugins_serves(A.plugins, dc->product_key, dc->device_name))
@@ -829,7 +865,7 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
         json_t *rev = json_pack("{s:s,s:s,s:s,s:s,s:i,s:s?}", "event", "reply", "device",
                                 device_key(d), "topic", topic, "msg_id", p.id, "code",
                                 p.has_code ? p.code : 200, "message", p.message);
-        ipc_broadcast(A.ipc, IPC_EV_REPLY, device_key(d), topic, rev);
+        emit(IPC_EV_REPLY, device_key(d), topic, rev);
         json_decref(rev);
     }
     if (parsed)
@@ -841,7 +877,7 @@ static void on_state_changed(void *ctx, struct device *d, enum device_state old)
     json_t *ev = device_status_json(d, false);
     json_object_set_new(ev, "event", json_string("state"));
     json_object_set_new(ev, "old", json_string(device_state_name(old)));
-    ipc_broadcast(A.ipc, IPC_EV_STATE, device_key(d), NULL, ev);
+    emit(IPC_EV_STATE, device_key(d), NULL, ev);
     json_decref(ev);
     if (device_state(d) == DEV_ONLINE || old == DEV_ONLINE)
         notify_status();
@@ -897,7 +933,7 @@ static void sink_device_state(void *ctx, const char *pk, const char *dn, int ok,
     json_t *ev = device_status_json(d, false);
     json_object_set_new(ev, "event", json_string("state"));
     json_object_set_new(ev, "field_ok", json_boolean(ok));
-    ipc_broadcast(A.ipc, IPC_EV_STATE, device_key(d), NULL, ev);
+    emit(IPC_EV_STATE, device_key(d), NULL, ev);
     json_decref(ev);
 }
 
@@ -916,6 +952,15 @@ static void sink_firmware_version(void *ctx, const char *pk, const char *dn, con
     int rc = ota_set_version(pk, dn, module, version, "plugin");
     if (rc < 0)
         log_errno(LOG_WARNING, rc, "%s/%s: firmware version from the plugin not stored", pk, dn);
+}
+
+/* ABI 1.3: a plugin's request, served like a socket client's for its device. */
+static void sink_request(void *ctx, const char *pk, const char *dn, const char *json, size_t len,
+                         void (*done)(void *arg, const char *line, size_t n), void *arg)
+{
+    char key[IPC_PK_MAX + IPC_DN_MAX + 2];
+    snprintf(key, sizeof(key), "%s/%s", pk, dn);
+    ipc_local_request(A.ipc, key, json, len, done, arg);
 }
 
 /* ---- OTA hooks --------------------------------------------------------------------------- */
@@ -948,7 +993,7 @@ static int ota_apply_plugin(void *ctx, const char *pk, const char *dn, const str
 
 static int ota_event(void *ctx, const char *key, json_t *ev)
 {
-    return A.ipc ? ipc_broadcast(A.ipc, IPC_EV_OTA, key, NULL, ev) : 0;
+    return emit(IPC_EV_OTA, key, NULL, ev);
 }
 
 static void ota_opts_from(const struct config *cfg, struct ota_opts *o)
@@ -1028,7 +1073,8 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
                                 .device_state = sink_device_state,
                                 .subscribe = sink_subscribe,
                                 .firmware_result = sink_firmware_result,
-                                .firmware_version = sink_firmware_version};
+                                .firmware_version = sink_firmware_version,
+                                .request = sink_request};
     struct ota_hooks oh = {
         .uplink = ota_uplink, .apply_plugin = ota_apply_plugin, .event = ota_event};
     struct ota_opts oo;

@@ -81,8 +81,11 @@ struct wreq {
 };
 
 struct ipc_reply {
-    struct ipc_conn *conn;
+    struct ipc_conn *conn; /* NULL for a local request (ipc_local_request) */
     struct ipc_request req;
+    struct ipc_server *srv; /* a local request's server */
+    ipc_local_done done;    /* a local request's answer */
+    void *done_arg;
 };
 
 struct access {
@@ -706,6 +709,14 @@ static void on_connection(uv_stream_t *server, int status)
 static void reply_finish(struct ipc_reply *r, char *line, size_t n, bool error)
 {
     struct ipc_conn *c = r->conn;
+    if (!c) {
+        count_request(r->srv, (int)r->req.op, error);
+        r->done(r->done_arg, line, line ? n : 0);
+        free(line);
+        ipc_request_free(&r->req);
+        free(r);
+        return;
+    }
     c->inflight--;
     if (!c->closing && c->srv) {
         count_request(c->srv, (int)r->req.op, error);
@@ -726,7 +737,7 @@ void ipc_reply_ok(struct ipc_reply *r, json_t *result)
 {
     size_t n = 0;
     char *line = NULL;
-    if (!r->conn->closing)
+    if (!r->conn || !r->conn->closing)
         line = ipc_response_ok(r->req.id, result, &n);
     else
         json_decref(result);
@@ -739,7 +750,7 @@ static void reply_verror(struct ipc_reply *r, enum ipc_err code, int err, const 
     char msg[512];
     size_t n = 0;
     char *line = NULL;
-    if (!r->conn->closing) {
+    if (!r->conn || !r->conn->closing) {
         int m = vsnprintf(msg, sizeof(msg), fmt, ap);
         if (m < 0)
             m = 0;
@@ -768,7 +779,73 @@ void ipc_reply_errno(struct ipc_reply *r, int err, const char *fmt, ...)
 
 bool ipc_reply_connected(const struct ipc_reply *r)
 {
-    return !r->conn->closing;
+    return !r->conn || !r->conn->closing;
+}
+
+static void local_error(struct ipc_server *srv, int op, json_t *id, enum ipc_err code,
+                        const char *msg, ipc_local_done done, void *arg)
+{
+    size_t n = 0;
+    char *line = ipc_response_error(id, code, msg, &n);
+    count_request(srv, op, true);
+    done(arg, line, line ? n : 0);
+    free(line);
+}
+
+void ipc_local_request(struct ipc_server *srv, const char *device_key, const char *line, size_t len,
+                       ipc_local_done done, void *arg)
+{
+    struct ipc_limits lim = {.max_payload = srv->max_payload};
+    struct ipc_request req;
+    struct ipc_error err;
+    struct timespec ts;
+    char msg[128];
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lim.now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (len > srv->max_line) {
+        snprintf(msg, sizeof(msg), "request longer than %zu bytes (api.max_line)", srv->max_line);
+        local_error(srv, IPC_OP_COUNT_, NULL, IPC_ERR_LINE_TOO_LONG, msg, done, arg);
+        return;
+    }
+    json_t *root = json_loadb(line, len, 0, NULL);
+    int rc = root ? ipc_request_bind_device(root, device_key) : 0;
+    char *bound = root && rc == 0 ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    if (rc < 0) {
+        local_error(srv, IPC_OP_COUNT_, NULL, rc == -EPERM ? IPC_ERR_FORBIDDEN : IPC_ERR_INTERNAL,
+                    rc == -EPERM ? "device: a plugin may only make requests for its own device"
+                                 : "out of memory",
+                    done, arg);
+        return;
+    }
+    rc = ipc_request_parse(bound ? bound : line, bound ? strlen(bound) : len, &lim, &req, &err);
+    free(bound);
+    if (rc < 0) {
+        local_error(srv, IPC_OP_COUNT_, err.id, err.code, err.message, done, arg);
+        ipc_error_free(&err);
+        return;
+    }
+    if (ipc_op_is_admin(req.op) || req.op == IPC_OP_HELLO || req.op == IPC_OP_WATCH) {
+        snprintf(msg, sizeof(msg), "%s is not available to plugins", ipc_op_name(req.op));
+        local_error(srv, (int)req.op, req.id, IPC_ERR_FORBIDDEN, msg, done, arg);
+        ipc_request_free(&req);
+        return;
+    }
+    struct ipc_reply *r = calloc(1, sizeof(*r));
+    if (!r) {
+        local_error(srv, (int)req.op, req.id, IPC_ERR_INTERNAL, "out of memory", done, arg);
+        ipc_request_free(&req);
+        return;
+    }
+    r->req = req;
+    r->srv = srv;
+    r->done = done;
+    r->done_arg = arg;
+    if (srv->cb)
+        srv->cb(srv, r, &r->req, srv->data);
+    else
+        ipc_reply_error(r, IPC_ERR_UNAVAILABLE, "no handler for %s", ipc_op_name(req.op));
 }
 
 /* ---- events ---- */

@@ -113,4 +113,19 @@ void ipc_reply_errno(struct ipc_reply *r, int err, const char *fmt, ...)
 /* False once the client has disconnected: the reply will be dropped, work may be skipped. */
 bool ipc_reply_connected(const struct ipc_reply *r);
 
+/* ---- requests from inside the daemon ---- */
+
+/* A local request's response line (borrowed for the call; NULL, n 0 when out of memory). */
+typedef void (*ipc_local_done)(void *arg, const char *line, size_t n);
+
+/*
+ * A request made inside the daemon for one device (a plugin's host->request): one JSON request
+ * text, bound to device_key (ipc_request_bind_device: another device is "forbidden"), parsed by
+ * the same grammar and served by the same request callback as a socket client's, with no admin
+ * rights (admin ops, hello and watch are refused with "forbidden"). done(arg, line, n) is called
+ * exactly once with the response line a client would get, now or in a later loop turn.
+ */
+void ipc_local_request(struct ipc_server *srv, const char *device_key, const char *line, size_t len,
+                       ipc_local_done done, void *arg);
+
 #endif

@@ -1110,3 +1110,19 @@ int ipc_framer_feed(struct ipc_framer *f, const char *data, size_t n, ipc_line_c
     }
     return rc;
 }
+
+int ipc_request_bind_device(json_t *root, const char *device_key)
+{
+    const char *op = json_string_value(json_object_get(root, "op"));
+    json_t *dev = json_object_get(root, "device");
+    bool takes = false;
+    for (int i = 0; op && i < IPC_OP_COUNT_; i++)
+        if (op_names[i] && strcmp(op, op_names[i]) == 0)
+            for (const struct field *f = op_fields[i]; f->name; f++)
+                takes = takes || strcmp(f->name, "device") == 0;
+    if (dev)
+        return json_is_string(dev) && strcmp(json_string_value(dev), device_key) == 0 ? 0 : -EPERM;
+    if (takes)
+        return json_object_set_new(root, "device", json_string(device_key)) < 0 ? -ENOMEM : 0;
+    return 0;
+}

@@ -170,6 +170,12 @@ void ipc_error_free(struct ipc_error *err);
 
 /* True for ops that need admin rights when admin_users/admin_groups are set. */
 bool ipc_op_is_admin(enum ipc_op op);
+/*
+ * A request made for one device (a plugin's): when root's op takes a "device", sets it to
+ * device_key if absent; a "device" naming another device is -EPERM. -ENOMEM. Ops without a
+ * device field are left as they are.
+ */
+int ipc_request_bind_device(json_t *root, const char *device_key);
 const char *ipc_op_name(enum ipc_op op);
 const char *ipc_err_name(enum ipc_err code);
 /* Maps 0/negative errno/ALIGW_E* to the closest code (ALIGW_ENODEVICE -> no_device...). */

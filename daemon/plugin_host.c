@@ -458,6 +458,28 @@ static int h_set_firmware_version(const struct aligw_host *h, const struct aligw
     return send_frame(&tw, false);
 }
 
+/* ABI 1.3: a local API request, checked here by the same rules as in aligwd (which checks it
+ * again) and sent; the answer comes back as W_ANSWER. */
+static int h_request(const struct aligw_host *h, const struct aligw_device *dev,
+                     const char *request_json, uint64_t cookie)
+{
+    long i = dev_index(dev);
+    char *text;
+    int rc;
+    if (i < 0)
+        return -ENODEV;
+    if (!H.desc.on_answer)
+        return -ENOTSUP;
+    if ((rc = plugin_request_prepare(request_json, H.keys[i], &text)) < 0)
+        return rc;
+    wire_begin(&tw, W_REQUEST);
+    wire_u64(&tw, (uint64_t)i);
+    wire_u64(&tw, cookie);
+    wire_str(&tw, text);
+    free(text);
+    return send_frame(&tw, false);
+}
+
 static const struct aligw_host host_table = {
     .abi_major = ALIGW_PLUGIN_ABI_MAJOR,
     .abi_minor = ALIGW_PLUGIN_ABI_MINOR,
@@ -473,6 +495,7 @@ static const struct aligw_host host_table = {
     .device_info = h_device_info,
     .firmware_result = h_firmware_result,
     .set_firmware_version = h_set_firmware_version,
+    .request = h_request,
 };
 
 /* ---- hardening ---- */
@@ -776,6 +799,25 @@ static void serve(void)
                 H.desc.on_post_done(H.instance, dev, cookie, (int)status, seq);
             break;
         }
+        case W_NOTICE: {
+            i = wire_get_u64(&r);
+            const char *ev = wire_get_str(&r);
+            if (r.bad || !(dev = dev_at(i)))
+                return;
+            if (H.desc.on_event)
+                H.desc.on_event(H.instance, dev, ev);
+            break;
+        }
+        case W_ANSWER: {
+            i = wire_get_u64(&r);
+            uint64_t cookie = wire_get_u64(&r);
+            const char *answer = wire_get_str(&r);
+            if (r.bad || !(dev = dev_at(i)))
+                return;
+            if (H.desc.on_answer)
+                H.desc.on_answer(H.instance, dev, cookie, answer);
+            break;
+        }
         case W_FW:
             i = wire_get_u64(&r);
             if (!serve_firmware(&r, dev_at(i)))
@@ -884,14 +926,25 @@ int main(int argc, char **argv)
         snprintf(err, sizeof err, "start failed: %s", strerror(-rc < 4000 ? -rc : EIO));
         fail(2, rc, err);
     }
+    char skipped[256];
+    char *events = H.desc.events && H.desc.on_event
+                       ? plugin_events_join(H.desc.events, skipped, sizeof skipped)
+                       : NULL;
+    if (events && skipped[0])
+        h_log(&host_table, ALIGW_LOG_WARNING, "unknown or malformed event kinds skipped: %s",
+              skipped);
     wire_begin(&tw, W_STARTED);
     wire_u64(&tw, (H.desc.on_property_set ? WIRE_HAS_SET : 0) |
                       (H.desc.on_service_call ? WIRE_HAS_CALL : 0) |
                       (H.desc.on_message ? WIRE_HAS_MSG : 0) |
                       (H.desc.on_post_done ? WIRE_HAS_DONE : 0) |
-                      (H.desc.on_firmware ? WIRE_HAS_FW : 0));
+                      (H.desc.on_firmware ? WIRE_HAS_FW : 0) |
+                      (events && events[0] ? WIRE_HAS_EVENT : 0) |
+                      (H.desc.on_answer ? WIRE_HAS_ANSWER : 0));
     wire_str(&tw, H.desc.name);
     wire_str(&tw, H.desc.version);
+    wire_str(&tw, events ? events : "");
+    free(events);
     send_frame(&tw, true);
     serve();
     _exit(0); /* aligwd closed the socket (or broke the protocol): it will not hear from us */

@@ -27,8 +27,10 @@ enum wire_type {
     W_STOP,     /* (none): stop, destroy, exit 0 */
     W_FW,       /* dev, job_id, module, version, from_version, total_size, is_diff, has_ext,
                    ext_data, n_files, (path, name)...: on_firmware */
+    W_NOTICE,   /* dev, event_json: on_event (ABI 1.3) */
+    W_ANSWER,   /* dev, cookie, answer_json: on_answer (ABI 1.3) */
     /* host → aligwd */
-    W_STARTED = 32, /* flags (WIRE_HAS_*), name, version */
+    W_STARTED = 32, /* flags (WIRE_HAS_*), name, version, events (plugin_events_join's form) */
     W_FAILED,       /* phase (0 load, 1 create, 2 start), rc, message */
     W_PONG,         /* n */
     W_PROPS,        /* dev, tracked, cookie, time_ms, params_json */
@@ -41,6 +43,7 @@ enum wire_type {
     W_CALL_RC,      /* dev, rc, req_id: an entry point refused a set/call (host answers 500) */
     W_FW_RESULT,    /* dev, job_id, step, version, desc: firmware_result */
     W_FW_VERSION,   /* dev, module, version: set_firmware_version */
+    W_REQUEST,      /* dev, cookie, request_json: host->request (ABI 1.3) */
 };
 
 enum {
@@ -49,6 +52,8 @@ enum {
     WIRE_HAS_MSG = 4,
     WIRE_HAS_DONE = 8,
     WIRE_HAS_FW = 16,
+    WIRE_HAS_EVENT = 32,  /* on_event with a non-empty events list */
+    WIRE_HAS_ANSWER = 64, /* on_answer (host->request usable) */
 };
 
 /* A frame being built. All calls are no-ops once oom is set. */

@@ -43,7 +43,7 @@
 #define CHILD_WRITE_MAX (16u << 20) /* bytes queued towards a host before it counts as hung */
 #define STOP_WAIT_MS 2000           /* how long shutdown waits for a host to stop its plugin */
 
-enum qtype { Q_UPLINK, Q_STATE, Q_SUBSCRIBE, Q_FW_RESULT, Q_FW_VERSION };
+enum qtype { Q_UPLINK, Q_STATE, Q_SUBSCRIBE, Q_FW_RESULT, Q_FW_VERSION, Q_REQUEST };
 
 struct pref; /* a plugin as seen by a pending completion */
 
@@ -119,6 +119,7 @@ struct plugin {
     bool isolated;
     unsigned flags; /* WIRE_HAS_* of the running host */
     char *rname, *rversion;
+    char *events; /* ABI 1.3: the event kinds it wants, plugin_events_join's form, or NULL */
     struct child *ch;
     uv_timer_t *timer; /* heartbeats while a host runs, the restart delay while none does */
     enum pstate state;
@@ -214,6 +215,43 @@ static void tell_done(struct pref *ref, uint32_t gen, size_t dev, uint64_t cooki
     wire_i64(&w, seq);
     child_send(p, &w);
     wire_free(&w);
+}
+
+/* ABI 1.3: the answer to a host->request, to the plugin (or host process) that made it. */
+static void tell_answer(struct pref *ref, uint32_t gen, size_t dev, uint64_t cookie,
+                        const char *line, size_t n)
+{
+    struct plugin *p = ref->p;
+    char *text;
+    if (!p || p->gen != gen || dev >= p->n_devs)
+        return;
+    /* the response line without its newline, or an error when there was none (out of memory) */
+    text = line && n ? strndup(line, line[n - 1] == '\n' ? n - 1 : n)
+                     : strdup("{\"ok\":false,\"error\":{\"code\":\"internal\",\"message\":"
+                              "\"out of memory\"}}");
+    if (!text)
+        return;
+    if (!p->isolated) {
+        if (p->running && p->desc.on_answer)
+            p->desc.on_answer(p->instance, &p->devs[dev], cookie, text);
+    } else if (p->ch && !p->ch->exited) {
+        struct wire_out w = {0};
+        wire_begin(&w, W_ANSWER);
+        wire_u64(&w, dev);
+        wire_u64(&w, cookie);
+        wire_str(&w, text);
+        child_send(p, &w);
+        wire_free(&w);
+    }
+    free(text);
+}
+
+static void on_answered(void *arg, const char *line, size_t n)
+{
+    struct done *d = arg;
+    tell_answer(d->ref, d->gen, d->dev, d->cookie, line, n);
+    pref_put(d->ref);
+    free(d);
 }
 
 static void on_committed(void *arg, int status, int64_t seq)
@@ -328,6 +366,21 @@ static void drain(struct plugins *ps)
             if (ps->sink.firmware_version)
                 ps->sink.firmware_version(ps->sink.ctx, pk, dn, it->payload, it->topic);
             break;
+        case Q_REQUEST: {
+            struct done *d = malloc(sizeof *d);
+            if (!d || !ps->sink.request) {
+                free(d);
+                tell_answer(it->ref, it->gen, it->dev->index, it->cookie, NULL, 0);
+                rc = -ENOMEM;
+                break;
+            }
+            *d = (struct done){.ref = pref_get(it->ref),
+                               .gen = it->gen,
+                               .dev = it->dev->index,
+                               .cookie = it->cookie};
+            ps->sink.request(ps->sink.ctx, pk, dn, it->payload, it->len, on_answered, d);
+            break;
+        }
         }
         pthread_mutex_lock(&ps->lock);
         if (rc < 0)
@@ -696,6 +749,41 @@ static int h_set_firmware_version(const struct aligw_host *h, const struct aligw
     return enqueue(p, it);
 }
 
+/* ABI 1.3: a local API request for dev; text is checked already (plugin_request_prepare) and
+ * taken. Its answer goes back to the plugin generation that asked. */
+static int queue_request(struct plugin *p, const struct aligw_device *dev, char *text,
+                         uint64_t cookie)
+{
+    struct qitem *it = calloc(1, sizeof *it);
+    if (!it) {
+        free(text);
+        return -ENOMEM;
+    }
+    it->type = Q_REQUEST;
+    it->dev = dev;
+    it->payload = text;
+    it->len = strlen(text);
+    it->cookie = cookie;
+    it->ref = pref_get(p->ref);
+    it->gen = p->gen;
+    return enqueue(p, it);
+}
+
+static int h_request(const struct aligw_host *h, const struct aligw_device *dev,
+                     const char *request_json, uint64_t cookie)
+{
+    struct plugin *p = host_plugin(h);
+    char *text;
+    int rc;
+
+    if (!dev_ok(p, dev))
+        return -ENODEV;
+    if (!p->desc.on_answer)
+        return -ENOTSUP;
+    rc = plugin_request_prepare(request_json, p->keys[dev->index], &text);
+    return rc < 0 ? rc : queue_request(p, dev, text, cookie);
+}
+
 static int h_post(const struct aligw_host *h, const struct aligw_device *dev,
                   const struct aligw_post *post)
 {
@@ -793,6 +881,7 @@ static const struct aligw_host host_table = {
     .device_info = h_device_info,
     .firmware_result = h_firmware_result,
     .set_firmware_version = h_set_firmware_version,
+    .request = h_request,
 };
 
 /* ---- lifecycle ---- */
@@ -925,6 +1014,7 @@ static void plugin_free(struct plugin *p)
     free(p->config);
     free(p->rname);
     free(p->rversion);
+    free(p->events);
     if (p->dl)
         dlclose(p->dl);
     free(p);
@@ -1221,7 +1311,7 @@ static void child_handle_frame(struct plugin *p, struct child *ch, struct wire_i
 
     if (r->type == W_PROPS || r->type == W_EVENT || r->type == W_RAW || r->type == W_REPLY ||
         r->type == W_STATE || r->type == W_SUB || r->type == W_CALL_RC || r->type == W_FW_RESULT ||
-        r->type == W_FW_VERSION) {
+        r->type == W_FW_VERSION || r->type == W_REQUEST) {
         i = wire_get_u64(r);
         if (i >= p->n_devs) {
             r->bad = true;
@@ -1233,10 +1323,13 @@ static void child_handle_frame(struct plugin *p, struct child *ch, struct wire_i
     case W_STARTED: {
         p->flags = (unsigned)wire_get_u64(r);
         const char *name = wire_get_str(r), *version = wire_get_str(r);
+        const char *events = wire_get_str(r);
         free(p->rname);
         free(p->rversion);
+        free(p->events);
         p->rname = strdup(name);
         p->rversion = strdup(version);
+        p->events = p->flags & WIRE_HAS_EVENT ? strdup(events) : NULL;
         ch->started = true;
         p->running = true;
         p->state = P_RUNNING;
@@ -1341,6 +1434,20 @@ static void child_handle_frame(struct plugin *p, struct child *ch, struct wire_i
         const char *module = wire_get_str(r), *version = wire_get_str(r);
         if (!r->bad)
             rc = h_set_firmware_version(&p->host, dev, module, version);
+        break;
+    }
+    case W_REQUEST: {
+        uint64_t ck = wire_get_u64(r);
+        const char *json = wire_get_str(r);
+        char *text = NULL;
+        if (r->bad)
+            break;
+        /* checked again here: the host process is not trusted with another device */
+        rc = plugin_request_prepare(json, p->keys[dev->index], &text);
+        if (rc == 0)
+            rc = queue_request(p, dev, text, ck);
+        else
+            tell_answer(p->ref, p->gen, dev->index, ck, NULL, 0);
         break;
     }
     case W_CALL_RC: {
@@ -1623,6 +1730,13 @@ static int start_one(struct plugins *ps, struct plugin *p, const struct plugin_c
     rc = plugin_load_so(p->path, &p->dl, &p->desc, err, len);
     if (rc < 0)
         return rc;
+    if (p->desc.events && p->desc.on_event) {
+        char skipped[256];
+        if (!(p->events = plugin_events_join(p->desc.events, skipped, sizeof skipped)))
+            return -ENOMEM;
+        if (skipped[0])
+            log_warn("plugin %s: unknown or malformed event kinds skipped: %s", p->label, skipped);
+    }
     pthread_mutex_lock(&ps->lock);
     p->accepting = true;
     pthread_mutex_unlock(&ps->lock);
@@ -1862,6 +1976,37 @@ int plugins_message(struct plugins *ps, const char *pk, const char *dn, const ch
     if (rc < 0)
         log_debug("plugin %s: on_message returned %d (ignored)", p->label, rc);
     return 0;
+}
+
+bool plugins_wants_event(const struct plugins *ps, const char *pk, const char *dn,
+                         const char *kind)
+{
+    struct plugin *p;
+    const struct aligw_device *dev;
+    return ps && find(ps, pk, dn, &p, &dev) && p->running && plugin_events_has(p->events, kind);
+}
+
+int plugins_event(struct plugins *ps, const char *pk, const char *dn, const char *kind,
+                  const char *event_json)
+{
+    struct plugin *p;
+    const struct aligw_device *dev;
+
+    if (!ps || !find(ps, pk, dn, &p, &dev))
+        return -ENODEV;
+    if (!p->running || !plugin_events_has(p->events, kind))
+        return -ENOENT;
+    if (!p->isolated) {
+        p->desc.on_event(p->instance, dev, event_json);
+        return 0;
+    }
+    struct wire_out w = {0};
+    wire_begin(&w, W_NOTICE);
+    wire_u64(&w, dev->index);
+    wire_str(&w, event_json);
+    int rc = child_send(p, &w);
+    wire_free(&w);
+    return rc == -ENOTCONN ? -ENOENT : rc;
 }
 
 int plugins_firmware(struct plugins *ps, const char *pk, const char *dn,

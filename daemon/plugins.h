@@ -45,6 +45,11 @@ struct plugins_sink {
     /* Optional (ABI 1.2): a plugin set the firmware version of pk/dn's module. */
     void (*firmware_version)(void *ctx, const char *pk, const char *dn, const char *module,
                              const char *version);
+    /* Optional (ABI 1.3; NULL: answered "out of memory"): a plugin's local API request for pk/dn
+     * (json, checked by plugin_request_prepare, borrowed for the call). The sink calls
+     * done(arg, line, n) exactly once with the response line, now or later. */
+    void (*request)(void *ctx, const char *pk, const char *dn, const char *json, size_t len,
+                    void (*done)(void *arg, const char *line, size_t n), void *arg);
 };
 
 struct plugins_opts {
@@ -108,6 +113,17 @@ int plugins_service_call(struct plugins *ps, const char *pk, const char *dn, con
  * Returns 0 if delivered, -ENOENT if no plugin asked for it, -ENODEV if no plugin serves pk/dn. */
 int plugins_message(struct plugins *ps, const char *pk, const char *dn, const char *topic,
                     const void *payload, size_t len);
+
+/*
+ * ABI 1.3: an API event (event_json, the object a watcher gets, borrowed) of kind (its "event"
+ * name) for pk/dn, to the plugin serving it if that plugin asked for the kind. Returns 0 when
+ * delivered, -ENOENT (not asked for, or its plugin not running), -ENODEV (no plugin serves
+ * pk/dn). plugins_wants_event says beforehand, so the caller can skip building the text.
+ */
+bool plugins_wants_event(const struct plugins *ps, const char *pk, const char *dn,
+                         const char *kind);
+int plugins_event(struct plugins *ps, const char *pk, const char *dn, const char *kind,
+                  const char *event_json);
 
 struct aligw_firmware;
 /*

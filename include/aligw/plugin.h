@@ -55,6 +55,11 @@
  *        host->device_info (sized per-device facts); struct aligw_device is frozen (see there).
  *   1.2  on_firmware (descriptor), host->firmware_result and host->set_firmware_version,
  *        struct aligw_firmware (OTA); in process and out of process alike.
+ *   1.3  the local API inside the plugin: events (descriptor: events, on_event) and requests
+ *        (host->request, with on_answer). Whatever an API client on the socket sees and does
+ *        for a device (docs/api.md), its plugin can: the platform's time, the device shadow,
+ *        RRPC with raw payloads, remote config, and every op and event added later, with no
+ *        further ABI change.
  *
  * ISOLATION  By default each plugin runs in its own process, aligw-plugin-host, which loads the
  * .so and speaks this same ABI: every call and entry point is marshalled over a socket to
@@ -78,7 +83,7 @@ extern "C" {
 #endif
 
 #define ALIGW_PLUGIN_ABI_MAJOR 1
-#define ALIGW_PLUGIN_ABI_MINOR 2
+#define ALIGW_PLUGIN_ABI_MINOR 3
 
 /* Marks the one symbol a plugin exports (build with -fvisibility=hidden). */
 #define ALIGW_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -279,7 +284,25 @@ struct aligw_host {
     int (*set_firmware_version)(const struct aligw_host *host, const struct aligw_device *dev,
                                 const char *module, const char *version);
 
-    /* ABI 1.2 ends here. Later minors append below. */
+    /* ABI 1.2 ends here. */
+
+    /*
+     * ABI 1.3. Makes a local API request for dev (docs/api.md, "Requests"): request_json is one
+     * request object without "id"; its "device" is set to dev (a request naming another device
+     * gets -EPERM). Ops that need admin rights, "hello" and "watch" are refused (as an answer
+     * with error "forbidden"). The answer — the response object an API client would get,
+     * {"ok":true,"result":…} or {"ok":false,"error":{"code":…,"message":…}} — comes exactly once
+     * through on_answer with this cookie, on the loop thread, possibly much later (an op with
+     * "wait_reply" waits for the platform). Requires on_answer (-ENOTSUP without it). Returns 0
+     * when queued, -EINVAL (not one JSON object, larger than 1 MiB), -EPERM, -ENODEV, -EAGAIN,
+     * -ESHUTDOWN, -ENOMEM. If the plugin stops (or its process dies) first, the answer is lost.
+     * Examples: {"op":"status"} (its "time" is the platform's time as the gateway learnt it),
+     * {"op":"reply","request_id":"123","code":200,"data":{}} (answers an event's call).
+     */
+    int (*request)(const struct aligw_host *host, const struct aligw_device *dev,
+                   const char *request_json, uint64_t cookie);
+
+    /* ABI 1.3 ends here. Later minors append below. */
 };
 
 /* True if host provides member (appended in some minor): check before calling it. */
@@ -361,7 +384,33 @@ struct aligw_plugin {
     int (*on_firmware)(void *instance, const struct aligw_device *dev,
                        const struct aligw_firmware *fw);
 
-    /* ABI 1.2 ends here. Later minors append below. */
+    /* ABI 1.2 ends here. */
+
+    /*
+     * ABI 1.3, optional: the API event kinds (docs/api.md, "Events": "state", "service_call",
+     * "property_set", "message", "reply", "ota", and the kinds later versions add) this plugin
+     * wants for its devices through on_event: a NULL-terminated array of names, static data.
+     * Unknown or malformed names are logged and skipped. A listed kind comes only as events: with
+     * "property_set" listed, on_property_set is not called (likewise "service_call" and
+     * on_service_call). RRPC requests with a raw payload (service "rrpc") come only as
+     * "service_call" events.
+     */
+    const char *const *events;
+
+    /*
+     * ABI 1.3, optional (required with events): one event for dev, as the JSON object an API
+     * watcher would get (borrowed for the call). A call carried by an event (a service_call,
+     * say) counts as handed to a handler: answer it with host->request {"op":"reply",…} before
+     * api.service_timeout_ms, or the host answers the platform with an error.
+     */
+    void (*on_event)(void *instance, const struct aligw_device *dev, const char *event_json);
+
+    /* ABI 1.3, optional (required to use host->request): the answer to host->request (see
+     * there), borrowed for the call. */
+    void (*on_answer)(void *instance, const struct aligw_device *dev, uint64_t cookie,
+                      const char *answer_json);
+
+    /* ABI 1.3 ends here. Later minors append below. */
 };
 
 #ifdef __cplusplus

@@ -154,6 +154,45 @@ class PluginHost(T.TestCase):
             return seen >= set(range(1, n + 1))
         T.wait_for(got, 30, 0.2, "every stored post at the hub after kill -9")
 
+    def test_api_inside_the_plugin(self):
+        """ABI 1.3: a plugin gets the API's events for its device and makes the API's requests,
+        out of process and in process alike: "state" events, requests answered through
+        on_answer (status with the platform's time, its own device; reload refused, another
+        device refused at once), and a service call taken as an event and answered with a
+        reply request, which reaches the hub."""
+        api = os.path.join(TEST_PLUGINS, "testplug_api.so")
+        hub, rows, keys = self.hub(2)
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, r, rate=0) for r in rows]
+        cfg["plugins"] = [{"name": api, "devices": [keys[0]]},
+                          {"name": api, "devices": [keys[1]], "isolation": "none"}]
+        dm = self.daemon(cfg)
+        for k in keys:
+            dm.wait_state(k, "online")
+        T.wait_for(lambda: len(re.findall(r"answer 3: ", dm.log())) == 2, 10,
+                   what="both plugins' device answers")
+        log = dm.log()
+        self.assertEqual(len(re.findall(r"unknown or malformed event kinds skipped: Not-A-Kind",
+                                        log)), 2)
+        self.assertEqual(len(re.findall(r'answer 1: \{"id":1,"ok":true,"result":\{.*"time":',
+                                        log)), 2, "status answered with the platform's time")
+        self.assertEqual(len(re.findall(r'answer 2: .*"ok":false.*"forbidden"', log)), 2)
+        for k in keys:
+            self.assertRegex(log, r'answer 3: .*"ok":true,"result":\{"device":"%s"' % re.escape(k))
+        self.assertEqual(len(re.findall(r"other device: -1\b", log)), 2)  # -EPERM
+        for r in rows:
+            since = hub.mark()
+            mid = hub.service_call(PK, r["device_name"], "Ping", {"n": 1})
+            reply = hub.wait_message("/sys/%s/%s/thing/service/Ping_reply" % (PK, r["device_name"]),
+                                     5, since)
+            self.assertIsNotNone(reply, "no reply from the plugin's event path")
+            self.assertEqual(reply.json()["id"], mid)
+            self.assertEqual(reply.json()["code"], 200)
+            self.assertEqual(reply.json()["data"], {"via": "event", "service": "Ping"})
+        T.wait_for(lambda: len(re.findall(r'answer 10: \{"id":1,"ok":true', dm.log())) == 2, 5,
+                   what="the reply requests answered ok")
+        self.assertEqual(dm.stop(), 0)
+
     def test_subscribe_and_on_message(self):
         hub, rows, keys = self.hub(1)
         cfg = T.base_config(self.tmp)

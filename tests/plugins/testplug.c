@@ -5,6 +5,12 @@
  *   BAD_ABI     claims ABI major + 1
  *   FAIL_START  start() fails after reporting a device state
  *   NO_SYMBOL   exports no aligw_plugin symbol
+ *   API_EVENTS  ABI 1.3's API inside the plugin: asks for "state" and "service_call" events (and
+ *               a malformed kind, which the host skips); when its device comes online it makes
+ *               requests and logs each answer as "answer C: JSON" (C the cookie): 1 status (its
+ *               "time"), 2 reload (forbidden to plugins), 3 device (its own); a request naming
+ *               another device logs "other device: RC". It answers every service call event
+ *               with {"op":"reply",...,"data":{"via":"event","service":S}}
  * The default build also misbehaves on request, through its config (for the plugin host tests):
  *   {"crash": "segv"}   a thread posts {"tick":n} every 50 ms and segfaults after 300 ms
  *   {"crash": "exit"}   the same thread calls exit(7) after 300 ms
@@ -227,6 +233,49 @@ static int tp_service(void *inst, const struct aligw_device *dev, const char *re
     return t->host->reply(t->host, dev, req_id, 200, data);
 }
 
+#ifdef API_EVENTS
+/* The value of "key":"value" in a JSON text (a test plugin: no JSON library). */
+static void json_str(const char *json, const char *key, char *out, size_t len)
+{
+    cfg_str(json, key, out, len);
+}
+
+static void tp_event(void *inst, const struct aligw_device *dev, const char *event_json)
+{
+    struct inst *t = inst;
+    char ev[32], state[32], id[64], svc[64], req[512];
+    json_str(event_json, "event", ev, sizeof ev);
+    if (!strcmp(ev, "state")) {
+        json_str(event_json, "state", state, sizeof state);
+        if (strcmp(state, "online"))
+            return;
+        t->host->request(t->host, dev, "{\"op\":\"status\"}", 1);
+        t->host->request(t->host, dev, "{\"op\":\"reload\"}", 2);
+        t->host->request(t->host, dev, "{\"op\":\"device\"}", 3);
+        int rc = t->host->request(t->host, dev, "{\"op\":\"device\",\"device\":\"x/y\"}", 4);
+        t->host->log(t->host, ALIGW_LOG_NOTICE, "other device: %d", rc);
+    } else if (!strcmp(ev, "service_call")) {
+        json_str(event_json, "id", id, sizeof id);
+        json_str(event_json, "service", svc, sizeof svc);
+        snprintf(req, sizeof req,
+                 "{\"op\":\"reply\",\"request_id\":\"%s\",\"code\":200,"
+                 "\"data\":{\"via\":\"event\",\"service\":\"%s\"}}",
+                 id, svc);
+        t->host->request(t->host, dev, req, 10);
+    }
+}
+
+static void tp_answer(void *inst, const struct aligw_device *dev, uint64_t cookie,
+                      const char *answer_json)
+{
+    struct inst *t = inst;
+    t->host->log(t->host, ALIGW_LOG_NOTICE, "answer %llu: %.600s", (unsigned long long)cookie,
+                 answer_json);
+}
+
+static const char *const tp_events[] = {"state", "service_call", "Not-A-Kind", NULL};
+#endif
+
 #ifdef NO_SYMBOL
 #define DESCRIPTOR aligw_plugin_misspelled /* exported under the wrong name */
 #else
@@ -249,4 +298,9 @@ ALIGW_PLUGIN_EXPORT const struct aligw_plugin DESCRIPTOR = {
     .on_service_call = tp_service,
     .on_message = tp_message,
     .on_post_done = tp_post_done,
+#ifdef API_EVENTS
+    .events = tp_events,
+    .on_event = tp_event,
+    .on_answer = tp_answer,
+#endif
 };

@@ -320,8 +320,31 @@ static void test_misc(void)
     CHECK_INT(ipc_device_key_parse("pk/a/b", &k, &why), -EINVAL);
 }
 
+/* A plugin's request is bound to its device: set when the op takes one, refused for another. */
+static void test_bind_device(void)
+{
+    json_t *j = json_pack("{s:s}", "op", "device");
+    CHECK_INT(ipc_request_bind_device(j, "pk/dn"), 0);
+    CHECK_STR(json_string_value(json_object_get(j, "device")), "pk/dn");
+    CHECK_INT(ipc_request_bind_device(j, "pk/dn"), 0); /* its own device, given */
+    CHECK_INT(ipc_request_bind_device(j, "pk/other"), -EPERM);
+    json_decref(j);
+    j = json_pack("{s:s}", "op", "status"); /* no device field: left alone */
+    CHECK_INT(ipc_request_bind_device(j, "pk/dn"), 0);
+    CHECK(json_object_get(j, "device") == NULL);
+    json_decref(j);
+    j = json_pack("{s:s,s:i}", "op", "publish", "device", 3);
+    CHECK_INT(ipc_request_bind_device(j, "pk/dn"), -EPERM);
+    json_decref(j);
+    j = json_pack("{s:s}", "op", "no_such_op");
+    CHECK_INT(ipc_request_bind_device(j, "pk/dn"), 0);
+    CHECK(json_object_get(j, "device") == NULL);
+    json_decref(j);
+}
+
 int main(void)
 {
+    test_bind_device();
     test_valid();
     test_invalid();
     test_framer();

@@ -48,7 +48,7 @@ static void sink_state(void *ctx, const char *pk, const char *dn, int ok, const 
     recs[n_recs++] = (struct rec){strdup(pk), strdup(dn), NULL, strdup(reason), 0, ok};
 }
 
-static const struct plugins_sink sink = {NULL, sink_uplink, sink_state, NULL, NULL, NULL};
+static const struct plugins_sink sink = {NULL, sink_uplink, sink_state, NULL, NULL, NULL, NULL};
 
 static void recs_clear(void)
 {
