@@ -41,6 +41,12 @@ static const char usage_text[] =
     "       [--params JSON] [--time MS] [--no-ack] [--wait]\n"
     "  event PK/DN EVENT [KEY=VALUE...] [--params JSON] [--time MS] [--wait]\n"
     "                              post a thing-model event\n"
+    "  batch PK/DN JSON|@FILE [--no-ack] [--wait]\n"
+    "                              several timed values per property/event in one message:\n"
+    "                              {\"properties\":{\"T\":[{\"value\":1,\"time\":MS},...]},\"events\":{...}}\n"
+    "  history PK/DN JSON|@FILE [--no-ack] [--wait]\n"
+    "                              values recorded while offline: {\"properties\":[{\"T\":\n"
+    "                              {\"value\":1,\"time\":MS}},...],\"events\":[...]}\n"
     "  publish PK/DN TOPIC PAYLOAD [--qos 0|1] [--b64]\n"
     "                              raw publish; PAYLOAD '-' reads bytes from stdin;\n"
     "                              --b64: PAYLOAD is base64 already\n"
@@ -77,7 +83,7 @@ static const char usage_text[] =
     "  --json              print the daemon's JSON response as is (events: one per line)\n"
     "  -h, --help          this text\n"
     "\n"
-    "--wait (post, event) answers only once the platform replied, with its code.\n"
+    "--wait (post, event, batch, history) answers only once the platform replied, with its code.\n"
     "\n"
     "Exit status: 0 ok, 1 the request failed (the daemon's error is printed), 2 usage error,\n"
     "3 aligwd is not running, 4 access to the socket refused.\n"
@@ -620,6 +626,31 @@ static int build_event(json_t *req, struct args *a)
     return build_post(req, a, 2);
 }
 
+/* batch, history: the properties and events of a JSON object (or @FILE) into the request. */
+static int build_timed(json_t *req, struct args *a)
+{
+    json_t *j = json_arg("JSON", a->rest[1]);
+    const char *key;
+    json_t *v;
+    if (!j)
+        return 2;
+    set_device(req, a);
+    json_object_foreach(j, key, v)
+    {
+        if (strcmp(key, "properties") != 0 && strcmp(key, "events") != 0) {
+            json_decref(j);
+            return usage_error("unknown member \"%s\" (properties, events)", key);
+        }
+        json_object_set(req, key, v);
+    }
+    json_decref(j);
+    if (a->no_ack)
+        json_object_set_new(req, "ack", json_false());
+    if (a->wait)
+        json_object_set_new(req, "wait_reply", json_true());
+    return 0;
+}
+
 static int build_publish(json_t *req, struct args *a)
 {
     set_device(req, a);
@@ -855,6 +886,9 @@ static const struct command commands[] = {
     {"post", "post_properties", 1, "usage: post PK/DN KEY=VALUE...", build_properties, print_result,
      false},
     {"event", "post_event", 2, "usage: event PK/DN EVENT [KEY=VALUE...]", build_event, print_result,
+     false},
+    {"batch", "post_batch", 2, "usage: batch PK/DN JSON|@FILE", build_timed, print_result, false},
+    {"history", "post_history", 2, "usage: history PK/DN JSON|@FILE", build_timed, print_result,
      false},
     {"publish", "publish", 3, "usage: publish PK/DN TOPIC PAYLOAD", build_publish, print_result,
      false},

@@ -152,6 +152,46 @@ int alink_event_post(const char *pk, const char *dn, uint32_t id, const char *ev
                   xasprintf("/sys/%s/%s/thing/event/%s/post", pk, dn, event_id), out);
 }
 
+int alink_batch_post(const char *pk, const char *dn, uint32_t id, const json_t *props,
+                     const json_t *events, bool ack, struct alink_msg *out)
+{
+    json_t *p;
+    memset(out, 0, sizeof *out);
+    if (!seg_ok(pk) || !seg_ok(dn) || (!props && !events) || (props && !json_is_object(props)) ||
+        (events && !json_is_object(events)))
+        return -EINVAL;
+    p = json_object();
+    if (!p || (props && json_object_set(p, "properties", (json_t *)props) < 0) ||
+        (events && json_object_set(p, "events", (json_t *)events) < 0)) {
+        json_decref(p);
+        return -ENOMEM;
+    }
+    return finish(request(id, p, ack),
+                  xasprintf("/sys/%s/%s/thing/event/property/batch/post", pk, dn), out);
+}
+
+int alink_history_post(const char *pk, const char *dn, uint32_t id, const json_t *props,
+                       const json_t *events, bool ack, struct alink_msg *out)
+{
+    json_t *p;
+    memset(out, 0, sizeof *out);
+    if (!seg_ok(pk) || !seg_ok(dn) || (!props && !events) || (props && !json_is_array(props)) ||
+        (events && !json_is_array(events)))
+        return -EINVAL;
+    json_t *rec = json_pack("{s:{s:s,s:s}}", "identity", "productKey", pk, "deviceName", dn);
+    p = json_array();
+    if (!rec || !p || (props && json_object_set(rec, "properties", (json_t *)props) < 0) ||
+        (events && json_object_set(rec, "events", (json_t *)events) < 0) ||
+        json_array_append(p, rec) < 0) {
+        json_decref(rec);
+        json_decref(p);
+        return -ENOMEM;
+    }
+    json_decref(rec);
+    return finish(request(id, p, ack),
+                  xasprintf("/sys/%s/%s/thing/event/property/history/post", pk, dn), out);
+}
+
 static json_t *reply(const char *req_id, int code, const json_t *data, const char *message)
 {
     json_t *r = json_pack("{s:s,s:i,s:o}", "id", req_id, "code", code, "data",

@@ -55,6 +55,24 @@ int alink_event_post(const char *pk, const char *dn, uint32_t id, const char *ev
                      const json_t *value, int64_t time_ms, bool ack, struct alink_msg *out);
 
 /*
+ * Batch post on /sys/pk/dn/thing/event/property/batch/post: params {"properties": props,
+ * "events": events}, each (borrowed, either may be NULL but not both) an object of identifier →
+ * [{"value":…,"time":ms}, …] (checked by the caller: ipc_request). Its reply comes on
+ * …/batch/post_reply with the same id. Returns 0, -EINVAL, -ENOMEM.
+ */
+int alink_batch_post(const char *pk, const char *dn, uint32_t id, const json_t *props,
+                     const json_t *events, bool ack, struct alink_msg *out);
+
+/*
+ * History post (values recorded while offline) on /sys/pk/dn/thing/event/property/history/post:
+ * params [{"identity":{"productKey":pk,"deviceName":dn},"properties":props,"events":events}],
+ * props and events (borrowed, either may be NULL but not both) arrays of records
+ * {identifier: {"value":…,"time":ms}}. Reply on …/history/post_reply. 0, -EINVAL, -ENOMEM.
+ */
+int alink_history_post(const char *pk, const char *dn, uint32_t id, const json_t *props,
+                       const json_t *events, bool ack, struct alink_msg *out);
+
+/*
  * Reply to a service call: topic /sys/pk/dn/thing/service/${service_id}_reply, or with rrpc_id
  * (the call came on /ext/rrpc/${rrpc_id}/sys/pk/dn/thing/service/${service_id}) that same topic.
  * req_id is the call's id echoed back (any string ≤ 20 digits); data (borrowed, NULL = {}) the

@@ -247,6 +247,12 @@ static void do_post(struct ipc_reply *r, const struct ipc_request *req)
     if (req->op == IPC_OP_POST_PROPERTIES)
         rc = alink_property_post(req->dev.pk, req->dev.dn, id, req->u.post.params,
                                  req->u.post.timestamp, req->u.post.ack, &m);
+    else if (req->op == IPC_OP_POST_BATCH)
+        rc = alink_batch_post(req->dev.pk, req->dev.dn, id, req->u.post.params, req->u.post.events,
+                              req->u.post.ack, &m);
+    else if (req->op == IPC_OP_POST_HISTORY)
+        rc = alink_history_post(req->dev.pk, req->dev.dn, id, req->u.post.params,
+                                req->u.post.events, req->u.post.ack, &m);
     else
         rc = alink_event_post(req->dev.pk, req->dev.dn, id, req->u.post.event, req->u.post.params,
                               req->u.post.timestamp, req->u.post.ack, &m);
@@ -571,6 +577,8 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
         break;
     case IPC_OP_POST_PROPERTIES:
     case IPC_OP_POST_EVENT:
+    case IPC_OP_POST_BATCH:
+    case IPC_OP_POST_HISTORY:
         do_post(r, req);
         break;
     case IPC_OP_REPLY:
@@ -726,7 +734,8 @@ static void downlink_call(struct device *d, const struct device_conf *dc, const 
             json_object_set_new(ev, "rrpc_id", json_string(t->rrpc_id));
     }
     json_object_set(ev, "params", p->params ? p->params : json_object());
-    int watchers = handled ? ipc_broadcast(A.ipc, kind, key, topic, ev) : emit(kind, key, topic, ev);
+    int watchers =
+        handled ? ipc_broadcast(A.ipc, kind, key, topic, ev) : emit(kind, key, topic, ev);
     json_decref(ev);
     if (handled)
         return; /* the plugin answers through the host table */

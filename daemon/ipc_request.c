@@ -38,6 +38,8 @@ static const char *const op_names[IPC_OP_COUNT_] = {
     [IPC_OP_OTA_RESULT] = "ota_result",
     [IPC_OP_OTA_VERSION] = "ota_version",
     [IPC_OP_OTA_CHECK] = "ota_check",
+    [IPC_OP_POST_BATCH] = "post_batch",
+    [IPC_OP_POST_HISTORY] = "post_history",
 };
 
 static const char *const err_names[IPC_ERR_COUNT_] = {
@@ -466,6 +468,126 @@ static int f_props(struct pctx *c, const char *name, json_t *v)
     return 0;
 }
 
+/*
+ * One {"value": v, "time": ms} of a batch or history post (events: v an object of identifiers).
+ * field names it for the error.
+ */
+static int timed_value(struct pctx *c, const char *field, json_t *tv, bool event)
+{
+    const char *key;
+    json_t *val, *v = json_object_get(tv, "value");
+    if (!json_is_object(tv) || !v || !json_object_get(tv, "time") || json_object_size(tv) != 2)
+        return fail(c, IPC_ERR_BAD_REQUEST, field, "must be {\"value\":…,\"time\":ms}");
+    if (event) {
+        if (!json_is_object(v))
+            return fail(c, IPC_ERR_BAD_REQUEST, field, "an event's value must be an object");
+        json_object_foreach(v, key, val)
+        {
+            if (!ident_ok(key, strlen(key)))
+                return fail(c, IPC_ERR_BAD_REQUEST, field,
+                            "parameter \"%.64s\": identifiers are 1-64 letters, digits or "
+                            "\"_:.-\"",
+                            key);
+        }
+    }
+    return check_time(c, field, json_object_get(tv, "time"), NULL);
+}
+
+/*
+ * post_batch "properties" / "events": {"ident": [{"value": v, "time": ms}, ...]}: at most 200
+ * identifiers, each with 1..IPC_BATCH_VALUES_MAX timed values.
+ */
+static int batch_map(struct pctx *c, const char *name, json_t *v, bool event, json_t **out)
+{
+    const char *key;
+    json_t *arr;
+    char field[IPC_IDENT_MAX + 48];
+
+    if (!json_is_object(v) || json_object_size(v) == 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name,
+                    "must be a non-empty object of identifier → [{\"value\":…,\"time\":ms}]");
+    if (json_object_size(v) > IPC_PROPS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "%zu identifiers, more than the platform's %d",
+                    json_object_size(v), IPC_PROPS_MAX);
+    json_object_foreach(v, key, arr)
+    {
+        if (!ident_ok(key, strlen(key)))
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "\"%.64s\": identifiers are 1-64 letters, digits or \"_:.-\"", key);
+        snprintf(field, sizeof(field), "%s.%s", name, key);
+        if (!json_is_array(arr) || json_array_size(arr) == 0 ||
+            json_array_size(arr) > IPC_BATCH_VALUES_MAX)
+            return fail(c, IPC_ERR_BAD_REQUEST, field, "must be an array of 1-%d timed values",
+                        IPC_BATCH_VALUES_MAX);
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            snprintf(field, sizeof(field), "%s.%s[%zu]", name, key, i);
+            if (timed_value(c, field, json_array_get(arr, i), event) < 0)
+                return -1;
+        }
+    }
+    if (check_serialized_size(c, name, v) < 0)
+        return -1;
+    *out = json_incref(v);
+    return 0;
+}
+
+/*
+ * post_history "properties" / "events": [{"ident": {"value": v, "time": ms}, ...}, ...]: 1..
+ * IPC_BATCH_VALUES_MAX records, each a non-empty object of at most 200 identifiers.
+ */
+static int history_list(struct pctx *c, const char *name, json_t *v, bool event, json_t **out)
+{
+    const char *key;
+    json_t *tv;
+    char field[IPC_IDENT_MAX + 48];
+
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > IPC_BATCH_VALUES_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name,
+                    "must be an array of 1-%d records {identifier: {\"value\":…,\"time\":ms}}",
+                    IPC_BATCH_VALUES_MAX);
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        json_t *rec = json_array_get(v, i);
+        snprintf(field, sizeof(field), "%s[%zu]", name, i);
+        if (!json_is_object(rec) || json_object_size(rec) == 0 ||
+            json_object_size(rec) > IPC_PROPS_MAX)
+            return fail(c, IPC_ERR_BAD_REQUEST, field, "must be an object of 1-%d identifiers",
+                        IPC_PROPS_MAX);
+        json_object_foreach(rec, key, tv)
+        {
+            if (!ident_ok(key, strlen(key)))
+                return fail(c, IPC_ERR_BAD_REQUEST, field,
+                            "\"%.64s\": identifiers are 1-64 letters, digits or \"_:.-\"", key);
+            snprintf(field, sizeof(field), "%s[%zu].%s", name, i, key);
+            if (timed_value(c, field, tv, event) < 0)
+                return -1;
+        }
+    }
+    if (check_serialized_size(c, name, v) < 0)
+        return -1;
+    *out = json_incref(v);
+    return 0;
+}
+
+static int f_batch_props(struct pctx *c, const char *name, json_t *v)
+{
+    return batch_map(c, name, v, false, &c->req->u.post.params);
+}
+
+static int f_batch_events(struct pctx *c, const char *name, json_t *v)
+{
+    return batch_map(c, name, v, true, &c->req->u.post.events);
+}
+
+static int f_hist_props(struct pctx *c, const char *name, json_t *v)
+{
+    return history_list(c, name, v, false, &c->req->u.post.params);
+}
+
+static int f_hist_events(struct pctx *c, const char *name, json_t *v)
+{
+    return history_list(c, name, v, true, &c->req->u.post.events);
+}
+
 /* post_event params: the event's output parameters, any object (may be empty). */
 static int f_event_params(struct pctx *c, const char *name, json_t *v)
 {
@@ -713,6 +835,14 @@ static const struct field fl_event[] = {{"device", f_device, true},
                                         {"ack", f_ack, false},
                                         {"wait_reply", f_wait_reply, false},
                                         END};
+static const struct field fl_batch[] = {
+    {"device", f_device, true},          {"properties", f_batch_props, false},
+    {"events", f_batch_events, false},   {"ack", f_ack, false},
+    {"wait_reply", f_wait_reply, false}, END};
+static const struct field fl_history[] = {
+    {"device", f_device, true},          {"properties", f_hist_props, false},
+    {"events", f_hist_events, false},    {"ack", f_ack, false},
+    {"wait_reply", f_wait_reply, false}, END};
 static const struct field fl_reply[] = {
     {"device", f_device, true}, {"request_id", f_request_id, true}, {"code", f_code, true},
     {"data", f_data, false},    {"message", f_message, false},      END};
@@ -753,6 +883,8 @@ static const struct field *const op_fields[IPC_OP_COUNT_] = {
     [IPC_OP_OTA_RESULT] = fl_ota_result,
     [IPC_OP_OTA_VERSION] = fl_ota_version,
     [IPC_OP_OTA_CHECK] = fl_ota_check,
+    [IPC_OP_POST_BATCH] = fl_batch,
+    [IPC_OP_POST_HISTORY] = fl_history,
 };
 
 static int check_whole(struct pctx *c)
@@ -767,6 +899,14 @@ static int check_whole(struct pctx *c)
         /* Whether the topic is the device's is checked by api.c (alink_topic_owned), after
          * whether the device exists. */
     }
+    if (r->op == IPC_OP_POST_BATCH || r->op == IPC_OP_POST_HISTORY) {
+        if (!r->u.post.params && !r->u.post.events)
+            return fail(c, IPC_ERR_BAD_REQUEST, "properties", "missing (or events)");
+        size_t n = (r->u.post.params ? json_dumpb(r->u.post.params, NULL, 0, JSON_COMPACT) : 0) +
+                   (r->u.post.events ? json_dumpb(r->u.post.events, NULL, 0, JSON_COMPACT) : 0);
+        if (n > c->max_payload)
+            return too_large(c, "properties", n);
+    }
     return 0;
 }
 
@@ -778,6 +918,8 @@ static void set_defaults(struct ipc_request *r)
         break;
     case IPC_OP_POST_PROPERTIES:
     case IPC_OP_POST_EVENT:
+    case IPC_OP_POST_BATCH:
+    case IPC_OP_POST_HISTORY:
         r->u.post.ack = true;
         break;
     case IPC_OP_WATCH:
@@ -908,7 +1050,10 @@ void ipc_request_free(struct ipc_request *req)
         break;
     case IPC_OP_POST_PROPERTIES:
     case IPC_OP_POST_EVENT:
+    case IPC_OP_POST_BATCH:
+    case IPC_OP_POST_HISTORY:
         json_decref(req->u.post.params);
+        json_decref(req->u.post.events);
         break;
     case IPC_OP_REPLY:
         json_decref(req->u.reply.data);

@@ -25,6 +25,8 @@
 #define IPC_MSGID_MAX 64  /* ids of downlink requests answered by "reply" */
 #define IPC_ID_MAX 128    /* a client's own request id when it is a string */
 #define IPC_PROPS_MAX 200 /* properties in one post: the platform answers 6106 beyond */
+#define IPC_BATCH_VALUES_MAX                                                                       \
+    500 /* timed values per identifier in post_batch, records in post_history */
 #define IPC_WATCH_DEVICES_MAX 10000
 #define IPC_WATCH_TOPICS_MAX 64
 #define IPC_DEFAULT_MAX_PAYLOAD (256 * 1024)
@@ -44,10 +46,12 @@ enum ipc_op {
     IPC_OP_STATS,
     IPC_OP_RELOAD,
     IPC_OP_STATUS,
-    IPC_OP_OTA,         /* list OTA jobs and firmware versions */
-    IPC_OP_OTA_RESULT,  /* an API client applied (or failed to apply) a firmware */
-    IPC_OP_OTA_VERSION, /* set a device module's firmware version */
-    IPC_OP_OTA_CHECK,   /* ask the platform for a pending upgrade (firmware/get) */
+    IPC_OP_OTA,          /* list OTA jobs and firmware versions */
+    IPC_OP_OTA_RESULT,   /* an API client applied (or failed to apply) a firmware */
+    IPC_OP_OTA_VERSION,  /* set a device module's firmware version */
+    IPC_OP_OTA_CHECK,    /* ask the platform for a pending upgrade (firmware/get) */
+    IPC_OP_POST_BATCH,   /* several timed values per property and event in one message */
+    IPC_OP_POST_HISTORY, /* values recorded while offline, flagged as history */
     IPC_OP_COUNT_
 };
 
@@ -121,7 +125,8 @@ struct ipc_request {
             bool ack;          /* sys.ack; default true */
             bool wait_reply;   /* answer only when the platform's _reply arrives */
             char event[IPC_IDENT_MAX + 1]; /* post_event: the event identifier; else "" */
-        } post;                            /* post_properties and post_event */
+            json_t *events; /* post_batch, post_history: the events (params: the properties) */
+        } post;             /* post_properties, post_event, post_batch, post_history */
         struct {
             char msg_id[IPC_MSGID_MAX + 1]; /* the downlink request's id */
             int code;                       /* 200 = success */

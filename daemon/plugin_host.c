@@ -934,13 +934,12 @@ int main(int argc, char **argv)
         h_log(&host_table, ALIGW_LOG_WARNING, "unknown or malformed event kinds skipped: %s",
               skipped);
     wire_begin(&tw, W_STARTED);
-    wire_u64(&tw, (H.desc.on_property_set ? WIRE_HAS_SET : 0) |
-                      (H.desc.on_service_call ? WIRE_HAS_CALL : 0) |
-                      (H.desc.on_message ? WIRE_HAS_MSG : 0) |
-                      (H.desc.on_post_done ? WIRE_HAS_DONE : 0) |
-                      (H.desc.on_firmware ? WIRE_HAS_FW : 0) |
-                      (events && events[0] ? WIRE_HAS_EVENT : 0) |
-                      (H.desc.on_answer ? WIRE_HAS_ANSWER : 0));
+    wire_u64(
+        &tw,
+        (H.desc.on_property_set ? WIRE_HAS_SET : 0) | (H.desc.on_service_call ? WIRE_HAS_CALL : 0) |
+            (H.desc.on_message ? WIRE_HAS_MSG : 0) | (H.desc.on_post_done ? WIRE_HAS_DONE : 0) |
+            (H.desc.on_firmware ? WIRE_HAS_FW : 0) | (events && events[0] ? WIRE_HAS_EVENT : 0) |
+            (H.desc.on_answer ? WIRE_HAS_ANSWER : 0));
     wire_str(&tw, H.desc.name);
     wire_str(&tw, H.desc.version);
     wire_str(&tw, events ? events : "");

@@ -1978,8 +1978,7 @@ int plugins_message(struct plugins *ps, const char *pk, const char *dn, const ch
     return 0;
 }
 
-bool plugins_wants_event(const struct plugins *ps, const char *pk, const char *dn,
-                         const char *kind)
+bool plugins_wants_event(const struct plugins *ps, const char *pk, const char *dn, const char *kind)
 {
     struct plugin *p;
     const struct aligw_device *dev;

@@ -922,6 +922,75 @@ static void ota_record(const struct dev *d, const char *kind, const void *payloa
     sqlite3_finalize(st);
 }
 
+/* Every member of o (an object) an array of timed values {"value":…,"time":ms}. */
+static int timed_arrays(const json_t *o)
+{
+    const char *k;
+    json_t *a, *tv;
+    size_t i;
+    if (!json_is_object(o))
+        return 0;
+    json_object_foreach((json_t *)o, k, a)
+    {
+        if (!json_is_array(a) || json_array_size(a) == 0)
+            return 0;
+        json_array_foreach(a, i, tv) if (!json_is_object(tv) || !json_object_get(tv, "value") ||
+                                         !json_is_integer(json_object_get(tv, "time"))) return 0;
+    }
+    return 1;
+}
+
+/* Every element of a (an array) an object of timed values {"ident":{"value":…,"time":ms}}. */
+static int timed_records(const json_t *a)
+{
+    const char *k;
+    json_t *rec, *tv;
+    size_t i;
+    if (!json_is_array(a) || json_array_size(a) == 0)
+        return 0;
+    json_array_foreach(a, i, rec)
+    {
+        if (!json_is_object(rec) || json_object_size(rec) == 0)
+            return 0;
+        json_object_foreach(rec, k, tv) if (!json_is_object(tv) || !json_object_get(tv, "value") ||
+                                            !json_is_integer(json_object_get(tv, "time"))) return 0;
+    }
+    return 1;
+}
+
+/*
+ * The platform's check of a post's params: batch posts {"properties":{id:[timed]},"events":…},
+ * history posts [{"identity":{"productKey","deviceName"},"properties":[{id:timed}],"events":…}]
+ * with the sender's own identity (the hub has no sub-devices). 200, or 460 (bad params).
+ */
+static int post_shape(const struct dev *d, const char *topic, const json_t *params)
+{
+    if (ends_with(topic, "/property/batch/post")) {
+        const json_t *p = json_object_get(params, "properties"),
+                     *e = json_object_get(params, "events");
+        if (!json_is_object(params) || (!p && !e) || (p && !timed_arrays(p)) ||
+            (e && !timed_arrays(e)))
+            return 460;
+    } else if (ends_with(topic, "/property/history/post")) {
+        size_t i;
+        json_t *rec;
+        if (!json_is_array(params) || json_array_size(params) == 0)
+            return 460;
+        json_array_foreach((json_t *)params, i, rec)
+        {
+            const json_t *id = json_object_get(rec, "identity");
+            const char *pk = json_string_value(json_object_get(id, "productKey"));
+            const char *dn = json_string_value(json_object_get(id, "deviceName"));
+            const json_t *p = json_object_get(rec, "properties"),
+                         *e = json_object_get(rec, "events");
+            if (!pk || !dn || strcmp(pk, d->pk) || strcmp(dn, d->dn) || (!p && !e) ||
+                (p && !timed_records(p)) || (e && !timed_records(e)))
+                return 460;
+        }
+    }
+    return 200;
+}
+
 static int cb_message(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_message *ed = event_data;
@@ -978,8 +1047,11 @@ static int cb_message(int event, void *event_data, void *userdata)
     snprintf(pfx, sizeof(pfx), "/sys/%s/%s/thing/event/", d->pk, d->dn);
     if (has_prefix(ed->topic, pfx) && ends_with(ed->topic, "/post")) {
         json_t *req = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
-        if (json_is_object(req) && wants_ack(req))
-            alink_reply(d, ed->topic, req, 200, "success");
+        if (json_is_object(req) && wants_ack(req)) {
+            int code = post_shape(d, ed->topic, json_object_get(req, "params"));
+            alink_reply(d, ed->topic, req, code,
+                        code == 200 ? "success" : "request parameter error");
+        }
         json_decref(req);
         return MOSQ_ERR_SUCCESS;
     }

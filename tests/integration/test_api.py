@@ -49,6 +49,82 @@ class Api(T.TestCase):
         self.assertEqual(m.json()["params"]["value"], {"Level": 3})
         api.close()
 
+    def test_batch_and_history_posts_matched_by_id(self):
+        """post_batch and post_history build the platform's envelopes (history carries the
+        device's identity), their _reply topics are subscribed and each reply is matched to its
+        request by id; what the hub refuses (a history record with the wrong shape never leaves:
+        the API checks it first) and what the API refuses are named."""
+        hub, rows, keys, dm = self.start(1)
+        api = dm.api()
+        t0 = int(time.time() * 1000) - 3600 * 1000
+        r = api.call("post_batch", device=keys[0],
+                     properties={"Temp": [{"value": 20.5, "time": t0},
+                                          {"value": 21.0, "time": t0 + 1000}]},
+                     events={"Overheat": [{"value": {"Level": 2}, "time": t0 + 500}]},
+                     wait_reply=True)
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"]["code"], 200)
+        m = hub.wait_message("/sys/%s/thing/event/property/batch/post" % keys[0], 5)
+        body = m.json()
+        self.assertEqual(body["id"], r["result"]["msg_id"])
+        self.assertEqual(body["params"]["properties"]["Temp"][1], {"value": 21.0, "time": t0 + 1000})
+        self.assertEqual(body["params"]["events"]["Overheat"][0]["value"], {"Level": 2})
+        r2 = api.call("post_history", device=keys[0],
+                      properties=[{"Temp": {"value": 19.0, "time": t0}},
+                                  {"Temp": {"value": 19.5, "time": t0 + 60000}}],
+                      wait_reply=True)
+        self.assertTrue(r2["ok"], r2)
+        self.assertEqual(r2["result"]["code"], 200)
+        self.assertNotEqual(r2["result"]["msg_id"], r["result"]["msg_id"])
+        m = hub.wait_message("/sys/%s/thing/event/property/history/post" % keys[0], 5)
+        params = m.json()["params"]
+        self.assertEqual(params[0]["identity"],
+                         {"productKey": PK, "deviceName": rows[0]["device_name"]})
+        self.assertEqual(len(params[0]["properties"]), 2)
+        self.assertNotIn("events", params[0])
+        # the platform's refusal comes back as "refused" with its code: a batch value without
+        # a time, sent raw (the API would refuse it), is answered 460 and matched by its id
+        reply = "/sys/%s/thing/event/property/batch/post_reply" % keys[0]
+        since = hub.mark()
+        bad = {"id": "777", "version": "1.0", "params": {"properties": {"Temp": [{"value": 1}]}}}
+        w = dm.api()
+        w.call("watch", kinds=["reply"])
+        api.call("publish", device=keys[0], topic=reply.replace("_reply", ""),
+                 payload=json.dumps(bad))
+        ev = w.next_event(5)
+        while ev.get("msg_id") != "777":
+            ev = w.next_event(5)
+        self.assertEqual(ev["code"], 460)
+        self.assertEqual(hub.wait_message(reply, 5, since).json()["code"], 460)
+        w.close()
+        # the API's own checks
+        for op, kw, field in [
+            ("post_batch", {}, "properties"),
+            ("post_batch", {"properties": {"Temp": []}}, "properties.Temp"),
+            ("post_batch", {"properties": {"Temp": [{"value": 1}]}}, "properties.Temp[0]"),
+            ("post_batch", {"events": {"E": [{"value": 3, "time": t0}]}}, "events.E[0]"),
+            ("post_history", {"properties": {"Temp": {"value": 1, "time": t0}}}, "properties"),
+            ("post_history", {"properties": [{"Temp": {"value": 1, "time": 9e15}}]},
+             "properties[0].Temp"),
+        ]:
+            e = api.call(op, device=keys[0], **kw)
+            self.assertFalse(e["ok"], (op, kw))
+            self.assertEqual(e["error"]["code"], "bad_request", e)
+            self.assertIn(field, e["error"]["message"], e)
+        api.close()
+        if os.path.exists(T.ALIGWCTL):  # aligwctl history, from a file, waiting for the reply
+            path = os.path.join(self.tmp, "hist.json")
+            with open(path, "w") as f:
+                json.dump({"events": [{"Overheat": {"value": {"Level": 1}, "time": t0}}]}, f)
+            r = subprocess.run([T.ALIGWCTL, "--json", "history", keys[0], "@" + path, "--wait"],
+                               capture_output=True, text=True, timeout=20,
+                               env=dict(os.environ, ALIGW_SOCKET=dm.socket_path))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["result"]["code"], 200)
+            m = hub.wait_message("/sys/%s/thing/event/property/history/post" % keys[0], 5,
+                                 predicate=lambda m: "events" in m.json()["params"][0])
+            self.assertEqual(m.json()["params"][0]["events"][0]["Overheat"]["value"], {"Level": 1})
+
     def test_platform_reply_code_reported(self):
         # the hub's rate limit (1 msg/s per device) answers the second post with code 429
         hub, rows, keys, dm = self.start(1, hub_rate=1)

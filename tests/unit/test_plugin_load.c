@@ -9,8 +9,7 @@
 
 static void test_events(void)
 {
-    static const char *const ev[] = {"state", "service_call", "Bad-Kind", "", "state", "x y",
-                                     NULL};
+    static const char *const ev[] = {"state", "service_call", "Bad-Kind", "", "state", "x y", NULL};
     char skipped[64];
     char *j = plugin_events_join(ev, skipped, sizeof skipped);
     CHECK_STR(j, ",state,service_call,");
@@ -46,8 +45,8 @@ static void test_request(void)
     CHECK_INT(plugin_request_prepare("{\"op\":\"status\"}", "pk/dn", &out), 0);
     CHECK_STR(out, "{\"op\":\"status\",\"id\":1}");
     free(out);
-    CHECK_INT(plugin_request_prepare("{\"op\":\"device\",\"device\":\"pk/dn\",\"id\":\"x\"}", "pk/dn",
-                                     &out),
+    CHECK_INT(plugin_request_prepare("{\"op\":\"device\",\"device\":\"pk/dn\",\"id\":\"x\"}",
+                                     "pk/dn", &out),
               0);
     CHECK(strstr(out, "\"id\":1") != NULL);
     free(out);
