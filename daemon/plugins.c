@@ -37,6 +37,7 @@
 #include "log.h"
 #include "plugin_load.h"
 #include "plugin_wire.h"
+#include "strmap.h"
 
 #define MAX_PAYLOAD (1024 * 1024)   /* LK4's client-side cap */
 #define MAX_SUBS 64                 /* raw subscriptions per plugin */
@@ -95,6 +96,12 @@ struct child {
     int fail_phase;
 };
 
+/* A device's place: the plugin serving it and its index there (ps->by_key's values). */
+struct route {
+    struct plugin *p;
+    size_t i;
+};
+
 struct pref {
     _Atomic int refs;
     struct plugin *p; /* NULL once the plugin is freed (loop thread only) */
@@ -120,6 +127,7 @@ struct plugin {
     unsigned flags; /* WIRE_HAS_* of the running host */
     char *rname, *rversion;
     char *events; /* ABI 1.3: the event kinds it wants, plugin_events_join's form, or NULL */
+    struct route *routes; /* n_devs: what ps->by_key maps this plugin's keys to */
     struct child *ch;
     uv_timer_t *timer; /* heartbeats while a host runs, the restart delay while none does */
     enum pstate state;
@@ -147,6 +155,8 @@ struct plugins {
     char *host_path;
     struct plugin **v;
     size_t n;
+    struct strmap by_key; /* "pk/dn" → struct route (the first plugin listing the device) */
+    bool by_key_partial;  /* out of memory while filling it: find() also scans */
     bool stopped, closing, throttled;
 
     pthread_mutex_t lock;
@@ -918,6 +928,7 @@ int plugins_init(struct plugins **out, uv_loop_t *loop, const struct plugins_sin
     if (!ps)
         return -ENOMEM;
     ps->loop = loop;
+    strmap_init(&ps->by_key);
     ps->sink = *sink;
     ps->opts.queue_max = 100000;
     ps->opts.queue_max_bytes = 64u << 20;
@@ -1015,6 +1026,7 @@ static void plugin_free(struct plugin *p)
     free(p->rname);
     free(p->rversion);
     free(p->events);
+    free(p->routes);
     if (p->dl)
         dlclose(p->dl);
     free(p);
@@ -1799,6 +1811,14 @@ int plugins_start(struct plugins *ps, const struct plugin_conf *confs, size_t n)
             failed++;
         }
         ps->v[ps->n++] = p; /* kept, not running: routes its devices' downlinks to a 500 */
+        if (!(p->routes = calloc(p->n_devs ? p->n_devs : 1, sizeof *p->routes)))
+            ps->by_key_partial = true;
+        for (size_t j = 0; p->routes && j < p->n_devs; j++) {
+            p->routes[j] = (struct route){p, j};
+            if (!p->keys[j] || (!strmap_get(&ps->by_key, p->keys[j]) &&
+                                strmap_put(&ps->by_key, p->keys[j], &p->routes[j]) < 0))
+                ps->by_key_partial = true;
+        }
     }
     return failed;
 }
@@ -1806,8 +1826,19 @@ int plugins_start(struct plugins *ps, const struct plugin_conf *confs, size_t n)
 static bool find(const struct plugins *ps, const char *pk, const char *dn, struct plugin **pp,
                  const struct aligw_device **dp)
 {
+    char key[512];
+    const struct route *r;
     if (!pk || !dn)
         return false;
+    if ((size_t)snprintf(key, sizeof key, "%s/%s", pk, dn) < sizeof key &&
+        (r = strmap_get(&ps->by_key, key))) {
+        *pp = r->p;
+        *dp = &r->p->devs[r->i];
+        return true;
+    }
+    if (!ps->by_key_partial)
+        return false;
+    /* the map could not hold every device (out of memory): the slow way */
     for (size_t i = 0; i < ps->n; i++) {
         struct plugin *p = ps->v[i];
         for (size_t j = 0; j < p->n_devs; j++) {
@@ -2080,12 +2111,15 @@ void plugins_stop(struct plugins *ps)
         ps->v[i] = NULL;
     }
     ps->n = 0;
+    strmap_free(&ps->by_key); /* its keys were the plugins' */
+    strmap_init(&ps->by_key);
 }
 
 static void on_closed(uv_handle_t *h)
 {
     struct plugins *ps = h->data;
     free(ps->v);
+    strmap_free(&ps->by_key);
     for (size_t i = 0; i < ps->n_forbid; i++)
         free(ps->forbid[i]);
     free(ps->forbid);
