@@ -3,7 +3,10 @@
  * follow a generator (sine, random walk, counter, step through values, constant) and posts all
  * of them every interval_ms from one thread shared by every device. Property sets pin a value
  * (it is reported back at once and in every later post); services "reset" (back to the
- * generators) and "set_interval" ({"interval_ms": N}) are answered through host->reply.
+ * generators) and "set_interval" ({"interval_ms": N}) are answered through host->reply, or,
+ * with a host of plugin ABI 1.3 or later, taken as the API's service_call events and answered
+ * with its "reply" request (that path also serves RRPC calls, service "rrpc": the parameters
+ * are echoed back as {"echo": …}).
  * Firmware (plugin ABI 1.2, on_firmware) is "flashed" apply_ms (default 500) later on the same
  * thread: the device then runs the package's version, unless the first file starts with
  * "ALIGW-SIM-FLASH-FAIL", which fails with step -4 (for tests).
@@ -509,14 +512,22 @@ static int sim_property_set(void *inst, const struct aligw_device *dev, const ch
     return s->host->reply(s->host, dev, request_id, code, NULL);
 }
 
-static int sim_service_call(void *inst, const struct aligw_device *dev, const char *request_id,
-                            const char *service_id, const char *params_json)
+/* A service: "reset", "set_interval", and (ABI 1.3, as an event) "rrpc", a synchronous call
+ * whose parameters are echoed back. The answer's code; *data (malloc'd JSON) its outputs. */
+static int serve_call(struct sim *s, const struct aligw_device *dev, const char *service_id,
+                      const char *params_json, char **data)
 {
-    struct sim *s = inst;
     struct sdev *sd = &s->devs[dev->index];
-    char data[64] = "{}";
+    char buf[64] = "{}";
     int code = ALIGW_REPLY_OK;
 
+    if (strcmp(service_id, "rrpc") == 0) {
+        json_t *params = json_loads(params_json ? params_json : "{}", JSON_DECODE_ANY, NULL);
+        json_t *o = json_pack("{s:o}", "echo", params ? params : json_null());
+        *data = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        return ALIGW_REPLY_OK;
+    }
     pthread_mutex_lock(&s->lock);
     if (strcmp(service_id, "reset") == 0) {
         for (size_t i = 0; i < sd->n_props; i++) {
@@ -534,7 +545,7 @@ static int sim_service_call(void *inst, const struct aligw_device *dev, const ch
             json_integer_value(v) <= MAX_INTERVAL_MS) {
             sd->interval_ms = (long)json_integer_value(v);
             sd->next_due = plugin_now_s() + sd->interval_ms / 1000.0;
-            snprintf(data, sizeof data, "{\"interval_ms\":%ld}", sd->interval_ms);
+            snprintf(buf, sizeof buf, "{\"interval_ms\":%ld}", sd->interval_ms);
         } else {
             code = ALIGW_REPLY_BAD_PARAMS;
         }
@@ -544,8 +555,69 @@ static int sim_service_call(void *inst, const struct aligw_device *dev, const ch
     }
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
-    return s->host->reply(s->host, dev, request_id, code, data);
+    *data = strdup(buf);
+    return code;
 }
+
+static int sim_service_call(void *inst, const struct aligw_device *dev, const char *request_id,
+                            const char *service_id, const char *params_json)
+{
+    struct sim *s = inst;
+    char *data = NULL;
+    int code = serve_call(s, dev, service_id, params_json, &data);
+    int rc = s->host->reply(s->host, dev, request_id, code, data);
+    free(data);
+    return rc;
+}
+
+/*
+ * ABI 1.3: the API's events for our devices (the kinds in sim_events). A service call comes
+ * this way when the host is 1.3 or later (on_service_call otherwise) and is answered with the
+ * API's "reply" request.
+ */
+static void sim_event(void *inst, const struct aligw_device *dev, const char *event_json)
+{
+    struct sim *s = inst;
+    json_t *ev = json_loads(event_json, 0, NULL);
+    const char *kind = json_string_value(json_object_get(ev, "event"));
+
+    if (kind && strcmp(kind, "service_call") == 0) {
+        const char *id = json_string_value(json_object_get(ev, "id"));
+        const char *svc = json_string_value(json_object_get(ev, "service"));
+        char *params = json_dumps(json_object_get(ev, "params"), JSON_COMPACT | JSON_ENCODE_ANY);
+        char *data = NULL;
+        int code = id && svc ? serve_call(s, dev, svc, params, &data) : ALIGW_REPLY_BAD_PARAMS;
+        json_t *req = json_pack("{s:s,s:s?,s:i}", "op", "reply", "request_id", id, "code", code);
+        json_t *d = data ? json_loads(data, 0, NULL) : NULL;
+        if (req && id) {
+            if (json_is_object(d))
+                json_object_set(req, "data", d);
+            char *text = json_dumps(req, JSON_COMPACT);
+            if (text)
+                s->host->request(s->host, dev, text, 0);
+            free(text);
+        }
+        json_decref(d);
+        json_decref(req);
+        free(data);
+        free(params);
+    }
+    json_decref(ev);
+}
+
+/* ABI 1.3: the answers to our requests; a refusal is logged. */
+static void sim_answer(void *inst, const struct aligw_device *dev, uint64_t cookie,
+                       const char *answer_json)
+{
+    struct sim *s = inst;
+    json_t *a = json_loads(answer_json, 0, NULL);
+    if (!json_is_true(json_object_get(a, "ok")))
+        plugin_log_dev(s->host, ALIGW_LOG_WARNING, dev, "request %llu refused: %.300s",
+                       (unsigned long long)cookie, answer_json);
+    json_decref(a);
+}
+
+static const char *const sim_events[] = {"service_call", NULL};
 
 static int sim_firmware(void *inst, const struct aligw_device *dev, const struct aligw_firmware *fw)
 {
@@ -585,4 +657,7 @@ ALIGW_PLUGIN_EXPORT const struct aligw_plugin aligw_plugin = {
     .on_property_set = sim_property_set,
     .on_service_call = sim_service_call,
     .on_firmware = sim_firmware,
+    .events = sim_events,
+    .on_event = sim_event,
+    .on_answer = sim_answer,
 };

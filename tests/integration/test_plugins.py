@@ -1,6 +1,7 @@
 """Southbound plugins through the real daemon and the hub: the simulator's data reaching the
 cloud, a property set going down to it and reported back, a Modbus TCP slave polled and written,
 and plugins that must be refused or fail without taking the daemon down."""
+import json
 import os
 import re
 import subprocess
@@ -100,6 +101,35 @@ class Plugins(T.TestCase):
             lambda m: _value(m.json()["params"].get("temperature")) == 99.5)
         self.assertIsNotNone(posted, "the new value was not reported back")
         self.assertTrue(dm.call("status")["ok"])
+
+    def test_simulator_serves_calls_through_the_api_events(self):
+        """The simulator takes its service calls as ABI 1.3 events and answers them with the
+        API's reply request (in its own host process, the default): set_interval answers its
+        new interval, an unknown service 460, and an RRPC call (which only events carry) is
+        answered on rrpc/response with its parameters echoed."""
+        hub, rows, keys = self.hub(1)
+        dn = rows[0]["device_name"]
+        cfg = T.base_config(self.tmp)
+        cfg["devices"] = [T.hub_device_config(hub, rows[0], rate=0)]
+        cfg["plugins"] = [{"name": "simulator", "devices": keys, "config": {"interval_ms": 5000}}]
+        dm = self.daemon(cfg)
+        dm.wait_state(keys[0], "online")
+        T.wait_for(lambda: any(h["state"] == "running" for h in
+                               dm.call("status")["result"]["plugin_hosts"]), 10, what="running")
+        for service, params, code, data in [("set_interval", {"interval_ms": 700}, 200,
+                                             {"interval_ms": 700}),
+                                            ("no_such_service", {}, 460, None)]:
+            since = hub.mark()
+            mid = hub.service_call(PK, dn, service, params)
+            r = hub.wait_message("/sys/%s/thing/service/%s_reply" % (keys[0], service), 5, since)
+            self.assertIsNotNone(r, "no reply to " + service)
+            self.assertEqual((r.json()["id"], r.json()["code"]), (mid, code))
+            if data is not None:
+                self.assertEqual(r.json()["data"], data)
+        resp = hub.rrpc(PK, dn, json.dumps({"valve": 3}), timeout=5)
+        self.assertIsNotNone(resp, "no RRPC response from the simulator")
+        self.assertEqual(json.loads(resp), {"echo": {"valve": 3}})
+        self.assertEqual(dm.stop(), 0)
 
     def test_check_config_runs_the_plugins_own_check(self):
         cfg = T.base_config(self.tmp)
