@@ -53,6 +53,7 @@ static const char usage_text[] =
     "                              --b64: PAYLOAD is base64 already\n"
     "  reply PK/DN REQUEST_ID CODE [KEY=VALUE...] [--data JSON] [--message TEXT]\n"
     "                              answer a property set or service call seen on watch\n"
+    "        [--bytes-b64 B64]     (RRPC) the answer as raw bytes, base64\n"
     "  watch [PK/DN...] [--topic FILTER]... [--kind KIND]...\n"
     "                              follow events live (KIND: message, property_set,\n"
     "                              service_call, state, reply, ota); Ctrl-C stops\n"
@@ -550,7 +551,7 @@ struct args {
     char **rest; /* the words that are not options */
     int nrest;
     json_t *params, *kinds, *topics;
-    const char *state, *time_ms, *qos, *message, *pk, *dn, *secret_file, *add_json;
+    const char *state, *time_ms, *qos, *message, *pk, *dn, *secret_file, *add_json, *bytes_b64;
     bool all, no_ack, wait, is_b64, secret_stdin;
 };
 
@@ -692,6 +693,8 @@ static int build_reply(json_t *req, struct args *a)
         json_object_set(req, "data", a->params);
     if (a->message)
         json_object_set_new(req, "message", json_string(a->message));
+    if (a->bytes_b64) /* an RRPC answer's raw bytes */
+        json_object_set_new(req, "payload_b64", json_string(a->bytes_b64));
     return 0;
 }
 
@@ -919,6 +922,8 @@ static const char **value_option(struct args *a, const char *name, const char *c
         return &a->qos;
     if (!strcmp(name, "--message"))
         return &a->message;
+    if (!strcmp(name, "--bytes-b64"))
+        return &a->bytes_b64;
     if (!strcmp(name, "--pk"))
         return &a->pk;
     if (!strcmp(name, "--dn"))

@@ -239,14 +239,32 @@ int alink_property_set_reply(const char *pk, const char *dn, const char *req_id,
                   xasprintf("/sys/%s/%s/thing/service/property/set_reply", pk, dn), out);
 }
 
-int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const json_t *data,
-                        struct alink_msg *out)
+int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const char *custom,
+                        const json_t *data, const void *raw, size_t raw_len, struct alink_msg *out)
 {
+    char *topic;
+
     memset(out, 0, sizeof *out);
     if (!seg_ok(pk) || !seg_ok(dn) || !rrpc_id || !seg_ok(rrpc_id))
         return -EINVAL;
-    return finish(data ? json_incref((json_t *)data) : json_object(),
-                  xasprintf("/sys/%s/%s/rrpc/response/%s", pk, dn, rrpc_id), out);
+    if (custom && (strncmp(custom, "user/", 5) != 0 || !custom[5] || strpbrk(custom, "+#")))
+        return -EINVAL;
+    topic = custom ? xasprintf("/ext/rrpc/%s//%s/%s/%s", rrpc_id, pk, dn, custom)
+                   : xasprintf("/sys/%s/%s/rrpc/response/%s", pk, dn, rrpc_id);
+    if (!raw)
+        return finish(data ? json_incref((json_t *)data) : json_object(), topic, out);
+    char *copy = malloc(raw_len + 1);
+    if (!copy || !topic) {
+        free(copy);
+        free(topic);
+        return -ENOMEM;
+    }
+    memcpy(copy, raw, raw_len);
+    copy[raw_len] = '\0';
+    out->topic = topic;
+    out->payload = copy;
+    out->len = raw_len;
+    return 0;
 }
 
 const char *alink_kind_name(enum alink_kind k)
@@ -331,8 +349,8 @@ static int classify_sys(const char *rest, struct alink_topic *out)
     }
     if (strncmp(rest, "rrpc/request/", 13) == 0) {
         p = rest + 13;
-        if (!*p || strchr(p, '/'))
-            return 0; /* ALINK_OTHER */
+        if (!seg_ok(p))
+            return 0; /* ALINK_OTHER: no id that could be answered */
         out->kind = ALINK_RRPC_REQUEST;
         return copy_name(out->rrpc_id, sizeof out->rrpc_id, p, strlen(p));
     }
@@ -379,8 +397,17 @@ int alink_classify(const char *pk, const char *dn, const char *topic, struct ali
         }
     } else if (strncmp(topic, "/ext/rrpc/", 10) == 0) {
         const char *id = topic + 10, *slash = strchr(id, '/');
-        if (slash && slash > id && strncmp(slash, "/sys/", 5) == 0 &&
-            (rest = after_pk_dn(slash + 5, pk, dn))) {
+        if (slash && slash > id && slash[1] == '/' && (rest = after_pk_dn(slash + 2, pk, dn))) {
+            /* The custom form wraps a custom topic: /ext/rrpc/<id>//pk/dn/user/... */
+            out->kind = ALINK_OTHER;
+            if (strncmp(rest, "user/", 5) == 0 && alink_topic_owned(pk, dn, topic, ALINK_PUBLISH)) {
+                out->kind = ALINK_RRPC_REQUEST;
+                rc = copy_name(out->name, sizeof out->name, rest, strlen(rest));
+                if (rc == 0)
+                    rc = copy_name(out->rrpc_id, sizeof out->rrpc_id, id, (size_t)(slash - id));
+            }
+        } else if (slash && slash > id && strncmp(slash, "/sys/", 5) == 0 &&
+                   (rest = after_pk_dn(slash + 5, pk, dn))) {
             out->kind = ALINK_OTHER;
             if (strncmp(rest, "thing/service/", 14) == 0 && alink_ident_ok(rest + 14)) {
                 out->kind = ALINK_SERVICE_CALL;
@@ -554,6 +581,38 @@ int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n)
     return 0;
 }
 
+int alink_ext_rrpc_topics(const char *pk, const char *dn, char *const *user_topics, size_t n_user,
+                          char ***out, size_t *n)
+{
+    size_t k = 0, cap = n_user + 1;
+    char **v, prefix[160];
+
+    *out = NULL;
+    if (n)
+        *n = 0;
+    if (!seg_ok(pk) || !seg_ok(dn) ||
+        snprintf(prefix, sizeof prefix, "/%s/%s/user/", pk, dn) >= (int)sizeof prefix)
+        return -EINVAL;
+    v = calloc(cap + 1, sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    v[k++] = xasprintf("/ext/rrpc/+/sys/%s/%s/thing/service/+", pk, dn);
+    for (size_t i = 0; i < n_user; i++)
+        if (user_topics[i] && strncmp(user_topics[i], prefix, strlen(prefix)) == 0)
+            v[k++] = xasprintf("/ext/rrpc/+/%s", user_topics[i]);
+    for (size_t i = 0; i < k; i++)
+        if (!v[i]) {
+            for (size_t j = 0; j < k; j++)
+                free(v[j]);
+            free(v);
+            return -ENOMEM;
+        }
+    *out = v;
+    if (n)
+        *n = k;
+    return 0;
+}
+
 void alink_topics_free(char **topics)
 {
     if (!topics)
@@ -625,7 +684,7 @@ static bool owned_levels(const char *pk, const char *dn, const char **lv, const 
                wildcards_ok(lv, ln, n, 4, use);
     if (n >= 1 && level_is(lv[0], ln[0], "ext")) {
         if (n >= 3 && level_is(lv[1], ln[1], "rrpc"))
-            return depth == 0 && wildcards_ok(lv, ln, 3, 3, ALINK_PUBLISH) &&
+            return depth == 0 && wildcards_ok(lv, ln, 3, 2, use) &&
                    owned_levels(pk, dn, lv + 3, ln + 3, n - 3, use, depth + 1);
         return n >= 4 && level_is(lv[2], ln[2], pk) && level_is(lv[3], ln[3], dn) &&
                wildcards_ok(lv, ln, n, 4, use);
@@ -643,6 +702,22 @@ bool alink_topic_owned(const char *pk, const char *dn, const char *topic, enum a
 
     if (!pk || !dn || !topic || topic[0] != '/' || !*pk || !*dn)
         return false;
+    if (strncmp(topic, "/ext/rrpc/", 10) == 0) {
+        /* The custom RRPC form keeps the custom topic's own slash: /ext/rrpc/<id>//pk/dn/user/… */
+        const char *id = topic + 10, *slash = strchr(id, '/');
+        if (slash && slash[1] == '/') {
+            size_t idn = (size_t)(slash - id);
+            bool id_ok = idn > 0 && (use == ALINK_SUBSCRIBE && idn == 1 && *id == '+'
+                                         ? true
+                                         : !memchr(id, '+', idn) && !memchr(id, '#', idn));
+            const char *inner = slash + 1;
+            size_t lp = strlen(pk), ld = strlen(dn);
+            return id_ok && strncmp(inner + 1, pk, lp) == 0 && inner[1 + lp] == '/' &&
+                   strncmp(inner + 2 + lp, dn, ld) == 0 &&
+                   strncmp(inner + 2 + lp + ld, "/user/", 6) == 0 &&
+                   alink_topic_owned(pk, dn, inner, use);
+        }
+    }
     n = split_levels(topic, lv, ln, TOPIC_MAX_LEVELS);
     return n > 0 && owned_levels(pk, dn, lv, ln, n, use, 0);
 }

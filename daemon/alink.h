@@ -88,12 +88,14 @@ int alink_property_set_reply(const char *pk, const char *dn, const char *req_id,
                              const json_t *data, const char *message, struct alink_msg *out);
 
 /*
- * Answer to a synchronous call on /sys/pk/dn/rrpc/request/${rrpc_id}: topic
- * /sys/pk/dn/rrpc/response/${rrpc_id} (sent at QoS 0), payload data as JSON (borrowed; NULL = {}).
- * Returns 0, -EINVAL (bad segment), -ENOMEM.
+ * Answer to a synchronous call: on /sys/pk/dn/rrpc/response/${rrpc_id} for a call on
+ * /sys/pk/dn/rrpc/request/${rrpc_id}, or, for the custom form (custom = "user/…", the call came
+ * on /ext/rrpc/${rrpc_id}//pk/dn/user/…), on that same topic. Sent at QoS 0. The payload is raw
+ * (raw_len bytes, when raw is not NULL: the form carries bytes, not Alink JSON) or data as JSON
+ * (borrowed; NULL = {}). Returns 0, -EINVAL (bad segment or custom topic), -ENOMEM.
  */
-int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const json_t *data,
-                        struct alink_msg *out);
+int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const char *custom,
+                        const json_t *data, const void *raw, size_t raw_len, struct alink_msg *out);
 
 /* What a downlink topic is, for one device. */
 enum alink_kind {
@@ -102,7 +104,8 @@ enum alink_kind {
     ALINK_SERVICE_CALL, /* /sys/pk/dn/thing/service/${name}; rrpc_id set for /ext/rrpc/ calls */
     ALINK_POST_REPLY,   /* /sys/pk/dn/thing/event/${name}/post_reply; name "property" or event */
     ALINK_REPLY,        /* any other /sys/pk/dn/…_reply; name = the path after pk/dn/ */
-    ALINK_RRPC_REQUEST, /* /sys/pk/dn/rrpc/request/${rrpc_id} */
+    ALINK_RRPC_REQUEST, /* /sys/pk/dn/rrpc/request/${rrpc_id}, or the custom form
+                         * /ext/rrpc/${rrpc_id}//pk/dn/user/… (name = "user/…") */
     ALINK_OTA_UPGRADE,  /* /ota/device/upgrade/pk/dn */
     ALINK_NTP_RESPONSE, /* /ext/ntp/pk/dn/response */
     ALINK_CONFIG_PUSH,  /* /sys/pk/dn/thing/config/push */
@@ -157,6 +160,14 @@ void alink_payload_free(struct alink_payload *p);
  * NULL-terminated array of strings; free it with alink_topics_free(). Returns 0 or -ENOMEM.
  */
 int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n);
+/*
+ * With ext_rrpc (ext=3 announced in the clientId): the synchronous service calls' topic
+ * /ext/rrpc/+/sys/pk/dn/thing/service/+ and, for each of the device's custom topics
+ * (/pk/dn/user/…), the custom RRPC form /ext/rrpc/+//pk/dn/user/…. Free with
+ * alink_topics_free(). Returns 0, -EINVAL, -ENOMEM.
+ */
+int alink_ext_rrpc_topics(const char *pk, const char *dn, char *const *user_topics, size_t n_user,
+                          char ***out, size_t *n);
 void alink_topics_free(char **topics);
 
 /* What a topic is checked for: a topic to publish on, or a filter to subscribe with. */
@@ -169,7 +180,8 @@ enum alink_use { ALINK_PUBLISH, ALINK_SUBSCRIBE };
  *   /sys/pk/dn/...                  thing model, RRPC
  *   /ota/device/<word>/pk/dn        OTA inform, progress, request
  *   /shadow/<word>/pk/dn            device shadow
- *   /ext/rrpc/<id>/<owned topic>    RRPC replies on the request's own topic
+ *   /ext/rrpc/<id>/<owned topic>    RRPC replies on the request's own topic (custom topics
+ *                                   keep their slash: /ext/rrpc/<id>//pk/dn/user/…)
  *   /ext/<word>/pk/dn[/...]         ntp, session, error and the other extensions
  *   /broadcast/pk/...               (subscribe only) product broadcasts
  * For ALINK_PUBLISH no '+' or '#' may appear; for ALINK_SUBSCRIBE they may stand as whole levels

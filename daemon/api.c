@@ -6,7 +6,10 @@
  *    with the same Alink id arrives (or with a timeout error);
  *  - downlink calls: a property set or service call handed to API watchers, answered by a
  *    "reply" request or, when nobody answers within api.service_timeout_ms, by an error reply to
- *    the platform so the cloud caller is not left hanging.
+ *    the platform so the cloud caller is not left hanging. Synchronous calls (RRPC, both the
+ *    /sys/…/rrpc/request form and /ext/rrpc/…) wait at most RRPC_BUDGET_MS, inside the
+ *    platform's 8 s. A call that timed out stays as a tombstone for TOMBSTONE_MS, so a late
+ *    "reply" gets a clear "too late" rather than "never received".
  * A plugin serving a device answers its own calls through the host table (plugins.c).
  */
 #include "api.h"
@@ -36,6 +39,9 @@
 
 #define SWEEP_MS 200
 #define REPLY_WAIT_MS 30000 /* how long a wait_reply post waits for the platform's _reply */
+/* The platform gives a synchronous call 8 s; the error reply needs the rest to reach it. */
+#define RRPC_BUDGET_MS 7500
+#define TOMBSTONE_MS 60000
 
 enum wait_kind { WAIT_UPLINK_REPLY, WAIT_DOWNLINK_CALL };
 
@@ -46,6 +52,7 @@ struct wait {
     char pk[40], dn[70];
     char id[64];
     uint64_t deadline;
+    int budget_ms; /* the time it was given */
     struct wait *prev, *next;
     /* uplink */
     struct ipc_reply *reply;
@@ -53,7 +60,10 @@ struct wait {
     enum alink_kind call;
     char service[128];
     char rrpc_id[64];
-    bool raw_rrpc; /* /sys/pk/dn/rrpc/request/<id>: answered on rrpc/response/<id>, QoS 0 */
+    bool raw_rrpc;    /* answered with bytes: /sys/pk/dn/rrpc/request/<id> on rrpc/response/<id>,
+                       * or the custom form on its own topic; QoS 0 */
+    char custom[128]; /* the custom RRPC form's topic after pk/dn ("user/…"), else "" */
+    bool expired;     /* timed out and answered; kept until deadline as a tombstone */
 };
 
 static struct {
@@ -74,6 +84,8 @@ static struct {
 
 /* ---- the wait table ---------------------------------------------------------------------- */
 
+static void wait_free(struct wait *w);
+
 static struct wait *wait_new(enum wait_kind kind, const char *pk, const char *dn, const char *id,
                              uint64_t timeout_ms)
 {
@@ -86,9 +98,14 @@ static struct wait *wait_new(enum wait_kind kind, const char *pk, const char *dn
     snprintf(w->dev, sizeof(w->dev), "%s/%s", pk, dn);
     snprintf(w->id, sizeof(w->id), "%s", id);
     snprintf(w->key, sizeof(w->key), "%s#%s#%d", w->dev, id, kind);
+    w->budget_ms = (int)timeout_ms;
     w->deadline = uv_now(A.loop) + timeout_ms;
     struct wait *old = strmap_get(&A.waits, w->key);
-    if (old) { /* the same id again (the platform repeats a call): the newest wins */
+    if (old && old->expired) { /* a call timed out and repeated: the tombstone gives way */
+        wait_free(old);
+        old = NULL;
+    }
+    if (old) { /* the same id again while the first is pending: the first stays */
         free(w);
         return NULL;
     }
@@ -178,22 +195,26 @@ static void append_for(struct ipc_reply *reply, const struct ipc_request *req, c
     }
 }
 
-/* Queues a reply to a downlink call (from the API or on timeout). */
-static int send_call_reply(const struct wait *w, int code, const json_t *data, const char *message)
+/* Queues a reply to a downlink call (from the API or on timeout); raw bytes only for RRPC. */
+static int send_call_reply(const struct wait *w, int code, const json_t *data, const char *message,
+                           const void *raw, size_t raw_len)
 {
     struct alink_msg m = {0};
+    bool sync = w->raw_rrpc || w->rrpc_id[0];
     int rc;
 
+    if (raw && !w->raw_rrpc)
+        return -EINVAL;
     if (w->raw_rrpc)
-        rc = alink_rrpc_response(w->pk, w->dn, w->rrpc_id, data, &m);
+        rc = alink_rrpc_response(w->pk, w->dn, w->rrpc_id, w->custom[0] ? w->custom : NULL, data,
+                                 raw, raw_len, &m);
     else if (w->call == ALINK_PROPERTY_SET)
         rc = alink_property_set_reply(w->pk, w->dn, w->id, code, data, message, &m);
     else
         rc = alink_service_reply(w->pk, w->dn, w->service, w->rrpc_id[0] ? w->rrpc_id : NULL, w->id,
                                  code, data, message, &m);
     if (rc == 0) /* synchronous calls (RRPC) are answered at QoS 0, as the platform expects */
-        rc = outbox_append(A.ob, w->dev, m.topic, m.payload, m.len,
-                           w->raw_rrpc || w->rrpc_id[0] ? 0 : 1, NULL, NULL);
+        rc = outbox_append(A.ob, w->dev, m.topic, m.payload, m.len, sync ? 0 : 1, NULL, NULL);
     alink_msg_free(&m);
     return rc;
 }
@@ -212,13 +233,23 @@ static void on_sweep(uv_timer_t *t)
                             "stored and queued, but no reply from the platform for %s id %s "
                             "within %d s",
                             w->dev, w->id, REPLY_WAIT_MS / 1000);
-        } else {
+        } else if (!w->expired) {
             char msg[160];
             snprintf(msg, sizeof(msg), "aligw: no local handler answered within %d ms",
-                     A.cfg->api.service_timeout_ms);
-            log_dev(LOG_WARNING, w->pk, w->dn, "%s %s (id %s) unanswered; replied with an error",
-                    alink_kind_name(w->call), w->service, w->id);
-            send_call_reply(w, 504, NULL, msg);
+                     w->budget_ms);
+            if (w->raw_rrpc) /* bytes have no error envelope: the caller sees TIMEOUT */
+                log_dev(LOG_WARNING, w->pk, w->dn,
+                        "RRPC %s unanswered within %d ms; the platform tells its caller TIMEOUT",
+                        w->id, w->budget_ms);
+            else {
+                log_dev(LOG_WARNING, w->pk, w->dn,
+                        "%s %s (id %s) unanswered; replied with an error", alink_kind_name(w->call),
+                        w->service, w->id);
+                send_call_reply(w, 504, NULL, msg, NULL, 0);
+            }
+            w->expired = true;
+            w->deadline = now + TOMBSTONE_MS;
+            continue;
         }
         wait_free(w);
     }
@@ -272,11 +303,27 @@ static void do_reply(struct ipc_reply *r, const struct ipc_request *req)
     if (!w) {
         ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
                         "request_id: no pending property set or service call %s for %s (answered "
-                        "already, timed out, or never received)",
+                        "already, or never received)",
                         req->u.reply.msg_id, req->dev.key);
         return;
     }
-    rc = send_call_reply(w, req->u.reply.code, req->u.reply.data, req->u.reply.message);
+    if (w->expired) {
+        ipc_reply_error(r, IPC_ERR_TIMEOUT,
+                        "request_id: %s for %s came too late: nobody answered within %d ms%s",
+                        w->id, req->dev.key, w->budget_ms,
+                        w->raw_rrpc
+                            ? " (the platform gives RRPC 8 s) and its caller was told TIMEOUT"
+                            : ", so aligw answered the platform 504");
+        return;
+    }
+    if (req->u.reply.payload && !w->raw_rrpc) {
+        ipc_reply_error(r, IPC_ERR_BAD_REQUEST,
+                        "payload_b64: raw bytes answer an RRPC request only; %s %s takes data",
+                        alink_kind_name(w->call), w->service);
+        return;
+    }
+    rc = send_call_reply(w, req->u.reply.code, req->u.reply.data, req->u.reply.message,
+                         req->u.reply.payload, req->u.reply.payload_len);
     if (rc < 0) {
         ipc_reply_errno(r, rc, "reply not stored");
         return;
@@ -703,7 +750,8 @@ static void set_payload(json_t *ev, const void *payload, size_t len)
 }
 
 static void downlink_call(struct device *d, const struct device_conf *dc, const char *topic,
-                          const struct alink_topic *t, const struct alink_payload *p)
+                          const struct alink_topic *t, const struct alink_payload *p,
+                          const void *raw, size_t raw_len)
 {
     const char *pk = dc->product_key, *dn = dc->device_name, *key = device_key(d);
     bool raw_rrpc = t->kind == ALINK_RRPC_REQUEST;
@@ -734,6 +782,14 @@ static void downlink_call(struct device *d, const struct device_conf *dc, const 
             json_object_set_new(ev, "rrpc_id", json_string(t->rrpc_id));
     }
     json_object_set(ev, "params", p->params ? p->params : json_object());
+    if (raw_rrpc) { /* the RRPC forms carry bytes: params only when they happen to be JSON */
+        char *b64 = base64_encode(raw ? raw : "", raw ? raw_len : 0);
+        if (b64)
+            json_object_set_new(ev, "payload_b64", json_string(b64));
+        free(b64);
+        if (t->name[0])
+            json_object_set_new(ev, "rrpc_topic", json_sprintf("/%s/%s/%s", pk, dn, t->name));
+    }
     int watchers =
         handled ? ipc_broadcast(A.ipc, kind, key, topic, ev) : emit(kind, key, topic, ev);
     json_decref(ev);
@@ -747,19 +803,25 @@ static void downlink_call(struct device *d, const struct device_conf *dc, const 
     snprintf(tmp.id, sizeof(tmp.id), "%s", id);
     snprintf(tmp.service, sizeof(tmp.service), "%s", t->name);
     snprintf(tmp.rrpc_id, sizeof(tmp.rrpc_id), "%s", t->rrpc_id);
+    if (raw_rrpc)
+        snprintf(tmp.custom, sizeof(tmp.custom), "%s", t->name);
     if (watchers <= 0) {
         log_dev(LOG_WARNING, pk, dn, "%s %s (id %s): no plugin or API client handles it",
                 alink_kind_name(t->kind), t->name, id);
-        send_call_reply(&tmp, 503, NULL, "aligw: no local handler for this device");
+        if (!raw_rrpc) /* bytes have no error envelope: the platform's caller sees TIMEOUT */
+            send_call_reply(&tmp, 503, NULL, "aligw: no local handler for this device", NULL, 0);
         return;
     }
-    struct wait *w =
-        wait_new(WAIT_DOWNLINK_CALL, pk, dn, id, (uint64_t)A.cfg->api.service_timeout_ms);
+    uint64_t budget = (uint64_t)A.cfg->api.service_timeout_ms;
+    if ((raw_rrpc || t->rrpc_id[0]) && budget > RRPC_BUDGET_MS)
+        budget = RRPC_BUDGET_MS;
+    struct wait *w = wait_new(WAIT_DOWNLINK_CALL, pk, dn, id, budget);
     if (w) {
         w->call = tmp.call;
         w->raw_rrpc = raw_rrpc;
         memcpy(w->service, tmp.service, sizeof(w->service));
         memcpy(w->rrpc_id, tmp.rrpc_id, sizeof(w->rrpc_id));
+        memcpy(w->custom, tmp.custom, sizeof(w->custom));
     }
 }
 
@@ -852,11 +914,11 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
     }
 
     if (t.kind == ALINK_PROPERTY_SET || t.kind == ALINK_SERVICE_CALL) {
-        downlink_call(d, dc, topic, &t, &p);
+        downlink_call(d, dc, topic, &t, &p, NULL, 0);
     } else if (t.kind == ALINK_RRPC_REQUEST) {
         struct alink_payload raw = {0};
         raw.params = json_loadb(payload, len, 0, NULL);
-        downlink_call(d, dc, topic, &t, &raw);
+        downlink_call(d, dc, topic, &t, &raw, payload, len);
         json_decref(raw.params);
     } else {
         /* A _reply: match it to a post waiting for it, and tell reply watchers. */

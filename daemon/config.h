@@ -44,6 +44,7 @@ struct device_conf {
     int keepalive;  /* seconds, 30..1200 */
     bool clean_session;
     bool auto_reconnect;
+    bool ext_rrpc; /* announce ext=3: sync calls on /ext/rrpc/<id>/..., custom RRPC topics */
     char **topics; /* extra subscriptions, placeholders already expanded */
     size_t n_topics;
     double rate;       /* uplink messages/s, 0 = unlimited */

@@ -60,6 +60,7 @@ enum dfield {
     DF_RATE,
     DF_MAXBYTES,
     DF_FIRMWARE,
+    DF_EXT_RRPC,
     DF__N
 };
 
@@ -85,6 +86,7 @@ static const char *const dfield_name[DF__N] = {
     "rate",
     "max_bytes",
     "firmware_version",
+    "ext_rrpc",
 };
 
 #define BIT(f) (1u << (f))
@@ -98,7 +100,7 @@ static const char *const dfield_name[DF__N] = {
 #define MASK_CLOUD                                                                                 \
     (BIT(DF_HOST) | BIT(DF_PORT) | BIT(DF_TLS) | BIT(DF_CA) | BIT(DF_VERIFY) |                     \
      BIT(DF_SECUREMODE) | BIT(DF_SIGN) | BIT(DF_TS) | BIT(DF_KEEPALIVE) | BIT(DF_CLEAN) |          \
-     BIT(DF_RECONNECT) | BIT(DF_FIRMWARE))
+     BIT(DF_RECONNECT) | BIT(DF_FIRMWARE) | BIT(DF_EXT_RRPC))
 #define MASK_DEVICE (BIT(DF__N) - 1)
 /* Columns of the devices file (the format shared with the local hub). */
 #define MASK_CSV                                                                                   \
@@ -282,6 +284,9 @@ static void set_bool(struct dsrc *s, struct dev_build *b, int f, bool v)
     case DF_RECONNECT:
         b->d.auto_reconnect = v;
         break;
+    case DF_EXT_RRPC:
+        b->d.ext_rrpc = v;
+        break;
     default:
         return;
     }
@@ -418,6 +423,7 @@ static bool dev_json_member(struct loader *L, void *ctx, const char *k, json_t *
     case DF_TS:
     case DF_CLEAN:
     case DF_RECONNECT:
+    case DF_EXT_RRPC:
         if (!json_is_boolean(v))
             dev_err(s, f, -1, "must be true or false, got %s", cfg_json_type_name(v));
         else
@@ -543,6 +549,8 @@ static bool dev_finish(struct dsrc *s, struct dev_build *b, const struct config 
         d->clean_session = def->clean_session;
     if (!(set & BIT(DF_RECONNECT)))
         d->auto_reconnect = def->auto_reconnect;
+    if (!(set & BIT(DF_EXT_RRPC)))
+        d->ext_rrpc = def->ext_rrpc;
     if (!(set & BIT(DF_RATE)))
         d->rate = 30;
     if (!(set & BIT(DF_MAXBYTES)))

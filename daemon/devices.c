@@ -532,7 +532,8 @@ static void do_connect(struct device *d)
                                     .client_id = d->conf.client_id,
                                     .method = d->conf.sign_method,
                                     .securemode = d->conf.securemode,
-                                    .ext = "_v=aligw-" ALIGW_VERSION};
+                                    .ext = d->conf.ext_rrpc ? "ext=3,_v=aligw-" ALIGW_VERSION
+                                                            : "_v=aligw-" ALIGW_VERSION};
             if (d->conf.timestamp) {
                 snprintf(ts, sizeof(ts), "%" PRId64, wall_ms());
                 in.timestamp = ts;
@@ -1352,29 +1353,37 @@ void devices_outbox_ready(const char *key)
 
 /* ---- registry ---------------------------------------------------------------------------- */
 
+/* The system topics, the RRPC forms announced with ext_rrpc, then the device's own topics. */
 static int build_subscriptions(struct device *d)
 {
-    char **sys = NULL;
-    size_t n_sys = 0;
+    char **sys = NULL, **rrpc = NULL;
+    size_t n_sys = 0, n_rrpc = 0;
     int rc = alink_system_topics(d->conf.product_key, d->conf.device_name, &sys, &n_sys);
 
-    if (rc < 0)
+    if (rc == 0 && d->conf.ext_rrpc)
+        rc = alink_ext_rrpc_topics(d->conf.product_key, d->conf.device_name, d->conf.topics,
+                                   d->conf.n_topics, &rrpc, &n_rrpc);
+    if (rc < 0) {
+        alink_topics_free(sys);
         return rc;
-    d->n_subs = n_sys + d->conf.n_topics;
+    }
+    d->n_subs = n_sys + n_rrpc + d->conf.n_topics;
     d->subs = calloc(d->n_subs ? d->n_subs : 1, sizeof(*d->subs));
     d->sub_refused = calloc(d->n_subs ? d->n_subs : 1, sizeof(*d->sub_refused));
     if (!d->subs || !d->sub_refused) {
-        for (size_t i = 0; i < n_sys; i++)
-            free(sys[i]);
-        free(sys);
+        alink_topics_free(sys);
+        alink_topics_free(rrpc);
         return -ENOMEM;
     }
     for (size_t i = 0; i < n_sys; i++)
         d->subs[i] = sys[i];
+    for (size_t i = 0; i < n_rrpc; i++)
+        d->subs[n_sys + i] = rrpc[i];
     free(sys);
+    free(rrpc);
     for (size_t i = 0; i < d->conf.n_topics; i++) {
-        d->subs[n_sys + i] = strdup(d->conf.topics[i]);
-        if (!d->subs[n_sys + i])
+        d->subs[n_sys + n_rrpc + i] = strdup(d->conf.topics[i]);
+        if (!d->subs[n_sys + n_rrpc + i])
             return -ENOMEM;
     }
     return 0;
@@ -1552,7 +1561,7 @@ static bool conf_changed(const struct device_conf *a, const struct device_conf *
         a->verify_hostname != b->verify_hostname || a->securemode != b->securemode ||
         a->sign_method != b->sign_method || a->timestamp != b->timestamp ||
         a->keepalive != b->keepalive || a->clean_session != b->clean_session ||
-        a->n_topics != b->n_topics)
+        a->ext_rrpc != b->ext_rrpc || a->n_topics != b->n_topics)
         return true;
     for (size_t i = 0; i < a->n_topics; i++)
         if (strcmp(a->topics[i], b->topics[i]) != 0)

@@ -351,11 +351,9 @@ static int f_payload(struct pctx *c, const char *name, json_t *v)
     return 0;
 }
 
-static int f_payload_b64(struct pctx *c, const char *name, json_t *v)
+/* A base64 string → bytes (NUL-terminated for convenience), within the payload limit. */
+static int decode_b64(struct pctx *c, const char *name, json_t *v, unsigned char **out, size_t *len)
 {
-    if (c->seen_payload || c->seen_b64)
-        return fail(c, IPC_ERR_BAD_REQUEST, "payload",
-                    "give either payload or payload_b64, not both");
     if (!json_is_string(v))
         return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a base64 string");
     size_t n = json_string_length(v);
@@ -374,10 +372,26 @@ static int f_payload_b64(struct pctx *c, const char *name, json_t *v)
         return too_large(c, name, (size_t)m);
     }
     p[m] = '\0';
-    c->req->u.publish.payload = p;
-    c->req->u.publish.payload_len = (size_t)m;
+    *out = p;
+    *len = (size_t)m;
+    return 0;
+}
+
+static int f_payload_b64(struct pctx *c, const char *name, json_t *v)
+{
+    if (c->seen_payload || c->seen_b64)
+        return fail(c, IPC_ERR_BAD_REQUEST, "payload",
+                    "give either payload or payload_b64, not both");
+    if (decode_b64(c, name, v, &c->req->u.publish.payload, &c->req->u.publish.payload_len) < 0)
+        return -1;
     c->seen_b64 = true;
     return 0;
+}
+
+/* reply: the raw bytes that answer an RRPC request (its forms carry bytes, not Alink JSON). */
+static int f_reply_b64(struct pctx *c, const char *name, json_t *v)
+{
+    return decode_b64(c, name, v, &c->req->u.reply.payload, &c->req->u.reply.payload_len);
 }
 
 static int f_qos(struct pctx *c, const char *name, json_t *v)
@@ -843,9 +857,13 @@ static const struct field fl_history[] = {
     {"device", f_device, true},          {"properties", f_hist_props, false},
     {"events", f_hist_events, false},    {"ack", f_ack, false},
     {"wait_reply", f_wait_reply, false}, END};
-static const struct field fl_reply[] = {
-    {"device", f_device, true}, {"request_id", f_request_id, true}, {"code", f_code, true},
-    {"data", f_data, false},    {"message", f_message, false},      END};
+static const struct field fl_reply[] = {{"device", f_device, true},
+                                        {"request_id", f_request_id, true},
+                                        {"code", f_code, true},
+                                        {"data", f_data, false},
+                                        {"message", f_message, false},
+                                        {"payload_b64", f_reply_b64, false},
+                                        END};
 static const struct field fl_watch[] = {{"devices", f_watch_devices, false},
                                         {"topics", f_watch_topics, false},
                                         {"kinds", f_watch_kinds, false},
@@ -899,6 +917,9 @@ static int check_whole(struct pctx *c)
         /* Whether the topic is the device's is checked by api.c (alink_topic_owned), after
          * whether the device exists. */
     }
+    if (r->op == IPC_OP_REPLY && r->u.reply.payload && r->u.reply.data)
+        return fail(c, IPC_ERR_BAD_REQUEST, "payload_b64",
+                    "give either data or payload_b64 (raw bytes for an RRPC request), not both");
     if (r->op == IPC_OP_POST_BATCH || r->op == IPC_OP_POST_HISTORY) {
         if (!r->u.post.params && !r->u.post.events)
             return fail(c, IPC_ERR_BAD_REQUEST, "properties", "missing (or events)");
@@ -1058,6 +1079,7 @@ void ipc_request_free(struct ipc_request *req)
     case IPC_OP_REPLY:
         json_decref(req->u.reply.data);
         free(req->u.reply.message);
+        free(req->u.reply.payload);
         break;
     case IPC_OP_WATCH:
         free_strv(req->u.watch.devices, req->u.watch.n_devices);

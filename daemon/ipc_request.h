@@ -132,6 +132,8 @@ struct ipc_request {
             int code;                       /* 200 = success */
             json_t *data;                   /* object, may be NULL */
             char *message;                  /* optional, may be NULL */
+            unsigned char *payload;         /* payload_b64 decoded: raw bytes for an RRPC request */
+            size_t payload_len;
         } reply;
         struct ipc_watch_filter watch;
         struct {

@@ -4,8 +4,9 @@
  * payload parsed, and the reply the daemon would send built from what was parsed; the topic also
  * goes through the ownership check. Input: topic bytes, a NUL, payload bytes. Checks beyond "no
  * crash": a parsed id is at most 20 digits, params is an object or array when present, an error
- * always has a reason, a classified topic's names are NUL-terminated within their fields, and a
- * reply built for a call is valid JSON echoing the id.
+ * always has a reason, a classified topic's names are NUL-terminated within their fields, a
+ * reply built for a call is valid JSON echoing the id, and an RRPC request's answer carries the
+ * bytes unchanged on a topic the device owns (the custom form's: the request's own topic).
  */
 #include "alink.h"
 
@@ -43,6 +44,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     (void)alink_kind_name(t.kind);
     alink_topic_owned(PK, DN, topic, ALINK_PUBLISH);
     alink_topic_owned(PK, DN, topic, ALINK_SUBSCRIBE);
+
+    if (t.kind == ALINK_RRPC_REQUEST) {
+        /* The answer to a raw RRPC carries the bytes; the custom form's goes on its own topic. */
+        struct alink_msg m = {0};
+        if (alink_rrpc_response(PK, DN, t.rrpc_id, t.name[0] ? t.name : NULL, NULL, payload, plen,
+                                &m) != 0 ||
+            m.len != plen || memcmp(m.payload, payload, plen) != 0 ||
+            (t.name[0] && strcmp(m.topic, topic) != 0) ||
+            !alink_topic_owned(PK, DN, m.topic, ALINK_PUBLISH))
+            abort();
+        alink_msg_free(&m);
+    }
 
     struct alink_payload p;
     char err[160];

@@ -651,11 +651,50 @@ static int device_rights(const struct dev *d, const char *topic)
                                                 "/ext/rrpc/+//{pk}/{dn}/user/{cls}"};
         for (int k = 0; k < 2; k++) {
             pat_fill(pat, sizeof(pat), user_pats[k], d, d->rules[i].cls);
-            if (filter_within(pat, topic))
-                rights |= d->rules[i].rights;
+            if (!filter_within(pat, topic))
+                continue;
+            rights |= d->rules[i].rights;
+            /* A custom RRPC is answered on its own request topic: subscribing is enough. */
+            if (k == 1 && (d->rules[i].rights & RIGHT_SUB))
+                rights |= RIGHT_PUB;
         }
     }
     return rights;
+}
+
+/*
+ * An RRPC answer goes out on the request's own topic, which the device subscribes to: a broker
+ * would hand the answer back to the device as if it were a new request, the platform does not.
+ * So the last few answers a device published on /ext/rrpc/... are remembered and that device's
+ * read of each is refused once (silently: not counted as a refusal).
+ */
+static int has_prefix(const char *s, const char *pfx);
+
+#define OWN_ANSWERS 64
+static struct {
+    const struct dev *d;
+    char topic[256];
+} own_answers[OWN_ANSWERS];
+static unsigned own_next;
+
+static void own_answer_note(const struct dev *d, const char *topic)
+{
+    if (strlen(topic) >= sizeof(own_answers[0].topic))
+        return;
+    own_answers[own_next % OWN_ANSWERS].d = d;
+    snprintf(own_answers[own_next % OWN_ANSWERS].topic, sizeof(own_answers[0].topic), "%s", topic);
+    own_next++;
+}
+
+static int own_answer_take(const struct dev *d, const char *topic)
+{
+    for (int i = 0; i < OWN_ANSWERS; i++)
+        if (own_answers[i].d == d && !strcmp(own_answers[i].topic, topic)) {
+            own_answers[i].d = NULL;
+            own_answers[i].topic[0] = '\0';
+            return 1;
+        }
+    return 0;
 }
 
 static int cb_acl(int event, void *event_data, void *userdata)
@@ -676,8 +715,14 @@ static int cb_acl(int event, void *event_data, void *userdata)
     if (!d)
         return MOSQ_ERR_ACL_DENIED;
     int need = ed->access == MOSQ_ACL_WRITE ? RIGHT_PUB : RIGHT_SUB;
-    if (device_rights(d, ed->topic) & need)
+    int is_rrpc = has_prefix(ed->topic, "/ext/rrpc/");
+    if (is_rrpc && ed->access == MOSQ_ACL_READ && own_answer_take(d, ed->topic))
+        return MOSQ_ERR_ACL_DENIED;
+    if (device_rights(d, ed->topic) & need) {
+        if (is_rrpc && ed->access == MOSQ_ACL_WRITE)
+            own_answer_note(d, ed->topic);
         return MOSQ_ERR_SUCCESS;
+    }
     if (ed->access == MOSQ_ACL_WRITE) {
         g.refused_pub++;
         d->refused_pub++;

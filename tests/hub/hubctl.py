@@ -965,6 +965,42 @@ class Hub:
         m = self.wait_message("/sys/%s/%s/rrpc/response/%s" % (pk, dn, mid), timeout, since)
         return m.payload if m else None
 
+    def rrpc_custom(self, pk, dn, topic_class, payload, timeout=8.0, msg_id=None):
+        """The custom RRPC form: the request on /ext/rrpc/<id>//pk/dn/user/<class>, the answer
+        on the same topic (the cloud client sees its own request there first). Returns the
+        answer's bytes or None after timeout."""
+        mid = msg_id or self._id()
+        topic = "/ext/rrpc/%s//%s/%s/user/%s" % (mid, pk, dn, topic_class)
+        data = payload.encode() if isinstance(payload, str) else payload
+        since = self.mark()
+        self.publish(topic, data, qos=0)
+        seen_own = [False]
+
+        def answer(m):
+            if not seen_own[0] and m.payload == data:
+                seen_own[0] = True
+                return False
+            return True
+        m = self.wait_message(topic, timeout, since, answer)
+        return m.payload if m else None
+
+    def rrpc_service(self, pk, dn, service, params, timeout=8.0, msg_id=None):
+        """A synchronous service call as the platform sends it to a device that announced ext=3
+        in its client id: /ext/rrpc/<id>/sys/pk/dn/thing/service/<service>, answered on the same
+        topic. Raises ValueError for a device that did not announce it (the platform would use
+        /sys/pk/dn/rrpc/request/<id> instead). Returns the answer's JSON or None."""
+        lc = self.last_connect(pk, dn) or {}
+        if "ext=3" not in lc.get("client_id", ""):
+            raise ValueError("%s/%s did not announce ext=3 (client id %r)"
+                             % (pk, dn, lc.get("client_id")))
+        mid = msg_id or self._id()
+        topic = "/ext/rrpc/%s/sys/%s/%s/thing/service/%s" % (mid, pk, dn, service)
+        since = self.mark()
+        self.publish(topic, {"id": mid, "version": "1.0", "params": params,
+                             "method": "thing.service.%s" % service}, qos=0)
+        m = self.wait_message(topic, timeout, since, lambda m: b'"code"' in m.payload)
+        return m.json() if m else None
+
     def publish_custom(self, pk, dn, topic_class, payload, qos=0):
         self.publish("/%s/%s/user/%s" % (pk, dn, topic_class), payload, qos=qos)
 

@@ -84,11 +84,19 @@ static void event_and_replies(void)
               "{\"id\":\"5\",\"code\":460,\"data\":{},\"message\":\"bad\",\"version\":\"1.0\"}");
     alink_msg_free(&m);
     CHECK_INT(alink_service_reply("pk", "dn", "reset", NULL, "12a", 200, NULL, NULL, &m), -EINVAL);
-    CHECK_INT(alink_rrpc_response("pk", "dn", "888", v, &m), 0);
+    CHECK_INT(alink_rrpc_response("pk", "dn", "888", NULL, v, NULL, 0, &m), 0);
     CHECK_STR(m.topic, "/sys/pk/dn/rrpc/response/888");
     CHECK_STR(m.payload, "{\"level\":3,\"t\":40.0}");
     alink_msg_free(&m);
-    CHECK_INT(alink_rrpc_response("pk", "dn", "a/b", NULL, &m), -EINVAL);
+    CHECK_INT(alink_rrpc_response("pk", "dn", "a/b", NULL, NULL, NULL, 0, &m), -EINVAL);
+    /* raw bytes, and the custom form answered on its own topic */
+    CHECK_INT(alink_rrpc_response("pk", "dn", "77", "user/get", NULL, "\x00\xffok", 4, &m), 0);
+    CHECK_STR(m.topic, "/ext/rrpc/77//pk/dn/user/get");
+    CHECK_INT((int)m.len, 4);
+    CHECK(memcmp(m.payload, "\x00\xffok", 4) == 0);
+    alink_msg_free(&m);
+    CHECK_INT(alink_rrpc_response("pk", "dn", "77", "thing/x", NULL, NULL, 0, &m), -EINVAL);
+    CHECK_INT(alink_rrpc_response("pk", "dn", "77", "user/+", NULL, NULL, 0, &m), -EINVAL);
     CHECK_INT(alink_property_set_reply("pk", "dn", "99", 200, NULL, NULL, &m), 0);
     CHECK_STR(m.topic, "/sys/pk/dn/thing/service/property/set_reply");
     CHECK_STR(
@@ -123,6 +131,16 @@ static void classify(void)
     CHECK_INT(alink_classify("pk", "dn", "/sys/pk/dn/rrpc/request/888", &t), 0);
     CHECK_INT(t.kind, ALINK_RRPC_REQUEST);
     CHECK_STR(t.rrpc_id, "888");
+    CHECK_INT(alink_classify("pk", "dn", "/ext/rrpc/4242//pk/dn/user/get", &t), 0);
+    CHECK_INT(t.kind, ALINK_RRPC_REQUEST);
+    CHECK_STR(t.rrpc_id, "4242");
+    CHECK_STR(t.name, "user/get");
+    CHECK_INT(alink_classify("pk", "dn", "/ext/rrpc/4242//pk/dn/thing/x", &t), 0);
+    CHECK_INT(t.kind, ALINK_OTHER);
+    CHECK_INT(alink_classify("pk", "dn", "/ext/rrpc/4242//pk/dn2/user/get", &t), 0);
+    CHECK_INT(t.kind, ALINK_NOT_MINE);
+    CHECK_INT(alink_classify("pk", "dn", "/ext/rrpc//pk/dn/user/get", &t), 0);
+    CHECK(t.kind != ALINK_RRPC_REQUEST);
     CHECK_INT(alink_classify("pk", "dn", "/ota/device/upgrade/pk/dn", &t), 0);
     CHECK_INT(t.kind, ALINK_OTA_UPGRADE);
     CHECK_INT(alink_classify("pk", "dn", "/ext/ntp/pk/dn/response", &t), 0);
@@ -250,6 +268,17 @@ static void topics(void)
     CHECK(t[n] == NULL);
     alink_topics_free(t);
     CHECK_INT(alink_system_topics("p+k", "dn", &t, &n), -EINVAL);
+    /* ext_rrpc: the sync calls' topic, then the custom form of the device's own custom topics */
+    char *user[] = {"/pk/dn/user/get", "/other/dn/user/x", "/sys/pk/dn/thing/x", "/pk/dn/user/#"};
+    CHECK_INT(alink_ext_rrpc_topics("pk", "dn", user, 4, &t, &n), 0);
+    CHECK_INT((int)n, 3);
+    CHECK_STR(t[0], "/ext/rrpc/+/sys/pk/dn/thing/service/+");
+    CHECK_STR(t[1], "/ext/rrpc/+//pk/dn/user/get");
+    CHECK_STR(t[2], "/ext/rrpc/+//pk/dn/user/#");
+    CHECK(t[3] == NULL);
+    for (size_t i = 0; i < n; i++)
+        CHECK(alink_topic_owned("pk", "dn", t[i], ALINK_SUBSCRIBE));
+    alink_topics_free(t);
 }
 
 /* Issue 13: the PK/DN pair counts only at its fixed position in the platform's grammar. */
@@ -309,6 +338,15 @@ static void ownership(void)
     CHECK(!alink_topic_owned(pk, dn, "/a1Acl/dev0001/user/#/x", ALINK_SUBSCRIBE));
     CHECK(!alink_topic_owned(pk, dn, "/a1Acl/dev0001/user/a+", ALINK_SUBSCRIBE));
     CHECK(!alink_topic_owned(pk, dn, "#", ALINK_SUBSCRIBE));
+    /* RRPC: the custom form keeps its slash; '+' stands for the id only when subscribing */
+    CHECK(alink_topic_owned(pk, dn, "/ext/rrpc/55//a1Acl/dev0001/user/get", ALINK_PUBLISH));
+    CHECK(alink_topic_owned(pk, dn, "/ext/rrpc/+//a1Acl/dev0001/user/get", ALINK_SUBSCRIBE));
+    CHECK(!alink_topic_owned(pk, dn, "/ext/rrpc/+//a1Acl/dev0001/user/get", ALINK_PUBLISH));
+    CHECK(!alink_topic_owned(pk, dn, "/ext/rrpc/55//a1Acl/dev0002/user/get", ALINK_PUBLISH));
+    CHECK(!alink_topic_owned(pk, dn, "/ext/rrpc/55//sys/a1Acl/dev0001/thing/x", ALINK_PUBLISH));
+    CHECK(!alink_topic_owned(pk, dn, "/ext/rrpc///a1Acl/dev0001/user/get", ALINK_PUBLISH));
+    CHECK(alink_topic_owned(pk, dn, "/ext/rrpc/+/sys/a1Acl/dev0001/thing/service/+",
+                            ALINK_SUBSCRIBE));
     CHECK(!alink_topic_owned(NULL, dn, "/a1Acl/dev0001/user/x", ALINK_PUBLISH));
 }
 

@@ -109,6 +109,15 @@ static void test_valid(void)
               0);
     CHECK_STR(r.u.reply.msg_id, "77");
     CHECK(r.u.reply.data == NULL);
+    CHECK(r.u.reply.payload == NULL);
+    ipc_request_free(&r);
+    /* raw bytes for an RRPC request */
+    CHECK_INT(parse("{\"id\":5,\"op\":\"reply\",\"device\":\"pk/dn\",\"request_id\":\"9\",\"code\":"
+                    "200,\"payload_b64\":\"AP9vaw==\"}",
+                    &r, &e),
+              0);
+    CHECK_INT((int)r.u.reply.payload_len, 4);
+    CHECK(memcmp(r.u.reply.payload, "\x00\xffok", 4) == 0);
     ipc_request_free(&r);
 
     CHECK_INT(parse("{\"id\":6,\"op\":\"watch\",\"devices\":[\"pk/b\",\"pk/a\"],\"topics\":"
@@ -218,6 +227,12 @@ static void test_invalid(void)
     bad("{\"id\":1,\"op\":\"reply\",\"device\":\"pk/dn\",\"request_id\":\"1\",\"code\":200,"
         "\"data\":3}",
         IPC_ERR_BAD_REQUEST, "data: must be an object");
+    bad("{\"id\":1,\"op\":\"reply\",\"device\":\"pk/dn\",\"request_id\":\"1\",\"code\":200,"
+        "\"data\":{},\"payload_b64\":\"AA==\"}",
+        IPC_ERR_BAD_REQUEST, "payload_b64: give either data or payload_b64");
+    bad("{\"id\":1,\"op\":\"reply\",\"device\":\"pk/dn\",\"request_id\":\"1\",\"code\":200,"
+        "\"payload_b64\":\"!!\"}",
+        IPC_ERR_BAD_REQUEST, "payload_b64: is not valid base64");
     /* watch */
     bad("{\"id\":1,\"op\":\"watch\",\"devices\":[\"nokey\"]}", IPC_ERR_BAD_REQUEST,
         "devices: element 0");
