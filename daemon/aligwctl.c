@@ -67,6 +67,7 @@ static const char usage_text[] =
     "  ota-version PK/DN VERSION [MODULE]\n"
     "                              set a module's firmware version (reported to the cloud)\n"
     "  ota-check PK/DN [MODULE]    ask the cloud for a pending upgrade (firmware/get)\n"
+    "  config PK/DN                fetch the product's remote configuration (config/get)\n"
     "  ota-result PK/DN JOB ok [VERSION] | ota-result PK/DN JOB STEP [REASON]\n"
     "                              answer an \"ota\" apply event: applied, or failed with\n"
     "                              STEP -1 (upgrade), -2 (download), -3 (verify), -4 (flash)\n"
@@ -901,6 +902,7 @@ static const struct command commands[] = {
     {"watch", "watch", 0, NULL, build_watch, NULL, true},
     {"add", "add_device", 0, NULL, build_add, print_result, false},
     {"ota", "ota", 0, NULL, build_ota, print_ota, false},
+    {"config", "config_get", 1, "usage: config PK/DN", build_device, print_result, false},
     {"ota-version", "ota_version", 2, "usage: ota-version PK/DN VERSION [MODULE]",
      build_ota_version, print_result, false},
     {"ota-check", "ota_check", 1, "usage: ota-check PK/DN [MODULE]", build_ota_check, print_result,

@@ -239,6 +239,28 @@ int alink_property_set_reply(const char *pk, const char *dn, const char *req_id,
                   xasprintf("/sys/%s/%s/thing/service/property/set_reply", pk, dn), out);
 }
 
+int alink_config_push_reply(const char *pk, const char *dn, const char *req_id, int code,
+                            const char *message, struct alink_msg *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!seg_ok(pk) || !seg_ok(dn) || !req_id_ok(req_id))
+        return -EINVAL;
+    return finish(reply(req_id, code, NULL, message),
+                  xasprintf("/sys/%s/%s/thing/config/push_reply", pk, dn), out);
+}
+
+int alink_config_get(const char *pk, const char *dn, uint32_t id, struct alink_msg *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!seg_ok(pk) || !seg_ok(dn))
+        return -EINVAL;
+    json_t *r =
+        request(id, json_pack("{s:s,s:s}", "configScope", "product", "getType", "file"), true);
+    if (r)
+        json_object_set_new(r, "method", json_string("thing.config.get"));
+    return finish(r, xasprintf("/sys/%s/%s/thing/config/get", pk, dn), out);
+}
+
 int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const char *custom,
                         const json_t *data, const void *raw, size_t raw_len, struct alink_msg *out)
 {

@@ -87,6 +87,12 @@ int alink_service_reply(const char *pk, const char *dn, const char *service_id, 
 int alink_property_set_reply(const char *pk, const char *dn, const char *req_id, int code,
                              const json_t *data, const char *message, struct alink_msg *out);
 
+/* Answer to a configuration push: /sys/pk/dn/thing/config/push_reply, data {}. As above. */
+int alink_config_push_reply(const char *pk, const char *dn, const char *req_id, int code,
+                            const char *message, struct alink_msg *out);
+/* thing.config.get for the product's file configuration on /sys/pk/dn/thing/config/get. */
+int alink_config_get(const char *pk, const char *dn, uint32_t id, struct alink_msg *out);
+
 /*
  * Answer to a synchronous call: on /sys/pk/dn/rrpc/response/${rrpc_id} for a call on
  * /sys/pk/dn/rrpc/request/${rrpc_id}, or, for the custom form (custom = "user/…", the call came

@@ -26,6 +26,7 @@
 #include "ota.h"
 #include "outbox.h"
 #include "plugins.h"
+#include "rconfig.h"
 #include "statedb.h"
 #include "strmap.h"
 
@@ -42,6 +43,7 @@
 /* The platform gives a synchronous call 8 s; the error reply needs the rest to reach it. */
 #define RRPC_BUDGET_MS 7500
 #define TOMBSTONE_MS 60000
+#define CONFIG_WAIT_MS 60000 /* config_get: the platform's reply and a file of at most 64 KB */
 
 enum wait_kind { WAIT_UPLINK_REPLY, WAIT_DOWNLINK_CALL };
 
@@ -330,6 +332,48 @@ static void do_reply(struct ipc_reply *r, const struct ipc_request *req)
     }
     wait_free(w);
     ipc_reply_ok(r, NULL);
+}
+
+/* config_get: thing.config.get queued, answered once rconfig has the file (or says why not). */
+static void on_config_done(void *arg, int status, const char *error, json_t *config)
+{
+    struct ipc_reply *r = arg;
+    if (status == 0) {
+        json_t *res = json_deep_copy(config);
+        json_object_del(res, "event");
+        ipc_reply_ok(r, res);
+    } else if (status == -EREMOTE) {
+        ipc_reply_error(r, IPC_ERR_REFUSED, "%s", error);
+    } else if (status == -ETIMEDOUT) {
+        ipc_reply_error(r, IPC_ERR_TIMEOUT, "%s", error);
+    } else if (status == -ENOENT) {
+        ipc_reply_error(r, IPC_ERR_REFUSED, "%s", error); /* not no_device: the device exists */
+    } else {
+        ipc_reply_errno(r, status, "%s", error);
+    }
+}
+
+static void do_config_get(struct ipc_reply *r, const struct ipc_request *req)
+{
+    struct device *d = need_device(r, req);
+    struct alink_msg m = {0};
+    char ids[16];
+    int rc;
+
+    if (!d)
+        return;
+    uint32_t id = device_next_alink_id(d);
+    snprintf(ids, sizeof(ids), "%u", id);
+    rc = alink_config_get(req->dev.pk, req->dev.dn, id, &m);
+    if (rc == 0)
+        rc = outbox_append(A.ob, req->dev.key, m.topic, m.payload, m.len, 1, NULL, NULL);
+    alink_msg_free(&m);
+    if (rc < 0) {
+        ipc_reply_errno(r, rc, "thing.config.get for %s not stored", req->dev.key);
+        return;
+    }
+    if ((rc = rconfig_wait(req->dev.pk, req->dev.dn, ids, CONFIG_WAIT_MS, on_config_done, r)) < 0)
+        ipc_reply_errno(r, rc, "cannot wait for the configuration");
 }
 
 struct list_ctx {
@@ -631,6 +675,9 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
     case IPC_OP_REPLY:
         do_reply(r, req);
         break;
+    case IPC_OP_CONFIG_GET:
+        do_config_get(r, req);
+        break;
     case IPC_OP_DEVICES:
         do_devices(r, req);
         break;
@@ -888,6 +935,12 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
     }
     if (t.kind == ALINK_REPLY && strcmp(t.name, "thing/ota/firmware/get") == 0)
         ota_on_get_reply(d, payload, len);
+    if (t.kind == ALINK_REPLY && strcmp(t.name, "thing/config/get") == 0)
+        rconfig_on_get_reply(dc->product_key, dc->device_name, payload, len);
+    if (t.kind == ALINK_CONFIG_PUSH) {
+        rconfig_on_push(dc->product_key, dc->device_name, payload, len);
+        return;
+    }
 
     switch (t.kind) {
     case ALINK_PROPERTY_SET:
@@ -965,6 +1018,7 @@ static void on_device_removed(void *ctx, struct device *d)
 {
     const char *key = device_key(d);
     ota_device_removed(device_conf(d)->product_key, device_conf(d)->device_name);
+    rconfig_device_removed(device_conf(d)->product_key, device_conf(d)->device_name);
     size_t klen = strlen(key);
     struct wait *w = A.head, *next;
 
@@ -1065,6 +1119,23 @@ static int ota_apply_plugin(void *ctx, const char *pk, const char *dn, const str
 static int ota_event(void *ctx, const char *key, json_t *ev)
 {
     return emit(IPC_EV_OTA, key, NULL, ev);
+}
+
+static int config_event(void *ctx, const char *key, json_t *ev)
+{
+    return emit(IPC_EV_CONFIG, key, NULL, ev);
+}
+
+/* Remote configuration files come from the platform's storage like firmware: the same trust
+ * store, http rule and disk reserve. */
+static void rconfig_opts_from(const struct config *cfg, struct rconfig_opts *o)
+{
+    static char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/config", cfg->state_dir);
+    *o = (struct rconfig_opts){.dir = dir,
+                               .ca_file = cfg->ota.ca_file,
+                               .allow_http = cfg->ota.allow_http,
+                               .min_free_bytes = cfg->ota.min_free_bytes};
 }
 
 static void ota_opts_from(const struct config *cfg, struct ota_opts *o)
@@ -1180,6 +1251,11 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
     if (rc < 0)
         return rc;
     config_versions_all(cfg);
+    struct rconfig_hooks rh = {.uplink = ota_uplink, .event = config_event};
+    struct rconfig_opts ro;
+    rconfig_opts_from(cfg, &ro);
+    if ((rc = rconfig_init(loop, &ro, &rh)) < 0)
+        return rc;
     rc = devices_init(loop, cfg, ob, db, &hooks);
     if (rc < 0)
         return rc;
@@ -1212,6 +1288,9 @@ void api_apply_config(const struct config *cfg)
     timesync_apply(cfg->cloud.time_sync_s, cfg->cloud.max_clock_skew_ms);
     ota_opts_from(cfg, &oo);
     ota_set_opts(&oo);
+    struct rconfig_opts ro;
+    rconfig_opts_from(cfg, &ro);
+    rconfig_set_opts(&ro);
     config_versions_all(cfg);
     if (A.ipc)
         ipc_server_set_access(A.ipc, cfg);
@@ -1229,6 +1308,7 @@ void api_close(void)
         A.plugins = NULL;
     }
     ota_close();
+    rconfig_close();
     while (A.head) {
         if (A.head->kind == WAIT_UPLINK_REPLY)
             ipc_reply_error(A.head->reply, IPC_ERR_UNAVAILABLE, "aligwd is shutting down");

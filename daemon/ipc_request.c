@@ -40,6 +40,7 @@ static const char *const op_names[IPC_OP_COUNT_] = {
     [IPC_OP_OTA_CHECK] = "ota_check",
     [IPC_OP_POST_BATCH] = "post_batch",
     [IPC_OP_POST_HISTORY] = "post_history",
+    [IPC_OP_CONFIG_GET] = "config_get",
 };
 
 static const char *const err_names[IPC_ERR_COUNT_] = {
@@ -59,8 +60,8 @@ static const char *const err_names[IPC_ERR_COUNT_] = {
     [IPC_ERR_BUSY] = "busy",
 };
 
-static const char *const kind_names[] = {"message", "property_set", "service_call",
-                                         "state",   "reply",        "ota"};
+static const char *const kind_names[] = {"message", "property_set", "service_call", "state",
+                                         "reply",   "ota",          "config"};
 
 const char *ipc_op_name(enum ipc_op op)
 {
@@ -903,6 +904,7 @@ static const struct field *const op_fields[IPC_OP_COUNT_] = {
     [IPC_OP_OTA_CHECK] = fl_ota_check,
     [IPC_OP_POST_BATCH] = fl_batch,
     [IPC_OP_POST_HISTORY] = fl_history,
+    [IPC_OP_CONFIG_GET] = fl_device,
 };
 
 static int check_whole(struct pctx *c)

@@ -52,6 +52,7 @@ enum ipc_op {
     IPC_OP_OTA_CHECK,    /* ask the platform for a pending upgrade (firmware/get) */
     IPC_OP_POST_BATCH,   /* several timed values per property and event in one message */
     IPC_OP_POST_HISTORY, /* values recorded while offline, flagged as history */
+    IPC_OP_CONFIG_GET,   /* the product's remote configuration: asked, fetched, verified */
     IPC_OP_COUNT_
 };
 
@@ -82,7 +83,8 @@ enum ipc_event_kind {
     IPC_EV_STATE = 1u << 3,        /* a device's session state changed */
     IPC_EV_REPLY = 1u << 4,        /* the platform's _reply to an uplink */
     IPC_EV_OTA = 1u << 5,          /* an OTA job changed state, or firmware is ready to apply */
-    IPC_EV_ALL_ = (1u << 6) - 1
+    IPC_EV_CONFIG = 1u << 6,       /* a remote configuration file was fetched and verified */
+    IPC_EV_ALL_ = (1u << 7) - 1
 };
 
 /* "pk/dn" split and joined; all three NUL-terminated. */

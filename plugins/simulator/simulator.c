@@ -6,7 +6,8 @@
  * generators) and "set_interval" ({"interval_ms": N}) are answered through host->reply, or,
  * with a host of plugin ABI 1.3 or later, taken as the API's service_call events and answered
  * with its "reply" request (that path also serves RRPC calls, service "rrpc": the parameters
- * are echoed back as {"echo": …}).
+ * are echoed back as {"echo": …}). A remote configuration (the API's "config" event) that is a
+ * JSON object with "interval_ms" sets the interval as set_interval does.
  * Firmware (plugin ABI 1.2, on_firmware) is "flashed" apply_ms (default 500) later on the same
  * thread: the device then runs the package's version, unless the first file starts with
  * "ALIGW-SIM-FLASH-FAIL", which fails with step -4 (for tests).
@@ -601,6 +602,20 @@ static void sim_event(void *inst, const struct aligw_device *dev, const char *ev
         json_decref(req);
         free(data);
         free(params);
+    } else if (kind && strcmp(kind, "config") == 0) {
+        /* A remote configuration: a JSON object whose "interval_ms" we apply like set_interval. */
+        const char *content = json_string_value(json_object_get(ev, "content"));
+        const char *cid = json_string_value(json_object_get(ev, "config_id"));
+        json_t *c = content ? json_loads(content, 0, NULL) : NULL;
+        char *data = NULL;
+        int code = json_is_object(c) && json_object_get(c, "interval_ms")
+                       ? serve_call(s, dev, "set_interval", content, &data)
+                       : ALIGW_REPLY_BAD_PARAMS;
+        plugin_log_dev(s->host, code == ALIGW_REPLY_OK ? ALIGW_LOG_INFO : ALIGW_LOG_WARNING, dev,
+                       "configuration %s %s", cid ? cid : "?",
+                       code == ALIGW_REPLY_OK ? data : "not applied: no valid interval_ms");
+        free(data);
+        json_decref(c);
     }
     json_decref(ev);
 }
@@ -617,7 +632,7 @@ static void sim_answer(void *inst, const struct aligw_device *dev, uint64_t cook
     json_decref(a);
 }
 
-static const char *const sim_events[] = {"service_call", NULL};
+static const char *const sim_events[] = {"service_call", "config", NULL};
 
 static int sim_firmware(void *inst, const struct aligw_device *dev, const struct aligw_firmware *fw)
 {

@@ -949,6 +949,46 @@ static void ota_get(const struct dev *d, const char *topic, json_t *req)
     json_decref(r);
 }
 
+/*
+ * thing.config.get: the product's configuration (configs table, URL signed) as the platform
+ * answers it, 460 unless it asks for the product's file configuration, data {} when there is
+ * none.
+ */
+static void config_get(const struct dev *d, const char *topic, json_t *req)
+{
+    json_t *params = json_object_get(req, "params"), *data = NULL;
+    const char *scope = json_string_value(json_object_get(params, "configScope"));
+    const char *type = json_string_value(json_object_get(params, "getType"));
+    char id[64], rtopic[512];
+    sqlite3_stmt *st;
+
+    if (!json_id_text(req, id, sizeof(id)))
+        return;
+    if (!scope || strcmp(scope, "product") != 0 || !type || strcmp(type, "file") != 0) {
+        alink_reply(d, topic, req, 460, "request parameter error");
+        return;
+    }
+    if (sqlite3_prepare_v2(g.db, "SELECT data FROM configs WHERE pk=?1", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(st, 1, d->pk, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            data = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+            if (data)
+                ota_sign_urls(data, 3600);
+        }
+        sqlite3_finalize(st);
+    }
+    json_t *r = json_pack("{s:s,s:i,s:o,s:s,s:s,s:s}", "id", id, "code", 200, "data",
+                          data ? data : json_object(), "message", "success", "method",
+                          "thing.config.get", "version", "1.0");
+    char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
+    snprintf(rtopic, sizeof(rtopic), "%s_reply", topic);
+    if (s)
+        hub_send(d, rtopic, s);
+    free(s);
+    json_decref(r);
+}
+
 /* Records a version inform or a progress report. */
 static void ota_record(const struct dev *d, const char *kind, const void *payload, int len)
 {
@@ -1076,6 +1116,14 @@ static int cb_message(int event, void *event_data, void *userdata)
         json_t *req = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
         if (json_is_object(req))
             ota_get(d, ed->topic, req);
+        json_decref(req);
+        return MOSQ_ERR_SUCCESS;
+    }
+    snprintf(pfx, sizeof(pfx), "/sys/%s/%s/thing/config/get", d->pk, d->dn);
+    if (!strcmp(ed->topic, pfx)) {
+        json_t *req = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
+        if (json_is_object(req))
+            config_get(d, ed->topic, req);
         json_decref(req);
         return MOSQ_ERR_SUCCESS;
     }

@@ -143,6 +143,7 @@ def init_db(dbpath, rows):
         CREATE TABLE ota_reports(ts REAL, pk TEXT, dn TEXT, kind TEXT, payload TEXT);
         CREATE TABLE ota_requests(ts REAL, name TEXT, range_start INTEGER, status INTEGER,
             sent INTEGER);
+        CREATE TABLE configs(pk TEXT PRIMARY KEY, data TEXT NOT NULL);
     """)
     products = {}
     for r in rows:
@@ -495,6 +496,34 @@ def ota_job(dbpath, pk, dn, files, version, module="", sign_method="Md5", bad_si
     finally:
         db.close()
     return data, [e["name"] for e in entries]
+
+
+def config_job(dbpath, pk, content, config_id=None, sign_method="Sha256", bad_sign=False,
+               size_delta=0):
+    """Stores pk's remote configuration file (bytes or text) in the hub: thing.config.get answers
+    it and config_push announces it. Returns the notice's fields, with a "hub:<file>" URL."""
+    data = content.encode() if isinstance(content, str) else content
+    store = os.path.join(os.path.dirname(dbpath), "ota-files")
+    os.makedirs(store, exist_ok=True)
+    name = hashlib.sha256(data).hexdigest()[:32]
+    path = os.path.join(store, name)
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+    algo = "sha256" if sign_method.lower() == "sha256" else "md5"
+    sign = hashlib.new(algo, data).hexdigest()
+    if bad_sign:
+        sign = ("0" if sign[0] != "0" else "1") + sign[1:]
+    fields = {"configId": config_id or name[:16], "configSize": len(data) + size_delta,
+              "sign": sign, "signMethod": sign_method, "url": "hub:" + name, "getType": "file"}
+    db = _db(dbpath)
+    try:
+        db.execute("INSERT OR REPLACE INTO ota_files VALUES(?,?,?)", (name, path, len(data)))
+        db.execute("INSERT OR REPLACE INTO configs VALUES(?,?)", (pk, json.dumps(fields)))
+        db.commit()
+    finally:
+        db.close()
+    return fields
 
 
 def ota_notice(dbpath, port, data, ttl, code="1000", msg_id=None):
@@ -956,6 +985,28 @@ class Hub:
 
     def ota_requests(self, name=None):
         return ota_requests(self.info["db"], name)
+
+    def config_set(self, pk, content, **kw):
+        """pk's remote configuration from now on (see config_job); returns its fields."""
+        return config_job(self.info["db"], pk, content, **kw)
+
+    def config_push(self, pk, dn, fields=None, msg_id=None, ttl=3600):
+        """thing/config/push of pk's configuration (or of the fields given, URL "hub:" names
+        signed) to one device; returns the message id (its push_reply carries it)."""
+        if fields is None:
+            db = _db(self.info["db"])
+            try:
+                row = db.execute("SELECT data FROM configs WHERE pk=?", (pk,)).fetchone()
+            finally:
+                db.close()
+            fields = json.loads(row[0])
+        mid = msg_id or self._id()
+        params = _sign_urls(self.info["db"], json.loads(json.dumps(fields)), ttl,
+                            self.info["https_port"])
+        self.publish("/sys/%s/%s/thing/config/push" % (pk, dn),
+                     {"id": mid, "version": "1.0", "params": params,
+                      "method": "thing.config.push"})
+        return mid
 
     def rrpc(self, pk, dn, payload, timeout=8.0, msg_id=None):
         """Sends an RRPC request and waits for the response; returns its payload bytes or None."""
