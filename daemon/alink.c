@@ -239,6 +239,99 @@ int alink_property_set_reply(const char *pk, const char *dn, const char *req_id,
                   xasprintf("/sys/%s/%s/thing/service/property/set_reply", pk, dn), out);
 }
 
+int alink_thing_request(const char *pk, const char *dn, uint32_t id, const char *path,
+                        const json_t *params, struct alink_msg *out)
+{
+    char method[160];
+    memset(out, 0, sizeof *out);
+    if (!seg_ok(pk) || !seg_ok(dn) || !path || !*path || strpbrk(path, "+#") ||
+        strstr(path, "//") || path[0] == '/' || strlen(path) >= sizeof method - 7 ||
+        (params && !json_is_object(params) && !json_is_array(params)))
+        return -EINVAL;
+    snprintf(method, sizeof method, "thing.%s", path);
+    for (char *c = method; *c; c++)
+        if (*c == '/')
+            *c = '.';
+    json_t *r = request(id, params ? json_deep_copy(params) : json_object(), true);
+    if (r)
+        json_object_set_new(r, "method", json_string(method));
+    return finish(r, xasprintf("/sys/%s/%s/thing/%s", pk, dn, path), out);
+}
+
+int alink_shadow_request(const char *pk, const char *dn, bool get, const json_t *reported,
+                         int64_t version, struct alink_msg *out)
+{
+    json_t *r;
+    memset(out, 0, sizeof *out);
+    if (!seg_ok(pk) || !seg_ok(dn) || (!get && version < 0) ||
+        (reported && !json_is_object(reported)))
+        return -EINVAL;
+    if (get)
+        r = json_pack("{s:s}", "method", "get");
+    else if (reported)
+        r = json_pack("{s:s,s:{s:O},s:I}", "method", "update", "state", "reported", reported,
+                      "version", (json_int_t)version);
+    else
+        r = json_pack("{s:s,s:{s:s},s:I}", "method", "update", "state", "desired", "null",
+                      "version", (json_int_t)version);
+    return finish(r, xasprintf("/shadow/update/%s/%s", pk, dn), out);
+}
+
+int alink_shadow_parse(const void *payload, size_t len, struct alink_shadow *out, char *err,
+                       size_t errlen)
+{
+    json_t *root, *p, *v;
+    const char *m;
+
+    memset(out, 0, sizeof *out);
+    out->version = -1;
+    root = json_loadb(payload, len, 0, NULL);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        snprintf(err, errlen, "not a JSON object");
+        return -EINVAL;
+    }
+    out->root = root;
+    m = json_string_value(json_object_get(root, "method"));
+    p = json_object_get(root, "payload");
+    if (!m || (strcmp(m, "reply") != 0 && strcmp(m, "control") != 0) || !json_is_object(p)) {
+        snprintf(err, errlen, "method: not \"reply\" or \"control\", or no payload object");
+        alink_shadow_free(out);
+        return -EINVAL;
+    }
+    out->control = m[0] == 'c';
+    v = json_object_get(root, "version");
+    if (json_is_integer(v) && json_integer_value(v) >= 0)
+        out->version = json_integer_value(v);
+    v = json_object_get(root, "timestamp");
+    if (json_is_integer(v))
+        out->timestamp = json_integer_value(v);
+    v = json_object_get(p, "state");
+    out->state = json_is_object(v) ? v : NULL;
+    const char *status = json_string_value(json_object_get(p, "status"));
+    out->ok = out->control || (status && strcmp(status, "success") == 0);
+    if (!out->ok) {
+        json_t *c = json_object_get(p, "content");
+        json_t *code = json_object_get(c, "errorcode");
+        const char *msg = json_string_value(json_object_get(c, "errormessage"));
+        if (json_is_integer(code))
+            out->errorcode = (int)json_integer_value(code);
+        else if (json_is_string(code))
+            out->errorcode = atoi(json_string_value(code));
+        snprintf(out->message, sizeof out->message, "%s", msg ? msg : "");
+    }
+    return 0;
+}
+
+void alink_shadow_free(struct alink_shadow *s)
+{
+    if (!s)
+        return;
+    json_decref(s->root);
+    s->root = NULL;
+    s->state = NULL;
+}
+
 int alink_config_push_reply(const char *pk, const char *dn, const char *req_id, int code,
                             const char *message, struct alink_msg *out)
 {
@@ -312,6 +405,8 @@ const char *alink_kind_name(enum alink_kind k)
         return "config_push";
     case ALINK_CUSTOM:
         return "custom";
+    case ALINK_SHADOW:
+        return "shadow";
     case ALINK_NOT_MINE:
         return "not_mine";
     case ALINK_OTHER:
@@ -446,6 +541,10 @@ int alink_classify(const char *pk, const char *dn, const char *topic, struct ali
         rest = after_pk_dn(topic + 9, pk, dn);
         if (rest)
             out->kind = strcmp(rest, "response") == 0 ? ALINK_NTP_RESPONSE : ALINK_OTHER;
+    } else if (strncmp(topic, "/shadow/get/", 12) == 0) {
+        rest = after_pk_dn(topic + 12, pk, dn);
+        if (rest && *rest == '\0')
+            out->kind = ALINK_SHADOW;
     } else if (strncmp(topic, "/ext/error/", 11) == 0) {
         rest = after_pk_dn(topic + 11, pk, dn);
         if (rest && *rest == '\0')
@@ -570,8 +669,12 @@ int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n)
         "thing/config/push",
         "thing/config/get_reply",
         "thing/ota/firmware/get_reply",
+        "thing/property/desired/get_reply",
+        "thing/property/desired/delete_reply",
+        "thing/deviceinfo/update_reply",
+        "thing/deviceinfo/delete_reply",
     };
-    size_t ns = sizeof sys / sizeof sys[0], k = ns + 3;
+    size_t ns = sizeof sys / sizeof sys[0], k = ns + 4;
     char **v;
     int rc = 0;
 
@@ -588,6 +691,7 @@ int alink_system_topics(const char *pk, const char *dn, char ***out, size_t *n)
     v[ns] = xasprintf("/ota/device/upgrade/%s/%s", pk, dn);
     v[ns + 1] = xasprintf("/ext/ntp/%s/%s/response", pk, dn);
     v[ns + 2] = xasprintf("/ext/error/%s/%s", pk, dn);
+    v[ns + 3] = xasprintf("/shadow/get/%s/%s", pk, dn);
     for (size_t i = 0; i < k; i++)
         if (!v[i])
             rc = -ENOMEM;

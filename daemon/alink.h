@@ -103,6 +103,38 @@ int alink_config_get(const char *pk, const char *dn, uint32_t id, struct alink_m
 int alink_rrpc_response(const char *pk, const char *dn, const char *rrpc_id, const char *custom,
                         const json_t *data, const void *raw, size_t raw_len, struct alink_msg *out);
 
+/*
+ * A thing-model request on /sys/pk/dn/thing/${path} ("property/desired/get", "deviceinfo/update",
+ * …) with method "thing.${path with dots}", params borrowed (object or array), sys.ack 1: the
+ * platform answers on ${path}_reply. Returns 0, -EINVAL (bad segment or path), -ENOMEM.
+ */
+int alink_thing_request(const char *pk, const char *dn, uint32_t id, const char *path,
+                        const json_t *params, struct alink_msg *out);
+
+/*
+ * The device shadow's uplinks on /shadow/update/pk/dn: {"method":"get"} (reported NULL and
+ * get true), {"method":"update","state":{"reported":…},"version":N}, or with reported NULL and
+ * get false the clearing of desired: {"method":"update","state":{"desired":"null"},"version":N}.
+ */
+int alink_shadow_request(const char *pk, const char *dn, bool get, const json_t *reported,
+                         int64_t version, struct alink_msg *out);
+
+/* A message on /shadow/get/pk/dn, parsed. */
+struct alink_shadow {
+    bool control;      /* "control" (the cloud's desired state), else "reply" */
+    bool ok;           /* reply: status "success" */
+    int errorcode;     /* reply with status "error": content.errorcode (0 if unreadable) */
+    char message[128]; /* …and content.errormessage */
+    int64_t version;   /* -1 when absent */
+    int64_t timestamp; /* 0 when absent */
+    json_t *state;     /* payload.state (desired/reported), borrowed from root; may be NULL */
+    json_t *root;      /* owned: free with alink_shadow_free */
+};
+/* 0, or -EINVAL with a reason in err (not JSON, no or unknown method, no payload). */
+int alink_shadow_parse(const void *payload, size_t len, struct alink_shadow *out, char *err,
+                       size_t errlen);
+void alink_shadow_free(struct alink_shadow *s);
+
 /* What a downlink topic is, for one device. */
 enum alink_kind {
     ALINK_OTHER = 0,    /* for this device but not understood here */
@@ -117,6 +149,7 @@ enum alink_kind {
     ALINK_CONFIG_PUSH,  /* /sys/pk/dn/thing/config/push */
     ALINK_EXT_ERROR,    /* /ext/error/pk/dn: the platform reports a problem with this device */
     ALINK_CUSTOM,       /* /pk/dn/user/${name}; name = what follows user/ */
+    ALINK_SHADOW,       /* /shadow/get/pk/dn: the shadow's replies and control pushes */
     ALINK_NOT_MINE,     /* not a topic of this device */
 };
 

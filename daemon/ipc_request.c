@@ -11,6 +11,7 @@
 
 #include "errors.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -41,6 +42,13 @@ static const char *const op_names[IPC_OP_COUNT_] = {
     [IPC_OP_POST_BATCH] = "post_batch",
     [IPC_OP_POST_HISTORY] = "post_history",
     [IPC_OP_CONFIG_GET] = "config_get",
+    [IPC_OP_SHADOW_GET] = "shadow_get",
+    [IPC_OP_SHADOW_UPDATE] = "shadow_update",
+    [IPC_OP_SHADOW_CLEAR_DESIRED] = "shadow_clear_desired",
+    [IPC_OP_DESIRED_GET] = "desired_get",
+    [IPC_OP_DESIRED_DELETE] = "desired_delete",
+    [IPC_OP_TAGS_UPDATE] = "tags_update",
+    [IPC_OP_TAGS_DELETE] = "tags_delete",
 };
 
 static const char *const err_names[IPC_ERR_COUNT_] = {
@@ -61,7 +69,7 @@ static const char *const err_names[IPC_ERR_COUNT_] = {
 };
 
 static const char *const kind_names[] = {"message", "property_set", "service_call", "state",
-                                         "reply",   "ota",          "config"};
+                                         "reply",   "ota",          "config",       "shadow"};
 
 const char *ipc_op_name(enum ipc_op op)
 {
@@ -869,6 +877,153 @@ static const struct field fl_watch[] = {{"devices", f_watch_devices, false},
                                         {"topics", f_watch_topics, false},
                                         {"kinds", f_watch_kinds, false},
                                         END};
+/* ---- shadow, desired properties, tags ---- */
+
+static int f_reported(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_object(v) || json_object_size(v) == 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be a non-empty object");
+    if (json_object_size(v) > IPC_SHADOW_KEYS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "more than %d values (the platform's limit)",
+                    IPC_SHADOW_KEYS_MAX);
+    if (check_serialized_size(c, name, v) < 0)
+        return -1;
+    c->req->u.thing.body = json_incref(v);
+    return 0;
+}
+
+static int f_shadow_version(struct pctx *c, const char *name, json_t *v)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an integer >= 0");
+    c->req->u.thing.version = json_integer_value(v);
+    return 0;
+}
+
+/* An array of 1..IPC_PROPS_MAX thing-model identifiers. */
+static int ident_array(struct pctx *c, const char *name, json_t *v)
+{
+    size_t i, n = json_array_size(v);
+    json_t *e;
+    if (!json_is_array(v) || n == 0 || n > IPC_PROPS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an array of 1-%d identifiers",
+                    IPC_PROPS_MAX);
+    json_array_foreach(v, i, e)
+    {
+        if (!json_is_string(e) || !ident_ok(json_string_value(e), json_string_length(e)))
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "element %zu: identifiers are 1-64 letters, digits or \"_:.-\"", i);
+    }
+    return 0;
+}
+
+static int f_identifiers(struct pctx *c, const char *name, json_t *v)
+{
+    if (ident_array(c, name, v) < 0)
+        return -1;
+    if (c->req->op == IPC_OP_DESIRED_GET) {
+        c->req->u.thing.body = json_incref(v);
+        return 0;
+    }
+    json_t *o = c->req->u.thing.body ? c->req->u.thing.body : json_object();
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e) if (!json_object_get(o, json_string_value(e)))
+        json_object_set_new(o, json_string_value(e), json_object());
+    c->req->u.thing.body = o;
+    return 0;
+}
+
+/* desired_delete: {"id": {"version": n}} for deletes that must not pass a newer value. */
+static int f_desired_versions(struct pctx *c, const char *name, json_t *v)
+{
+    const char *k;
+    json_t *e;
+    if (!json_is_object(v) || json_object_size(v) == 0 || json_object_size(v) > IPC_PROPS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an object of 1-%d identifiers",
+                    IPC_PROPS_MAX);
+    json_t *o = c->req->u.thing.body ? c->req->u.thing.body : json_object();
+    c->req->u.thing.body = o;
+    json_object_foreach(v, k, e)
+    {
+        if (!ident_ok(k, strlen(k)))
+            return fail(c, IPC_ERR_BAD_REQUEST, name, "\"%.64s\" is not an identifier", k);
+        if (!json_is_integer(e) || json_integer_value(e) < 0)
+            return fail(c, IPC_ERR_BAD_REQUEST, name, "\"%.64s\": a version >= 0", k);
+        json_object_set_new(o, k, json_pack("{s:I}", "version", json_integer_value(e)));
+    }
+    return 0;
+}
+
+/* The platform's tag keys: a letter, then letters, digits or '_', at most 30. */
+static bool tag_key_ok(const char *k, size_t n)
+{
+    if (n == 0 || n > 30 || !isalpha((unsigned char)k[0]))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)k[i]) && k[i] != '_')
+            return false;
+    return true;
+}
+
+static int f_tags(struct pctx *c, const char *name, json_t *v)
+{
+    const char *k;
+    json_t *e;
+    if (!json_is_object(v) || json_object_size(v) == 0 || json_object_size(v) > IPC_TAGS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an object of 1-%d \"key\": \"value\"",
+                    IPC_TAGS_MAX);
+    json_t *a = json_array();
+    c->req->u.thing.body = a;
+    json_object_foreach(v, k, e)
+    {
+        if (!tag_key_ok(k, strlen(k)))
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "key \"%.64s\": a letter, then letters, digits or \"_\", at most 30", k);
+        if (!json_is_string(e) || json_string_length(e) == 0 || json_string_length(e) > 128)
+            return fail(c, IPC_ERR_BAD_REQUEST, name, "\"%s\": the value must be 1-128 characters",
+                        k);
+        json_array_append_new(a, json_pack("{s:s,s:O}", "attrKey", k, "attrValue", e));
+    }
+    return 0;
+}
+
+static int f_tag_keys(struct pctx *c, const char *name, json_t *v)
+{
+    size_t i, n = json_array_size(v);
+    json_t *e;
+    if (!json_is_array(v) || n == 0 || n > IPC_TAGS_MAX)
+        return fail(c, IPC_ERR_BAD_REQUEST, name, "must be an array of 1-%d tag keys",
+                    IPC_TAGS_MAX);
+    json_t *a = json_array();
+    c->req->u.thing.body = a;
+    json_array_foreach(v, i, e)
+    {
+        if (!json_is_string(e) || !tag_key_ok(json_string_value(e), json_string_length(e)))
+            return fail(c, IPC_ERR_BAD_REQUEST, name,
+                        "element %zu: a letter, then letters, digits or \"_\", at most 30", i);
+        json_array_append_new(a, json_pack("{s:O}", "attrKey", e));
+    }
+    return 0;
+}
+
+static const struct field fl_shadow_update[] = {{"device", f_device, true},
+                                                {"reported", f_reported, true},
+                                                {"version", f_shadow_version, false},
+                                                END};
+static const struct field fl_shadow_clear[] = {
+    {"device", f_device, true}, {"version", f_shadow_version, false}, END};
+static const struct field fl_desired_get[] = {
+    {"device", f_device, true}, {"identifiers", f_identifiers, true}, END};
+static const struct field fl_desired_delete[] = {{"device", f_device, true},
+                                                 {"identifiers", f_identifiers, false},
+                                                 {"versions", f_desired_versions, false},
+                                                 END};
+static const struct field fl_tags_update[] = {
+    {"device", f_device, true}, {"tags", f_tags, true}, END};
+static const struct field fl_tags_delete[] = {
+    {"device", f_device, true}, {"keys", f_tag_keys, true}, END};
+
 static const struct field fl_devices[] = {{"state", f_state, false}, END};
 static const struct field fl_device[] = {{"device", f_device, true}, END};
 static const struct field fl_add[] = {{"device", f_add_device, true}, END};
@@ -905,6 +1060,13 @@ static const struct field *const op_fields[IPC_OP_COUNT_] = {
     [IPC_OP_POST_BATCH] = fl_batch,
     [IPC_OP_POST_HISTORY] = fl_history,
     [IPC_OP_CONFIG_GET] = fl_device,
+    [IPC_OP_SHADOW_GET] = fl_device,
+    [IPC_OP_SHADOW_UPDATE] = fl_shadow_update,
+    [IPC_OP_SHADOW_CLEAR_DESIRED] = fl_shadow_clear,
+    [IPC_OP_DESIRED_GET] = fl_desired_get,
+    [IPC_OP_DESIRED_DELETE] = fl_desired_delete,
+    [IPC_OP_TAGS_UPDATE] = fl_tags_update,
+    [IPC_OP_TAGS_DELETE] = fl_tags_delete,
 };
 
 static int check_whole(struct pctx *c)
@@ -922,6 +1084,8 @@ static int check_whole(struct pctx *c)
     if (r->op == IPC_OP_REPLY && r->u.reply.payload && r->u.reply.data)
         return fail(c, IPC_ERR_BAD_REQUEST, "payload_b64",
                     "give either data or payload_b64 (raw bytes for an RRPC request), not both");
+    if (r->op == IPC_OP_DESIRED_DELETE && !r->u.thing.body)
+        return fail(c, IPC_ERR_BAD_REQUEST, "identifiers", "missing (or versions)");
     if (r->op == IPC_OP_POST_BATCH || r->op == IPC_OP_POST_HISTORY) {
         if (!r->u.post.params && !r->u.post.events)
             return fail(c, IPC_ERR_BAD_REQUEST, "properties", "missing (or events)");
@@ -951,6 +1115,10 @@ static void set_defaults(struct ipc_request *r)
         break;
     case IPC_OP_REPLY:
         r->u.reply.code = 200;
+        break;
+    case IPC_OP_SHADOW_UPDATE:
+    case IPC_OP_SHADOW_CLEAR_DESIRED:
+        r->u.thing.version = -1;
         break;
     default:
         break;
@@ -1095,6 +1263,13 @@ void ipc_request_free(struct ipc_request *req)
         break;
     case IPC_OP_OTA_RESULT:
         free(req->u.ota.desc);
+        break;
+    case IPC_OP_SHADOW_UPDATE:
+    case IPC_OP_DESIRED_GET:
+    case IPC_OP_DESIRED_DELETE:
+    case IPC_OP_TAGS_UPDATE:
+    case IPC_OP_TAGS_DELETE:
+        json_decref(req->u.thing.body);
         break;
     default:
         break;

@@ -27,6 +27,8 @@
 #define IPC_PROPS_MAX 200 /* properties in one post: the platform answers 6106 beyond */
 #define IPC_BATCH_VALUES_MAX                                                                       \
     500 /* timed values per identifier in post_batch, records in post_history */
+#define IPC_SHADOW_KEYS_MAX 128 /* reported values in one shadow update (the platform's 408) */
+#define IPC_TAGS_MAX 100        /* tags in one tags_update or tags_delete */
 #define IPC_WATCH_DEVICES_MAX 10000
 #define IPC_WATCH_TOPICS_MAX 64
 #define IPC_DEFAULT_MAX_PAYLOAD (256 * 1024)
@@ -46,13 +48,20 @@ enum ipc_op {
     IPC_OP_STATS,
     IPC_OP_RELOAD,
     IPC_OP_STATUS,
-    IPC_OP_OTA,          /* list OTA jobs and firmware versions */
-    IPC_OP_OTA_RESULT,   /* an API client applied (or failed to apply) a firmware */
-    IPC_OP_OTA_VERSION,  /* set a device module's firmware version */
-    IPC_OP_OTA_CHECK,    /* ask the platform for a pending upgrade (firmware/get) */
-    IPC_OP_POST_BATCH,   /* several timed values per property and event in one message */
-    IPC_OP_POST_HISTORY, /* values recorded while offline, flagged as history */
-    IPC_OP_CONFIG_GET,   /* the product's remote configuration: asked, fetched, verified */
+    IPC_OP_OTA,                  /* list OTA jobs and firmware versions */
+    IPC_OP_OTA_RESULT,           /* an API client applied (or failed to apply) a firmware */
+    IPC_OP_OTA_VERSION,          /* set a device module's firmware version */
+    IPC_OP_OTA_CHECK,            /* ask the platform for a pending upgrade (firmware/get) */
+    IPC_OP_POST_BATCH,           /* several timed values per property and event in one message */
+    IPC_OP_POST_HISTORY,         /* values recorded while offline, flagged as history */
+    IPC_OP_CONFIG_GET,           /* the product's remote configuration: asked, fetched, verified */
+    IPC_OP_SHADOW_GET,           /* the device shadow: its document and version */
+    IPC_OP_SHADOW_UPDATE,        /* report values to the shadow (with a version) */
+    IPC_OP_SHADOW_CLEAR_DESIRED, /* clear the shadow's desired values */
+    IPC_OP_DESIRED_GET,          /* thing.property.desired.get */
+    IPC_OP_DESIRED_DELETE,       /* thing.property.desired.delete */
+    IPC_OP_TAGS_UPDATE,          /* thing.deviceinfo.update */
+    IPC_OP_TAGS_DELETE,          /* thing.deviceinfo.delete */
     IPC_OP_COUNT_
 };
 
@@ -84,7 +93,8 @@ enum ipc_event_kind {
     IPC_EV_REPLY = 1u << 4,        /* the platform's _reply to an uplink */
     IPC_EV_OTA = 1u << 5,          /* an OTA job changed state, or firmware is ready to apply */
     IPC_EV_CONFIG = 1u << 6,       /* a remote configuration file was fetched and verified */
-    IPC_EV_ALL_ = (1u << 7) - 1
+    IPC_EV_SHADOW = 1u << 7,       /* the shadow's desired values changed in the cloud (control) */
+    IPC_EV_ALL_ = (1u << 8) - 1
 };
 
 /* "pk/dn" split and joined; all three NUL-terminated. */
@@ -151,6 +161,13 @@ struct ipc_request {
             char version[65]; /* ota_result: the version now running; ota_version: required */
             char *desc;       /* ota_result: why it failed (<= 128 bytes), may be NULL */
         } ota; /* ota (dev.key "" = every device), ota_result, ota_version, ota_check */
+        struct {
+            /* shadow_update: the reported values (object); desired_get: identifiers (array);
+             * desired_delete: {"id": {"version": n} | {}} (object); tags_update: the platform's
+             * [{"attrKey","attrValue"}]; tags_delete: [{"attrKey"}] (built from the request) */
+            json_t *body;
+            int64_t version; /* shadow_update, shadow_clear_desired: -1 = aligw's choice */
+        } thing;
     } u;
 };
 

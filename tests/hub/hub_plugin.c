@@ -34,6 +34,7 @@
 #include <sqlite3.h>
 
 #include "sign.h"
+#include "hub_services.h"
 
 #define HUB_EXPORT __attribute__((visibility("default")))
 
@@ -833,6 +834,22 @@ static json_t *counters_json(int with_devices)
                      (json_int_t)g.reg_nwl, "online", (json_int_t)online, "devices", devs);
 }
 
+/* hub_services' ways out: to the cloud user, or to a device as hub_send does. */
+static void services_to_cloud(void *ctx, const char *topic, const char *payload)
+{
+    mosquitto_broker_publish_copy(NULL, topic, (int)strlen(payload), payload, 0, false, NULL);
+}
+
+static void services_to_device(void *ctx, const char *topic, const char *payload)
+{
+    hub_send(ctx, topic, payload);
+}
+
+static void *services_device(const char *pk, const char *dn)
+{
+    return dev_find(pk, dn, 0);
+}
+
 /* Control topics for the cloud user: hub/ctl/counters, hub/ctl/kick, hub/ctl/ntp_skew,
  * hub/ctl/reset. */
 static void cloud_control(struct mosquitto_evt_message *ed)
@@ -862,6 +879,11 @@ static void cloud_control(struct mosquitto_evt_message *ed)
             mosquitto_kick_client_by_clientid(old, false);
             free(old);
         }
+    } else if (!strcmp(ed->topic, "hub/ctl/shadow_desired") ||
+               !strcmp(ed->topic, "hub/ctl/desired_set") ||
+               !strcmp(ed->topic, "hub/ctl/services")) {
+        hub_services_control(ed->topic, req, services_to_cloud, NULL, services_to_device,
+                             services_device);
     } else if (!strcmp(ed->topic, "hub/ctl/ntp_skew")) {
         /* The platform's clock this far ahead of ours (ms; negative: behind) in NTP answers. */
         g.ntp_skew_ms = json_integer_value(json_object_get(req, "ms"));
@@ -1110,6 +1132,9 @@ static int cb_message(int event, void *event_data, void *userdata)
     g.messages++;
     d->messages++;
 
+    if (hub_services_message(d->pk, d->dn, ed->topic, ed->payload, (int)ed->payloadlen,
+                             services_to_device, d))
+        return MOSQ_ERR_SUCCESS;
     char pfx[300];
     snprintf(pfx, sizeof(pfx), "/sys/%s/%s/thing/ota/firmware/get", d->pk, d->dn);
     if (!strcmp(ed->topic, pfx)) {

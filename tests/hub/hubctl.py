@@ -1072,6 +1072,29 @@ class Hub:
         d = self.counters().get("devices", {}).get("%s/%s" % (pk, dn))
         return d.get("last_connect") if d else None
 
+    def shadow_set_desired(self, pk, dn, desired):
+        """The cloud sets desired shadow values: the shadow's version goes up by one and the
+        device gets a "control" push on /shadow/get/pk/dn."""
+        self.publish("hub/ctl/shadow_desired", {"productKey": pk, "deviceName": dn,
+                                                "desired": desired}, qos=0)
+
+    def desired_set(self, pk, dn, properties):
+        """Desired property values set in the cloud (each one's version goes up by one)."""
+        self.publish("hub/ctl/desired_set", {"productKey": pk, "deviceName": dn,
+                                             "properties": properties}, qos=0)
+
+    def services(self, pk, dn, timeout=5.0):
+        """The hub's documents for a device: {"shadow": {version, reported, desired},
+        "desired_properties": {...}, "tags": {...}}."""
+        rid = self._id()
+        since = self.mark()
+        self.publish("hub/ctl/services", {"id": rid, "productKey": pk, "deviceName": dn}, qos=0)
+        m = self.wait_message("hub/services", timeout, since,
+                              lambda m: json.loads(m.payload).get("id") == rid)
+        if m is None:
+            raise TimeoutError("no services reply from the hub")
+        return m.json()
+
     def kick(self, pk, dn):
         """Disconnects a device's session as the platform would (counted as a kick)."""
         self.publish("hub/ctl/kick", {"productKey": pk, "deviceName": dn}, qos=0)

@@ -159,7 +159,11 @@ static void classify(void)
     CHECK_INT(t.kind, ALINK_CUSTOM);
     CHECK_STR(t.name, "get/x");
     CHECK_INT(alink_classify("pk", "dn", "/shadow/get/pk/dn", &t), 0);
-    CHECK_INT(t.kind, ALINK_OTHER);
+    CHECK_INT(t.kind, ALINK_SHADOW);
+    CHECK_INT(alink_classify("pk", "dn", "/shadow/get/pk/dn/x", &t), 0);
+    CHECK(t.kind != ALINK_SHADOW);
+    CHECK_INT(alink_classify("pk", "dn", "/shadow/update/pk/dn", &t), 0);
+    CHECK(t.kind != ALINK_SHADOW);
     CHECK_INT(alink_classify("pk", "dn", "/sys/pk/dn/thing/whatever", &t), 0);
     CHECK_INT(t.kind, ALINK_OTHER);
     /* other devices, prefixes of names */
@@ -350,8 +354,66 @@ static void ownership(void)
     CHECK(!alink_topic_owned(NULL, dn, "/a1Acl/dev0001/user/x", ALINK_PUBLISH));
 }
 
+static void shadow_and_thing_requests(void)
+{
+    struct alink_msg m = {0};
+    struct alink_shadow sh;
+    char err[128];
+    json_t *rep = json_pack("{s:i}", "interval", 5);
+    json_t *ids = json_pack("[s,s]", "power", "temp");
+
+    CHECK_INT(alink_shadow_request("pk", "dn", true, NULL, -1, &m), 0);
+    CHECK_STR(m.topic, "/shadow/update/pk/dn");
+    CHECK_STR(m.payload, "{\"method\":\"get\"}");
+    alink_msg_free(&m);
+    CHECK_INT(alink_shadow_request("pk", "dn", false, rep, 7, &m), 0);
+    CHECK_STR(m.payload,
+              "{\"method\":\"update\",\"state\":{\"reported\":{\"interval\":5}},\"version\":7}");
+    alink_msg_free(&m);
+    CHECK_INT(alink_shadow_request("pk", "dn", false, NULL, 8, &m), 0);
+    CHECK_STR(m.payload, "{\"method\":\"update\",\"state\":{\"desired\":\"null\"},\"version\":8}");
+    alink_msg_free(&m);
+    CHECK_INT(alink_shadow_request("pk", "dn", false, rep, -1, &m), -EINVAL);
+
+    CHECK_INT(alink_thing_request("pk", "dn", 9, "property/desired/get", ids, &m), 0);
+    CHECK_STR(m.topic, "/sys/pk/dn/thing/property/desired/get");
+    CHECK(strstr(m.payload, "\"method\":\"thing.property.desired.get\"") != NULL);
+    CHECK(strstr(m.payload, "\"params\":[\"power\",\"temp\"]") != NULL);
+    CHECK(strstr(m.payload, "\"id\":\"9\"") != NULL);
+    alink_msg_free(&m);
+    CHECK_INT(alink_thing_request("pk", "dn", 9, "a/+", ids, &m), -EINVAL);
+    CHECK_INT(alink_thing_request("pk", "dn", 9, "/abs", ids, &m), -EINVAL);
+
+    const char *ok = "{\"method\":\"reply\",\"payload\":{\"status\":\"success\",\"state\":"
+                     "{\"reported\":{\"a\":1}}},\"version\":4,\"timestamp\":1700000000000}";
+    CHECK_INT(alink_shadow_parse(ok, strlen(ok), &sh, err, sizeof err), 0);
+    CHECK(sh.ok && !sh.control);
+    CHECK_INT((int)sh.version, 4);
+    CHECK(json_is_object(json_object_get(sh.state, "reported")));
+    alink_shadow_free(&sh);
+    const char *conflict = "{\"method\":\"reply\",\"payload\":{\"status\":\"error\",\"content\":"
+                           "{\"errorcode\":\"409\",\"errormessage\":\"version conflict\"}},"
+                           "\"version\":6}";
+    CHECK_INT(alink_shadow_parse(conflict, strlen(conflict), &sh, err, sizeof err), 0);
+    CHECK(!sh.ok);
+    CHECK_INT(sh.errorcode, 409);
+    CHECK_STR(sh.message, "version conflict");
+    alink_shadow_free(&sh);
+    const char *ctl = "{\"method\":\"control\",\"payload\":{\"state\":{\"desired\":{\"b\":2}}},"
+                      "\"version\":7}";
+    CHECK_INT(alink_shadow_parse(ctl, strlen(ctl), &sh, err, sizeof err), 0);
+    CHECK(sh.control);
+    alink_shadow_free(&sh);
+    CHECK_INT(alink_shadow_parse("{\"method\":\"nope\",\"payload\":{}}", 30, &sh, err, sizeof err),
+              -EINVAL);
+    CHECK_INT(alink_shadow_parse("[]", 2, &sh, err, sizeof err), -EINVAL);
+    json_decref(rep);
+    json_decref(ids);
+}
+
 int main(void)
 {
+    shadow_and_thing_requests();
     ownership();
     property_post();
     event_and_replies();
