@@ -68,6 +68,13 @@ static const char usage_text[] =
     "                              set a module's firmware version (reported to the cloud)\n"
     "  ota-check PK/DN [MODULE]    ask the cloud for a pending upgrade (firmware/get)\n"
     "  config PK/DN                fetch the product's remote configuration (config/get)\n"
+    "  shadow PK/DN                the device shadow (reported, desired, version)\n"
+    "  shadow-update PK/DN JSON|@FILE [--version N]\n"
+    "                              report values to the shadow (version: aligw's by default)\n"
+    "  shadow-clear PK/DN          clear the shadow's desired values\n"
+    "  desired PK/DN ID...         desired property values set in the cloud\n"
+    "  desired-delete PK/DN ID...  delete desired property values\n"
+    "  tags PK/DN KEY=VALUE...     set device tags; tags-delete PK/DN KEY... removes them\n"
     "  ota-result PK/DN JOB ok [VERSION] | ota-result PK/DN JOB STEP [REASON]\n"
     "                              answer an \"ota\" apply event: applied, or failed with\n"
     "                              STEP -1 (upgrade), -2 (download), -3 (verify), -4 (flash)\n"
@@ -552,7 +559,8 @@ struct args {
     char **rest; /* the words that are not options */
     int nrest;
     json_t *params, *kinds, *topics;
-    const char *state, *time_ms, *qos, *message, *pk, *dn, *secret_file, *add_json, *bytes_b64;
+    const char *state, *time_ms, *qos, *message, *pk, *dn, *secret_file, *add_json, *bytes_b64,
+        *version;
     bool all, no_ack, wait, is_b64, secret_stdin;
 };
 
@@ -675,6 +683,57 @@ static int build_publish(json_t *req, struct args *a)
             return code;
         json_object_set_new(req, "qos", json_integer(q));
     }
+    return 0;
+}
+
+/* shadow-update PK/DN JSON [--version N]: the reported values. */
+static int build_shadow_update(json_t *req, struct args *a)
+{
+    json_t *j = json_arg("JSON", a->rest[1]);
+    if (!j)
+        return 2;
+    set_device(req, a);
+    json_object_set_new(req, "reported", j);
+    if (a->version) {
+        long long v;
+        int code = parse_int("--version", a->version, 0, INT64_MAX, &v);
+        if (code)
+            return code;
+        json_object_set_new(req, "version", json_integer(v));
+    }
+    return 0;
+}
+
+/* desired, desired-delete PK/DN ID...; tags-delete PK/DN KEY...: the words as an array. */
+static int build_words(json_t *req, struct args *a)
+{
+    const char *name = !strcmp(json_string_value(json_object_get(req, "op")), "tags_delete")
+                           ? "keys"
+                           : "identifiers";
+    json_t *arr = json_array();
+    set_device(req, a);
+    for (int k = 1; k < a->nrest; k++)
+        json_array_append_new(arr, json_string(a->rest[k]));
+    json_object_set_new(req, name, arr);
+    return 0;
+}
+
+/* tags PK/DN KEY=VALUE...: the tags as strings (no number guessing). */
+static int build_tags(json_t *req, struct args *a)
+{
+    json_t *tags = json_object();
+    set_device(req, a);
+    for (int k = 1; k < a->nrest; k++) {
+        const char *eq = strchr(a->rest[k], '=');
+        if (!eq || eq == a->rest[k]) {
+            json_decref(tags);
+            return usage_error("'%s' is not KEY=VALUE", a->rest[k]);
+        }
+        char key[64];
+        snprintf(key, sizeof(key), "%.*s", (int)(eq - a->rest[k]), a->rest[k]);
+        json_object_set_new(tags, key, json_string(eq + 1));
+    }
+    json_object_set_new(req, "tags", tags);
     return 0;
 }
 
@@ -903,6 +962,17 @@ static const struct command commands[] = {
     {"add", "add_device", 0, NULL, build_add, print_result, false},
     {"ota", "ota", 0, NULL, build_ota, print_ota, false},
     {"config", "config_get", 1, "usage: config PK/DN", build_device, print_result, false},
+    {"shadow", "shadow_get", 1, "usage: shadow PK/DN", build_device, print_result, false},
+    {"shadow-update", "shadow_update", 2, "usage: shadow-update PK/DN JSON|@FILE [--version N]",
+     build_shadow_update, print_result, false},
+    {"shadow-clear", "shadow_clear_desired", 1, "usage: shadow-clear PK/DN", build_device,
+     print_result, false},
+    {"desired", "desired_get", 2, "usage: desired PK/DN ID...", build_words, print_result, false},
+    {"desired-delete", "desired_delete", 2, "usage: desired-delete PK/DN ID...", build_words,
+     print_result, false},
+    {"tags", "tags_update", 2, "usage: tags PK/DN KEY=VALUE...", build_tags, print_result, false},
+    {"tags-delete", "tags_delete", 2, "usage: tags-delete PK/DN KEY...", build_words, print_result,
+     false},
     {"ota-version", "ota_version", 2, "usage: ota-version PK/DN VERSION [MODULE]",
      build_ota_version, print_result, false},
     {"ota-check", "ota_check", 1, "usage: ota-check PK/DN [MODULE]", build_ota_check, print_result,
@@ -926,6 +996,8 @@ static const char **value_option(struct args *a, const char *name, const char *c
         return &a->message;
     if (!strcmp(name, "--bytes-b64"))
         return &a->bytes_b64;
+    if (!strcmp(name, "--version"))
+        return &a->version;
     if (!strcmp(name, "--pk"))
         return &a->pk;
     if (!strcmp(name, "--dn"))

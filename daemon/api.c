@@ -27,6 +27,7 @@
 #include "outbox.h"
 #include "plugins.h"
 #include "rconfig.h"
+#include "shadow.h"
 #include "statedb.h"
 #include "strmap.h"
 
@@ -332,6 +333,62 @@ static void do_reply(struct ipc_reply *r, const struct ipc_request *req)
     }
     wait_free(w);
     ipc_reply_ok(r, NULL);
+}
+
+/* desired_get/delete, tags_update/delete: a thing-model request answered on its _reply. */
+static void do_thing_request(struct ipc_reply *r, const struct ipc_request *req)
+{
+    static const struct {
+        enum ipc_op op;
+        const char *path;
+    } paths[] = {{IPC_OP_DESIRED_GET, "property/desired/get"},
+                 {IPC_OP_DESIRED_DELETE, "property/desired/delete"},
+                 {IPC_OP_TAGS_UPDATE, "deviceinfo/update"},
+                 {IPC_OP_TAGS_DELETE, "deviceinfo/delete"}};
+    struct device *d = need_device(r, req);
+    struct alink_msg m = {0};
+    const char *path = NULL;
+    int rc;
+
+    if (!d)
+        return;
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
+        if (paths[i].op == req->op)
+            path = paths[i].path;
+    uint32_t id = device_next_alink_id(d);
+    rc = alink_thing_request(req->dev.pk, req->dev.dn, id, path, req->u.thing.body, &m);
+    if (rc < 0) {
+        ipc_reply_errno(r, rc, "%s", ipc_op_name(req->op));
+        return;
+    }
+    append_for(r, req, m.topic, m.payload, m.len, 1, id, true);
+    alink_msg_free(&m);
+}
+
+static void on_shadow_done(void *arg, int status, const char *error, json_t *result)
+{
+    struct ipc_reply *r = arg;
+    if (status == 0)
+        ipc_reply_ok(r, json_incref(result));
+    else if (status == -EREMOTE)
+        ipc_reply_error(r, IPC_ERR_REFUSED, "%s", error);
+    else if (status == -ETIMEDOUT)
+        ipc_reply_error(r, IPC_ERR_TIMEOUT, "%s", error);
+    else
+        ipc_reply_errno(r, status, "%s", error);
+}
+
+static void do_shadow(struct ipc_reply *r, const struct ipc_request *req)
+{
+    if (!need_device(r, req))
+        return;
+    enum shadow_op op = req->op == IPC_OP_SHADOW_GET      ? SHADOW_GET
+                        : req->op == IPC_OP_SHADOW_UPDATE ? SHADOW_UPDATE
+                                                          : SHADOW_CLEAR_DESIRED;
+    int rc = shadow_request(req->dev.pk, req->dev.dn, op, req->u.thing.body,
+                            op == SHADOW_GET ? -1 : req->u.thing.version, on_shadow_done, r);
+    if (rc < 0)
+        ipc_reply_errno(r, rc, "shadow request not queued");
 }
 
 /* config_get: thing.config.get queued, answered once rconfig has the file (or says why not). */
@@ -678,6 +735,17 @@ static void on_request(struct ipc_server *srv, struct ipc_reply *r, const struct
     case IPC_OP_CONFIG_GET:
         do_config_get(r, req);
         break;
+    case IPC_OP_DESIRED_GET:
+    case IPC_OP_DESIRED_DELETE:
+    case IPC_OP_TAGS_UPDATE:
+    case IPC_OP_TAGS_DELETE:
+        do_thing_request(r, req);
+        break;
+    case IPC_OP_SHADOW_GET:
+    case IPC_OP_SHADOW_UPDATE:
+    case IPC_OP_SHADOW_CLEAR_DESIRED:
+        do_shadow(r, req);
+        break;
     case IPC_OP_DEVICES:
         do_devices(r, req);
         break;
@@ -937,6 +1005,10 @@ static void on_downlink(void *ctx, struct device *d, const char *topic, const vo
         ota_on_get_reply(d, payload, len);
     if (t.kind == ALINK_REPLY && strcmp(t.name, "thing/config/get") == 0)
         rconfig_on_get_reply(dc->product_key, dc->device_name, payload, len);
+    if (t.kind == ALINK_SHADOW) {
+        shadow_on_message(dc->product_key, dc->device_name, payload, len);
+        return;
+    }
     if (t.kind == ALINK_CONFIG_PUSH) {
         rconfig_on_push(dc->product_key, dc->device_name, payload, len);
         return;
@@ -1019,6 +1091,7 @@ static void on_device_removed(void *ctx, struct device *d)
     const char *key = device_key(d);
     ota_device_removed(device_conf(d)->product_key, device_conf(d)->device_name);
     rconfig_device_removed(device_conf(d)->product_key, device_conf(d)->device_name);
+    shadow_device_removed(device_conf(d)->product_key, device_conf(d)->device_name);
     size_t klen = strlen(key);
     struct wait *w = A.head, *next;
 
@@ -1124,6 +1197,11 @@ static int ota_event(void *ctx, const char *key, json_t *ev)
 static int config_event(void *ctx, const char *key, json_t *ev)
 {
     return emit(IPC_EV_CONFIG, key, NULL, ev);
+}
+
+static int shadow_event(void *ctx, const char *key, json_t *ev)
+{
+    return emit(IPC_EV_SHADOW, key, NULL, ev);
 }
 
 /* Remote configuration files come from the platform's storage like firmware: the same trust
@@ -1256,6 +1334,8 @@ int api_start(uv_loop_t *loop, const struct config *cfg, struct outbox *ob, stru
     rconfig_opts_from(cfg, &ro);
     if ((rc = rconfig_init(loop, &ro, &rh)) < 0)
         return rc;
+    struct shadow_hooks sh = {.uplink = ota_uplink, .event = shadow_event};
+    shadow_init(loop, &sh);
     rc = devices_init(loop, cfg, ob, db, &hooks);
     if (rc < 0)
         return rc;
@@ -1309,6 +1389,7 @@ void api_close(void)
     }
     ota_close();
     rconfig_close();
+    shadow_close();
     while (A.head) {
         if (A.head->kind == WAIT_UPLINK_REPLY)
             ipc_reply_error(A.head->reply, IPC_ERR_UNAVAILABLE, "aligwd is shutting down");
