@@ -833,15 +833,11 @@ bool alink_topic_owned(const char *pk, const char *dn, const char *topic, enum a
         const char *id = topic + 10, *slash = strchr(id, '/');
         if (slash && slash[1] == '/') {
             size_t idn = (size_t)(slash - id);
-            bool id_ok = idn > 0 && (use == ALINK_SUBSCRIBE && idn == 1 && *id == '+'
-                                         ? true
-                                         : !memchr(id, '+', idn) && !memchr(id, '#', idn));
-            const char *inner = slash + 1;
-            size_t lp = strlen(pk), ld = strlen(dn);
-            return id_ok && strncmp(inner + 1, pk, lp) == 0 && inner[1 + lp] == '/' &&
-                   strncmp(inner + 2 + lp, dn, ld) == 0 &&
-                   strncmp(inner + 2 + lp + ld, "/user/", 6) == 0 &&
-                   alink_topic_owned(pk, dn, inner, use);
+            bool wild = memchr(id, '+', idn) || memchr(id, '#', idn);
+            bool any_id = use == ALINK_SUBSCRIBE && idn == 1 && *id == '+';
+            const char *rest = after_pk_dn(slash + 2, pk, dn);
+            return idn > 0 && (!wild || any_id) && rest && strncmp(rest, "user/", 5) == 0 &&
+                   alink_topic_owned(pk, dn, slash + 1, use);
         }
     }
     n = split_levels(topic, lv, ln, TOPIC_MAX_LEVELS);

@@ -13,7 +13,7 @@
 #include "errors.h"
 #include "log.h"
 #include "rconfig_notice.h"
-#include "strmap.h"
+#include "devrec.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,13 +36,12 @@ struct waiter {
 };
 
 struct rdev {
-    char key[112], pk[40], dn[70];
+    struct devrec rec;       /* key, pk, dn; first */
     struct download *dl;     /* the transfer, or NULL */
     struct rconfig_notice n; /* what is being fetched */
     char push_id[24];        /* the push being fetched for ("" = for a get) */
     char have_id[RCONFIG_ID_MAX + 1], have_digest[65]; /* the file kept now */
     struct waiter *waiters;
-    struct rdev *next;
 };
 
 static struct {
@@ -51,42 +50,25 @@ static struct {
     char dir[4096], ca[4096];
     struct rconfig_hooks h;
     struct download_ctx *dl;
-    struct strmap devs;
-    struct rdev *head;
+    struct devrec_set devs;
     uv_timer_t sweep;
     bool running;
 } R;
 
 static struct rdev *dev_get(const char *pk, const char *dn, bool create)
 {
-    char key[112];
-    snprintf(key, sizeof(key), "%s/%s", pk, dn);
-    struct rdev *d = strmap_get(&R.devs, key);
-    if (d || !create)
-        return d;
-    if (!(d = calloc(1, sizeof(*d))))
-        return NULL;
-    snprintf(d->key, sizeof(d->key), "%s", key);
-    snprintf(d->pk, sizeof(d->pk), "%s", pk);
-    snprintf(d->dn, sizeof(d->dn), "%s", dn);
-    if (strmap_put(&R.devs, d->key, d) < 0) {
-        free(d);
-        return NULL;
-    }
-    d->next = R.head;
-    R.head = d;
-    return d;
+    return devrec_get(&R.devs, pk, dn, create ? sizeof(struct rdev) : 0, NULL);
 }
 
 static void dev_path(const struct rdev *d, const char *leaf, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s/%s/%s/%s", R.dir, d->pk, d->dn, leaf);
+    snprintf(out, cap, "%s/%s/%s/%s", R.dir, d->rec.pk, d->rec.dn, leaf);
 }
 
 static int mkdirs(const struct rdev *d)
 {
     char p[4400];
-    const char *parts[] = {d->pk, d->dn};
+    const char *parts[] = {d->rec.pk, d->rec.dn};
     snprintf(p, sizeof(p), "%s", R.dir);
     if (mkdir(p, 0750) < 0 && errno != EEXIST)
         return -errno;
@@ -102,10 +84,10 @@ static int mkdirs(const struct rdev *d)
 static void push_reply(const struct rdev *d, const char *id, int code, const char *message)
 {
     struct alink_msg m = {0};
-    if (!id[0] || alink_config_push_reply(d->pk, d->dn, id, code, message, &m) < 0)
+    if (!id[0] || alink_config_push_reply(d->rec.pk, d->rec.dn, id, code, message, &m) < 0)
         return;
-    if (R.h.uplink(R.h.ctx, d->key, m.topic, m.payload, m.len) < 0)
-        log_dev(LOG_WARNING, d->pk, d->dn, "configuration push %s: reply not stored", id);
+    if (R.h.uplink(R.h.ctx, d->rec.key, m.topic, m.payload, m.len) < 0)
+        log_dev(LOG_WARNING, d->rec.pk, d->rec.dn, "configuration push %s: reply not stored", id);
     alink_msg_free(&m);
 }
 
@@ -134,7 +116,8 @@ static void fetch_failed(struct rdev *d, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
-    log_dev(LOG_WARNING, d->pk, d->dn, "configuration %s not taken: %s", d->n.config_id, why);
+    log_dev(LOG_WARNING, d->rec.pk, d->rec.dn, "configuration %s not taken: %s", d->n.config_id,
+            why);
     push_reply(d, d->push_id, 500, why);
     d->push_id[0] = '\0';
     answer(d, false, status, why, NULL);
@@ -152,7 +135,7 @@ static json_t *config_event(const struct rdev *d, const char *path)
     }
     if (n < 0 || n > RCONFIG_MAX_BYTES)
         return NULL;
-    json_t *ev = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s}", "event", "config", "device", d->key,
+    json_t *ev = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s}", "event", "config", "device", d->rec.key,
                            "config_id", d->have_id, "size", (json_int_t)n, "sign_method",
                            d->n.sign_method == RCONFIG_SIGN_MD5 ? "md5" : "sha256", "digest",
                            d->have_digest, "path", path);
@@ -181,8 +164,8 @@ static void deliver(struct rdev *d, bool fresh)
         return;
     }
     if (fresh) {
-        int n = R.h.event(R.h.ctx, d->key, ev);
-        log_dev(LOG_INFO, d->pk, d->dn, "configuration %s kept (%lld bytes)%s", d->have_id,
+        int n = R.h.event(R.h.ctx, d->rec.key, ev);
+        log_dev(LOG_INFO, d->rec.pk, d->rec.dn, "configuration %s kept (%lld bytes)%s", d->have_id,
                 (long long)json_integer_value(json_object_get(ev, "size")),
                 n > 0 ? "" : "; no plugin or API watcher took the config event");
     }
@@ -349,7 +332,8 @@ int rconfig_wait(const char *pk, const char *dn, const char *msg_id, int timeout
 static void on_sweep(uv_timer_t *t)
 {
     uint64_t now = uv_now(R.loop);
-    for (struct rdev *d = R.head; d; d = d->next) {
+    for (struct devrec *e = R.devs.head; e; e = e->next) {
+        struct rdev *d = (struct rdev *)e;
         struct waiter **pp = &d->waiters, *w;
         while ((w = *pp)) {
             if (w->deadline > now) {
@@ -400,7 +384,7 @@ int rconfig_init(uv_loop_t *loop, const struct rconfig_opts *opts,
     R.loop = loop;
     R.h = *hooks;
     apply_opts(opts);
-    strmap_init(&R.devs);
+    devrec_set_init(&R.devs);
     if ((rc = download_init(loop, &l, &R.dl)) < 0)
         return rc;
     uv_timer_init(loop, &R.sweep);
@@ -415,19 +399,19 @@ void rconfig_set_opts(const struct rconfig_opts *opts)
     apply_opts(opts);
 }
 
+static void cancel_stopping(void *rec)
+{
+    struct rdev *d = rec;
+    if (d->dl)
+        download_cancel(d->dl);
+    answer(d, true, -ECANCELED, "aligwd is stopping", NULL);
+}
+
 void rconfig_close(void)
 {
     if (!R.running)
         return;
-    for (struct rdev *d = R.head, *next; d; d = next) {
-        next = d->next;
-        if (d->dl)
-            download_cancel(d->dl);
-        answer(d, true, -ECANCELED, "aligwd is stopping", NULL);
-        free(d);
-    }
-    R.head = NULL;
-    strmap_free(&R.devs);
+    devrec_set_free(&R.devs, cancel_stopping);
     uv_timer_stop(&R.sweep);
     uv_close((uv_handle_t *)&R.sweep, NULL);
     download_close(R.dl);

@@ -6,7 +6,7 @@
 
 #include "alink.h"
 #include "log.h"
-#include "strmap.h"
+#include "devrec.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -26,42 +26,27 @@ struct sreq {
 };
 
 struct sdev {
-    char key[112], pk[40], dn[70];
-    int64_t version; /* -1 = unknown */
+    struct devrec rec; /* key, pk, dn; first */
+    int64_t version;   /* -1 = unknown */
     struct sreq *head, *tail;
     bool in_flight;
     uint64_t deadline;
-    struct sdev *next;
 };
 
 static struct {
     uv_loop_t *loop;
     struct shadow_hooks h;
-    struct strmap devs;
-    struct sdev *all;
+    struct devrec_set devs;
     uv_timer_t sweep;
     bool running;
 } S;
 
 static struct sdev *dev_get(const char *pk, const char *dn, bool create)
 {
-    char key[112];
-    snprintf(key, sizeof(key), "%s/%s", pk, dn);
-    struct sdev *d = strmap_get(&S.devs, key);
-    if (d || !create)
-        return d;
-    if (!(d = calloc(1, sizeof(*d))))
-        return NULL;
-    snprintf(d->key, sizeof(d->key), "%s", key);
-    snprintf(d->pk, sizeof(d->pk), "%s", pk);
-    snprintf(d->dn, sizeof(d->dn), "%s", dn);
-    d->version = -1;
-    if (strmap_put(&S.devs, d->key, d) < 0) {
-        free(d);
-        return NULL;
-    }
-    d->next = S.all;
-    S.all = d;
+    bool created;
+    struct sdev *d = devrec_get(&S.devs, pk, dn, create ? sizeof(*d) : 0, &created);
+    if (created)
+        d->version = -1;
     return d;
 }
 
@@ -114,10 +99,10 @@ static void pump(struct sdev *d)
             }
             r->sent_with = r->version >= 0 ? r->version : d->version + 1;
         }
-        rc = alink_shadow_request(d->pk, d->dn, r->op == SHADOW_GET,
+        rc = alink_shadow_request(d->rec.pk, d->rec.dn, r->op == SHADOW_GET,
                                   r->op == SHADOW_UPDATE ? r->reported : NULL, r->sent_with, &m);
         if (rc == 0)
-            rc = S.h.uplink(S.h.ctx, d->key, m.topic, m.payload, m.len);
+            rc = S.h.uplink(S.h.ctx, d->rec.key, m.topic, m.payload, m.len);
         alink_msg_free(&m);
         if (rc < 0) {
             finish(d, rc, "the shadow request was not stored", NULL);
@@ -153,7 +138,7 @@ int shadow_request(const char *pk, const char *dn, enum shadow_op op, const json
 
 static void control_event(struct sdev *d, const struct alink_shadow *sh)
 {
-    json_t *ev = json_pack("{s:s,s:s,s:s,s:I}", "event", "shadow", "device", d->key, "method",
+    json_t *ev = json_pack("{s:s,s:s,s:s,s:I}", "event", "shadow", "device", d->rec.key, "method",
                            "control", "version", (json_int_t)sh->version);
     json_t *des = json_object_get(sh->state, "desired"),
            *rep = json_object_get(sh->state, "reported");
@@ -162,9 +147,9 @@ static void control_event(struct sdev *d, const struct alink_shadow *sh)
         json_object_set(ev, "reported", rep);
     if (sh->timestamp)
         json_object_set_new(ev, "timestamp", json_integer(sh->timestamp));
-    int n = S.h.event(S.h.ctx, d->key, ev);
+    int n = S.h.event(S.h.ctx, d->rec.key, ev);
     if (n <= 0)
-        log_dev(LOG_INFO, d->pk, d->dn,
+        log_dev(LOG_INFO, d->rec.pk, d->rec.dn,
                 "shadow control (version %lld): no plugin or API watcher took the shadow event",
                 (long long)sh->version);
     json_decref(ev);
@@ -259,10 +244,12 @@ void shadow_device_removed(const char *pk, const char *dn)
 static void on_sweep(uv_timer_t *t)
 {
     uint64_t now = uv_now(S.loop);
-    for (struct sdev *d = S.all; d; d = d->next) {
+    for (struct devrec *e = S.devs.head; e; e = e->next) {
+        struct sdev *d = (struct sdev *)e;
         if (!d->in_flight || d->deadline > now)
             continue;
-        log_dev(LOG_WARNING, d->pk, d->dn, "no shadow reply within %d s", SHADOW_TIMEOUT_MS / 1000);
+        log_dev(LOG_WARNING, d->rec.pk, d->rec.dn, "no shadow reply within %d s",
+                SHADOW_TIMEOUT_MS / 1000);
         finish(d, -ETIMEDOUT, "no reply from the platform's shadow", NULL);
         pump(d);
     }
@@ -273,24 +260,23 @@ void shadow_init(uv_loop_t *loop, const struct shadow_hooks *hooks)
     memset(&S, 0, sizeof(S));
     S.loop = loop;
     S.h = *hooks;
-    strmap_init(&S.devs);
+    devrec_set_init(&S.devs);
     uv_timer_init(loop, &S.sweep);
     uv_timer_start(&S.sweep, on_sweep, 500, 500);
     uv_unref((uv_handle_t *)&S.sweep);
     S.running = true;
 }
 
+static void fail_stopping(void *rec)
+{
+    fail_all(rec, -ECANCELED, "aligwd is stopping");
+}
+
 void shadow_close(void)
 {
     if (!S.running)
         return;
-    for (struct sdev *d = S.all, *next; d; d = next) {
-        next = d->next;
-        fail_all(d, -ECANCELED, "aligwd is stopping");
-        free(d);
-    }
-    S.all = NULL;
-    strmap_free(&S.devs);
+    devrec_set_free(&S.devs, fail_stopping);
     uv_timer_stop(&S.sweep);
     uv_close((uv_handle_t *)&S.sweep, NULL);
     S.running = false;

@@ -763,25 +763,35 @@ static int wants_ack(json_t *j)
 }
 
 /* Sends {"code":code,...} to topic + "_reply" for an alink request at topic. */
-static void alink_reply(const struct dev *d, const char *topic, json_t *req, int code,
-                        const char *message)
+/* Answers req on topic_reply the platform's way; data (taken over; NULL for {}) is its data. */
+static void alink_reply_data(const struct dev *d, const char *topic, json_t *req, int code,
+                             const char *message, json_t *data)
 {
     char id[64], rtopic[512], method[400];
-    if (!json_id_text(req, id, sizeof(id)))
+    if (!json_id_text(req, id, sizeof(id))) {
+        json_decref(data);
         return;
+    }
     snprintf(rtopic, sizeof(rtopic), "%s_reply", topic);
     size_t skip = strlen("/sys///") + strlen(d->pk) + strlen(d->dn);
     snprintf(method, sizeof(method), "%s", strlen(topic) > skip ? topic + skip : "");
     for (char *p = method; *p; p++)
         if (*p == '/')
             *p = '.';
-    json_t *r = json_pack("{s:s,s:i,s:{},s:s,s:s,s:s}", "id", id, "code", code, "data", "message",
-                          message, "method", method, "version", "1.0");
+    json_t *r = json_pack("{s:s,s:i,s:o,s:s,s:s,s:s}", "id", id, "code", code, "data",
+                          data ? data : json_object(), "message", message, "method", method,
+                          "version", "1.0");
     char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
     if (s)
         hub_send(d, rtopic, s);
     free(s);
     json_decref(r);
+}
+
+static void alink_reply(const struct dev *d, const char *topic, json_t *req, int code,
+                        const char *message)
+{
+    alink_reply_data(d, topic, req, code, message, NULL);
 }
 
 static int has_prefix(const char *s, const char *pfx)
@@ -938,7 +948,7 @@ static void ota_sign_urls(json_t *v, long long ttl_s)
 /* thing.ota.firmware.get: the stored job of the module with fresh URLs, or data {}. */
 static void ota_get(const struct dev *d, const char *topic, json_t *req)
 {
-    char id[64], rtopic[512];
+    char id[64];
     const char *module = "";
     json_t *m = json_object_get(json_object_get(req, "params"), "module"), *data = NULL;
     sqlite3_stmt *st;
@@ -960,15 +970,7 @@ static void ota_get(const struct dev *d, const char *topic, json_t *req)
         }
         sqlite3_finalize(st);
     }
-    json_t *r = json_pack("{s:s,s:i,s:o,s:s,s:s,s:s}", "id", id, "code", 200, "data",
-                          data ? data : json_object(), "message", "success", "method",
-                          "thing.ota.firmware.get", "version", "1.0");
-    char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
-    snprintf(rtopic, sizeof(rtopic), "%s_reply", topic);
-    if (s)
-        hub_send(d, rtopic, s);
-    free(s);
-    json_decref(r);
+    alink_reply_data(d, topic, req, 200, "success", data);
 }
 
 /*
@@ -981,7 +983,7 @@ static void config_get(const struct dev *d, const char *topic, json_t *req)
     json_t *params = json_object_get(req, "params"), *data = NULL;
     const char *scope = json_string_value(json_object_get(params, "configScope"));
     const char *type = json_string_value(json_object_get(params, "getType"));
-    char id[64], rtopic[512];
+    char id[64];
     sqlite3_stmt *st;
 
     if (!json_id_text(req, id, sizeof(id)))
@@ -1000,15 +1002,7 @@ static void config_get(const struct dev *d, const char *topic, json_t *req)
         }
         sqlite3_finalize(st);
     }
-    json_t *r = json_pack("{s:s,s:i,s:o,s:s,s:s,s:s}", "id", id, "code", 200, "data",
-                          data ? data : json_object(), "message", "success", "method",
-                          "thing.config.get", "version", "1.0");
-    char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
-    snprintf(rtopic, sizeof(rtopic), "%s_reply", topic);
-    if (s)
-        hub_send(d, rtopic, s);
-    free(s);
-    json_decref(r);
+    alink_reply_data(d, topic, req, 200, "success", data);
 }
 
 /* Records a version inform or a progress report. */

@@ -288,11 +288,16 @@ class Hardening(T.TestCase):
         self.assertEqual(st["last_dead_letter"]["topic"], "/%s/dev0/user/forbidden" % PK)
         self.assertIn("closed the session", st["last_dead_letter"]["reason"])
         self.assertEqual(st["counters"]["dead_letters"], 1)
-        got = sorted({json.loads(p)["n"] for p in broker.acked})
-        self.assertEqual(got, [0, 2, 3, 4, 5, 6, 7, 8, 9])
-        # with the window (up to 2: once after message 0's PUBACK, once as the head), then alone 3x
-        self.assertGreaterEqual(broker.refusals, 3)
-        self.assertLessEqual(broker.refusals, 5)
+        acked = [json.loads(p)["n"] for p in broker.acked]
+        self.assertEqual(sorted(set(acked)), [0, 2, 3, 4, 5, 6, 7, 8, 9])
+        # Message 1 goes out with the window twice (after message 0, then as the head, which makes
+        # it the suspect), then alone 3 times: 5 refusals. The broker acknowledges message 0 and
+        # resets the connection at once; Paho sometimes loses that PUBACK with the connection (the
+        # daemon never hears of it), so message 0 goes out again with 1 on the next session, which
+        # is one more refusal and, on that session, an acknowledgement that clears the suspicion.
+        resent0 = acked.count(0) - 1
+        self.assertIn(resent0, (0, 1), acked)
+        self.assertEqual(broker.refusals, 5 + resent0, acked)
         self.assertIn("dead letter", dm.log())
 
     def test_queued_foreign_topic_is_dead_lettered(self):
