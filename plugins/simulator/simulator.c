@@ -7,7 +7,9 @@
  * with a host of plugin ABI 1.3 or later, taken as the API's service_call events and answered
  * with its "reply" request (that path also serves RRPC calls, service "rrpc": the parameters
  * are echoed back as {"echo": …}). A remote configuration (the API's "config" event) that is a
- * JSON object with "interval_ms" sets the interval as set_interval does.
+ * JSON object with "interval_ms" sets the interval as set_interval does. A shadow control push
+ * (the "shadow" event) is applied the same way (interval_ms, other members pinned like a
+ * property set), reported with shadow_update and its desired state cleared.
  * Firmware (plugin ABI 1.2, on_firmware) is "flashed" apply_ms (default 500) later on the same
  * thread: the device then runs the package's version, unless the first file starts with
  * "ALIGW-SIM-FLASH-FAIL", which fails with step -4 (for tests).
@@ -471,20 +473,15 @@ static struct prop *find_prop(struct sdev *sd, const char *id)
     return NULL;
 }
 
-static int sim_property_set(void *inst, const struct aligw_device *dev, const char *request_id,
-                            const char *params_json)
+/* Pins the values of params (an object) on sd's properties, adding constants for new ids
+ * (MAX_PROPS at most); a report goes out at once. Under s->lock. OK, or BAD_PARAMS when a value
+ * found no property. */
+static int hold_values(struct sim *s, struct sdev *sd, json_t *params)
 {
-    struct sim *s = inst;
-    struct sdev *sd = &s->devs[dev->index];
-    json_t *params = json_loads(params_json, 0, NULL), *v;
+    json_t *v;
     const char *k;
     int code = ALIGW_REPLY_OK;
 
-    if (!json_is_object(params)) {
-        json_decref(params);
-        return s->host->reply(s->host, dev, request_id, ALIGW_REPLY_BAD_PARAMS, NULL);
-    }
-    pthread_mutex_lock(&s->lock);
     json_object_foreach(params, k, v)
     {
         struct prop *p = find_prop(sd, k);
@@ -508,6 +505,23 @@ static int sim_property_set(void *inst, const struct aligw_device *dev, const ch
     }
     sd->next_due = 0; /* report back now */
     pthread_cond_signal(&s->cond);
+    return code;
+}
+
+static int sim_property_set(void *inst, const struct aligw_device *dev, const char *request_id,
+                            const char *params_json)
+{
+    struct sim *s = inst;
+    struct sdev *sd = &s->devs[dev->index];
+    json_t *params = json_loads(params_json, 0, NULL);
+    int code;
+
+    if (!json_is_object(params)) {
+        json_decref(params);
+        return s->host->reply(s->host, dev, request_id, ALIGW_REPLY_BAD_PARAMS, NULL);
+    }
+    pthread_mutex_lock(&s->lock);
+    code = hold_values(s, sd, params);
     pthread_mutex_unlock(&s->lock);
     json_decref(params);
     return s->host->reply(s->host, dev, request_id, code, NULL);
@@ -572,6 +586,61 @@ static int sim_service_call(void *inst, const struct aligw_device *dev, const ch
 }
 
 /*
+ * A shadow control push: the desired state applied the way the platform documents it. Its
+ * "interval_ms" sets the interval (as set_interval), every other member pins the property of
+ * that id (as a property set); what now holds is reported with shadow_update and the desired
+ * state cleared with shadow_clear_desired (aligw sends the two in order). A desired state with
+ * nothing the simulator can apply is left as it is.
+ */
+static void shadow_control(struct sim *s, const struct aligw_device *dev, json_t *ev)
+{
+    struct sdev *sd = &s->devs[dev->index];
+    json_t *desired = json_object_get(ev, "desired"), *reported = json_object(), *v;
+    const char *k;
+
+    if (!json_is_object(desired) || !reported)
+        goto out;
+    json_object_foreach(desired, k, v)
+    {
+        char *data = NULL;
+        if (strcmp(k, "interval_ms") == 0) {
+            char *text = json_dumps(desired, JSON_COMPACT);
+            if (text && serve_call(s, dev, "set_interval", text, &data) == ALIGW_REPLY_OK)
+                json_object_set(reported, k, v);
+            free(text);
+            free(data);
+        } else if (!json_is_null(v)) {
+            json_t *one = json_pack("{s:O}", k, v);
+            pthread_mutex_lock(&s->lock);
+            if (one && hold_values(s, sd, one) == ALIGW_REPLY_OK)
+                json_object_set(reported, k, v);
+            pthread_mutex_unlock(&s->lock);
+            json_decref(one);
+        }
+    }
+    if (!json_object_size(reported)) {
+        plugin_log_dev(s->host, ALIGW_LOG_WARNING, dev,
+                       "shadow version %lld: nothing in the desired state applies here",
+                       (long long)json_integer_value(json_object_get(ev, "version")));
+        goto out;
+    }
+    json_t *upd = json_pack("{s:s,s:O}", "op", "shadow_update", "reported", reported);
+    char *text = upd ? json_dumps(upd, JSON_COMPACT) : NULL;
+    if (text)
+        s->host->request(s->host, dev, text, 0);
+    free(text);
+    json_decref(upd);
+    s->host->request(s->host, dev, "{\"op\":\"shadow_clear_desired\"}", 0);
+    char *what = json_dumps(reported, JSON_COMPACT);
+    plugin_log_dev(s->host, ALIGW_LOG_INFO, dev, "shadow version %lld applied: %s",
+                   (long long)json_integer_value(json_object_get(ev, "version")),
+                   what ? what : "?");
+    free(what);
+out:
+    json_decref(reported);
+}
+
+/*
  * ABI 1.3: the API's events for our devices (the kinds in sim_events). A service call comes
  * this way when the host is 1.3 or later (on_service_call otherwise) and is answered with the
  * API's "reply" request.
@@ -616,6 +685,8 @@ static void sim_event(void *inst, const struct aligw_device *dev, const char *ev
                        code == ALIGW_REPLY_OK ? data : "not applied: no valid interval_ms");
         free(data);
         json_decref(c);
+    } else if (kind && strcmp(kind, "shadow") == 0) {
+        shadow_control(s, dev, ev);
     }
     json_decref(ev);
 }
@@ -632,7 +703,7 @@ static void sim_answer(void *inst, const struct aligw_device *dev, uint64_t cook
     json_decref(a);
 }
 
-static const char *const sim_events[] = {"service_call", "config", NULL};
+static const char *const sim_events[] = {"service_call", "config", "shadow", NULL};
 
 static int sim_firmware(void *inst, const struct aligw_device *dev, const struct aligw_firmware *fw)
 {

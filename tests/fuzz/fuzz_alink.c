@@ -80,6 +80,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (!err[0]) {
         abort();
     }
+    if (t.kind == ALINK_SHADOW) {
+        /* The shadow's replies and control pushes: parsed or refused with a reason; a parsed
+         * one has a version of -1 or above, and its state (if any) is an object in the root. */
+        struct alink_shadow sh;
+        err[0] = '\0';
+        if (alink_shadow_parse(payload, plen, &sh, err, sizeof(err)) == 0) {
+            if (sh.version < -1 || !sh.root || (sh.state && !json_is_object(sh.state)) ||
+                strnlen(sh.message, sizeof(sh.message)) == sizeof(sh.message))
+                abort();
+            alink_shadow_free(&sh);
+        } else if (!err[0]) {
+            abort();
+        }
+    }
     free(topic);
     return 0;
 }

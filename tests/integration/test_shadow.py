@@ -11,12 +11,15 @@ PK = "a1ShadowT"
 
 
 class Shadow(T.TestCase):
-    def start(self):
+    def start(self, plugin=False):
         rows = hubctl.gen_devices(1, PK)
         hub = hubctl.Hub(rows, rate=0).start()
         self.later(hub.stop)
         cfg = T.base_config(self.tmp)
         cfg["devices"] = [T.hub_device_config(hub, rows[0], rate=0)]
+        if plugin:
+            cfg["plugins"] = [{"name": "simulator", "devices": ["%s/%s" % (PK, rows[0]["device_name"])],
+                               "config": {"interval_ms": 600000}}]
         dm = self.daemon(cfg)
         key = "%s/%s" % (PK, rows[0]["device_name"])
         dm.wait_state(key, "online")
@@ -101,6 +104,34 @@ class Shadow(T.TestCase):
             self.assertFalse(r["ok"], (op, fields))
             self.assertIn(what, r["error"]["message"])
         api.close()
+
+    def test_control_through_the_simulator(self):
+        """The simulator lists "shadow": desired values set in the cloud reach it as a control
+        push; it applies them (interval_ms, a pinned property), reports what holds with
+        shadow_update and clears desired, and its posts follow the new state."""
+        hub, dn, key, dm = self.start(plugin=True)
+        post = "/sys/%s/thing/event/property/post" % key
+        since = hub.mark()
+        hub.shadow_set_desired(PK, dn, {"interval_ms": 300, "mode": 7})
+
+        def settled():
+            doc = hub.services(PK, dn)["shadow"]
+            return doc if doc["desired"] == {} and doc["reported"] else None
+        doc = T.wait_for(settled, 15, what="the simulator to report and clear desired", interval=0.3)
+        self.assertEqual(doc["reported"], {"interval_ms": 300, "mode": 7})
+        # control (1), the report (2), clearing desired (3)
+        self.assertEqual(doc["version"], 3, doc)
+        T.wait_for(lambda: len(hub.messages(post, since)) >= 3, 10,
+                   what="posts at the desired interval")
+        last = hub.messages(post, since)[-1].json()["params"]
+        self.assertEqual(last["mode"]["value"] if isinstance(last["mode"], dict) else last["mode"],
+                         7)
+        self.assertIn("shadow version 1 applied", dm.log())
+        # a desired state the simulator cannot apply is left for someone else
+        hub.shadow_set_desired(PK, dn, {"interval_ms": 5})  # below the simulator's minimum
+        T.wait_for(lambda: "nothing in the desired state applies" in dm.log(), 10,
+                   what="the simulator to decline")
+        self.assertEqual(hub.services(PK, dn)["shadow"]["desired"], {"interval_ms": 5})
 
 
 if __name__ == "__main__":
