@@ -60,6 +60,22 @@ static bool url_ok(const char *s)
     return strncmp(s, "https://", 8) == 0 || strncmp(s, "http://", 7) == 0;
 }
 
+/* A true/false key into *out; anything else is an error naming it. */
+static bool bool_key(struct loader *L, json_t *v, const char *p, bool *out)
+{
+    if (!json_is_boolean(v)) {
+        cfg_jerr(L, p, false, "must be true or false, got %s", cfg_json_type_name(v));
+        return false;
+    }
+    *out = json_is_true(v);
+    return true;
+}
+
+static void cloud_network_watch(struct loader *L, void *ctx, json_t *v, const char *p)
+{
+    bool_key(L, v, p, &L->c->cloud.network_watch);
+}
+
 static const struct key cloud_keys[] = {
     {"region", K_STR, CF(cloud.region), .ok = region_ok,
      .why = "not a region id (like \"cn-shanghai\")", .quote = true},
@@ -76,6 +92,7 @@ static const struct key cloud_keys[] = {
     {"ack_timeout_ms", K_INT, CF(cloud.ack_timeout_ms), .lo = 0, .hi = 3600000},
     {"time_sync_s", K_INT, CF(cloud.time_sync_s), .lo = 0, .hi = 604800},
     {"max_clock_skew_ms", K_INT, CF(cloud.max_clock_skew_ms), .lo = 100, .hi = 86400000},
+    {"network_watch", K_FN, .fn = cloud_network_watch, .restart = true},
     {0},
 };
 
@@ -366,6 +383,7 @@ static void config_defaults(struct config *c)
     c->log_level = LOG_INFO;
     c->cloud.connect_rate = 50;
     c->cloud.backoff_min_ms = 1000;
+    c->cloud.network_watch = true;
     c->cloud.backoff_max_ms = 120000;
     c->cloud.auth_backoff_ms = 300000;
     c->cloud.kick_backoff_ms = 60000;
@@ -462,24 +480,14 @@ static bool plugins_same(const struct config *a, const struct config *b)
     return true;
 }
 
-static bool ota_bool(struct loader *L, json_t *v, const char *p, bool *out)
-{
-    if (!json_is_boolean(v)) {
-        cfg_jerr(L, p, false, "must be true or false, got %s", cfg_json_type_name(v));
-        return false;
-    }
-    *out = json_is_true(v);
-    return true;
-}
-
 static void ota_allow_http(struct loader *L, void *ctx, json_t *v, const char *p)
 {
-    ota_bool(L, v, p, &L->c->ota.allow_http);
+    bool_key(L, v, p, &L->c->ota.allow_http);
 }
 
 static void ota_pull_at_login(struct loader *L, void *ctx, json_t *v, const char *p)
 {
-    ota_bool(L, v, p, &L->c->ota.pull_at_login);
+    bool_key(L, v, p, &L->c->ota.pull_at_login);
 }
 
 /* Firmware upgrades: every key applies on reload (to downloads started afterwards). */

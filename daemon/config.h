@@ -86,6 +86,7 @@ struct config {
         int ack_timeout_ms;    /* in flight with no PUBACK for this long: reconnect (0 = never) */
         int time_sync_s;       /* ask the platform's time this often (0 = never) */
         int max_clock_skew_ms; /* warn when the system clock is further off than this */
+        bool network_watch;    /* follow routes (netwatch): no attempts while there is none */
         /*
          * The per-device keys given in "cloud", applied to devices that don't override them
          * (also to devices added at runtime). Identity fields are NULL; host NULL, port 0 and

@@ -20,6 +20,7 @@
 #include "dynreg.h"
 #include "errors.h"
 #include "log.h"
+#include "netwatch.h"
 #include "outbox.h"
 #include "ratelimit.h"
 #include "session.h"
@@ -268,9 +269,9 @@ static void set_reason(struct device *d, const char *fmt, ...)
 
 const char *device_state_name(enum device_state s)
 {
-    static const char *const names[] = {"offline", "registering", "connecting",
-                                        "online",  "backoff",     "auth-refused",
-                                        "kicked",  "needs-reset", "tls-failed"};
+    static const char *const names[] = {"offline",    "registering",  "connecting", "online",
+                                        "backoff",    "auth-refused", "kicked",     "needs-reset",
+                                        "tls-failed", "no-network"};
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
 
@@ -374,13 +375,84 @@ static double jitter_next(void)
 
 static void begin(struct device *d);
 
-static void on_backoff_timer(uv_timer_t *t)
+/* The next attempt, now: a registration when one is still needed, else a paced connect. */
+static void retry_now(struct device *d)
 {
-    struct device *d = t->data;
     if (d->conf.reg != REG_NONE && !d->secret && !d->nwl_token)
         begin(d);
     else
         pace_enqueue(d);
+}
+
+static void on_backoff_timer(uv_timer_t *t)
+{
+    retry_now(t->data);
+}
+
+/* ---- the network ------------------------------------------------------------------------- */
+
+/* Whether d's endpoint can be routed to now (always, without netwatch). */
+static bool net_ok(const struct device *d)
+{
+    return netwatch_reachable(d->conf.host);
+}
+
+/* No route to d's endpoint: no attempt, no back-off step, no timer; on_network_changed
+ * resumes it with its back-off reset. */
+static void wait_for_network(struct device *d)
+{
+    uv_timer_stop(&d->timer);
+    if (d->state == DEV_NO_NETWORK)
+        return;
+    d->last_error = -ENETUNREACH;
+    set_reason(d, "no route to %s: waiting for the network", d->conf.host);
+    log_event(LOG_INFO, d->conf.product_key, d->conf.device_name, "no_network", "%s",
+              d->last_reason);
+    set_state(d, DEV_NO_NETWORK, 0, NULL);
+}
+
+/*
+ * netwatch settled a change: devices waiting for a route that now has one start over (back-off
+ * reset, through the pacer at once); devices of an endpoint that lost its route stop trying,
+ * and their sessions (online or connecting) are closed: their packets cannot leave, and
+ * keepalive would take up to 1.5 keepalives to notice. The outbox resends what was in flight.
+ */
+static void on_network_changed(void *arg)
+{
+    size_t resumed = 0, waiting = 0, dropped = 0;
+    (void)arg;
+    for (size_t i = 0; i < R.n_slots; i++) {
+        struct device *d = R.slots[i];
+        if (!d)
+            continue;
+        bool ok = net_ok(d);
+        if (d->state == DEV_NO_NETWORK && ok) {
+            d->attempt = 0;
+            retry_now(d);
+            resumed++;
+        } else if (!ok && (d->state == DEV_BACKOFF || d->state == DEV_NO_NETWORK)) {
+            wait_for_network(d);
+            waiting++;
+        } else if (!ok && (d->state == DEV_ONLINE ||
+                           (d->state == DEV_CONNECTING && d->session_open && !d->reg_session))) {
+            if (d->state == DEV_ONLINE)
+                d->n.disconnects++;
+            close_session(d);
+            d->epoch++;
+            wait_for_network(d);
+            waiting++;
+            dropped++;
+        } else if (!ok && d->state == DEV_CONNECTING) {
+            waiting++; /* in the pacer's queue: do_connect will see it */
+        }
+    }
+    if (waiting)
+        log_write(LOG_WARNING,
+                  "network: %zu device(s) have no route to their endpoint (%zu session(s) closed); "
+                  "no attempts until one returns",
+                  waiting, dropped);
+    if (resumed)
+        log_write(LOG_NOTICE, "network: a route is back: %zu device(s) reconnecting", resumed);
 }
 
 /*
@@ -429,6 +501,10 @@ static int next_attempt(struct device *d, enum device_state s)
  * cap, with jitter. */
 static void backoff(struct device *d, enum device_state s, int base_ms, int cap_ms)
 {
+    if (s == DEV_BACKOFF && !net_ok(d) && (d->conf.auto_reconnect || d->n.connects == 0)) {
+        wait_for_network(d); /* a network failure with no network: no step up */
+        return;
+    }
     backoff_n(d, s, base_ms, cap_ms, next_attempt(d, s));
 }
 
@@ -516,6 +592,10 @@ static void do_connect(struct device *d)
     char ts[24];
     int rc;
 
+    if (!net_ok(d)) {
+        wait_for_network(d);
+        return;
+    }
     if (!fd_room(d))
         return;
 
@@ -633,6 +713,10 @@ static void start_mqtt_registration(struct device *d)
     char random[17];
     int rc;
 
+    if (!net_ok(d)) {
+        wait_for_network(d);
+        return;
+    }
     if (!fd_room(d))
         return;
     dynreg_random(random);
@@ -1503,6 +1587,9 @@ static void device_stop(struct device *d)
     strmap_del(&R.by_key, d->key);
     R.slots[d->slot] = NULL;
     R.count--;
+    /* uv_close stops them too, but inside libuv, out of sight of test_devices' fake clock */
+    uv_timer_stop(&d->timer);
+    uv_timer_stop(&d->fwd_timer);
     uv_close((uv_handle_t *)&d->timer, on_handle_closed);
     uv_close((uv_handle_t *)&d->fwd_timer, on_handle_closed);
 }
@@ -1542,6 +1629,10 @@ int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, str
     rc = session_layer_init(loop, session_event, NULL);
     if (rc < 0)
         return rc;
+    if (c->cloud.network_watch && (rc = netwatch_start(loop, on_network_changed, NULL)) < 0)
+        log_write(LOG_WARNING,
+                  "network: cannot watch routes (%s): devices try to connect without a route",
+                  strerror(-rc));
     R.ready = true;
     return devices_apply(c);
 }
@@ -1657,6 +1748,7 @@ void devices_close(void)
 {
     if (!R.ready)
         return;
+    netwatch_stop();
     for (size_t i = 0; i < R.n_slots; i++)
         if (R.slots[i])
             device_stop(R.slots[i]);

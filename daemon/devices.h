@@ -32,6 +32,7 @@ enum device_state {
     DEV_KICKED,       /* another login of the same device took the session; long back-off */
     DEV_NEEDS_RESET,  /* registration refused: device already active on the platform */
     DEV_TLS_FAILED,   /* the TLS handshake or the server's certificate failed; long back-off */
+    DEV_NO_NETWORK,   /* no route to its endpoint: no attempts until netwatch sees one */
     DEV_STATE_COUNT
 };
 

@@ -4,7 +4,9 @@
  * refused login, kick inference and mass-loss detection, the kick back-off's escalation and its
  * reset after a calm session, the forwarder's window (stretched for a
  * lone busy device) and acknowledged messages keeping their window place until their delete is
- * committed. The outbox and the state database are the real ones, on temporary files. The
+ * committed, and the network watch: no attempts and no back-off growth without a route, sessions
+ * closed when the route goes, the back-off reset and reconnects at once when it returns. The
+ * outbox and the state database are the real ones, on temporary files. The
  * integration tests (tests/integration) prove the same against Paho and the hub.
  */
 #include <errno.h>
@@ -18,6 +20,7 @@
 #include "devices.h"
 #include "errors.h"
 #include "outbox.h"
+#include "netwatch_stub.h"
 #include "session_stub.h"
 #include "statedb.h"
 
@@ -326,6 +329,80 @@ static void test_window(void)
     stop();
 }
 
+/* Without a route: no-network instead of attempts, and no step up of the back-off; online
+ * sessions closed when the route goes; all back (reset back-off, paced at once) when it
+ * returns. A device of an endpoint that still has its route is left alone. */
+static void test_network(void)
+{
+    start(3,
+          "\"connect_rate\": 1000, \"connect_burst\": 10, \"backoff_min_ms\": 1000, "
+          "\"backoff_max_ms\": 64000",
+          "");
+    fake_advance(0);
+    online(0);
+    online(1);
+    /* dev2 has failed a few times: its back-off has grown */
+    for (int k = 0; k < 4; k++)
+        stub_event(SESSION_CONNECT_FAILED, sid(2), -ECONNREFUSED, 0);
+    CHECK_STR(state(2), "backoff");
+    uint64_t s0 = sid(0), s2 = sid(2);
+    size_t closes0 = stub_count(STUB_CLOSE, s0), calls = stub_n_calls;
+
+    stub_net_set(false);
+    spin();
+    CHECK_STR(state(0), "no-network");
+    CHECK_STR(state(1), "no-network");
+    CHECK_STR(state(2), "no-network");
+    CHECK(stub_count(STUB_CLOSE, s0) > closes0); /* the session went with the route */
+    /* an hour without a route: not one attempt */
+    size_t opens = 0;
+    for (int k = 0; k < 3600; k++)
+        fake_advance(1000);
+    for (size_t k = calls; k < stub_n_calls; k++)
+        opens += stub_calls[k].kind == STUB_OPEN || stub_calls[k].kind == STUB_CONNECT;
+    CHECK_INT((int)opens, 0);
+    struct device *d2 = devices_find("a1Test/dev0002");
+    CHECK(d2 != NULL);
+    json_t *st = device_status_json(d2, true);
+    const char *why = json_string_value(json_object_get(st, "last_error"));
+    CHECK(why && strstr(why, "no route to 127.0.0.1") != NULL);
+    json_decref(st);
+
+    /* the route is back: every device through the pacer at once, dev2's back-off reset */
+    calls = stub_n_calls;
+    stub_net_set(true);
+    fake_advance(50);
+    spin();
+    opens = 0;
+    for (size_t k = calls; k < stub_n_calls; k++)
+        opens += stub_calls[k].kind == STUB_OPEN || stub_calls[k].kind == STUB_CONNECT;
+    CHECK_INT((int)opens, 3);
+    CHECK(sid(2) != s2 || stub_count(STUB_CONNECT, s2) > 0);
+    stub_event(SESSION_CONNECT_FAILED, sid(2), -ECONNREFUSED, 0);
+    uint64_t w = backoff_due(2);
+    CHECK(w >= 500 && w <= 1050); /* the first step again, not the fifth */
+
+    /* a failure while the route is gone: waiting, not a back-off step */
+    online(0);
+    stub_net_up = false; /* not yet announced: the next failure finds out by itself */
+    stub_event(SESSION_LOST, sid(0), -ECONNRESET, 0);
+    spin();
+    CHECK_STR(state(0), "no-network");
+    stub_net_set(true);
+    fake_advance(50);
+    spin();
+    CHECK_STR(state(0), "connecting");
+
+    /* one endpoint without its route: only its devices wait */
+    stub_net_down_host = "127.0.0.1";
+    stub_net_set(true);
+    spin();
+    CHECK_STR(state(1), "no-network");
+    stub_net_down_host = NULL;
+    stub_net_set(true);
+    stop();
+}
+
 int main(void)
 {
     CHECK(mkdtemp(dir) != NULL);
@@ -335,6 +412,7 @@ int main(void)
     test_kick_and_mass_loss();
     test_kick_backoff_escalates_and_calms();
     test_window();
+    test_network();
     uv_loop_close(&loop);
     rmdir(dir);
     return check_done();
