@@ -363,8 +363,9 @@ static void print_queue(json_t *q)
 
 static int state_rank(const char *s)
 {
-    static const char *order[] = {"needs-reset", "auth-refused", "tls-failed", "kicked", "backoff",
-                                  "offline",     "registering",  "connecting", "online"};
+    static const char *order[] = {"needs-reset", "auth-refused", "tls-failed", "kicked",
+                                  "no-network",  "backoff",      "offline",    "registering",
+                                  "connecting",  "online"};
     for (int i = 0; i < (int)(sizeof(order) / sizeof(order[0])); i++)
         if (s && strcmp(s, order[i]) == 0)
             return i;

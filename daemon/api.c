@@ -22,6 +22,7 @@
 #include "loopstat.h"
 #include "timesync.h"
 #include "log.h"
+#include "netwatch.h"
 #include "notify.h"
 #include "ota.h"
 #include "outbox.h"
@@ -552,6 +553,9 @@ static void do_status(struct ipc_reply *r, bool stats)
                   (json_int_t)((uv_now(A.loop) - A.started_ms) / 1000), "devices",
                   (json_int_t)devices_count(), "online", (json_int_t)devices_online(), "states",
                   state_counts(&c), "queue", queue_json(), "time", timesync_status());
+    json_object_set_new(o, "network",
+                        json_pack("{s:b,s:I}", "watch", netwatch_running(), "changes",
+                                  (json_int_t)netwatch_changes()));
     unsigned long long fd_limit;
     size_t sessions = devices_session_limit(&fd_limit);
     if (sessions)

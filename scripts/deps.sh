@@ -17,6 +17,7 @@ TEST=(
   mosquitto mosquitto-dev libmosquitto-dev mosquitto-clients
   python3 python3-paho-mqtt python3-prometheus-client tmux util-linux
   openssl sqlite3 systemd ca-certificates procps
+  iproute2 # test_network: addresses in the test's own network namespace
   curl # bench/ota: the peer it downloads the same firmware with
 )
 OPS=(debhelper dpkg-dev lintian debootstrap buildah)

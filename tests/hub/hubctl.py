@@ -41,6 +41,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOST = "127.0.0.1"
+# The address the hub's MQTT listeners bind: HOST, unless a test in a network namespace of its own
+# widens it to reach the hub at another local address too.
+LISTEN = HOST
 
 KNOWN_COLUMNS = ("product_key", "device_name", "device_secret", "product_secret", "register",
                  "client_id")
@@ -701,9 +704,9 @@ def start(devices, dirpath, rate=30, rate_mode="reply", reply_delivery="subscrib
             "user %s" % pwd.getpwuid(os.getuid()).pw_name, "log_dest stderr",
             "log_type error", "log_type warning", "log_type notice", "connection_messages false",
             "max_queued_messages 1000000", "set_tcp_nodelay true", "",
-            "listener %d %s" % (ports["mqtt_port"], HOST), "allow_anonymous false",
+            "listener %d %s" % (ports["mqtt_port"], LISTEN), "allow_anonymous false",
             "plugin %s" % plugin, "plugin_opt_tls 0"] + opts + [
-            "", "listener %d %s" % (ports["mqtts_port"], HOST), "allow_anonymous false",
+            "", "listener %d %s" % (ports["mqtts_port"], LISTEN), "allow_anonymous false",
             "cafile %s" % ca, "certfile %s" % os.path.join(dirpath, "server.crt"),
             "keyfile %s" % os.path.join(dirpath, "server.key"),
             "plugin %s" % plugin, "plugin_opt_tls 1"] + opts
