@@ -74,6 +74,8 @@ static void test_error_classes(void)
                  "t.json:1:20: cloud.port: must be an integer, got a string");
     expect_error("{\"cloud\": {\"tls\": 1}}",
                  "t.json:1:19: cloud.tls: must be true or false, got an integer");
+    expect_error("{\"cloud\": {\"network_watch\": \"no\"}}",
+                 "t.json:1:29: cloud.network_watch: must be true or false, got a string");
     /* Integers must be integers; ranges are checked. */
     expect_error("{\"cloud\": {\"keepalive\": 300.5}}",
                  "t.json:1:25: cloud.keepalive: must be an integer, got 300.5");
@@ -202,6 +204,7 @@ static void test_defaults(void)
     CHECK_INT(c->api.max_line, 1 << 20);
     CHECK_INT(c->api.max_payload, 256 << 10);
     CHECK_INT(c->cloud.connect_burst, 50);
+    CHECK(c->cloud.network_watch);
     config_free(c);
 
     /* instance_id picks the new endpoint; TLS off gives 1883 and securemode 3. */
@@ -220,6 +223,7 @@ static void test_defaults(void)
     CHECK_INT(c->devices[0].securemode, 3);
     CHECK_INT(c->devices[1].port, 8883);
     CHECK_INT(c->devices[1].securemode, 2);
+    CHECK(c->cloud.network_watch);
     CHECK_STR(c->cloud.register_url,
               "https://iot-auth.ap-southeast-1.aliyuncs.com/auth/register/device");
     /* Relative paths are relative to the config file's directory (here the cwd). */
