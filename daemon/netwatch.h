@@ -5,7 +5,8 @@
  * renewed and the owner is called back once. A verdict is the kernel's own route lookup: a UDP
  * socket connect()ed to the address (no packet leaves), which fails with ENETUNREACH when no
  * route matches. An IP literal is looked up as itself; a host name (not resolved here: DNS
- * needs the network being judged) by a default route of either family. Loop thread only.
+ * needs the network being judged) by a route to the public internet of either family. Loop thread
+ * only.
  */
 #ifndef ALIGW_NETWATCH_H
 #define ALIGW_NETWATCH_H
