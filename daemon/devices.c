@@ -425,25 +425,34 @@ static void on_network_changed(void *arg)
         struct device *d = R.slots[i];
         if (!d)
             continue;
-        bool ok = net_ok(d);
-        if (d->state == DEV_NO_NETWORK && ok) {
-            d->attempt = 0;
-            retry_now(d);
-            resumed++;
-        } else if (!ok && (d->state == DEV_BACKOFF || d->state == DEV_NO_NETWORK)) {
-            wait_for_network(d);
-            waiting++;
-        } else if (!ok && (d->state == DEV_ONLINE ||
-                           (d->state == DEV_CONNECTING && d->session_open && !d->reg_session))) {
-            if (d->state == DEV_ONLINE)
-                d->n.disconnects++;
+        if (net_ok(d)) {
+            if (d->state == DEV_NO_NETWORK) {
+                d->attempt = 0;
+                retry_now(d);
+                resumed++;
+            }
+            continue;
+        }
+        switch (d->state) {
+        case DEV_ONLINE:
+            d->n.disconnects++;
+            /* fall through */
+        case DEV_CONNECTING:
+            if (!d->session_open || d->reg_session) {
+                waiting++; /* in the pacer's queue: do_connect will see it */
+                break;
+            }
             close_session(d);
             d->epoch++;
+            dropped++;
+            /* fall through */
+        case DEV_BACKOFF:
+        case DEV_NO_NETWORK:
             wait_for_network(d);
             waiting++;
-            dropped++;
-        } else if (!ok && d->state == DEV_CONNECTING) {
-            waiting++; /* in the pacer's queue: do_connect will see it */
+            break;
+        default:
+            break;
         }
     }
     if (waiting)

@@ -29,7 +29,6 @@ struct verdict {
 };
 
 static struct {
-    uv_loop_t *loop;
     netwatch_changed_fn changed;
     void *arg;
     int fd;
@@ -177,7 +176,6 @@ int netwatch_start(uv_loop_t *loop, netwatch_changed_fn changed, void *arg)
         return rc;
     }
     memset(N.cache, 0, sizeof(N.cache));
-    N.loop = loop;
     N.changed = changed;
     N.arg = arg;
     N.fd = fd;

@@ -602,9 +602,8 @@ static void shadow_control(struct sim *s, const struct aligw_device *dev, json_t
         goto out;
     json_object_foreach(desired, k, v)
     {
-        char *data = NULL;
         if (strcmp(k, "interval_ms") == 0) {
-            char *text = json_dumps(desired, JSON_COMPACT);
+            char *text = json_dumps(desired, JSON_COMPACT), *data = NULL;
             if (text && serve_call(s, dev, "set_interval", text, &data) == ALIGW_REPLY_OK)
                 json_object_set(reported, k, v);
             free(text);
