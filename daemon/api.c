@@ -28,6 +28,7 @@
 #include "outbox.h"
 #include "plugins.h"
 #include "rconfig.h"
+#include "session.h"
 #include "shadow.h"
 #include "statedb.h"
 #include "strmap.h"
@@ -543,6 +544,19 @@ void api_get_stats(struct ipc_stats *is, struct plugins_stats *ps)
         plugins_get_stats(A.plugins, ps);
 }
 
+/* The session shards (session.h): [{pid, sessions, restarts}], empty when sessions run here. */
+static json_t *shards_json(void)
+{
+    struct session_shard_info v[64];
+    size_t n = session_layer_shards(v, 64);
+    json_t *a = json_array();
+    for (size_t i = 0; i < n && i < 64; i++)
+        json_array_append_new(a,
+                              json_pack("{s:i,s:I,s:i}", "pid", v[i].pid, "sessions",
+                                        (json_int_t)v[i].sessions, "restarts", (int)v[i].restarts));
+    return a;
+}
+
 static void do_status(struct ipc_reply *r, bool stats)
 {
     struct list_ctx c = {0};
@@ -556,6 +570,7 @@ static void do_status(struct ipc_reply *r, bool stats)
     json_object_set_new(o, "network",
                         json_pack("{s:b,s:I}", "watch", netwatch_running(), "changes",
                                   (json_int_t)netwatch_changes()));
+    json_object_set_new(o, "shards", shards_json());
     unsigned long long fd_limit;
     size_t sessions = devices_session_limit(&fd_limit);
     if (sessions)

@@ -93,6 +93,8 @@ static const struct key cloud_keys[] = {
     {"time_sync_s", K_INT, CF(cloud.time_sync_s), .lo = 0, .hi = 604800},
     {"max_clock_skew_ms", K_INT, CF(cloud.max_clock_skew_ms), .lo = 100, .hi = 86400000},
     {"network_watch", K_FN, .fn = cloud_network_watch, .restart = true},
+    {"devices_per_shard", K_INT, CF(cloud.devices_per_shard), .lo = 0, .hi = 1000000,
+     .restart = true},
     {0},
 };
 
@@ -384,6 +386,7 @@ static void config_defaults(struct config *c)
     c->cloud.connect_rate = 50;
     c->cloud.backoff_min_ms = 1000;
     c->cloud.network_watch = true;
+    c->cloud.devices_per_shard = 1000;
     c->cloud.backoff_max_ms = 120000;
     c->cloud.auth_backoff_ms = 300000;
     c->cloud.kick_backoff_ms = 60000;

@@ -1620,6 +1620,21 @@ static void copy_settings(const struct config *c)
     set_ack_timeout(c->cloud.ack_timeout_ms);
 }
 
+/*
+ * Session shards for the configured fleet: none while it fits one shard (a small gateway keeps
+ * one process), else enough for cloud.devices_per_shard each, at most MAX_SHARDS. Fixed until
+ * a restart: devices added by a reload are spread over the shards there are.
+ */
+#define MAX_SHARDS 64
+static unsigned shards_for(const struct config *c)
+{
+    size_t per = (size_t)c->cloud.devices_per_shard;
+    if (!per || c->n_devices <= per)
+        return 0;
+    size_t n = (c->n_devices + per - 1) / per;
+    return n > MAX_SHARDS ? MAX_SHARDS : (unsigned)n;
+}
+
 int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, struct statedb *db,
                  const struct devices_hooks *hooks)
 {
@@ -1635,7 +1650,8 @@ int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, str
     jitter_seed();
     uv_timer_init(loop, &R.pace_timer);
     uv_timer_init(loop, &R.ack_timer);
-    rc = session_layer_init(loop, session_event, NULL);
+    struct session_layer_opts so = {.shards = shards_for(c)};
+    rc = session_layer_init(loop, session_event, NULL, &so);
     if (rc < 0)
         return rc;
     if (c->cloud.network_watch && (rc = netwatch_start(loop, on_network_changed, NULL)) < 0)

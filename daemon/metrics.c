@@ -16,6 +16,7 @@
 #include "ota.h"
 #include "outbox.h"
 #include "plugins.h"
+#include "session.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -222,6 +223,15 @@ static void render_gateway(struct text *t)
     for (int s = 0; s < DEV_STATE_COUNT; s++)
         add(t, "aligw_devices{state=\"%s\"} %zu\n", device_state_name((enum device_state)s),
             dt.by_state[s]);
+    struct session_shard_info sv[64];
+    size_t ns = session_layer_shards(sv, 64);
+    unsigned restarts = 0;
+    for (size_t i = 0; i < ns && i < 64; i++)
+        restarts += sv[i].restarts;
+    family(t, "aligw_session_shards", "gauge", "Session shard processes (0: sessions in aligwd).");
+    add(t, "aligw_session_shards %zu\n", ns);
+    counter(t, "aligw_session_shard_restarts_total", "Session shards started again after an exit.",
+            restarts);
     counter(t, "aligw_connects_total", "Sessions that came online.", dt.c.connects);
     counter(t, "aligw_disconnects_total", "Sessions lost or closed after being online.",
             dt.c.disconnects);

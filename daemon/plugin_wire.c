@@ -32,14 +32,20 @@ static void put(struct wire_out *w, const void *p, size_t n)
     w->len += n;
 }
 
-void wire_begin(struct wire_out *w, int type)
+void wire_append(struct wire_out *w, int type)
 {
     uint32_t zero = 0;
     uint8_t t = (uint8_t)type;
-    w->len = 0;
     w->oom = false;
+    w->start = w->len;
     put(w, &zero, sizeof zero);
     put(w, &t, 1);
+}
+
+void wire_begin(struct wire_out *w, int type)
+{
+    w->len = 0;
+    wire_append(w, type);
 }
 
 void wire_u64(struct wire_out *w, uint64_t v)
@@ -72,12 +78,14 @@ void wire_str(struct wire_out *w, const char *s)
 
 int wire_end(struct wire_out *w)
 {
-    if (w->oom)
-        return -ENOMEM;
-    if (w->len - 4 > WIRE_MAX_FRAME)
-        return -E2BIG;
-    uint32_t body = (uint32_t)(w->len - 4);
-    memcpy(w->p, &body, sizeof body);
+    int rc = w->oom ? -ENOMEM : w->len - w->start - 4 > WIRE_MAX_FRAME ? -E2BIG : 0;
+    if (rc < 0) {
+        w->len = w->start < w->len ? w->start : w->len;
+        w->oom = false;
+        return rc;
+    }
+    uint32_t body = (uint32_t)(w->len - w->start - 4);
+    memcpy(w->p + w->start, &body, sizeof body);
     return 0;
 }
 

@@ -56,19 +56,23 @@ enum {
     WIRE_HAS_ANSWER = 64, /* on_answer (host->request usable) */
 };
 
-/* A frame being built. All calls are no-ops once oom is set. */
+/* A frame being built, or a batch of frames (wire_append). All calls are no-ops once oom is set. */
 struct wire_out {
     char *p;
     size_t len, cap;
+    size_t start; /* where the frame being built begins */
     bool oom;
 };
 
 void wire_begin(struct wire_out *w, int type); /* resets w (keeps its buffer) */
+/* Begins another frame after those already in w (a batch sent with one write). */
+void wire_append(struct wire_out *w, int type);
 void wire_u64(struct wire_out *w, uint64_t v);
 void wire_i64(struct wire_out *w, int64_t v);
 void wire_bytes(struct wire_out *w, const void *p, size_t n);
 void wire_str(struct wire_out *w, const char *s); /* NULL is sent as "" */
-/* Finishes the frame: 0 and w->p[0..w->len) is the frame, or -ENOMEM / -E2BIG. */
+/* Finishes the frame: 0 and w->p[0..w->len) holds it (after the batch's earlier frames), or
+ * -ENOMEM / -E2BIG, and then the frame is taken out again (the earlier ones stay). */
 int wire_end(struct wire_out *w);
 void wire_free(struct wire_out *w);
 

@@ -5,13 +5,14 @@
  * failed, subscription result, message arrived). Nothing is shared by pointer with the rest of
  * the daemon: a session is named by the caller's 64-bit id, and every event carries that id.
  *
- * Today the layer runs Paho MQTT C (async) in-process. Paho calls back on its own two threads
- * under its global lock; each callback only copies what it got into a mutex-protected queue and
- * wakes the loop with one uv_async_t, which drains the whole queue (sends coalesce). No Paho
- * call is made from a callback. Paho's persistence and offline buffering are off (the outbox is
- * ours), MQTT 3.1.1 is pinned, TLS verifies the peer and the host name, and reconnection is
- * driven by the caller (session_connect again) so back-off and pacing stay in our hands. The
- * same interface would let a later step run shards of sessions in worker processes.
+ * Two implementations stand behind it, chosen at session_layer_init: the sessions' Paho clients
+ * in this process (session_paho.c), or spread over worker processes, the session shards
+ * (shards.c), each running session_paho.c for its part of the fleet. Paho scans every client of
+ * its process for each packet under one global lock, so its cost per message grows with the
+ * clients in one process; shards divide that. A shard that dies is started again and its
+ * sessions are reported lost (or their connects failed), exactly as a dropped connection is:
+ * the outbox sends again what was not acknowledged. This file's front (session.c) also resolves
+ * each TLS trust file to its hashed CA directory (cadir.h) once, for either implementation.
  */
 #ifndef ALIGW_SESSION_H
 #define ALIGW_SESSION_H
@@ -27,6 +28,7 @@ struct session_params {
     int port;
     bool tls;
     const char *ca_file; /* PEM trust store; NULL = system default */
+    const char *ca_dir;  /* its hashed CA directory, or NULL (filled in by session_open) */
     bool verify_hostname;
     const char *client_id; /* the full MQTT clientId ("id|k=v,...|") */
     const char *username;
@@ -63,8 +65,23 @@ struct session_event {
 /* Called on the loop thread for each event; the event and its buffers are borrowed. */
 typedef void (*session_event_cb)(void *arg, const struct session_event *ev);
 
-/* Sets up the layer on loop. 0 or a negative error. One layer per process. */
-int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg);
+struct session_layer_opts {
+    unsigned shards; /* worker processes; 0: every session in this process */
+};
+
+/* Sets up the layer on loop (opts NULL: in process). 0 or a negative error. One layer per
+ * process. */
+int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg,
+                       const struct session_layer_opts *opts);
+
+struct session_shard_info {
+    int pid;         /* 0 while it is being started again */
+    size_t sessions; /* open sessions placed on it */
+    unsigned restarts;
+};
+/* The shards (none when sessions run in process): fills up to n entries, returns how many
+ * shards there are. */
+size_t session_layer_shards(struct session_shard_info *v, size_t n);
 /* Destroys every open session and closes the loop handles; events still queued are dropped. */
 void session_layer_close(void);
 

@@ -46,7 +46,8 @@ bool stub_is_open(uint64_t id)
     return find_open(id) >= 0;
 }
 
-int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg)
+int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg,
+                       const struct session_layer_opts *opts)
 {
     stub_cb = cb;
     stub_arg = arg;
@@ -57,6 +58,11 @@ int session_layer_init(uv_loop_t *loop, session_event_cb cb, void *arg)
 void session_layer_close(void)
 {
     n_open = 0;
+}
+
+size_t session_layer_shards(struct session_shard_info *v, size_t n)
+{
+    return 0;
 }
 
 int session_open(uint64_t id, const struct session_params *p)
