@@ -111,6 +111,17 @@ def cpu_seconds_tree(pid):
     return total
 
 
+def rss_kb_tree(pid):
+    """rss_kb of pid plus its children (aligwd's session shards and plugin hosts)."""
+    total = rss_kb(pid)
+    for c in children(pid):
+        try:
+            total += rss_kb(c)
+        except OSError:
+            pass
+    return total
+
+
 def ctx_switches(pid):
     """Voluntary context switches (a thread waiting: each one a wake-up) of all of a process's
     threads now alive. Involuntary ones (preemption) depend on the machine's other load."""

@@ -386,7 +386,7 @@ static void config_defaults(struct config *c)
     c->cloud.connect_rate = 50;
     c->cloud.backoff_min_ms = 1000;
     c->cloud.network_watch = true;
-    c->cloud.devices_per_shard = 1000;
+    c->cloud.devices_per_shard = 250;
     c->cloud.backoff_max_ms = 120000;
     c->cloud.auth_backoff_ms = 300000;
     c->cloud.kick_backoff_ms = 60000;

@@ -46,7 +46,7 @@ class Shards(T.TestCase):
         return dm.call("status")["result"]["shards"]
 
     def test_small_fleet_stays_in_one_process(self):
-        hub, rows, keys, dm = self.start(2, 1000)
+        hub, rows, keys, dm = self.start(2, 250)
         self.assertEqual(self.shards(dm), [])
         children = [p for p in os.listdir("/proc") if p.isdigit() and
                     cmdline(int(p)).endswith("aligw-session-shard")]
