@@ -195,12 +195,15 @@ class Holder:
 class TlsWindow(T.TestCase):
     def test_at_most_256_tls_handshakes_at_once(self):
         """300 TLS devices towards a server that never answers: 256 handshakes are started, the
-        others wait for one to end (session.c's window) instead of queuing in Paho, where their
-        time-out would run out before Paho reached them."""
+        others wait for one to end (session_paho.c's window) instead of queuing in Paho, where
+        their time-out would run out before Paho reached them. The window is per Paho, so per
+        process: the sessions stay in aligwd's here; in shards of 150 the window holds each
+        shard's handshakes, and 300 start at once."""
         rows = hubctl.gen_devices(300, PK)
         holder = Holder()
         self.later(holder.stop)
-        cfg = T.base_config(self.tmp, cloud={"connect_rate": 100000, "connect_burst": 100000})
+        cfg = T.base_config(self.tmp, cloud={"connect_rate": 100000, "connect_burst": 100000,
+                                             "devices_per_shard": 0})
         for r in rows:
             cfg["devices"].append({"product_key": r["product_key"], "device_name": r["device_name"],
                                    "device_secret": r["device_secret"], "host": "localhost",
