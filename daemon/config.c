@@ -95,6 +95,7 @@ static const struct key cloud_keys[] = {
     {"network_watch", K_FN, .fn = cloud_network_watch, .restart = true},
     {"devices_per_shard", K_INT, CF(cloud.devices_per_shard), .lo = 0, .hi = 1000000,
      .restart = true},
+    {"max_shards", K_INT, CF(cloud.max_shards), .lo = 0, .hi = 64, .restart = true},
     {0},
 };
 

@@ -88,6 +88,7 @@ struct config {
         int max_clock_skew_ms; /* warn when the system clock is further off than this */
         bool network_watch;    /* follow routes (netwatch): no attempts while there is none */
         int devices_per_shard; /* sessions per shard process (0: all in aligwd; session.h) */
+        int max_shards;        /* at most this many shards (0: two per online CPU) */
         /*
          * The per-device keys given in "cloud", applied to devices that don't override them
          * (also to devices added at runtime). Identity fields are NULL; host NULL, port 0 and

@@ -1622,17 +1622,21 @@ static void copy_settings(const struct config *c)
 
 /*
  * Session shards for the configured fleet: none while it fits one shard (a small gateway keeps
- * one process), else enough for cloud.devices_per_shard each, at most MAX_SHARDS. Fixed until
- * a restart: devices added by a reload are spread over the shards there are.
+ * one process), else enough for cloud.devices_per_shard each, at most cloud.max_shards (by
+ * default two per online CPU: each shard carries its own Paho, threads and heap, about 7 MB, and
+ * more shards than cores buy little CPU; bench/README.md). Fixed until a restart: devices added
+ * by a reload are spread over the shards there are.
  */
-#define MAX_SHARDS 64
 static unsigned shards_for(const struct config *c)
 {
     size_t per = (size_t)c->cloud.devices_per_shard;
-    if (!per || c->n_devices <= per)
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t max =
+        c->cloud.max_shards ? (size_t)c->cloud.max_shards : (size_t)(cpus > 0 ? cpus : 1) * 2;
+    if (!per || c->n_devices <= per || max < 2)
         return 0;
     size_t n = (c->n_devices + per - 1) / per;
-    return n > MAX_SHARDS ? MAX_SHARDS : (unsigned)n;
+    return n > max ? (unsigned)max : (unsigned)n;
 }
 
 int devices_init(uv_loop_t *loop, const struct config *c, struct outbox *ob, struct statedb *db,

@@ -86,6 +86,8 @@ static void test_error_classes(void)
         buf, "t.json:3:16: devices[0].keepalive: must be between 30 and 1200 seconds, got 1201");
     expect_error("{\"cloud\": {\"devices_per_shard\": -1}}",
                  "t.json:1:33: cloud.devices_per_shard: must be between 0 and 1000000, got -1");
+    expect_error("{\"cloud\": {\"max_shards\": 65}}",
+                 "t.json:1:26: cloud.max_shards: must be between 0 and 64, got 65");
     expect_error("{\"store\": {\"inflight_total\": 65535}}",
                  "t.json:1:30: store.inflight_total: must be between 1 and 65534, got 65535");
     /* Bad enum strings. */
@@ -208,6 +210,7 @@ static void test_defaults(void)
     CHECK_INT(c->cloud.connect_burst, 50);
     CHECK(c->cloud.network_watch);
     CHECK_INT(c->cloud.devices_per_shard, 250);
+    CHECK_INT(c->cloud.max_shards, 0);
     config_free(c);
 
     /* instance_id picks the new endpoint; TLS off gives 1883 and securemode 3. */
