@@ -100,26 +100,26 @@ def children(pid):
         return []
 
 
-def cpu_seconds_tree(pid):
-    """cpu_seconds of pid plus its children (aligwd runs plugins in aligw-plugin-host)."""
-    total = cpu_seconds(pid)
+def _tree(read, pid):
+    """read(pid) plus read() of each of its children (aligwd's session shards and plugin hosts;
+    a child that just exited counts 0)."""
+    total = read(pid)
     for c in children(pid):
         try:
-            total += cpu_seconds(c)
+            total += read(c)
         except OSError:
             pass
     return total
+
+
+def cpu_seconds_tree(pid):
+    """cpu_seconds of pid plus its children."""
+    return _tree(cpu_seconds, pid)
 
 
 def rss_kb_tree(pid):
-    """rss_kb of pid plus its children (aligwd's session shards and plugin hosts)."""
-    total = rss_kb(pid)
-    for c in children(pid):
-        try:
-            total += rss_kb(c)
-        except OSError:
-            pass
-    return total
+    """rss_kb of pid plus its children."""
+    return _tree(rss_kb, pid)
 
 
 def ctx_switches(pid):

@@ -87,3 +87,26 @@ const char *paths_ca_file(void)
     pthread_once(&once, decide);
     return ca_file;
 }
+
+char *paths_helper(const char *env, const char *name)
+{
+    const char *v = getenv(env);
+    char self[PATH_MAX], *s = NULL;
+    ssize_t n;
+
+    if (v && *v)
+        return strdup(v);
+    n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash)
+            *slash = '\0';
+        if (asprintf(&s, "%s/%s", self, name) >= 0 && access(s, X_OK) == 0)
+            return s;
+        free(s);
+    }
+    if (asprintf(&s, "%s/%s", ALIGW_LIBEXEC_DIR, name) < 0)
+        return NULL;
+    return s;
+}

@@ -13,5 +13,9 @@
 const char *paths_plugin_dir(void);
 /* The default cloud.ca_file: the shipped Aliyun root CA bundle. */
 const char *paths_ca_file(void);
+/* The helper program name (aligw-plugin-host, aligw-session-shard): the path in the environment
+ * variable env when set, else name next to this binary when it is there, else the installed one
+ * (ALIGW_LIBEXEC_DIR). Malloc'd (NULL without memory). */
+char *paths_helper(const char *env, const char *name);
 
 #endif

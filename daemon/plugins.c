@@ -35,6 +35,7 @@
 #include "alink.h"
 #include "errors.h"
 #include "log.h"
+#include "paths.h"
 #include "plugin_load.h"
 #include "plugin_wire.h"
 #include "strmap.h"
@@ -896,25 +897,6 @@ static const struct aligw_host host_table = {
 
 /* ---- lifecycle ---- */
 
-/* aligw-plugin-host: $ALIGW_PLUGIN_HOST, else next to this aligwd, else the installed one. */
-static char *find_host_path(void)
-{
-    const char *env = getenv("ALIGW_PLUGIN_HOST");
-    char self[PATH_MAX], *s = NULL;
-    ssize_t n;
-
-    if (env && *env)
-        return strdup(env);
-    n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n > 0) {
-        self[n] = '\0';
-        if (asprintf(&s, "%s/aligw-plugin-host", dirname(self)) >= 0 && access(s, X_OK) == 0)
-            return s;
-        free(s);
-    }
-    return strdup(ALIGW_LIBEXEC_DIR "/aligw-plugin-host");
-}
-
 int plugins_init(struct plugins **out, uv_loop_t *loop, const struct plugins_sink *sink,
                  const struct plugins_opts *opts)
 {
@@ -943,7 +925,9 @@ int plugins_init(struct plugins **out, uv_loop_t *loop, const struct plugins_sin
             ps->opts.pending_max = opts->pending_max;
         ps->opts.ack = opts->ack;
     }
-    ps->host_path = opts && opts->host_path ? strdup(opts->host_path) : find_host_path();
+    ps->host_path = opts && opts->host_path
+                        ? strdup(opts->host_path)
+                        : paths_helper("ALIGW_PLUGIN_HOST", "aligw-plugin-host");
     ps->forbid = calloc((opts ? opts->n_forbid : 0) + 2, sizeof *ps->forbid);
     if (!ps->host_path || !ps->forbid) {
         free(ps->host_path);

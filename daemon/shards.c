@@ -16,11 +16,11 @@
 
 #include "idmap.h"
 #include "log.h"
+#include "paths.h"
 #include "shard_wire.h"
 #include "wirelink.h"
 
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -69,25 +69,6 @@ static struct {
 } S;
 
 static int spawn(struct shard *sh);
-
-/* aligw-session-shard: $ALIGW_SESSION_SHARD, else next to this aligwd, else the installed one. */
-static char *find_program(void)
-{
-    const char *env = getenv("ALIGW_SESSION_SHARD");
-    char self[PATH_MAX], *s = NULL;
-    ssize_t n;
-
-    if (env && *env)
-        return strdup(env);
-    n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n > 0) {
-        self[n] = '\0';
-        if (asprintf(&s, "%s/aligw-session-shard", dirname(self)) >= 0 && access(s, X_OK) == 0)
-            return s;
-        free(s);
-    }
-    return strdup(ALIGW_LIBEXEC_DIR "/aligw-session-shard");
-}
 
 /* ---- records --------------------------------------------------------------------------- */
 
@@ -386,7 +367,7 @@ int shards_init(uv_loop_t *loop, session_event_cb cb, void *arg, unsigned n)
     S.arg = arg;
     idmap_init(&S.by_id);
     idmap_init(&S.by_wid);
-    S.path = find_program();
+    S.path = paths_helper("ALIGW_SESSION_SHARD", "aligw-session-shard");
     S.v = calloc(n, sizeof(*S.v));
     if (!S.path || !S.v) {
         free(S.path);

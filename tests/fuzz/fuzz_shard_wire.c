@@ -15,7 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void inside(const struct wire_in *r, const char *s)
 {
-    if (s && *s && (s < r->p || s >= r->p + r->len || !memchr(s, '\0', (size_t)(r->p + r->len - s))))
+    if (s && *s &&
+        (s < r->p || s >= r->p + r->len || !memchr(s, '\0', (size_t)(r->p + r->len - s))))
         abort();
 }
 
