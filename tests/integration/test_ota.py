@@ -139,6 +139,10 @@ class Ota(T.TestCase):
                       dm.device(keys[0])["firmware"])
         j = self.wait_job(dm, keys[1], "failed")
         self.assertIn("simulated flash failure", json.dumps(j))
+        # the job is failed locally before its -4 progress has gone through the outbox to the
+        # hub: wait for it there, then check it is the only failure reported
+        T.wait_for(lambda: [p for p in progress(hub, rows[1]["device_name"])
+                            if int(p["step"]) < 0], 10, what="progress -4 at the hub")
         fails = [p for p in progress(hub, rows[1]["device_name"]) if int(p["step"]) < 0]
         self.assertEqual([int(p["step"]) for p in fails], [-4], fails)
         self.assertFalse(informs(hub, rows[1]["device_name"], "2.0.0"))
