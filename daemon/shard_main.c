@@ -74,6 +74,10 @@ static void on_frame(void *arg, struct wire_in *r)
         if (!r->bad)
             paho_close(id);
         break;
+    case SH_PING: /* id is the ping's number: the loop is alive, answer it */
+        if (!r->bad && link_)
+            shard_wire_id(wirelink_out(link_), SH_PONG, id);
+        break;
     case SH_PUBLISH: {
         uint64_t ref = wire_get_u64(r), qos = wire_get_u64(r);
         const char *topic = wire_get_str(r);

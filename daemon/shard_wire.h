@@ -17,10 +17,12 @@ enum shard_frame {
     SH_CLOSE,     /* id */
     SH_PUBLISH,   /* id, ref, qos, topic, payload */
     SH_SUBSCRIBE, /* id, n, topic... */
+    SH_PING,      /* n: answered by SH_PONG n from the shard's loop */
     /* shard → aligwd */
     SH_EVENT = 32, /* kind, id, code, ref, index, topic, has_message, message, payload; a
                       command the shard's layer refused at once comes back as the event that
                       stands for it (SESSION_CONNECT_FAILED, SESSION_PUBLISH_FAILED, ...) */
+    SH_PONG,       /* n */
 };
 
 #define SHARD_MAX_SUBS 64 /* session_subscribe's own limit */

@@ -32,6 +32,12 @@
 #define RESTART_MIN_MS 100
 #define RESTART_MAX_MS 10000
 #define STABLE_MS 10000 /* a shard that ran this long restarts at once */
+/* A shard whose loop answers nothing for HUNG_MS is killed (and restarted): a Paho deadlock or a
+ * stopped process would otherwise hold its sessions for ever (their connects time out inside
+ * it). Pinged every HUNG_MS / 8; any frame counts as an answer. Paho can hold its lock for
+ * hundreds of milliseconds under load and a burst of opens waits on it in turn, so the bound is
+ * generous. */
+#define HUNG_MS 20000
 
 enum { SS_CONNECTING, SS_CONNECTED, SS_IDLE };
 
@@ -53,7 +59,9 @@ struct shard {
     unsigned restarts;
     unsigned quick_deaths; /* exits in a row within STABLE_MS of the start */
     uint64_t started_ms;
-    uv_timer_t restart;
+    uint64_t last_rx_ms; /* when its link last brought a frame */
+    uint64_t pings;
+    uv_timer_t restart, heartbeat;
 };
 
 static struct {
@@ -152,6 +160,11 @@ static void on_frame(void *arg, struct wire_in *r)
     struct shard *sh = arg;
     struct session_event ev;
 
+    sh->last_rx_ms = uv_now(S.loop);
+    if (r->type == SH_PONG) {
+        wire_get_u64(r);
+        return;
+    }
     if (r->type != SH_EVENT || !shard_wire_get_event(r, &ev)) {
         r->bad = true;
         return;
@@ -248,6 +261,23 @@ static void proc_closed(uv_handle_t *h)
     free(h);
 }
 
+static void on_heartbeat(uv_timer_t *t)
+{
+    struct shard *sh = t->data;
+    struct wire_out *w;
+    if (S.closing || !sh->up || !sh->proc)
+        return;
+    if (uv_now(S.loop) - sh->last_rx_ms > HUNG_MS) {
+        char why[80];
+        snprintf(why, sizeof(why), "hung: no answer for %d ms", HUNG_MS);
+        shard_down(sh, why);
+        uv_process_kill(sh->proc, SIGKILL); /* its exit starts the next one */
+        return;
+    }
+    if ((w = wirelink_out(sh->link)))
+        shard_wire_id(w, SH_PING, ++sh->pings);
+}
+
 static void on_restart_timer(uv_timer_t *t)
 {
     struct shard *sh = t->data;
@@ -337,7 +367,7 @@ static int spawn(struct shard *sh)
         return rc;
     }
     sh->pid = sh->proc->pid;
-    sh->started_ms = uv_now(S.loop);
+    sh->started_ms = sh->last_rx_ms = uv_now(S.loop);
     if ((rc = wirelink_open(&sh->link, S.loop, sv[0], on_frame, on_link_end, sh)) < 0) {
         uv_process_kill(sh->proc, SIGKILL);
         return 0; /* its exit brings the next attempt */
@@ -377,8 +407,11 @@ int shards_init(uv_loop_t *loop, session_event_cb cb, void *arg, unsigned n)
     S.n = n;
     for (unsigned i = 0; i < n; i++) {
         S.v[i].index = i;
-        S.v[i].restart.data = &S.v[i];
+        S.v[i].restart.data = S.v[i].heartbeat.data = &S.v[i];
         uv_timer_init(loop, &S.v[i].restart);
+        uv_timer_init(loop, &S.v[i].heartbeat);
+        uv_timer_start(&S.v[i].heartbeat, on_heartbeat, HUNG_MS / 8, HUNG_MS / 8);
+        uv_unref((uv_handle_t *)&S.v[i].heartbeat);
     }
     for (unsigned i = 0; i < n && rc == 0; i++)
         rc = spawn(&S.v[i]);
@@ -419,9 +452,10 @@ void shards_close(void)
             sh->proc = NULL;
         }
         uv_close((uv_handle_t *)&sh->restart, timer_closed);
+        uv_close((uv_handle_t *)&sh->heartbeat, timer_closed);
     }
     closing_v = S.v;
-    closing_timers = S.n;
+    closing_timers = 2 * S.n;
     S.v = NULL;
     S.n = 0;
     for (size_t i = 0; i < S.by_id.cap; i++) {

@@ -9,7 +9,8 @@
  * the connected ones SESSION_LOST, and those waiting for a retry are opened on the new process
  * at their next session_connect. Nothing is lost: a publish in flight on the dead shard was
  * never acknowledged, so the outbox still holds it and sends it again on the next connection.
- * Loop thread only; the functions keep session.h's contracts.
+ * A shard whose loop answers no ping for 20 s (a deadlock, a stopped process) is killed and
+ * handled the same way. Loop thread only; the functions keep session.h's contracts.
  */
 #ifndef ALIGW_SHARDS_H
 #define ALIGW_SHARDS_H

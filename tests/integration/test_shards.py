@@ -140,5 +140,34 @@ class Shards(T.TestCase):
         print("3 shard kills: %d acked, %d delivered (incl. duplicates)" % (len(p.acked), total))
 
 
+    def test_hung_shard_is_killed_and_restarted(self):
+        """A shard that stops answering (SIGSTOP: a deadlock looks the same from outside) is
+        killed after 20 s without an answer to aligwd's pings and started again; its devices
+        come back online and a message queued meanwhile is delivered."""
+        hub, rows, keys, dm = self.start(4, 2)
+        sh = self.shards(dm)
+        pid = sh[0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            T.wait_for(lambda: self.shards(dm)[0]["pid"] not in (0, pid), 40,
+                       what="the stopped shard replaced")
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.assertIn("session shard 0 (pid %d) hung: no answer for 20000 ms" % pid, dm.log())
+        self.assertEqual(self.shards(dm)[0]["restarts"], 1)
+        for k in keys:
+            dm.wait_state(k, "online", timeout=30)
+        k = keys[0]
+        pk, dn = k.split("/")
+        since = hub.mark()
+        r = dm.call("publish", device=k, topic="/%s/%s/user/update" % (pk, dn),
+                    payload='{"n": 7}', qos=1)
+        self.assertTrue(r["ok"], r)
+        self.assertIsNotNone(hub.wait_message("/%s/%s/user/update" % (pk, dn), 10, since))
+
+
 if __name__ == "__main__":
     T.main()
