@@ -26,6 +26,7 @@
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char plugin_dir[PATH_MAX];
 static char ca_file[PATH_MAX];
+static char bin_dir[PATH_MAX]; /* the folder this binary runs from ("" when unknown) */
 
 /* Copies src into a PATH_MAX buffer if it fits. */
 static void set_path(char *dst, const char *src)
@@ -49,6 +50,7 @@ static void decide(void)
     if (!slash)
         return;
     *slash = '\0';
+    set_path(bin_dir, exe);
     if (!realpath(exe, dir))
         return;
 #if defined(ALIGW_BUILD_BIN_DIR) && defined(ALIGW_BUILD_PLUGIN_DIR) && defined(ALIGW_SOURCE_DIR)
@@ -91,18 +93,13 @@ const char *paths_ca_file(void)
 char *paths_helper(const char *env, const char *name)
 {
     const char *v = getenv(env);
-    char self[PATH_MAX], *s = NULL;
-    ssize_t n;
+    char *s = NULL;
 
     if (v && *v)
         return strdup(v);
-    n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n > 0) {
-        self[n] = '\0';
-        char *slash = strrchr(self, '/');
-        if (slash)
-            *slash = '\0';
-        if (asprintf(&s, "%s/%s", self, name) >= 0 && access(s, X_OK) == 0)
+    pthread_once(&once, decide);
+    if (bin_dir[0]) {
+        if (asprintf(&s, "%s/%s", bin_dir, name) >= 0 && access(s, X_OK) == 0)
             return s;
         free(s);
     }

@@ -241,6 +241,14 @@ static void shard_down(struct shard *sh, const char *why)
     report(sh, SS_CONNECTED, SESSION_LOST, why);
 }
 
+/* Down (its sessions reported) and killed; its exit starts the next one. */
+static void kill_shard(struct shard *sh, const char *why)
+{
+    shard_down(sh, why);
+    if (sh->proc)
+        uv_process_kill(sh->proc, SIGKILL);
+}
+
 static void on_link_end(void *arg, int err)
 {
     struct shard *sh = arg;
@@ -251,9 +259,7 @@ static void on_link_end(void *arg, int err)
         snprintf(why, sizeof(why), "lost its link: %s", uv_strerror(err));
     else
         snprintf(why, sizeof(why), "closed its link");
-    shard_down(sh, why);
-    if (sh->proc)
-        uv_process_kill(sh->proc, SIGKILL); /* its exit starts the next one */
+    kill_shard(sh, why);
 }
 
 static void proc_closed(uv_handle_t *h)
@@ -270,8 +276,7 @@ static void on_heartbeat(uv_timer_t *t)
     if (uv_now(S.loop) - sh->last_rx_ms > HUNG_MS) {
         char why[80];
         snprintf(why, sizeof(why), "hung: no answer for %d ms", HUNG_MS);
-        shard_down(sh, why);
-        uv_process_kill(sh->proc, SIGKILL); /* its exit starts the next one */
+        kill_shard(sh, why);
         return;
     }
     if ((w = wirelink_out(sh->link)))
