@@ -4,14 +4,15 @@
  * Shape. The loop owns two batches: `cur` collects the appends and acks of the current turn;
  * an end-of-turn callback (endturn.h) hands it over as `fly` and `run_batch` commits it in
  * one transaction: insert the appends, delete the acked rows, delete expired rows, apply the
- * drop-oldest caps, write the touched devices' counters and the next seq. With durability
- * normal this runs inline in that callback; with full it runs in uv_queue_work and the loop keeps
- * collecting into `cur`, which becomes the next batch when the first one is done (one batch in
- * flight at a time, so the writer connection is only ever used by one thread). `complete` merges
- * the batch's counter deltas into the per-device counters and calls the callbacks, all on the loop.
- * An ack also enters its device's sorted `acked` list until the batch holding it commits (or gives
- * it up): outbox_peek skips those rows, so a delivered message is not handed out again while its
- * delete waits; a failed commit puts the acks back into `cur` and they stay listed.
+ * drop-oldest caps, write the touched devices' counters (and, once per SEQ_RESERVE seqs, the
+ * seq reservation: see "Seqs" below). With durability normal this runs inline in that callback;
+ * with full it runs in uv_queue_work and the loop keeps collecting into `cur`, which becomes the
+ * next batch when the first one is done (one batch in flight at a time, so the writer connection is
+ * only ever used by one thread). `complete` merges the batch's counter deltas into the per-device
+ * counters and calls the callbacks, all on the loop. An ack also enters its device's sorted `acked`
+ * list until the batch holding it commits (or gives it up): outbox_peek skips those rows, so a
+ * delivered message is not handed out again while its delete waits; a failed commit puts the acks
+ * back into `cur` and they stay listed.
  *
  * Sharing while a batch is in flight: the batch runner writes only the batch, the devices' d_*
  * / touched / inserted / got_append fields, and reads committed counters, `by_id` and options,
@@ -19,7 +20,12 @@
  * `cur` and the list of devices not yet in `by_id` (indexed at the next hand-over).
  *
  * Seqs and created_ms are assigned at append, on the loop, so per-device FIFO is append order;
- * a failed batch leaves a gap in the seqs, never a reordering.
+ * a failed batch leaves a gap in the seqs, never a reordering. Seqs only grow, across restarts
+ * and an emptied store too: meta's next_seq is a reservation, every seq committed is below it or
+ * still in `message`, and opening starts above both. A batch whose seqs pass the reservation
+ * moves it SEQ_RESERVE ahead in the same transaction, so meta's page is written once per that
+ * many seqs, not with every message (one WAL frame of the four a lone append wrote); a restart
+ * skips at most SEQ_RESERVE seqs.
  *
  * Full disk. Deleting a delivered message is a write too: the WAL needs room to record it, and a
  * checkpoint needs room to grow the database by the pages the WAL added. So the outbox keeps a
@@ -72,6 +78,7 @@
 #define CHUNK 256              /* rows read at a time when dropping or expiring */
 #define EXPIRE_PER_BATCH 50000 /* rows expired per batch; the rest in the next turn */
 #define RETRY_MS 1000          /* delay before retrying acks after a failed commit */
+#define SEQ_RESERVE 4096       /* seqs reserved in meta at a time (see the file comment) */
 #define ACK_DELAY_MS 50        /* longest an ack waits for a commit to ride along with */
 #define RESERVE_MAX (4 << 20)  /* reserve file: at most 4 MiB ... */
 #define RESERVE_DIV 8          /* ... and 1/8 of the free space at open */
@@ -234,6 +241,7 @@ struct outbox {
     int64_t pending_bytes;
     int64_t next_seq;
     int64_t committed_seq; /* every seq up to this one was committed (loop) */
+    int64_t seq_reserved;  /* meta's next_seq as committed: seqs below it are taken (runner) */
     int64_t identity;      /* random, kept in meta: tells this store from a recreated one */
 
     struct batch b[2];
@@ -246,19 +254,20 @@ struct outbox {
     /* Full disk. The runner owns these while a batch is in flight; the loop reads them only
      * from complete() and dispatch(). */
     char *res_path, *wal_path;
-    int res_fd;          /* -1 when the reserve file could not be opened */
-    int64_t res_size;    /* its size when held */
-    bool res_held;       /* its blocks are allocated */
-    bool rt_full;        /* the runner's view: appends are refused */
-    int64_t page_size;   /* of the database */
-    int64_t wal_budget;  /* half the reserve: database growth held in the WAL, room wanted */
-    int64_t ckpt_frames; /* frames that trigger a checkpoint in any case */
-    int64_t wal_frames;  /* frames in the WAL after the last commit (WAL hook) */
-    int ckpt_err;        /* result of the last checkpoint made by the WAL hook */
-    int64_t wal_used;    /* bytes of the WAL file the next commit cannot reuse */
-    int64_t want_room;   /* what the last refused batch needed (capped) */
-    int64_t avail_left;  /* free space last seen, less what batches may have used since */
-    uint64_t avail_ns;   /* when it was seen (uv_hrtime), 0 = not known */
+    int res_fd;           /* -1 when the reserve file could not be opened */
+    int64_t res_size;     /* its size when held */
+    bool res_held;        /* its blocks are allocated */
+    bool rt_full;         /* the runner's view: appends are refused */
+    int64_t page_size;    /* of the database */
+    int64_t wal_budget;   /* half the reserve: database growth held in the WAL, room wanted */
+    int64_t ckpt_frames;  /* frames that trigger a checkpoint in any case */
+    int64_t wal_frames;   /* frames in the WAL after the last commit (WAL hook) */
+    int ckpt_err;         /* result of the last checkpoint made by the WAL hook */
+    int64_t wal_used;     /* bytes of the WAL file the next commit cannot reuse */
+    int64_t db_file_size; /* of the database file as last seen, -1 = to be read (runner) */
+    int64_t want_room;    /* what the last refused batch needed (capped) */
+    int64_t avail_left;   /* free space last seen, less what batches may have used since */
+    uint64_t avail_ns;    /* when it was seen (uv_hrtime), 0 = not known */
     /* The loop's view. */
     bool full, restore_due;
     /* Errors (loop): every failed read or commit is counted and its SQLite message kept; a
@@ -585,6 +594,7 @@ static void maybe_checkpoint(struct outbox *ob);
 static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
 {
     int err;
+    int64_t reserve = 0;
 
     if ((err = step_done(ob, ob->w[ST_BEGIN])) < 0)
         return err;
@@ -628,13 +638,16 @@ static int run_txn(struct outbox *ob, struct batch *b, bool with_appends)
         if ((err = step_done(ob, st)) < 0)
             goto fail;
     }
-    if (with_appends && b->n_ap) {
-        sqlite3_bind_int64(ob->w[ST_UPD_META], 1, b->next_seq);
+    if (with_appends && b->n_ap && b->next_seq > ob->seq_reserved) {
+        reserve = b->next_seq + SEQ_RESERVE;
+        sqlite3_bind_int64(ob->w[ST_UPD_META], 1, reserve);
         if ((err = step_done(ob, ob->w[ST_UPD_META])) < 0)
             goto fail;
     }
     if ((err = step_done(ob, ob->w[ST_COMMIT])) < 0)
         goto fail;
+    if (reserve)
+        ob->seq_reserved = reserve;
     maybe_checkpoint(ob);
     return 0;
 fail:
@@ -688,16 +701,20 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-/* Bytes the database file must grow by when the WAL is copied into it. */
+/* Bytes the database file must grow by when the WAL is copied into it. Only checkpoints change
+ * the file's size (WAL mode, one connection), so it is read again only after one. */
 static int64_t db_growth(struct outbox *ob)
 {
     sqlite3_stmt *st = ob->w[ST_PAGE_COUNT];
     struct stat sb;
     int64_t pages = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_reset(st);
-    if (stat(ob->path, &sb) != 0)
-        return 0;
-    return pages * ob->page_size > (int64_t)sb.st_size ? pages * ob->page_size - sb.st_size : 0;
+    if (ob->db_file_size < 0) {
+        if (stat(ob->path, &sb) != 0)
+            return 0;
+        ob->db_file_size = sb.st_size;
+    }
+    return pages * ob->page_size > ob->db_file_size ? pages * ob->page_size - ob->db_file_size : 0;
 }
 
 /*
@@ -714,6 +731,7 @@ static void maybe_checkpoint(struct outbox *ob)
         due = db_growth(ob) >= ob->wal_budget;
     if (due) {
         int rc = sqlite3_wal_checkpoint_v2(ob->wdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        ob->db_file_size = -1;
         ob->ckpt_err = rc == SQLITE_BUSY ? 0 : db_err(ob->wdb, rc);
     }
     /* Fully copied: the next writer starts over at the beginning of the WAL file. */
@@ -725,6 +743,7 @@ static int checkpoint(struct outbox *ob)
 {
     int log = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(ob->wdb, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+    ob->db_file_size = -1;
     if (rc == SQLITE_OK)
         ob->wal_used = 0;
     return db_err(ob->wdb, rc);
@@ -1432,6 +1451,7 @@ static int load(struct outbox *ob)
     rc = sqlite3_step(st);
     ob->next_seq = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 1;
     ob->committed_seq = ob->next_seq - 1;
+    ob->seq_reserved = ob->next_seq; /* the first batch of appends writes a reservation */
     sqlite3_finalize(st);
     if (rc != SQLITE_ROW)
         return db_err(ob->rdb, rc);
@@ -1471,6 +1491,7 @@ int outbox_open(uv_loop_t *loop, const struct outbox_opts *o, outbox_ready_cb re
     ob->fly = &ob->b[1];
     ob->next_dev_id = 1;
     ob->res_fd = -1;
+    ob->db_file_size = -1;
     if ((err = dev_rehash(ob)) < 0)
         goto fail;
     if ((err = db_open(o->path, &db_schema_outbox, flags, &ob->wdb)) < 0)
