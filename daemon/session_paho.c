@@ -137,6 +137,7 @@ static struct {
     pthread_cond_t cond, done_cond;
     struct pubcmd *head, *tail;
     bool stop, running;
+    bool idle; /* the caller thread waits on cond: a publish queued must signal it */
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER,
        .cond = PTHREAD_COND_INITIALIZER,
        .done_cond = PTHREAD_COND_INITIALIZER};
@@ -455,8 +456,11 @@ static void *caller_main(void *arg)
 {
     pthread_mutex_lock(&P.mu);
     for (;;) {
-        while (!P.head && !P.stop)
+        while (!P.head && !P.stop) {
+            P.idle = true;
             pthread_cond_wait(&P.cond, &P.mu);
+            P.idle = false;
+        }
         if (!P.head && P.stop)
             break;
         /* A few at a time: a closing session waits at most for the publishes taken with its
@@ -791,6 +795,7 @@ int paho_publish(uint64_t id, const char *topic, const void *payload, size_t len
     struct sess *s = table_get(id);
     size_t tlen = strlen(topic);
     struct pubcmd *c;
+    bool wake;
 
     if (!s)
         return -ENOENT;
@@ -816,8 +821,13 @@ int paho_publish(uint64_t id, const char *topic, const void *payload, size_t len
     else
         P.head = c;
     P.tail = c;
-    pthread_cond_signal(&P.cond);
+    wake = P.idle;
+    P.idle = false; /* one signal is enough until it waits again */
     pthread_mutex_unlock(&P.mu);
+    /* After the unlock: signalled under the lock, the caller thread woke only to block on the
+     * mutex the loop still held (two context switches per publish instead of one). */
+    if (wake)
+        pthread_cond_signal(&P.cond);
     return 0;
 }
 
