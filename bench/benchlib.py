@@ -117,9 +117,28 @@ def cpu_seconds_tree(pid):
     return _tree(cpu_seconds, pid)
 
 
+def private_kb(pid):
+    """A process's pages that no other process maps (Private_Clean + Private_Dirty)."""
+    n = 0
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                n += int(line.split()[1])
+    return n
+
+
 def rss_kb_tree(pid):
-    """rss_kb of pid plus its children."""
-    return _tree(rss_kb, pid)
+    """Memory of pid and its children (aligwd's session shards, plugin hosts), each page once:
+    pid's RSS plus each child's private pages. A child's RSS would count again the shared
+    libraries that pid already maps (~5 MB of libcrypto and libc per session shard: 4 shards
+    holding 1,000 sessions have 8.3 MB of RSS each and 2.8 MB of their own)."""
+    total = rss_kb(pid)
+    for c in children(pid):
+        try:
+            total += private_kb(c)
+        except OSError:
+            pass
+    return total
 
 
 def ctx_switches(pid):
