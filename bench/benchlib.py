@@ -100,13 +100,13 @@ def children(pid):
         return []
 
 
-def _tree(read, pid):
-    """read(pid) plus read() of each of its children (aligwd's session shards and plugin hosts;
-    a child that just exited counts 0)."""
+def _tree(read, pid, read_child=None):
+    """read(pid) plus read_child() (default: read) of each of its children (aligwd's session
+    shards and plugin hosts; a child that just exited counts 0)."""
     total = read(pid)
     for c in children(pid):
         try:
-            total += read(c)
+            total += (read_child or read)(c)
         except OSError:
             pass
     return total
@@ -132,13 +132,7 @@ def rss_kb_tree(pid):
     pid's RSS plus each child's private pages. A child's RSS would count again the shared
     libraries that pid already maps (~5 MB of libcrypto and libc per session shard: 4 shards
     holding 1,000 sessions have 8.3 MB of RSS each and 2.8 MB of their own)."""
-    total = rss_kb(pid)
-    for c in children(pid):
-        try:
-            total += private_kb(c)
-        except OSError:
-            pass
-    return total
+    return _tree(rss_kb, pid, private_kb)
 
 
 def ctx_switches(pid):
